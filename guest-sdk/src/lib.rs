@@ -1,0 +1,847 @@
+//! Cairn guest SDK: define durable processes in Rust.
+//!
+//! A process is a serde struct of *variables* plus an activity tree built with
+//! [`Process`]. Handlers are plain Rust closures over the variables. The host
+//! interprets the tree; it calls each handler in a fresh WebAssembly instance,
+//! so nothing but the variables survives from one handler to the next.
+//!
+//! ```no_run
+//! use cairn_guest::{Activity, Fault, Process};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Default)]
+//! struct Greeting { name: String, text: String }
+//!
+//! #[derive(Deserialize)]
+//! struct Hello { name: String }
+//!
+//! fn define(p: &mut Process<Greeting>) -> Activity {
+//!     let take = p
+//!         .receive("take", "hello", |v: &mut Greeting, m: Hello| { v.name = m.name; Ok(()) })
+//!         .creates_instance();
+//!     let greet = p.snippet("greet", |v| { v.text = format!("Hello, {}!", v.name); Ok(()) });
+//!     p.sequence("main", vec![take, greet])
+//! }
+//!
+//! cairn_guest::export_process!("greeter", Greeting, define);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component to `cairn deploy`.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "cairn:process/process",
+        path: "../wit/process",
+        pub_export_macro: true,
+        export_macro_name: "__export_process_world",
+        default_bindings_module: "cairn_guest::bindings",
+        generate_all,
+    });
+}
+
+use bindings::cairn::process::types as wit;
+
+/// A named fault with a message and JSON data. Returning `Err(fault)` from a
+/// handler raises it at that activity.
+///
+/// ```
+/// use cairn_guest::Fault;
+/// let f = Fault::new("invalid-order", "an order needs at least one line")
+///     .with_data(serde_json::json!({ "lines": 0 }));
+/// assert_eq!(f.name, "invalid-order");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    pub name: String,
+    pub message: String,
+    pub data: serde_json::Value,
+}
+
+impl Fault {
+    /// A fault with a name (what went wrong, for fault handlers to match) and a message (for people).
+    ///
+    /// ```
+    /// let f = cairn_guest::Fault::new("out-of-stock", "item 42 is out of stock");
+    /// assert_eq!(f.data, serde_json::Value::Null);
+    /// ```
+    pub fn new(name: impl Into<String>, message: impl Into<String>) -> Fault {
+        Fault { name: name.into(), message: message.into(), data: serde_json::Value::Null }
+    }
+
+    /// Attaches JSON data to the fault.
+    ///
+    /// ```
+    /// let f = cairn_guest::Fault::new("late", "too late").with_data(3);
+    /// assert_eq!(f.data, serde_json::json!(3));
+    /// ```
+    pub fn with_data(mut self, data: impl Serialize) -> Fault {
+        self.data = serde_json::to_value(data).unwrap_or(serde_json::Value::Null);
+        self
+    }
+
+    fn into_wit(self) -> wit::Fault {
+        wit::Fault { name: self.name, message: self.message, data: self.data.to_string() }
+    }
+}
+
+/// Transactional behaviour of one activity, overriding its kind's default.
+///
+/// ```
+/// # use cairn_guest::{Process, Transaction};
+/// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+/// # fn f(p: &mut Process<V>) {
+/// let audit = p.snippet("audit", |_| Ok(())).transaction(Transaction::RequiresOwn);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transaction {
+    /// A persistence point before the activity starts.
+    CommitBefore,
+    /// A persistence point right after the activity completes.
+    CommitAfter,
+    /// No persistence point of its own.
+    Participates,
+    /// Persistence points before and after.
+    RequiresOwn,
+}
+
+/// Logging to the host, stamped with the instance and activity it came from.
+///
+/// ```no_run
+/// cairn_guest::log::info("priced order", &[("order", "o-1"), ("total", "42.00")]);
+/// ```
+pub mod log {
+    use super::bindings::cairn::log::logging::{self, Level};
+
+    fn write(level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        logging::log(level, message, &fields);
+    }
+    /// Logs at debug level.
+    ///
+    /// ```no_run
+    /// cairn_guest::log::debug("state", &[]);
+    /// ```
+    pub fn debug(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Debug, message, fields)
+    }
+    /// Logs at info level.
+    ///
+    /// ```no_run
+    /// cairn_guest::log::info("validated", &[("order", "o-1")]);
+    /// ```
+    pub fn info(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Info, message, fields)
+    }
+    /// Logs at warn level.
+    ///
+    /// ```no_run
+    /// cairn_guest::log::warn("approval late", &[]);
+    /// ```
+    pub fn warn(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Warn, message, fields)
+    }
+    /// Logs at error level.
+    ///
+    /// ```no_run
+    /// cairn_guest::log::error("cannot price", &[]);
+    /// ```
+    pub fn error(message: &str, fields: &[(&str, &str)]) {
+        write(Level::Error, message, fields)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Sequence(Vec<Activity>),
+    Snippet(u32),
+    IfElse { condition: u32, then: Box<Activity>, otherwise: Option<Box<Activity>> },
+    While { condition: u32, body: Box<Activity> },
+    Receive {
+        operation: String,
+        correlation: Option<String>,
+        creates: bool,
+        request_response: bool,
+        reader: Option<u32>,
+        timeout: Option<wit::ReceiveTimeout>,
+    },
+    Reply { operation: String, body: u32 },
+    Invoke { target: wit::Target, operation: String, input: u32, output: Option<u32> },
+    Send { target: wit::Target, operation: String, body: u32 },
+    Wait(wit::WaitNode),
+    Throw { fault: String, message: String, data: Option<u32> },
+    Terminate,
+}
+
+/// One node of the activity tree, made by a [`Process`] method. Its name is
+/// its step in the activity path (`main/approval/timeout`).
+///
+/// ```
+/// # use cairn_guest::Process;
+/// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+/// # fn f(p: &mut Process<V>) -> cairn_guest::Activity {
+/// let a = p.snippet("a", |_| Ok(()));
+/// let b = p.snippet("b", |_| Ok(()));
+/// p.sequence("main", vec![a, b])
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Activity {
+    name: String,
+    kind: Kind,
+    transaction: Option<Transaction>,
+}
+
+impl Activity {
+    fn new(name: &str, kind: Kind) -> Activity {
+        Activity { name: name.to_string(), kind, transaction: None }
+    }
+
+    /// Overrides the activity's transactional behaviour.
+    ///
+    /// ```
+    /// # use cairn_guest::{Process, Transaction};
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let s = p.snippet("checkpointed", |_| Ok(())).transaction(Transaction::CommitAfter);
+    /// # }
+    /// ```
+    pub fn transaction(mut self, t: Transaction) -> Activity {
+        self.transaction = Some(t);
+        self
+    }
+
+    /// On a receive: the message creates a new instance (and initializes the
+    /// receive's correlation set). Must be the first activity of the process.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let take = p.receive_any("take", "order").creates_instance().correlate("order");
+    /// # }
+    /// ```
+    pub fn creates_instance(mut self) -> Activity {
+        if let Kind::Receive { creates, .. } = &mut self.kind {
+            *creates = true;
+        }
+        self
+    }
+
+    /// On a receive: the correlation set that routes messages to this
+    /// instance. The first receive that uses a set initializes it from its message.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// p.correlation_set("order", &[("order_id", "/order_id")]);
+    /// let approval = p.receive_any("approval", "approve").correlate("order");
+    /// # }
+    /// ```
+    pub fn correlate(mut self, set: &str) -> Activity {
+        if let Kind::Receive { correlation, .. } = &mut self.kind {
+            *correlation = Some(set.to_string());
+        }
+        self
+    }
+
+    /// On a receive: the sender waits for a [`Process::reply`] to this operation.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let take = p.receive_any("take", "quote").creates_instance().request_response();
+    /// # }
+    /// ```
+    pub fn request_response(mut self) -> Activity {
+        if let Kind::Receive { request_response, .. } = &mut self.kind {
+            *request_response = true;
+        }
+        self
+    }
+}
+
+type HandlerFn<V> = Box<dyn Fn(&mut V, Option<&str>) -> Result<Option<String>, Fault>>;
+
+/// Whether the builder is describing the tree (deploy) or looking for one handler (a call).
+enum Mode<V> {
+    Describe,
+    Dispatch { target: u32, found: Option<HandlerFn<V>> },
+}
+
+/// The builder of a process definition over variables `V`.
+///
+/// Handlers get ids in the order they are registered, so every instance of
+/// the same component resolves the same ids. When the host calls a handler,
+/// the builder runs in dispatch mode and keeps only the closure asked for.
+pub struct Process<V> {
+    kind: wit::ProcessKind,
+    correlation_sets: Vec<wit::CorrelationSet>,
+    next_handler: u32,
+    mode: Mode<V>,
+}
+
+fn to_json<T: Serialize>(value: &T, what: &str) -> Result<String, Fault> {
+    serde_json::to_string(value).map_err(|e| Fault::new("cairn.serialize", format!("{what}: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(text: Option<&str>, what: &str) -> Result<T, Fault> {
+    let text = text.unwrap_or("null");
+    serde_json::from_str(text).map_err(|e| {
+        Fault::new("cairn.deserialize", format!("{what} does not match the expected type: {e}"))
+            .with_data(serde_json::from_str::<serde_json::Value>(text).unwrap_or(serde_json::Value::Null))
+    })
+}
+
+impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
+    fn new(mode: Mode<V>) -> Process<V> {
+        Process { kind: wit::ProcessKind::LongRunning, correlation_sets: Vec::new(), next_handler: 0, mode }
+    }
+
+    fn register(&mut self, f: HandlerFn<V>) -> u32 {
+        let id = self.next_handler;
+        self.next_handler += 1;
+        if let Mode::Dispatch { target, found } = &mut self.mode {
+            if *target == id {
+                *found = Some(f);
+            }
+        }
+        id
+    }
+
+    /// Makes this process a microflow: one transaction, no waits, persisted only at its end.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// p.microflow();
+    /// # }
+    /// ```
+    pub fn microflow(&mut self) {
+        self.kind = wit::ProcessKind::Microflow;
+    }
+
+    /// Declares a correlation set: named properties, each a JSON pointer into message bodies.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// p.correlation_set("order", &[("order_id", "/order_id")]);
+    /// # }
+    /// ```
+    pub fn correlation_set(&mut self, name: &str, properties: &[(&str, &str)]) {
+        let properties = properties
+            .iter()
+            .map(|(n, p)| wit::Property { name: n.to_string(), pointer: p.to_string() })
+            .collect();
+        self.correlation_sets.push(wit::CorrelationSet { name: name.to_string(), properties });
+    }
+
+    /// Runs children in order.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let steps = vec![p.snippet("one", |_| Ok(())), p.snippet("two", |_| Ok(()))];
+    /// let main = p.sequence("main", steps);
+    /// # }
+    /// ```
+    pub fn sequence(&mut self, name: &str, children: Vec<Activity>) -> Activity {
+        Activity::new(name, Kind::Sequence(children))
+    }
+
+    /// Calls `f` to read and change the variables. `Err` raises a fault here.
+    ///
+    /// ```
+    /// # use cairn_guest::{Fault, Process};
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { total: f64 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let check = p.snippet("validate", |v| {
+    ///     if v.total <= 0.0 { return Err(Fault::new("invalid-order", "total must be positive")); }
+    ///     Ok(())
+    /// });
+    /// # }
+    /// ```
+    pub fn snippet(&mut self, name: &str, f: impl Fn(&mut V) -> Result<(), Fault> + 'static) -> Activity {
+        let id = self.register(Box::new(move |v, _| f(v).map(|()| None)));
+        Activity::new(name, Kind::Snippet(id))
+    }
+
+    fn condition(&mut self, f: impl Fn(&V) -> bool + 'static) -> u32 {
+        self.register(Box::new(move |v, _| Ok(Some(f(v).to_string()))))
+    }
+
+    /// Runs `then` if `condition` holds, else `otherwise`.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { big: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let yes = p.snippet("flag", |_| Ok(()));
+    /// let no = p.snippet("pass", |_| Ok(()));
+    /// let branch = p.if_else("large?", |v| v.big, yes, Some(no));
+    /// # }
+    /// ```
+    pub fn if_else(
+        &mut self,
+        name: &str,
+        condition: impl Fn(&V) -> bool + 'static,
+        then: Activity,
+        otherwise: Option<Activity>,
+    ) -> Activity {
+        let condition = self.condition(condition);
+        Activity::new(name, Kind::IfElse { condition, then: Box::new(then), otherwise: otherwise.map(Box::new) })
+    }
+
+    /// Runs `body` while `condition` holds.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { n: u32 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let step = p.snippet("step", |v| { v.n += 1; Ok(()) });
+    /// let count = p.while_loop("count", |v| v.n < 10, step);
+    /// # }
+    /// ```
+    pub fn while_loop(&mut self, name: &str, condition: impl Fn(&V) -> bool + 'static, body: Activity) -> Activity {
+        let condition = self.condition(condition);
+        Activity::new(name, Kind::While { condition, body: Box::new(body) })
+    }
+
+    /// Waits for a message of `operation` and folds its body (typed `M`) into the variables.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { approved: bool }
+    /// #[derive(serde::Deserialize)]
+    /// struct Decision { approved: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let wait = p
+    ///     .receive("approval", "decide", |v: &mut V, d: Decision| { v.approved = d.approved; Ok(()) })
+    ///     .correlate("order");
+    /// # }
+    /// ```
+    pub fn receive<M: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        operation: &str,
+        reader: impl Fn(&mut V, M) -> Result<(), Fault> + 'static,
+    ) -> Activity {
+        let what = format!("the body of message '{operation}'");
+        let reader = self.register(Box::new(move |v, msg| {
+            let m: M = from_json(msg, &what)?;
+            reader(v, m).map(|()| None)
+        }));
+        Activity::new(
+            name,
+            Kind::Receive {
+                operation: operation.to_string(),
+                correlation: None,
+                creates: false,
+                request_response: false,
+                reader: Some(reader),
+                timeout: None,
+            },
+        )
+    }
+
+    /// Waits for a message of `operation` and ignores its body.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let ping = p.receive_any("ping", "ping").correlate("order");
+    /// # }
+    /// ```
+    pub fn receive_any(&mut self, name: &str, operation: &str) -> Activity {
+        Activity::new(
+            name,
+            Kind::Receive {
+                operation: operation.to_string(),
+                correlation: None,
+                creates: false,
+                request_response: false,
+                reader: None,
+                timeout: None,
+            },
+        )
+    }
+
+    /// Gives a receive a deadline: if no message has come when `deadline(v)`
+    /// passes, `on_timeout` runs on the variables and the receive completes.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { approved: bool, timed_out: bool, due_ms: u64 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let wait = p.receive_any("approval", "approve").correlate("order");
+    /// let wait = p.with_timeout(
+    ///     wait,
+    ///     |v| std::time::UNIX_EPOCH + std::time::Duration::from_millis(v.due_ms),
+    ///     |v| { v.timed_out = true; Ok(()) },
+    /// );
+    /// # }
+    /// ```
+    pub fn with_timeout(
+        &mut self,
+        receive: Activity,
+        deadline: impl Fn(&V) -> SystemTime + 'static,
+        on_timeout: impl Fn(&mut V) -> Result<(), Fault> + 'static,
+    ) -> Activity {
+        let deadline = self.deadline(deadline);
+        let on_timeout = self.register(Box::new(move |v, _| on_timeout(v).map(|()| None)));
+        let mut receive = receive;
+        if let Kind::Receive { timeout, .. } = &mut receive.kind {
+            *timeout = Some(wit::ReceiveTimeout { deadline, on_timeout: Some(on_timeout) });
+        }
+        receive
+    }
+
+    fn deadline(&mut self, deadline: impl Fn(&V) -> SystemTime + 'static) -> u32 {
+        self.register(Box::new(move |v, _| {
+            let ms = deadline(v).duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            Ok(Some(ms.to_string()))
+        }))
+    }
+
+    /// Answers the caller of the request-response receive of `operation` with `body(v)`.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { total: f64 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let answer = p.reply("answer", "quote", |v| Ok(serde_json::json!({ "total": v.total })));
+    /// # }
+    /// ```
+    pub fn reply<R: Serialize>(
+        &mut self,
+        name: &str,
+        operation: &str,
+        body: impl Fn(&V) -> Result<R, Fault> + 'static,
+    ) -> Activity {
+        let body = self.register(Box::new(move |v, _| Ok(Some(to_json(&body(v)?, "reply body")?))));
+        Activity::new(name, Kind::Reply { operation: operation.to_string(), body })
+    }
+
+    fn invoke<I: Serialize, O: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        target: wit::Target,
+        operation: &str,
+        input: impl Fn(&V) -> Result<I, Fault> + 'static,
+        output: impl Fn(&mut V, O) -> Result<(), Fault> + 'static,
+    ) -> Activity {
+        let input = self.register(Box::new(move |v, _| Ok(Some(to_json(&input(v)?, "invoke input")?))));
+        let what = format!("the output of '{operation}'");
+        let output = self.register(Box::new(move |v, msg| {
+            let o: O = from_json(msg, &what)?;
+            output(v, o).map(|()| None)
+        }));
+        Activity::new(name, Kind::Invoke { target, operation: operation.to_string(), input, output: Some(output) })
+    }
+
+    /// Calls operation `operation` of the activity component deployed as
+    /// `component` and waits for its output. Its fault is raised here.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { qty: u32, price: f64 }
+    /// #[derive(serde::Deserialize)]
+    /// struct Quote { price: f64 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let price = p.invoke_activity(
+    ///     "price", "pricing", "quote",
+    ///     |v| Ok(serde_json::json!({ "qty": v.qty })),
+    ///     |v, q: Quote| { v.price = q.price; Ok(()) },
+    /// );
+    /// # }
+    /// ```
+    pub fn invoke_activity<I: Serialize, O: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        component: &str,
+        operation: &str,
+        input: impl Fn(&V) -> Result<I, Fault> + 'static,
+        output: impl Fn(&mut V, O) -> Result<(), Fault> + 'static,
+    ) -> Activity {
+        self.invoke(name, wit::Target::Activity(component.to_string()), operation, input, output)
+    }
+
+    /// Starts process `process` with a message of `operation` and waits for its reply.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { ok: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let check = p.invoke_process(
+    ///     "check", "credit-check", "check",
+    ///     |_| Ok(serde_json::json!({ "customer": 7 })),
+    ///     |v, ok: bool| { v.ok = ok; Ok(()) },
+    /// );
+    /// # }
+    /// ```
+    pub fn invoke_process<I: Serialize, O: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        process: &str,
+        operation: &str,
+        input: impl Fn(&V) -> Result<I, Fault> + 'static,
+        output: impl Fn(&mut V, O) -> Result<(), Fault> + 'static,
+    ) -> Activity {
+        self.invoke(name, wit::Target::Process(process.to_string()), operation, input, output)
+    }
+
+    fn send<B: Serialize>(
+        &mut self,
+        name: &str,
+        target: wit::Target,
+        operation: &str,
+        body: impl Fn(&V) -> Result<B, Fault> + 'static,
+    ) -> Activity {
+        let body = self.register(Box::new(move |v, _| Ok(Some(to_json(&body(v)?, "message body")?))));
+        Activity::new(name, Kind::Send { target, operation: operation.to_string(), body })
+    }
+
+    /// Sends a one-way message of `operation`, routed by correlation like any
+    /// message from outside. It leaves after the next persistence point.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { id: String }
+    /// # fn f(p: &mut Process<V>) {
+    /// let tell = p.send_message("tell", "order-events", "rejected", |v| Ok(serde_json::json!({ "id": v.id })));
+    /// # }
+    /// ```
+    pub fn send_message<B: Serialize>(
+        &mut self,
+        name: &str,
+        process: &str,
+        operation: &str,
+        body: impl Fn(&V) -> Result<B, Fault> + 'static,
+    ) -> Activity {
+        self.send(name, wit::Target::Process(process.to_string()), operation, body)
+    }
+
+    /// Calls an activity component one way: no answer is awaited.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { id: String }
+    /// # fn f(p: &mut Process<V>) {
+    /// let mail = p.send_activity("mail", "notifier", "email", |v| Ok(serde_json::json!({ "order": v.id })));
+    /// # }
+    /// ```
+    pub fn send_activity<B: Serialize>(
+        &mut self,
+        name: &str,
+        component: &str,
+        operation: &str,
+        body: impl Fn(&V) -> Result<B, Fault> + 'static,
+    ) -> Activity {
+        self.send(name, wit::Target::Activity(component.to_string()), operation, body)
+    }
+
+    /// A durable timer of a fixed duration.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let pause = p.wait_for("cool-off", std::time::Duration::from_secs(30));
+    /// # }
+    /// ```
+    pub fn wait_for(&mut self, name: &str, duration: Duration) -> Activity {
+        Activity::new(name, Kind::Wait(wit::WaitNode::DurationMs(duration.as_millis() as u64)))
+    }
+
+    /// A durable timer until a deadline computed from the variables.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { due_unix_s: u64 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let until = p.wait_until("until-due", |v| {
+    ///     std::time::UNIX_EPOCH + std::time::Duration::from_secs(v.due_unix_s)
+    /// });
+    /// # }
+    /// ```
+    pub fn wait_until(&mut self, name: &str, deadline: impl Fn(&V) -> SystemTime + 'static) -> Activity {
+        let h = self.deadline(deadline);
+        Activity::new(name, Kind::Wait(wit::WaitNode::Deadline(h)))
+    }
+
+    /// Raises the named fault.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let fail = p.throw("reject", "rejected", "the order was rejected");
+    /// # }
+    /// ```
+    pub fn throw(&mut self, name: &str, fault: &str, message: &str) -> Activity {
+        Activity::new(name, Kind::Throw { fault: fault.to_string(), message: message.to_string(), data: None })
+    }
+
+    /// Raises the named fault with data computed from the variables.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { id: String }
+    /// # fn f(p: &mut Process<V>) {
+    /// let fail = p.throw_with("reject", "rejected", "rejected", |v| serde_json::json!({ "id": v.id }));
+    /// # }
+    /// ```
+    pub fn throw_with<D: Serialize>(
+        &mut self,
+        name: &str,
+        fault: &str,
+        message: &str,
+        data: impl Fn(&V) -> D + 'static,
+    ) -> Activity {
+        let h = self.register(Box::new(move |v, _| Ok(Some(to_json(&data(v), "fault data")?))));
+        Activity::new(name, Kind::Throw { fault: fault.to_string(), message: message.to_string(), data: Some(h) })
+    }
+
+    /// Ends the instance at once.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let stop = p.terminate("stop");
+    /// # }
+    /// ```
+    pub fn terminate(&mut self, name: &str) -> Activity {
+        Activity::new(name, Kind::Terminate)
+    }
+}
+
+/// Flattens the tree into the arena that crosses WIT.
+fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
+    let kind = match activity.kind {
+        Kind::Sequence(children) => wit::Activity::Sequence(children.into_iter().map(|c| flatten(c, nodes)).collect()),
+        Kind::Snippet(h) => wit::Activity::Snippet(h),
+        Kind::IfElse { condition, then, otherwise } => wit::Activity::IfElse(wit::IfNode {
+            condition,
+            then_branch: flatten(*then, nodes),
+            else_branch: otherwise.map(|o| flatten(*o, nodes)),
+        }),
+        Kind::While { condition, body } => {
+            wit::Activity::WhileLoop(wit::WhileNode { condition, body: flatten(*body, nodes) })
+        }
+        Kind::Receive { operation, correlation, creates, request_response, reader, timeout } => {
+            wit::Activity::Receive(wit::ReceiveNode {
+                operation,
+                correlation,
+                creates_instance: creates,
+                request_response,
+                reader,
+                timeout,
+            })
+        }
+        Kind::Reply { operation, body } => wit::Activity::Reply(wit::ReplyNode { operation, body }),
+        Kind::Invoke { target, operation, input, output } => {
+            wit::Activity::Invoke(wit::InvokeNode { target, operation, input, output })
+        }
+        Kind::Send { target, operation, body } => wit::Activity::Send(wit::SendNode { target, operation, body }),
+        Kind::Wait(w) => wit::Activity::Wait(w),
+        Kind::Throw { fault, message, data } => wit::Activity::Throw(wit::ThrowNode { fault, message, data }),
+        Kind::Terminate => wit::Activity::Terminate,
+    };
+    let transaction = match activity.transaction {
+        None => wit::Transaction::Default,
+        Some(Transaction::CommitBefore) => wit::Transaction::CommitBefore,
+        Some(Transaction::CommitAfter) => wit::Transaction::CommitAfter,
+        Some(Transaction::Participates) => wit::Transaction::Participates,
+        Some(Transaction::RequiresOwn) => wit::Transaction::RequiresOwn,
+    };
+    nodes.push(wit::Node { name: activity.name, activity: kind, transaction });
+    (nodes.len() - 1) as u32
+}
+
+#[doc(hidden)]
+pub fn __describe<V: Serialize + DeserializeOwned + Default + 'static>(
+    name: &str,
+    define: fn(&mut Process<V>) -> Activity,
+) -> wit::Definition {
+    let mut p = Process::new(Mode::Describe);
+    let root_activity = define(&mut p);
+    let mut nodes = Vec::new();
+    let root = flatten(root_activity, &mut nodes);
+    wit::Definition {
+        name: name.to_string(),
+        kind: p.kind,
+        initial_variables: serde_json::to_string(&V::default()).unwrap_or_else(|_| "null".into()),
+        correlation_sets: p.correlation_sets,
+        nodes,
+        root,
+        handler_count: p.next_handler,
+    }
+}
+
+#[doc(hidden)]
+pub fn __call<V: Serialize + DeserializeOwned + Default + 'static>(
+    define: fn(&mut Process<V>) -> Activity,
+    handler: u32,
+    variables: String,
+    message: Option<String>,
+) -> Result<wit::CallOutput, wit::Fault> {
+    let mut p = Process::new(Mode::Dispatch { target: handler, found: None });
+    let _ = define(&mut p);
+    let Mode::Dispatch { found: Some(f), .. } = p.mode else {
+        return Err(Fault::new("cairn.unknown-handler", format!("handler {handler} does not exist")).into_wit());
+    };
+    let mut v: V = from_json(Some(&variables), "the variables").map_err(Fault::into_wit)?;
+    let output = f(&mut v, message.as_deref()).map_err(Fault::into_wit)?;
+    let variables = to_json(&v, "the variables").map_err(Fault::into_wit)?;
+    Ok(wit::CallOutput { variables, output })
+}
+
+/// Exports a process component: its name, its variables type and the
+/// function that builds its activity tree. Use once per component.
+///
+/// ```no_run
+/// # use cairn_guest::{Activity, Process};
+/// #[derive(serde::Serialize, serde::Deserialize, Default)]
+/// struct Vars { n: u32 }
+/// fn define(p: &mut Process<Vars>) -> Activity {
+///     let bump = p.snippet("bump", |v| { v.n += 1; Ok(()) });
+///     p.sequence("main", vec![bump])
+/// }
+/// cairn_guest::export_process!("counter", Vars, define);
+/// ```
+#[macro_export]
+macro_rules! export_process {
+    ($name:expr, $vars:ty, $define:path) => {
+        struct __CairnProcess;
+        impl $crate::bindings::Guest for __CairnProcess {
+            fn describe() -> $crate::bindings::cairn::process::types::Definition {
+                $crate::__describe::<$vars>($name, $define)
+            }
+            fn call(
+                handler: u32,
+                variables: ::std::string::String,
+                message: ::std::option::Option<::std::string::String>,
+            ) -> ::std::result::Result<
+                $crate::bindings::cairn::process::types::CallOutput,
+                $crate::bindings::cairn::process::types::Fault,
+            > {
+                $crate::__call::<$vars>($define, handler, variables, message)
+            }
+        }
+        $crate::bindings::__export_process_world!(__CairnProcess with_types_in $crate::bindings);
+    };
+}

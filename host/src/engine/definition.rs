@@ -1,0 +1,433 @@
+//! Process definitions as the engine sees them, and their deploy-time validation.
+//!
+//! A definition is the activity tree a process component described at deploy,
+//! as an arena of nodes with child indices (the shape it crosses WIT in).
+//! It is immutable once deployed and is stored as JSON beside its component.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashSet};
+
+pub type NodeId = u32;
+pub type HandlerId = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessKind {
+    LongRunning,
+    Microflow,
+}
+
+/// Transactional behaviour of one activity (DESIGN.md section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transaction {
+    /// The activity kind's default.
+    Default,
+    CommitBefore,
+    CommitAfter,
+    Participates,
+    RequiresOwn,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Property {
+    pub name: String,
+    /// JSON pointer into message bodies (RFC 6901).
+    pub pointer: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorrelationSet {
+    pub name: String,
+    pub properties: Vec<Property>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "name")]
+pub enum Target {
+    Activity(String),
+    Process(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Activity(n) => write!(f, "activity '{n}'"),
+            Target::Process(n) => write!(f, "process '{n}'"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaitFor {
+    DurationMs(u64),
+    /// Handler whose output is a deadline in ms since the Unix epoch.
+    Deadline(HandlerId),
+}
+
+/// A receive that gives up when a deadline computed by `deadline` passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiveTimeout {
+    pub deadline: HandlerId,
+    pub on_timeout: Option<HandlerId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum Activity {
+    Sequence {
+        children: Vec<NodeId>,
+    },
+    Snippet {
+        handler: HandlerId,
+    },
+    IfElse {
+        condition: HandlerId,
+        then_branch: NodeId,
+        else_branch: Option<NodeId>,
+    },
+    While {
+        condition: HandlerId,
+        body: NodeId,
+    },
+    Receive {
+        operation: String,
+        correlation: Option<String>,
+        creates_instance: bool,
+        request_response: bool,
+        reader: Option<HandlerId>,
+        timeout: Option<ReceiveTimeout>,
+    },
+    Reply {
+        operation: String,
+        body: HandlerId,
+    },
+    Invoke {
+        target: Target,
+        operation: String,
+        input: HandlerId,
+        output: Option<HandlerId>,
+    },
+    Send {
+        target: Target,
+        operation: String,
+        body: HandlerId,
+    },
+    Wait {
+        wait: WaitFor,
+    },
+    Throw {
+        fault: String,
+        message: String,
+        data: Option<HandlerId>,
+    },
+    Terminate,
+}
+
+impl Activity {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Activity::Sequence { .. } => "sequence",
+            Activity::Snippet { .. } => "snippet",
+            Activity::IfElse { .. } => "if",
+            Activity::While { .. } => "while",
+            Activity::Receive { .. } => "receive",
+            Activity::Reply { .. } => "reply",
+            Activity::Invoke { .. } => "invoke",
+            Activity::Send { .. } => "send",
+            Activity::Wait { .. } => "wait",
+            Activity::Throw { .. } => "throw",
+            Activity::Terminate => "terminate",
+        }
+    }
+
+    /// Child nodes in execution order.
+    pub fn children(&self) -> Vec<NodeId> {
+        match self {
+            Activity::Sequence { children } => children.clone(),
+            Activity::IfElse { then_branch, else_branch, .. } => {
+                let mut c = vec![*then_branch];
+                c.extend(else_branch);
+                c
+            }
+            Activity::While { body, .. } => vec![*body],
+            _ => Vec::new(),
+        }
+    }
+
+    fn handlers(&self) -> Vec<HandlerId> {
+        match self {
+            Activity::Snippet { handler } => vec![*handler],
+            Activity::IfElse { condition, .. } | Activity::While { condition, .. } => vec![*condition],
+            Activity::Receive { reader, timeout, .. } => {
+                let mut h: Vec<HandlerId> = reader.iter().copied().collect();
+                if let Some(t) = timeout {
+                    h.push(t.deadline);
+                    h.extend(t.on_timeout);
+                }
+                h
+            }
+            Activity::Reply { body, .. } | Activity::Send { body, .. } => vec![*body],
+            Activity::Invoke { input, output, .. } => {
+                let mut h = vec![*input];
+                h.extend(output);
+                h
+            }
+            Activity::Wait { wait: WaitFor::Deadline(h) } => vec![*h],
+            Activity::Throw { data, .. } => data.iter().copied().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub activity: Activity,
+    pub transaction: Transaction,
+}
+
+/// Where persistence points fall around one activity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Commits {
+    pub before: bool,
+    pub after: bool,
+}
+
+impl Node {
+    /// The activity's transactional behaviour with its kind's default applied.
+    pub fn commits(&self) -> Commits {
+        let effective = match self.transaction {
+            Transaction::Default => match self.activity {
+                Activity::Receive { .. } | Activity::Invoke { .. } => Transaction::CommitAfter,
+                Activity::Wait { .. } => Transaction::CommitBefore,
+                _ => Transaction::Participates,
+            },
+            t => t,
+        };
+        match effective {
+            Transaction::CommitBefore => Commits { before: true, after: false },
+            Transaction::CommitAfter => Commits { before: false, after: true },
+            Transaction::RequiresOwn => Commits { before: true, after: true },
+            Transaction::Participates | Transaction::Default => Commits { before: false, after: false },
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Definition {
+    pub name: String,
+    pub kind: ProcessKind,
+    /// JSON text of the variables a new instance starts with.
+    pub initial_variables: String,
+    pub correlation_sets: Vec<CorrelationSet>,
+    pub nodes: Vec<Node>,
+    pub root: NodeId,
+    pub handler_count: u32,
+}
+
+/// A receive through which messages reach instances of a definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    pub operation: String,
+    pub correlation: Option<String>,
+    pub creates_instance: bool,
+}
+
+impl Definition {
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    pub fn correlation_set(&self, name: &str) -> Option<&CorrelationSet> {
+        self.correlation_sets.iter().find(|c| c.name == name)
+    }
+
+    /// Every receive of the definition, in tree order.
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        let mut subs = Vec::new();
+        self.walk(self.root, &mut |_, _, node| {
+            if let Activity::Receive { operation, correlation, creates_instance, .. } = &node.activity {
+                subs.push(Subscription {
+                    operation: operation.clone(),
+                    correlation: correlation.clone(),
+                    creates_instance: *creates_instance,
+                });
+            }
+        });
+        subs
+    }
+
+    /// The instance-creating receive, if the definition starts with one.
+    pub fn creating_receive(&self) -> Option<(NodeId, &Node)> {
+        let mut id = self.root;
+        loop {
+            let node = self.node(id);
+            match &node.activity {
+                Activity::Sequence { children } if !children.is_empty() => id = children[0],
+                Activity::Receive { creates_instance: true, .. } => return Some((id, node)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Visits every node below `id` in tree order with its activity path.
+    fn walk<'a>(&'a self, id: NodeId, f: &mut dyn FnMut(&str, NodeId, &'a Node)) {
+        self.walk_path(id, "", f)
+    }
+
+    fn walk_path<'a>(&'a self, id: NodeId, parent: &str, f: &mut dyn FnMut(&str, NodeId, &'a Node)) {
+        let node = self.node(id);
+        let path = if parent.is_empty() { node.name.clone() } else { format!("{parent}/{}", node.name) };
+        f(&path, id, node);
+        for child in node.activity.children() {
+            self.walk_path(child, &path, f);
+        }
+    }
+
+    /// Deploy-time validation: structure first (so the walk below is safe),
+    /// then the semantic rules of DESIGN.md section 2.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "process name '{}' must be non-empty and use only letters, digits, '-', '_' and '.'",
+                self.name
+            ));
+        }
+        if serde_json::from_str::<serde_json::Value>(&self.initial_variables).is_err() {
+            return Err("initial variables are not valid JSON".into());
+        }
+        self.validate_structure()?;
+        let mut problems = Vec::new();
+        let creating = self.creating_receive().map(|(id, _)| id);
+        let request_ops: BTreeSet<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.activity {
+                Activity::Receive { operation, request_response: true, .. } => Some(operation.clone()),
+                _ => None,
+            })
+            .collect();
+        for set in &self.correlation_sets {
+            if set.properties.is_empty() {
+                problems.push(format!("correlation set '{}' has no properties", set.name));
+            }
+            for p in &set.properties {
+                if !(p.pointer.is_empty() || p.pointer.starts_with('/')) {
+                    problems.push(format!(
+                        "correlation set '{}': property '{}' has pointer '{}', which is not a JSON pointer (it must start with '/')",
+                        set.name, p.name, p.pointer
+                    ));
+                }
+            }
+        }
+        let mut visited: Vec<(String, NodeId)> = Vec::new();
+        self.walk(self.root, &mut |path, id, _| visited.push((path.to_string(), id)));
+        for (path, id) in &visited {
+            let node = self.node(*id);
+            let at = format!("activity '{path}' ({})", node.activity.kind_name());
+            match &node.activity {
+                Activity::Receive { operation, correlation, creates_instance, .. } => {
+                    if operation.is_empty() {
+                        problems.push(format!("{at}: operation name is empty"));
+                    }
+                    if let Some(c) = correlation {
+                        if self.correlation_set(c).is_none() {
+                            problems.push(format!("{at}: correlation set '{c}' is not declared"));
+                        }
+                    } else if !creates_instance {
+                        problems.push(format!(
+                            "{at}: operation '{operation}' has no correlation set and does not create instances, so no message could ever reach it"
+                        ));
+                    }
+                    if *creates_instance && creating != Some(*id) {
+                        problems.push(format!(
+                            "{at}: an instance-creating receive must be the first activity of the process"
+                        ));
+                    }
+                    if self.kind == ProcessKind::Microflow && !creates_instance {
+                        problems.push(format!("{at}: a microflow cannot wait for a message"));
+                    }
+                }
+                Activity::Reply { operation, .. } => {
+                    if !request_ops.contains(operation) {
+                        problems.push(format!(
+                            "{at}: no request-response receive of operation '{operation}' to reply to"
+                        ));
+                    }
+                }
+                Activity::Wait { .. } if self.kind == ProcessKind::Microflow => {
+                    problems.push(format!("{at}: a microflow cannot wait"));
+                }
+                Activity::Invoke { target, operation, .. } | Activity::Send { target, operation, .. } => {
+                    let name = match target {
+                        Target::Activity(n) | Target::Process(n) => n,
+                    };
+                    if name.is_empty() {
+                        problems.push(format!("{at}: target name is empty"));
+                    }
+                    if operation.is_empty() {
+                        problems.push(format!("{at}: operation name is empty"));
+                    }
+                }
+                Activity::Throw { fault, .. } if fault.is_empty() => {
+                    problems.push(format!("{at}: fault name is empty"));
+                }
+                _ => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    fn validate_structure(&self) -> Result<(), String> {
+        let count = self.nodes.len() as u32;
+        if self.root >= count {
+            return Err(format!("root node {} does not exist ({count} nodes)", self.root));
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.name.is_empty() || node.name.contains('/') {
+                return Err(format!("node {i} ({}): name must be non-empty and contain no '/'", node.activity.kind_name()));
+            }
+            for c in node.activity.children() {
+                if c >= count {
+                    return Err(format!("activity '{}': child node {c} does not exist", node.name));
+                }
+            }
+            for h in node.activity.handlers() {
+                if h >= self.handler_count {
+                    return Err(format!(
+                        "activity '{}': handler {h} does not exist ({} handlers)",
+                        node.name, self.handler_count
+                    ));
+                }
+            }
+            let mut names = HashSet::new();
+            for c in node.activity.children() {
+                let child = &self.nodes[c as usize].name;
+                if matches!(node.activity, Activity::Sequence { .. }) && !names.insert(child.clone()) {
+                    return Err(format!(
+                        "activity '{}': two children are named '{child}'; names must be unique among siblings so that activity paths are",
+                        node.name
+                    ));
+                }
+            }
+        }
+        // Every node reachable from the root exactly once: a tree, no cycles.
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack = vec![self.root];
+        while let Some(id) = stack.pop() {
+            if std::mem::replace(&mut seen[id as usize], true) {
+                return Err(format!("activity '{}' is reached twice: the activity graph must be a tree", self.node(id).name));
+            }
+            stack.extend(self.node(id).activity.children());
+        }
+        Ok(())
+    }
+}

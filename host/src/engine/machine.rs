@@ -1,0 +1,675 @@
+//! The interpreter: applies one input to an instance snapshot and says what
+//! the driver must do next.
+//!
+//! Rules of the data this module owns:
+//! - `Snapshot` is everything that survives a persistence point. Between two
+//!   yields it is always resumable: feeding `Input::Continue` to a snapshot
+//!   loaded from the store re-issues whatever the instance was doing.
+//! - Effects decided since the last persistence point live in
+//!   `Machine::effects`; the driver takes them at `Yield::Persist`,
+//!   `Yield::Await` (when it must wait) and `Yield::Finished`, and writes them in
+//!   the same batch as the snapshot. They never leave before that commit.
+//! - A handler call is a `Yield::Call`; the driver must answer with
+//!   `Input::Handler` before anything else. No persistence point falls
+//!   between a call and its result.
+//! - Time enters only as `now_ms` on each input; ids come from the snapshot's
+//!   own counter. Nothing here does I/O.
+
+use super::definition::{Activity, Definition, NodeId, ProcessKind, Target, WaitFor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Executing, or waiting for an activity result.
+    Running,
+    /// Persisted and waiting for a message or a timer.
+    Waiting,
+    Completed,
+    Faulted,
+    Terminated,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Faulted | Status::Terminated)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Waiting => "waiting",
+            Status::Completed => "completed",
+            Status::Faulted => "faulted",
+            Status::Terminated => "terminated",
+        }
+    }
+}
+
+/// A fault: raised by a handler, a throw, an activity or the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    pub name: String,
+    pub message: String,
+    /// JSON text.
+    pub data: String,
+}
+
+impl Fault {
+    pub fn new(name: impl Into<String>, message: impl Into<String>) -> Fault {
+        Fault { name: name.into(), message: message.into(), data: "null".into() }
+    }
+}
+
+/// A fault that left the process, with where it was raised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    #[serde(flatten)]
+    pub fault: Fault,
+    pub path: String,
+}
+
+/// Where one activity of the tree stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "phase")]
+pub enum Phase {
+    /// Not begun: its commit-before, if any, is still due.
+    Enter,
+    /// Begun: do the activity's own work.
+    Started,
+    /// Sequence: next child to run; while, if: a child is running.
+    Child { next: u32 },
+    /// Waiting for a message; with a timer if the receive has a timeout.
+    AwaitMessage { operation: String, timer: Option<TimerRef> },
+    AwaitTimer { timer_id: u64, due_ms: u64 },
+    AwaitInvoke { call_id: u64 },
+    /// Finished: its commit-after, if any, is still due.
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerRef {
+    pub timer_id: u64,
+    pub due_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub node: NodeId,
+    #[serde(flatten)]
+    pub phase: Phase,
+}
+
+/// A request-response receive waiting for its reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub operation: String,
+    pub message_id: String,
+}
+
+/// Everything of an instance that survives a persistence point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub process: String,
+    /// Digest-based version of the definition the instance is pinned to.
+    pub version: String,
+    pub status: Status,
+    /// JSON text of the variables.
+    pub variables: String,
+    pub stack: Vec<Frame>,
+    /// Correlation set name -> JSON text of its values, once initialized.
+    pub correlations: BTreeMap<String, String>,
+    pub requests: Vec<PendingRequest>,
+    pub fault: Option<FaultRecord>,
+    /// Source of timer and call ids; never reused within an instance.
+    pub next_id: u64,
+    /// Fence: the number of persistence points committed. A write is
+    /// accepted only if it is based on the stored value.
+    pub fence: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl Snapshot {
+    pub fn new(id: String, def: &Definition, version: String, variables: String, now_ms: u64) -> Snapshot {
+        Snapshot {
+            id,
+            process: def.name.clone(),
+            version,
+            status: Status::Running,
+            variables,
+            stack: vec![Frame { node: def.root, phase: Phase::Enter }],
+            correlations: BTreeMap::new(),
+            requests: Vec::new(),
+            fault: None,
+            next_id: 1,
+            fence: 0,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+        }
+    }
+
+    /// Activity path of the innermost frame, e.g. `main/approval/wait`.
+    pub fn path(&self, def: &Definition) -> String {
+        self.stack.iter().map(|f| def.node(f.node).name.as_str()).collect::<Vec<_>>().join("/")
+    }
+}
+
+/// A message taken from the instance's inbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Inbox sequence number; consumed in the next persistence point.
+    pub seq: u64,
+    pub message_id: String,
+    pub operation: String,
+    /// JSON text.
+    pub body: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "effect")]
+pub enum Effect {
+    ConsumeMessage { seq: u64 },
+    Correlate { set: String, values: String },
+    Uncorrelate { set: String, values: String },
+    SetTimer { timer_id: u64, due_ms: u64 },
+    ClearTimer { timer_id: u64, due_ms: u64 },
+    Invoke { call_id: u64, target: Target, operation: String, input: String, idempotency_key: String },
+    /// The invoke's result has been taken: its outbox entry goes.
+    InvokeDone { call_id: u64 },
+    Send { call_id: u64, target: Target, operation: String, body: String, message_id: String },
+    /// The answer to a request-response receive: a body, or the fault that
+    /// ended the instance before it replied.
+    Reply { message_id: String, body: String, fault: Option<Fault> },
+}
+
+/// Why a persistence point was taken; recorded in the instance history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    Created,
+    CommitBefore,
+    CommitAfter,
+    /// An invoke or a send was written to the outbox (rule 3).
+    Dispatch,
+    /// The instance waits for a message or a timer (rule 7).
+    Waiting,
+    /// Controlled host shutdown (rule 6).
+    Shutdown,
+    Completed,
+    Faulted,
+    Terminated,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// A message of `operation`, or time passing `due_ms` if the receive has a timeout.
+    Message { operation: String, due_ms: Option<u64> },
+    /// Time passing `due_ms`; the driver then answers with `Input::Continue`.
+    Timer { timer_id: u64, due_ms: u64 },
+    Invoke { call_id: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerCall {
+    pub handler: u32,
+    /// JSON text given to readers (message body, invoke output).
+    pub message: Option<String>,
+}
+
+/// What the driver must do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Yield {
+    /// Run a guest handler on the snapshot's variables; answer with `Input::Handler`.
+    Call(HandlerCall),
+    /// Commit the snapshot and the effects, then answer with `Input::Continue`.
+    Persist(Reason),
+    /// The instance needs this before it can go on. If it is not at hand, the
+    /// driver commits (reason `Waiting`, or `Dispatch` is already done) and parks.
+    Await(Wait),
+    /// Terminal: commit snapshot and effects with this reason; nothing follows.
+    Finished(Reason),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerOutput {
+    pub variables: String,
+    pub output: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Continue,
+    Handler(Result<HandlerOutput, Fault>),
+    Message(Delivery),
+    InvokeResult { call_id: u64, result: Result<String, Fault> },
+}
+
+/// What the handler call in flight is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Expect {
+    Snippet,
+    Condition,
+    Reader(Delivery),
+    ReplyBody,
+    InvokeInput,
+    InvokeOutput,
+    SendBody,
+    Deadline,
+    ReceiveDeadline,
+    ThrowData,
+}
+
+pub struct Machine<'d> {
+    pub def: &'d Definition,
+    pub snap: Snapshot,
+    pub effects: Vec<Effect>,
+    expecting: Option<Expect>,
+    now_ms: u64,
+}
+
+impl<'d> Machine<'d> {
+    pub fn new(def: &'d Definition, snap: Snapshot) -> Machine<'d> {
+        Machine { def, snap, effects: Vec::new(), expecting: None, now_ms: 0 }
+    }
+
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    fn persistent(&self) -> bool {
+        self.def.kind == ProcessKind::LongRunning
+    }
+
+    /// Applies `input` and runs until the driver has something to do.
+    pub fn step(&mut self, input: Input, now_ms: u64) -> Yield {
+        self.now_ms = now_ms;
+        self.snap.updated_ms = now_ms;
+        if self.snap.status.is_terminal() {
+            return Yield::Finished(terminal_reason(self.snap.status));
+        }
+        self.snap.status = Status::Running;
+        if let Some(y) = self.apply(input) {
+            return y;
+        }
+        self.run()
+    }
+
+    /// Folds an input into the snapshot. Returns a yield if the input itself
+    /// leads straight to one (a reader call, a fault).
+    fn apply(&mut self, input: Input) -> Option<Yield> {
+        match input {
+            Input::Continue => None,
+            Input::Handler(result) => {
+                let expect = self.expecting.take().expect("handler result without a call in flight");
+                match result {
+                    Err(fault) => Some(self.raise(fault)),
+                    Ok(out) => {
+                        self.snap.variables = out.variables;
+                        self.handler_done(expect, out.output)
+                    }
+                }
+            }
+            Input::Message(delivery) => {
+                let top = self.snap.stack.last().expect("message delivered to a finished instance");
+                let node = self.def.node(top.node);
+                match (&top.phase, &node.activity) {
+                    (Phase::AwaitMessage { operation, timer }, Activity::Receive { reader, .. })
+                        if *operation == delivery.operation =>
+                    {
+                        if let Some(t) = timer {
+                            self.effects.push(Effect::ClearTimer { timer_id: t.timer_id, due_ms: t.due_ms });
+                        }
+                        match reader {
+                            Some(h) => {
+                                let message = Some(delivery.body.clone());
+                                Some(self.call(*h, message, Expect::Reader(delivery)))
+                            }
+                            None => {
+                                self.receive_done(delivery);
+                                None
+                            }
+                        }
+                    }
+                    _ => panic!("message '{}' delivered while not waiting for it", delivery.operation),
+                }
+            }
+            Input::InvokeResult { call_id, result } => {
+                let top = self.snap.stack.last().expect("invoke result for a finished instance");
+                assert_eq!(top.phase, Phase::AwaitInvoke { call_id }, "result for a call not awaited");
+                self.effects.push(Effect::InvokeDone { call_id });
+                let output = match &self.def.node(top.node).activity {
+                    Activity::Invoke { output, .. } => *output,
+                    _ => unreachable!("AwaitInvoke on a node that is not an invoke"),
+                };
+                match result {
+                    Err(fault) => Some(self.raise(fault)),
+                    Ok(out) => match output {
+                        Some(h) => Some(self.call(h, Some(out), Expect::InvokeOutput)),
+                        None => {
+                            self.top_mut().phase = Phase::Done;
+                            None
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    fn handler_done(&mut self, expect: Expect, output: Option<String>) -> Option<Yield> {
+        let node_id = self.top().node;
+        let node = self.def.node(node_id);
+        match expect {
+            Expect::Snippet | Expect::InvokeOutput => self.top_mut().phase = Phase::Done,
+            Expect::Condition => {
+                let truth = match parse_output::<bool>(&output) {
+                    Ok(t) => t,
+                    Err(e) => return Some(self.raise(Fault::new("cairn.bad-handler-output", format!("condition: {e}")))),
+                };
+                match &node.activity {
+                    Activity::IfElse { then_branch, else_branch, .. } => {
+                        let branch = if truth { Some(*then_branch) } else { *else_branch };
+                        match branch {
+                            Some(b) => {
+                                self.top_mut().phase = Phase::Child { next: 1 };
+                                self.push(b);
+                            }
+                            None => self.top_mut().phase = Phase::Done,
+                        }
+                    }
+                    Activity::While { body, .. } => {
+                        if truth {
+                            let body = *body;
+                            self.top_mut().phase = Phase::Child { next: 1 };
+                            self.push(body);
+                        } else {
+                            self.top_mut().phase = Phase::Done;
+                        }
+                    }
+                    _ => unreachable!("condition on a node without one"),
+                }
+            }
+            Expect::Reader(delivery) => self.receive_done(delivery),
+            Expect::ReplyBody => {
+                let Activity::Reply { operation, .. } = &node.activity else { unreachable!() };
+                let body = output.unwrap_or_else(|| "null".into());
+                match self.snap.requests.iter().position(|r| r.operation == *operation) {
+                    Some(i) => {
+                        let request = self.snap.requests.remove(i);
+                        self.effects.push(Effect::Reply { message_id: request.message_id, body, fault: None });
+                        self.top_mut().phase = Phase::Done;
+                    }
+                    None => {
+                        return Some(self.raise(Fault::new(
+                            "cairn.no-request",
+                            format!("no request of operation '{operation}' is waiting for a reply"),
+                        )))
+                    }
+                }
+            }
+            Expect::InvokeInput => {
+                let Activity::Invoke { target, operation, .. } = &node.activity else { unreachable!() };
+                let call_id = self.next_id();
+                let key = format!("{}/{}/{call_id}", self.snap.id, self.snap.path(self.def));
+                self.effects.push(Effect::Invoke {
+                    call_id,
+                    target: target.clone(),
+                    operation: operation.clone(),
+                    input: output.unwrap_or_else(|| "null".into()),
+                    idempotency_key: key,
+                });
+                self.top_mut().phase = Phase::AwaitInvoke { call_id };
+                if self.persistent() {
+                    return Some(Yield::Persist(Reason::Dispatch));
+                }
+            }
+            Expect::SendBody => {
+                let Activity::Send { target, operation, .. } = &node.activity else { unreachable!() };
+                let call_id = self.next_id();
+                let message_id = format!("{}:{call_id}", self.snap.id);
+                self.effects.push(Effect::Send {
+                    call_id,
+                    target: target.clone(),
+                    operation: operation.clone(),
+                    body: output.unwrap_or_else(|| "null".into()),
+                    message_id,
+                });
+                self.top_mut().phase = Phase::Done;
+                if self.persistent() {
+                    return Some(Yield::Persist(Reason::Dispatch));
+                }
+            }
+            Expect::Deadline => match parse_output::<u64>(&output) {
+                Ok(due_ms) => {
+                    let timer = self.set_timer(due_ms);
+                    self.top_mut().phase = Phase::AwaitTimer { timer_id: timer.timer_id, due_ms };
+                }
+                Err(e) => return Some(self.raise(Fault::new("cairn.bad-handler-output", format!("deadline: {e}")))),
+            },
+            Expect::ReceiveDeadline => match parse_output::<u64>(&output) {
+                Ok(due_ms) => {
+                    let Activity::Receive { operation, .. } = &node.activity else { unreachable!() };
+                    let operation = operation.clone();
+                    let timer = Some(self.set_timer(due_ms));
+                    self.top_mut().phase = Phase::AwaitMessage { operation, timer };
+                }
+                Err(e) => {
+                    return Some(self.raise(Fault::new("cairn.bad-handler-output", format!("receive timeout: {e}"))))
+                }
+            },
+            Expect::ThrowData => {
+                let Activity::Throw { fault, message, .. } = &node.activity else { unreachable!() };
+                let fault = Fault { name: fault.clone(), message: message.clone(), data: output.unwrap_or_else(|| "null".into()) };
+                return Some(self.raise(fault));
+            }
+        }
+        None
+    }
+
+    fn receive_done(&mut self, delivery: Delivery) {
+        let node = self.def.node(self.top().node);
+        let Activity::Receive { correlation, request_response, .. } = &node.activity else { unreachable!() };
+        self.effects.push(Effect::ConsumeMessage { seq: delivery.seq });
+        if let Some(set_name) = correlation {
+            if !self.snap.correlations.contains_key(set_name) {
+                let set = self.def.correlation_set(set_name).expect("validated at deploy");
+                // Intake already checked that the properties are present.
+                if let Ok(values) = correlation_values(set, &delivery.body) {
+                    self.snap.correlations.insert(set_name.clone(), values.clone());
+                    self.effects.push(Effect::Correlate { set: set_name.clone(), values });
+                }
+            }
+        }
+        if *request_response {
+            self.snap.requests.push(PendingRequest { operation: delivery.operation, message_id: delivery.message_id });
+        }
+        self.top_mut().phase = Phase::Done;
+    }
+
+    fn run(&mut self) -> Yield {
+        loop {
+            let Some(frame) = self.snap.stack.last().cloned() else {
+                return self.finish(Status::Completed);
+            };
+            let node = self.def.node(frame.node);
+            match frame.phase {
+                Phase::Enter => {
+                    self.top_mut().phase = Phase::Started;
+                    if node.commits().before && self.persistent() {
+                        return Yield::Persist(Reason::CommitBefore);
+                    }
+                }
+                Phase::Done => {
+                    self.snap.stack.pop();
+                    if node.commits().after && self.persistent() {
+                        return Yield::Persist(Reason::CommitAfter);
+                    }
+                }
+                Phase::AwaitMessage { operation, timer } => match timer {
+                    Some(t) if t.due_ms <= self.now_ms => {
+                        self.effects.push(Effect::ClearTimer { timer_id: t.timer_id, due_ms: t.due_ms });
+                        let on_timeout = match &node.activity {
+                            Activity::Receive { timeout: Some(t), .. } => t.on_timeout,
+                            _ => None,
+                        };
+                        match on_timeout {
+                            Some(h) => return self.call(h, None, Expect::Snippet),
+                            None => self.top_mut().phase = Phase::Done,
+                        }
+                    }
+                    _ => {
+                        self.snap.status = Status::Waiting;
+                        return Yield::Await(Wait::Message { operation, due_ms: timer.map(|t| t.due_ms) });
+                    }
+                },
+                Phase::AwaitTimer { timer_id, due_ms } => {
+                    if due_ms <= self.now_ms {
+                        self.top_mut().phase = Phase::Done;
+                        self.effects.push(Effect::ClearTimer { timer_id, due_ms });
+                    } else {
+                        self.snap.status = Status::Waiting;
+                        return Yield::Await(Wait::Timer { timer_id, due_ms });
+                    }
+                }
+                Phase::AwaitInvoke { call_id } => return Yield::Await(Wait::Invoke { call_id }),
+                Phase::Child { next } => match &node.activity {
+                    Activity::Sequence { children } => {
+                        if let Some(&child) = children.get(next as usize) {
+                            self.top_mut().phase = Phase::Child { next: next + 1 };
+                            self.push(child);
+                        } else {
+                            self.top_mut().phase = Phase::Done;
+                        }
+                    }
+                    Activity::While { condition, .. } => return self.call(*condition, None, Expect::Condition),
+                    Activity::IfElse { .. } => self.top_mut().phase = Phase::Done,
+                    _ => unreachable!("child phase on a leaf activity"),
+                },
+                Phase::Started => match &node.activity {
+                    Activity::Sequence { .. } => self.top_mut().phase = Phase::Child { next: 0 },
+                    Activity::Snippet { handler } => return self.call(*handler, None, Expect::Snippet),
+                    Activity::IfElse { condition, .. } | Activity::While { condition, .. } => {
+                        return self.call(*condition, None, Expect::Condition)
+                    }
+                    Activity::Receive { operation, timeout, .. } => match timeout {
+                        Some(t) => return self.call(t.deadline, None, Expect::ReceiveDeadline),
+                        None => {
+                            let operation = operation.clone();
+                            self.top_mut().phase = Phase::AwaitMessage { operation, timer: None };
+                        }
+                    },
+                    Activity::Reply { body, .. } => return self.call(*body, None, Expect::ReplyBody),
+                    Activity::Invoke { input, .. } => return self.call(*input, None, Expect::InvokeInput),
+                    Activity::Send { body, .. } => return self.call(*body, None, Expect::SendBody),
+                    Activity::Wait { wait: WaitFor::DurationMs(ms) } => {
+                        let due_ms = self.now_ms.saturating_add(*ms);
+                        let timer = self.set_timer(due_ms);
+                        self.top_mut().phase = Phase::AwaitTimer { timer_id: timer.timer_id, due_ms };
+                    }
+                    Activity::Wait { wait: WaitFor::Deadline(h) } => return self.call(*h, None, Expect::Deadline),
+                    Activity::Throw { fault, message, data } => match data {
+                        Some(h) => return self.call(*h, None, Expect::ThrowData),
+                        None => {
+                            let fault = Fault::new(fault.clone(), message.clone());
+                            return self.raise(fault);
+                        }
+                    },
+                    Activity::Terminate => return self.finish(Status::Terminated),
+                },
+            }
+        }
+    }
+
+    fn set_timer(&mut self, due_ms: u64) -> TimerRef {
+        let timer_id = self.next_id();
+        self.effects.push(Effect::SetTimer { timer_id, due_ms });
+        TimerRef { timer_id, due_ms }
+    }
+
+    fn call(&mut self, handler: u32, message: Option<String>, expect: Expect) -> Yield {
+        self.expecting = Some(expect);
+        Yield::Call(HandlerCall { handler, message })
+    }
+
+    /// A fault leaves the process: no scopes catch it in this engine yet.
+    fn raise(&mut self, fault: Fault) -> Yield {
+        let path = self.snap.path(self.def);
+        self.snap.fault = Some(FaultRecord { fault, path });
+        self.finish(Status::Faulted)
+    }
+
+    fn finish(&mut self, status: Status) -> Yield {
+        self.snap.status = status;
+        self.snap.stack.clear();
+        self.expecting = None;
+        // A finished instance routes nothing: its correlations are released,
+        // and its pending timers go with it.
+        for (set, values) in std::mem::take(&mut self.snap.correlations) {
+            self.effects.push(Effect::Uncorrelate { set, values });
+        }
+        // Callers still waiting for a reply learn that none will come.
+        for request in std::mem::take(&mut self.snap.requests) {
+            let fault = match (&self.snap.fault, status) {
+                (Some(record), _) => record.fault.clone(),
+                (None, _) => Fault::new(
+                    "cairn.no-reply",
+                    format!("the instance {} without replying to '{}'", status.as_str(), request.operation),
+                ),
+            };
+            self.effects.push(Effect::Reply { message_id: request.message_id, body: "null".into(), fault: Some(fault) });
+        }
+        Yield::Finished(terminal_reason(status))
+    }
+
+    fn push(&mut self, node: NodeId) {
+        self.snap.stack.push(Frame { node, phase: Phase::Enter });
+    }
+
+    fn top(&self) -> &Frame {
+        self.snap.stack.last().expect("no activity running")
+    }
+
+    fn top_mut(&mut self) -> &mut Frame {
+        self.snap.stack.last_mut().expect("no activity running")
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.snap.next_id;
+        self.snap.next_id += 1;
+        id
+    }
+}
+
+fn terminal_reason(status: Status) -> Reason {
+    match status {
+        Status::Faulted => Reason::Faulted,
+        Status::Terminated => Reason::Terminated,
+        _ => Reason::Completed,
+    }
+}
+
+fn parse_output<T: serde::de::DeserializeOwned>(output: &Option<String>) -> Result<T, String> {
+    let text = output.as_deref().ok_or("the handler returned no output")?;
+    serde_json::from_str(text).map_err(|e| format!("output {text} is not a {}: {e}", std::any::type_name::<T>()))
+}
+
+/// The values of a correlation set in a message body, as canonical JSON text
+/// (an array in property order). Errors name the missing property.
+pub fn correlation_values(set: &super::definition::CorrelationSet, body: &str) -> Result<String, String> {
+    let body: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("message body is not JSON: {e}"))?;
+    let mut values = Vec::with_capacity(set.properties.len());
+    for p in &set.properties {
+        match body.pointer(&p.pointer) {
+            Some(v) if !v.is_null() => values.push(v.clone()),
+            _ => {
+                return Err(format!(
+                    "message body has no value at '{}' for property '{}' of correlation set '{}'",
+                    p.pointer, p.name, set.name
+                ))
+            }
+        }
+    }
+    Ok(serde_json::Value::Array(values).to_string())
+}

@@ -1,0 +1,479 @@
+//! Unit tests of the pure engine: one per persistence-point rule of
+//! DESIGN.md section 3 that this engine implements, plus resumability and
+//! validation. No Wasm, no RocksDB: handlers are answered from a script.
+
+use super::*;
+use crate::engine::definition::{Property, Transaction as T};
+
+/// Builds arena definitions tersely; node names double as activity paths.
+struct Tree {
+    nodes: Vec<Node>,
+    handlers: u32,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        Tree { nodes: Vec::new(), handlers: 0 }
+    }
+    fn add(&mut self, name: &str, activity: Activity, transaction: T) -> NodeId {
+        self.nodes.push(Node { name: name.into(), activity, transaction });
+        (self.nodes.len() - 1) as NodeId
+    }
+    fn handler(&mut self) -> u32 {
+        self.handlers += 1;
+        self.handlers - 1
+    }
+    fn snippet(&mut self, name: &str, t: T) -> NodeId {
+        let handler = self.handler();
+        self.add(name, Activity::Snippet { handler }, t)
+    }
+    fn receive(&mut self, name: &str, op: &str, creates: bool) -> NodeId {
+        let a = Activity::Receive {
+            operation: op.into(),
+            correlation: Some("order".into()),
+            creates_instance: creates,
+            request_response: false,
+            reader: None,
+            timeout: None,
+        };
+        self.add(name, a, T::Default)
+    }
+    fn invoke(&mut self, name: &str) -> NodeId {
+        let input = self.handler();
+        let a = Activity::Invoke { target: Target::Activity("pricing".into()), operation: "quote".into(), input, output: None };
+        self.add(name, a, T::Default)
+    }
+    fn wait(&mut self, name: &str, ms: u64) -> NodeId {
+        self.add(name, Activity::Wait { wait: WaitFor::DurationMs(ms) }, T::Default)
+    }
+    fn seq(mut self, children: Vec<NodeId>, kind: ProcessKind) -> Definition {
+        let root = self.add("main", Activity::Sequence { children }, T::Default);
+        Definition {
+            name: "test".into(),
+            kind,
+            initial_variables: "{}".into(),
+            correlation_sets: vec![CorrelationSet {
+                name: "order".into(),
+                properties: vec![Property { name: "id".into(), pointer: "/id".into() }],
+            }],
+            nodes: self.nodes,
+            root,
+            handler_count: self.handlers,
+        }
+    }
+}
+
+/// What the driver saw, in order: `call`, `persist:<reason>`, `await:<kind>`, `finished:<reason>`.
+fn trace_of(y: &Yield) -> String {
+    match y {
+        Yield::Call(c) => format!("call:{}", c.handler),
+        Yield::Persist(r) => format!("persist:{}", reason(*r)),
+        Yield::Await(Wait::Message { operation, .. }) => format!("await:message:{operation}"),
+        Yield::Await(Wait::Timer { .. }) => "await:timer".into(),
+        Yield::Await(Wait::Invoke { .. }) => "await:invoke".into(),
+        Yield::Finished(r) => format!("finished:{}", reason(*r)),
+    }
+}
+
+fn reason(r: Reason) -> String {
+    serde_json::to_value(r).unwrap().as_str().unwrap().to_string()
+}
+
+/// Drives a machine to the end: handlers append their id to `variables.log`,
+/// messages and timers and invoke results arrive when awaited.
+fn drive(def: &Definition) -> (Vec<String>, Snapshot) {
+    drive_from(def, Snapshot::new("i1".into(), def, "v1".into(), r#"{"log":[]}"#.into(), 1000))
+}
+
+fn drive_from(def: &Definition, snap: Snapshot) -> (Vec<String>, Snapshot) {
+    let mut m = Machine::new(def, snap);
+    let mut trace = Vec::new();
+    let mut input = Input::Continue;
+    let mut now = 1000;
+    for _ in 0..200 {
+        let y = m.step(input, now);
+        trace.push(trace_of(&y));
+        input = match y {
+            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snap.variables, c.handler))),
+            Yield::Persist(_) => Input::Continue,
+            Yield::Await(Wait::Message { operation, .. }) => Input::Message(Delivery {
+                seq: 1,
+                message_id: "m1".into(),
+                operation,
+                body: r#"{"id":"o-1"}"#.into(),
+            }),
+            Yield::Await(Wait::Timer { due_ms, .. }) => {
+                now = due_ms;
+                Input::Continue
+            }
+            Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
+            Yield::Finished(_) => return (trace, m.snap),
+        };
+    }
+    panic!("did not finish: {trace:?}");
+}
+
+fn run_handler(variables: &str, handler: u32) -> HandlerOutput {
+    let mut v: serde_json::Value = serde_json::from_str(variables).unwrap();
+    v["log"].as_array_mut().unwrap().push(handler.into());
+    HandlerOutput { variables: v.to_string(), output: Some("true".into()) }
+}
+
+#[test]
+fn participating_snippets_share_one_transaction_with_no_persistence_point() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let b = t.snippet("b", T::Participates);
+    let def = t.seq(vec![a, b], ProcessKind::LongRunning);
+    let (trace, snap) = drive(&def);
+    assert_eq!(trace, ["call:0", "call:1", "finished:completed"]);
+    assert_eq!(snap.status, Status::Completed);
+    assert_eq!(snap.variables, r#"{"log":[0,1]}"#);
+}
+
+#[test]
+fn commit_before_persists_before_the_activity_runs() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let b = t.snippet("b", T::CommitBefore);
+    let def = t.seq(vec![a, b], ProcessKind::LongRunning);
+    let (trace, _) = drive(&def);
+    assert_eq!(trace, ["call:0", "persist:commit-before", "call:1", "finished:completed"]);
+}
+
+#[test]
+fn commit_after_persists_right_after_the_activity_completes() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::CommitAfter);
+    let b = t.snippet("b", T::Default);
+    let def = t.seq(vec![a, b], ProcessKind::LongRunning);
+    let (trace, _) = drive(&def);
+    assert_eq!(trace, ["call:0", "persist:commit-after", "call:1", "finished:completed"]);
+}
+
+#[test]
+fn requires_own_persists_before_and_after() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::RequiresOwn);
+    let def = t.seq(vec![a], ProcessKind::LongRunning);
+    let (trace, _) = drive(&def);
+    assert_eq!(trace, ["persist:commit-before", "call:0", "persist:commit-after", "finished:completed"]);
+}
+
+#[test]
+fn receive_commits_after_by_default_and_consumes_the_message_in_that_batch() {
+    let mut t = Tree::new();
+    let r = t.receive("take", "submit", true);
+    let def = t.seq(vec![r], ProcessKind::LongRunning);
+    let snap = Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0);
+    let mut m = Machine::new(&def, snap);
+    assert_eq!(m.step(Input::Continue, 0), Yield::Await(Wait::Message { operation: "submit".into(), due_ms: None }));
+    let d = Delivery { seq: 7, message_id: "m".into(), operation: "submit".into(), body: r#"{"id":"o-1"}"#.into() };
+    assert_eq!(m.step(Input::Message(d), 0), Yield::Persist(Reason::CommitAfter));
+    assert_eq!(
+        m.take_effects(),
+        [
+            Effect::ConsumeMessage { seq: 7 },
+            Effect::Correlate { set: "order".into(), values: r#"["o-1"]"#.into() }
+        ]
+    );
+}
+
+#[test]
+fn wait_commits_before_and_then_awaits_its_timer() {
+    let mut t = Tree::new();
+    let w = t.wait("pause", 500);
+    let def = t.seq(vec![w], ProcessKind::LongRunning);
+    let snap = Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0);
+    let mut m = Machine::new(&def, snap);
+    assert_eq!(m.step(Input::Continue, 1000), Yield::Persist(Reason::CommitBefore));
+    assert_eq!(m.step(Input::Continue, 1000), Yield::Await(Wait::Timer { timer_id: 1, due_ms: 1500 }));
+    assert_eq!(m.snap.status, Status::Waiting);
+    assert_eq!(m.take_effects(), [Effect::SetTimer { timer_id: 1, due_ms: 1500 }]);
+}
+
+#[test]
+fn a_timer_already_due_on_resume_fires_at_once() {
+    let mut t = Tree::new();
+    let w = t.wait("pause", 500);
+    let def = t.seq(vec![w], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    m.step(Input::Continue, 1000);
+    m.step(Input::Continue, 1000);
+    let persisted = m.snap.clone();
+    // A restart long after the deadline: the same snapshot resumes past the wait.
+    let mut m = Machine::new(&def, persisted);
+    assert_eq!(m.step(Input::Continue, 9000), Yield::Finished(Reason::Completed));
+    assert_eq!(m.take_effects(), [Effect::ClearTimer { timer_id: 1, due_ms: 1500 }]);
+}
+
+#[test]
+fn invoke_persists_its_outbox_entry_before_dispatch_and_commits_after_its_result() {
+    let mut t = Tree::new();
+    let i = t.invoke("price");
+    let def = t.seq(vec![i], ProcessKind::LongRunning);
+    let (trace, _) = drive(&def);
+    assert_eq!(trace, ["call:0", "persist:dispatch", "await:invoke", "persist:commit-after", "finished:completed"]);
+
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    m.step(Input::Continue, 0);
+    let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("{\"n\":1}".into()) })), 0);
+    assert_eq!(y, Yield::Persist(Reason::Dispatch));
+    assert_eq!(
+        m.take_effects(),
+        [Effect::Invoke {
+            call_id: 1,
+            target: Target::Activity("pricing".into()),
+            operation: "quote".into(),
+            input: "{\"n\":1}".into(),
+            idempotency_key: "i1/main/price/1".into(),
+        }]
+    );
+}
+
+#[test]
+fn send_is_a_persistence_point_carrying_the_message() {
+    let mut t = Tree::new();
+    let body = t.handler();
+    let s = t.add(
+        "notify",
+        Activity::Send { target: Target::Process("other".into()), operation: "note".into(), body },
+        T::Default,
+    );
+    let def = t.seq(vec![s], ProcessKind::LongRunning);
+    let (trace, _) = drive(&def);
+    assert_eq!(trace, ["call:0", "persist:dispatch", "finished:completed"]);
+}
+
+#[test]
+fn microflow_has_no_persistence_point_before_its_end() {
+    let mut t = Tree::new();
+    let r = t.receive("take", "submit", true);
+    let a = t.snippet("a", T::RequiresOwn);
+    let i = t.invoke("price");
+    let def = t.seq(vec![r, a, i], ProcessKind::Microflow);
+    let (trace, _) = drive(&def);
+    assert_eq!(trace, ["await:message:submit", "call:0", "call:1", "await:invoke", "finished:completed"]);
+}
+
+#[test]
+fn an_uncaught_fault_marks_the_instance_faulted_with_its_path_and_data() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let def = t.seq(vec![a], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    assert!(matches!(m.step(Input::Continue, 0), Yield::Call(_)));
+    let fault = Fault { name: "invalid-order".into(), message: "no lines".into(), data: "{\"lines\":0}".into() };
+    assert_eq!(m.step(Input::Handler(Err(fault.clone())), 0), Yield::Finished(Reason::Faulted));
+    assert_eq!(m.snap.status, Status::Faulted);
+    assert_eq!(m.snap.fault, Some(FaultRecord { fault, path: "main/a".into() }));
+}
+
+#[test]
+fn throw_raises_its_named_fault() {
+    let mut t = Tree::new();
+    let th = t.add("boom", Activity::Throw { fault: "bad".into(), message: "went bad".into(), data: None }, T::Default);
+    let def = t.seq(vec![th], ProcessKind::LongRunning);
+    let (trace, snap) = drive(&def);
+    assert_eq!(trace, ["finished:faulted"]);
+    assert_eq!(snap.fault.unwrap().fault.name, "bad");
+}
+
+#[test]
+fn terminate_ends_the_instance_and_releases_its_correlations() {
+    let mut t = Tree::new();
+    let r = t.receive("take", "submit", true);
+    let x = t.add("stop", Activity::Terminate, T::Default);
+    let after = t.snippet("never", T::Default);
+    let def = t.seq(vec![r, x, after], ProcessKind::LongRunning);
+    let (trace, snap) = drive(&def);
+    assert_eq!(trace, ["await:message:submit", "persist:commit-after", "finished:terminated"]);
+    assert_eq!(snap.status, Status::Terminated);
+    assert!(snap.correlations.is_empty());
+}
+
+#[test]
+fn if_and_while_follow_their_conditions() {
+    let mut t = Tree::new();
+    let then_s = t.snippet("yes", T::Default);
+    let cond = t.handler();
+    let iff = t.add("check", Activity::IfElse { condition: cond, then_branch: then_s, else_branch: None }, T::Default);
+    let def = t.seq(vec![iff], ProcessKind::LongRunning);
+    let (trace, _) = drive(&def);
+    assert_eq!(trace, ["call:1", "call:0", "finished:completed"]);
+
+    // A while whose condition turns false once the log holds three entries.
+    let mut t = Tree::new();
+    let body = t.snippet("body", T::Default);
+    let cond = t.handler();
+    let w = t.add("loop", Activity::While { condition: cond, body }, T::Default);
+    let def = t.seq(vec![w], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0}"#.into(), 0));
+    let mut input = Input::Continue;
+    let mut bodies = 0;
+    loop {
+        match m.step(input, 0) {
+            Yield::Call(c) if c.handler == cond => {
+                input = Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: Some((bodies < 3).to_string()) }))
+            }
+            Yield::Call(_) => {
+                bodies += 1;
+                input = Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: None }))
+            }
+            Yield::Finished(r) => {
+                assert_eq!(r, Reason::Completed);
+                break;
+            }
+            y => panic!("unexpected {y:?}"),
+        }
+    }
+    assert_eq!(bodies, 3);
+}
+
+#[test]
+fn every_persisted_snapshot_resumes_to_the_same_outcome() {
+    // Crash recovery in miniature: stop after each persistence point, reload
+    // the snapshot as the store would, and check the instance still finishes
+    // with the same variables.
+    let mut t = Tree::new();
+    let r = t.receive("take", "submit", true);
+    let a = t.snippet("a", T::Default);
+    let i = t.invoke("price");
+    let w = t.wait("pause", 10);
+    let b = t.snippet("b", T::CommitAfter);
+    let def = t.seq(vec![r, a, i, w, b], ProcessKind::LongRunning);
+    let (_, reference) = drive(&def);
+
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"log":[]}"#.into(), 0));
+    let mut persisted = Vec::new();
+    let mut input = Input::Continue;
+    let mut now = 1000;
+    loop {
+        let y = m.step(input, now);
+        input = match y {
+            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snap.variables, c.handler))),
+            Yield::Persist(_) => {
+                persisted.push(m.snap.clone());
+                Input::Continue
+            }
+            Yield::Await(Wait::Message { operation, .. }) => {
+                Input::Message(Delivery { seq: 1, message_id: "m".into(), operation, body: r#"{"id":"o"}"#.into() })
+            }
+            Yield::Await(Wait::Timer { due_ms, .. }) => {
+                now = due_ms;
+                Input::Continue
+            }
+            Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
+            Yield::Finished(_) => break,
+        };
+    }
+    assert!(persisted.len() >= 4, "expected several persistence points, saw {}", persisted.len());
+    for snap in persisted {
+        let (_, end) = drive_from(&def, snap);
+        assert_eq!(end.variables, reference.variables);
+        assert_eq!(end.status, Status::Completed);
+    }
+}
+
+#[test]
+fn validation_rejects_what_design_section_2_lists() {
+    let mut t = Tree::new();
+    let a = Activity::Receive {
+        operation: "approve".into(),
+        correlation: None,
+        creates_instance: false,
+        request_response: false,
+        reader: None,
+        timeout: None,
+    };
+    let r = t.add("lonely", a, T::Default);
+    let def = t.seq(vec![r], ProcessKind::LongRunning);
+    let err = def.validate().unwrap_err();
+    assert!(err.contains("activity 'main/lonely' (receive)") && err.contains("no correlation set"), "{err}");
+
+    let mut t = Tree::new();
+    let body = t.handler();
+    let r = t.add("answer", Activity::Reply { operation: "quote".into(), body }, T::Default);
+    let err = t.seq(vec![r], ProcessKind::LongRunning).validate().unwrap_err();
+    assert!(err.contains("no request-response receive of operation 'quote'"), "{err}");
+
+    let mut t = Tree::new();
+    let r = t.receive("take", "submit", true);
+    let w = t.wait("pause", 5);
+    let err = t.seq(vec![r, w], ProcessKind::Microflow).validate().unwrap_err();
+    assert!(err.contains("activity 'main/pause' (wait): a microflow cannot wait"), "{err}");
+
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let r = t.receive("late", "submit", true);
+    let err = t.seq(vec![a, r], ProcessKind::LongRunning).validate().unwrap_err();
+    assert!(err.contains("must be the first activity"), "{err}");
+
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let b = t.snippet("a", T::Default);
+    let err = t.seq(vec![a, b], ProcessKind::LongRunning).validate().unwrap_err();
+    assert!(err.contains("two children are named 'a'"), "{err}");
+
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let mut def = t.seq(vec![a, a], ProcessKind::LongRunning);
+    def.nodes[a as usize].name = "a".into();
+    assert!(def.validate().is_err());
+}
+
+#[test]
+fn a_receive_with_a_timeout_runs_its_timeout_handler_when_the_deadline_passes_first() {
+    let mut t = Tree::new();
+    let deadline = t.handler();
+    let on_timeout = t.handler();
+    let a = Activity::Receive {
+        operation: "approve".into(),
+        correlation: Some("order".into()),
+        creates_instance: false,
+        request_response: false,
+        reader: None,
+        timeout: Some(definition::ReceiveTimeout { deadline, on_timeout: Some(on_timeout) }),
+    };
+    let r = t.add("approval", a, T::Default);
+    let def = t.seq(vec![r], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    assert_eq!(m.step(Input::Continue, 0), Yield::Call(HandlerCall { handler: deadline, message: None }));
+    let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("5000".into()) })), 0);
+    assert_eq!(y, Yield::Await(Wait::Message { operation: "approve".into(), due_ms: Some(5000) }));
+    // Time passes the deadline with no message: the timeout handler runs.
+    assert_eq!(m.step(Input::Continue, 5000), Yield::Call(HandlerCall { handler: on_timeout, message: None }));
+    let y = m.step(Input::Handler(Ok(HandlerOutput { variables: r#"{"timed_out":true}"#.into(), output: None })), 5000);
+    assert_eq!(y, Yield::Persist(Reason::CommitAfter));
+    assert_eq!(
+        m.take_effects(),
+        [Effect::SetTimer { timer_id: 1, due_ms: 5000 }, Effect::ClearTimer { timer_id: 1, due_ms: 5000 }]
+    );
+}
+
+#[test]
+fn a_faulted_instance_answers_waiting_requests_with_its_fault() {
+    let mut t = Tree::new();
+    let a = Activity::Receive {
+        operation: "quote".into(),
+        correlation: None,
+        creates_instance: true,
+        request_response: true,
+        reader: None,
+        timeout: None,
+    };
+    let r = t.add("take", a, T::Default);
+    let th = t.add("boom", Activity::Throw { fault: "no-stock".into(), message: "none left".into(), data: None }, T::Default);
+    let def = t.seq(vec![r, th], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    m.step(Input::Continue, 0);
+    let d = Delivery { seq: 1, message_id: "req-1".into(), operation: "quote".into(), body: "{}".into() };
+    assert_eq!(m.step(Input::Message(d), 0), Yield::Persist(Reason::CommitAfter));
+    m.take_effects();
+    assert_eq!(m.step(Input::Continue, 0), Yield::Finished(Reason::Faulted));
+    let effects = m.take_effects();
+    assert!(
+        matches!(&effects[..], [Effect::Reply { message_id, fault: Some(f), .. }] if message_id == "req-1" && f.name == "no-stock"),
+        "{effects:?}"
+    );
+}
