@@ -1,1 +1,26 @@
-fn main() {}
+//! `cairn`: the durable process host and its command-line client.
+//!
+//! `cairn serve` runs the host: the engine (`engine`, pure), the Wasm runtime
+//! (`runtime`), the RocksDB store (`store`), the service that drives
+//! instances (`service`) and the HTTP API (`api`). Every other subcommand is
+//! a client of that API (`cli`). See ARCHITECTURE.md for the code map.
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod engine;
+pub mod failpoint;
+pub mod guestlog;
+pub mod runtime;
+pub mod service;
+pub mod store;
+
+/// Milliseconds since the Unix epoch: the only clock the engine sees, and it
+/// sees it as a field of its inputs.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -266,13 +266,15 @@ pub struct Machine<'d> {
     pub def: &'d Definition,
     pub snap: Snapshot,
     pub effects: Vec<Effect>,
+    /// Activity path the latest `Yield::Persist` belongs to (for the history).
+    pub persist_path: String,
     expecting: Option<Expect>,
     now_ms: u64,
 }
 
 impl<'d> Machine<'d> {
     pub fn new(def: &'d Definition, snap: Snapshot) -> Machine<'d> {
-        Machine { def, snap, effects: Vec::new(), expecting: None, now_ms: 0 }
+        Machine { def, snap, effects: Vec::new(), persist_path: String::new(), expecting: None, now_ms: 0 }
     }
 
     pub fn take_effects(&mut self) -> Vec<Effect> {
@@ -422,7 +424,7 @@ impl<'d> Machine<'d> {
                 });
                 self.top_mut().phase = Phase::AwaitInvoke { call_id };
                 if self.persistent() {
-                    return Some(Yield::Persist(Reason::Dispatch));
+                    return Some(self.persist(Reason::Dispatch));
                 }
             }
             Expect::SendBody => {
@@ -438,7 +440,7 @@ impl<'d> Machine<'d> {
                 });
                 self.top_mut().phase = Phase::Done;
                 if self.persistent() {
-                    return Some(Yield::Persist(Reason::Dispatch));
+                    return Some(self.persist(Reason::Dispatch));
                 }
             }
             Expect::Deadline => match parse_output::<u64>(&output) {
@@ -498,12 +500,14 @@ impl<'d> Machine<'d> {
                 Phase::Enter => {
                     self.top_mut().phase = Phase::Started;
                     if node.commits().before && self.persistent() {
-                        return Yield::Persist(Reason::CommitBefore);
+                        return self.persist(Reason::CommitBefore);
                     }
                 }
                 Phase::Done => {
+                    let path = self.snap.path(self.def);
                     self.snap.stack.pop();
                     if node.commits().after && self.persistent() {
+                        self.persist_path = path;
                         return Yield::Persist(Reason::CommitAfter);
                     }
                 }
@@ -580,6 +584,11 @@ impl<'d> Machine<'d> {
                 },
             }
         }
+    }
+
+    fn persist(&mut self, reason: Reason) -> Yield {
+        self.persist_path = self.snap.path(self.def);
+        Yield::Persist(reason)
     }
 
     fn set_timer(&mut self, due_ms: u64) -> TimerRef {

@@ -1,0 +1,195 @@
+//! The HTTP API (JSON over HTTP/1.1 on loopback). API Boundary: the CLI
+//! speaks only this; the README documents every route.
+//!
+//! Request bodies are parsed here, so that malformed JSON gets an error that
+//! says where it is malformed; everything else is the service's.
+
+use crate::engine::{Snapshot, Status};
+use crate::service::{Error, ErrorKind, MessageIn, Service};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub fn router(svc: Service) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/definitions", post(deploy).get(list_definitions))
+        .route("/v1/instances", post(start).get(list_instances))
+        .route("/v1/instances/{id}", get(show_instance))
+        .route("/v1/messages", post(send_message))
+        .fallback(|| async { error(Error::new(ErrorKind::NotFound, "no such route; see the README's HTTP reference")) })
+        .with_state(svc)
+}
+
+fn error(e: Error) -> Response {
+    let status = match e.kind {
+        ErrorKind::BadInput => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(json!({ "error": e.message }))).into_response()
+}
+
+fn respond(r: Result<(StatusCode, Value), Error>) -> Response {
+    match r {
+        Ok((status, body)) => (status, Json(body)).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::new(ErrorKind::BadInput, format!("request body is not valid: {e}")))
+}
+
+async fn health(State(svc): State<Service>) -> Response {
+    Json(json!({ "ok": true, "live_instances": svc.live_count() })).into_response()
+}
+
+#[derive(Deserialize)]
+struct DeployQuery {
+    name: Option<String>,
+}
+
+async fn deploy(State(svc): State<Service>, Query(q): Query<DeployQuery>, body: Bytes) -> Response {
+    respond(async {
+        if body.is_empty() {
+            return Err(Error::new(ErrorKind::BadInput, "the request body is empty: send the component's bytes"));
+        }
+        let (record, created) = svc.deploy(body.to_vec(), q.name).await?;
+        let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+        Ok((
+            status,
+            json!({ "name": record.name, "version": record.version, "kind": record.kind, "created": created }),
+        ))
+    }
+    .await)
+}
+
+async fn list_definitions(State(svc): State<Service>) -> Response {
+    let defs: Vec<Value> = svc
+        .definitions()
+        .into_iter()
+        .map(|(r, latest)| {
+            json!({
+                "name": r.name,
+                "version": r.version,
+                "kind": r.kind,
+                "latest": latest,
+                "deployed_ms": r.deployed_ms,
+                "size": r.size,
+                "process_kind": r.definition.as_ref().map(|d| d.kind),
+            })
+        })
+        .collect();
+    Json(json!({ "definitions": defs })).into_response()
+}
+
+#[derive(Deserialize)]
+struct StartRequest {
+    process: String,
+    input: Option<Value>,
+}
+
+async fn start(State(svc): State<Service>, body: Bytes) -> Response {
+    respond(async {
+        let req: StartRequest = parse_json(&body)?;
+        let a = svc.start_instance(&req.process, req.input).await?;
+        let version = svc.load_snapshot(&a.instance)?.map(|s| s.version).unwrap_or_default();
+        Ok((StatusCode::CREATED, json!({ "id": a.instance, "process": req.process, "version": version })))
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    process: Option<String>,
+    limit: Option<usize>,
+}
+
+fn summary(s: &Snapshot, svc: &Service) -> Value {
+    let def = svc.deployed(&s.version).and_then(|d| d.record.definition.clone());
+    json!({
+        "id": s.id,
+        "process": s.process,
+        "version": s.version,
+        "status": s.status,
+        "position": def.map(|d| s.path(&d)).unwrap_or_default(),
+        "created_ms": s.created_ms,
+        "updated_ms": s.updated_ms,
+    })
+}
+
+async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) -> Response {
+    respond((|| {
+        let status = match q.status.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(serde_json::from_value::<Status>(json!(s)).map_err(|_| {
+                Error::new(
+                    ErrorKind::BadInput,
+                    format!("unknown status '{s}'; use running, waiting, completed, faulted or terminated"),
+                )
+            })?),
+        };
+        let limit = q.limit.unwrap_or(1000);
+        let list = svc.list_instances(status, q.process.as_deref(), limit)?;
+        let items: Vec<Value> = list.iter().map(|s| summary(s, &svc)).collect();
+        Ok((StatusCode::OK, json!({ "instances": items, "count": items.len() })))
+    })())
+}
+
+async fn show_instance(State(svc): State<Service>, Path(id): Path<String>) -> Response {
+    respond((|| {
+        let s = svc
+            .load_snapshot(&id)?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
+        let mut v = summary(&s, &svc);
+        let variables: Value = serde_json::from_str(&s.variables).unwrap_or(Value::String(s.variables.clone()));
+        v["variables"] = variables;
+        v["fault"] = json!(s.fault);
+        v["correlations"] = json!(s.correlations);
+        v["in_memory"] = json!(svc.in_memory(&id));
+        v["wait"] = json!(s.stack.last().map(|f| &f.phase));
+        v["inbox"] = json!(svc.inbox(&id)?.len());
+        v["pending_calls"] = json!(svc.outbox(&id)?);
+        v["history"] = json!(svc.history(&id)?);
+        v["fence"] = json!(s.fence);
+        Ok((StatusCode::OK, v))
+    })())
+}
+
+#[derive(Deserialize)]
+struct SendRequest {
+    operation: String,
+    body: Value,
+    id: Option<String>,
+    #[serde(default)]
+    wait_reply: bool,
+    timeout_ms: Option<u64>,
+}
+
+async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
+    respond(async {
+        let req: SendRequest = parse_json(&body)?;
+        let m = MessageIn { id: req.id, operation: req.operation, body: req.body.to_string() };
+        let accepted = svc.accept_message(m, None, Default::default()).await?;
+        let mut out = json!(accepted);
+        if req.wait_reply {
+            let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(30_000));
+            let reply = svc.await_reply(&accepted.message_id, timeout).await?;
+            out["reply"] = json!(reply);
+        }
+        let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+        Ok((status, out))
+    }
+    .await)
+}

@@ -1,0 +1,413 @@
+//! The command line: `cairn serve` starts the host; every other command is a
+//! client of the HTTP API at `--server` (env `CAIRN_SERVER`).
+//!
+//! Exit codes: 0 success; 1 the server refused the request (its error is
+//! printed); 2 usage error; 3 the server could not be reached; 4 `--wait`
+//! saw the instance end faulted or terminated.
+
+use crate::runtime::Limits;
+use crate::service::{Config, Service};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub const EXIT_REFUSED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_UNREACHABLE: i32 = 3;
+pub const EXIT_INSTANCE_FAILED: i32 = 4;
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Cairn: a durable process host for WebAssembly components")]
+struct Cli {
+    /// URL of the Cairn server the client commands talk to.
+    #[arg(long, global = true, env = "CAIRN_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host: serve the HTTP API and run instances.
+    Serve {
+        /// Data directory (RocksDB store, compiled components, guest log).
+        #[arg(long, default_value = "./cairn-data")]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        listen: String,
+        /// Do not fsync commits (faster; a machine crash may lose recent persistence points).
+        #[arg(long)]
+        no_fsync: bool,
+        /// Wall-clock limit of one guest call, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        call_timeout_ms: u64,
+        /// Memory limit of one guest instance, in MiB.
+        #[arg(long, default_value_t = 128)]
+        memory_limit_mb: usize,
+        /// History entries kept per instance.
+        #[arg(long, default_value_t = 1000)]
+        history_limit: u64,
+        /// Do not echo guest log records to stderr (they still go to DATA/guest-log.jsonl).
+        #[arg(long)]
+        quiet_guests: bool,
+    },
+    /// Deploy a process or activity component (.wasm).
+    Deploy {
+        file: PathBuf,
+        /// Name of an activity component (default: the file name without .wasm, '_' as '-').
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List deployed definitions and activity components.
+    Definitions {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start an instance of a process.
+    Start {
+        process: String,
+        /// JSON input: the message of the process's instance-creating receive, or initial variables.
+        #[arg(long)]
+        input: Option<String>,
+        /// Wait until the instance completes and print its final variables.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a message; it is routed by correlation or creates an instance.
+    Send {
+        operation: String,
+        /// JSON body of the message.
+        #[arg(long)]
+        body: String,
+        /// Message id; a message id seen before is acknowledged and not delivered again.
+        #[arg(long)]
+        id: Option<String>,
+        /// Wait for the reply of a request-response receive.
+        #[arg(long)]
+        wait_reply: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List instances.
+    Ls {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        process: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one instance: status, position, variables, history.
+    Show {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the benchmarks in-process on a temporary data directory.
+    Bench(crate::bench::Args),
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let client = Client::new(&cli.server);
+    let result = match cli.command {
+        Command::Serve { data, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests } => {
+            let config = Config {
+                data_dir: data,
+                fsync: !no_fsync,
+                limits: Limits {
+                    memory_bytes: memory_limit_mb << 20,
+                    call_timeout: Duration::from_millis(call_timeout_ms),
+                },
+                history_limit,
+                echo_guest_log: !quiet_guests,
+            };
+            return match serve(config, &listen) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("cairn serve: {e:#}");
+                    1
+                }
+            };
+        }
+        Command::Deploy { file, name, json } => deploy(&client, &file, name, json),
+        Command::Definitions { json } => definitions(&client, json),
+        Command::Start { process, input, wait, timeout, json } => start(&client, &process, input, wait, timeout, json),
+        Command::Send { operation, body, id, wait_reply, json } => send(&client, &operation, &body, id, wait_reply, json),
+        Command::Ls { status, process, limit, json } => ls(&client, status, process, limit, json),
+        Command::Show { instance, json } => show(&client, &instance, json),
+        Command::Bench(args) => return crate::bench::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(CliError(code, message)) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let data = config.data_dir.display().to_string();
+        let svc = Service::start(config).await?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        eprintln!("cairn: serving http://{} (data in {data})", listener.local_addr()?);
+        axum::serve(listener, crate::api::router(svc.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+        eprintln!("cairn: shutting down: persisting live instances");
+        svc.shutdown().await;
+        eprintln!("cairn: stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+struct CliError(i32, String);
+
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(base: &str) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        Client { base: base.trim_end_matches('/').to_string(), agent }
+    }
+
+    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, CliError> {
+        let mut resp = r.map_err(|e| {
+            CliError(EXIT_UNREACHABLE, format!("cannot reach the Cairn server at {}: {e} (start it with `cairn serve`, or set --server / CAIRN_SERVER)", self.base))
+        })?;
+        let status = resp.status().as_u16();
+        let body: Value = resp
+            .body_mut()
+            .read_json()
+            .map_err(|e| CliError(EXIT_REFUSED, format!("the server answered {status} with a body that is not JSON: {e}")))?;
+        if status >= 400 {
+            let msg = body["error"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+            return Err(CliError(EXIT_REFUSED, msg));
+        }
+        Ok(body)
+    }
+
+    fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.finish(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.finish(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .send(body.to_string().as_bytes()),
+        )
+    }
+
+    fn post_bytes(&self, path: &str, bytes: &[u8]) -> Result<Value, CliError> {
+        self.finish(self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/wasm").send(bytes))
+    }
+}
+
+fn parse_json_arg(flag: &str, text: &str) -> Result<Value, CliError> {
+    serde_json::from_str(text).map_err(|e| CliError(EXIT_USAGE, format!("{flag} is not valid JSON: {e}")))
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap());
+}
+
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+fn deploy(client: &Client, file: &PathBuf, name: Option<String>, json_out: bool) -> Result<i32, CliError> {
+    let bytes = std::fs::read(file).map_err(|e| CliError(EXIT_USAGE, format!("cannot read {}: {e}", file.display())))?;
+    let name = name.unwrap_or_else(|| {
+        file.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default()
+    });
+    let v = client.post_bytes(&format!("/v1/definitions?name={}", query_escape(&name)), &bytes)?;
+    if json_out {
+        print_json(&v);
+    } else {
+        let verb = if v["created"].as_bool() == Some(true) { "deployed" } else { "already deployed" };
+        println!("{verb} {} {} {}", v["kind"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+fn definitions(client: &Client, json_out: bool) -> Result<i32, CliError> {
+    let v = client.get("/v1/definitions")?;
+    if json_out {
+        print_json(&v);
+        return Ok(0);
+    }
+    println!("{:<10} {:<32} {:<18} {:<7} {:>9}", "KIND", "NAME", "VERSION", "LATEST", "SIZE");
+    for d in v["definitions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<10} {:<32} {:<18} {:<7} {:>9}",
+            d["kind"].as_str().unwrap_or(""),
+            d["name"].as_str().unwrap_or(""),
+            d["version"].as_str().unwrap_or(""),
+            if d["latest"].as_bool() == Some(true) { "yes" } else { "" },
+            d["size"]
+        );
+    }
+    Ok(0)
+}
+
+fn start(client: &Client, process: &str, input: Option<String>, wait: bool, timeout: u64, json_out: bool) -> Result<i32, CliError> {
+    let mut req = json!({ "process": process });
+    if let Some(i) = input {
+        req["input"] = parse_json_arg("--input", &i)?;
+    }
+    let v = client.post_json("/v1/instances", &req)?;
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    if !wait {
+        if json_out {
+            print_json(&v);
+        } else {
+            println!("{id}");
+        }
+        return Ok(0);
+    }
+    let started = Instant::now();
+    let mut said_waiting = false;
+    loop {
+        let inst = client.get(&format!("/v1/instances/{id}"))?;
+        let status = inst["status"].as_str().unwrap_or("");
+        match status {
+            "completed" | "faulted" | "terminated" => {
+                if json_out {
+                    print_json(&inst);
+                } else {
+                    println!("{id} {status}");
+                    if let Some(f) = inst["fault"].as_object() {
+                        println!("fault {} at {}: {}", f["name"].as_str().unwrap_or(""), f["path"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or(""));
+                    }
+                    println!("{}", serde_json::to_string_pretty(&inst["variables"]).unwrap());
+                }
+                return Ok(if status == "completed" { 0 } else { EXIT_INSTANCE_FAILED });
+            }
+            _ => {
+                if started.elapsed() > Duration::from_secs(timeout) {
+                    return Err(CliError(EXIT_REFUSED, format!("instance {id} is still {status} after {timeout}s")));
+                }
+                if !said_waiting && started.elapsed() > Duration::from_secs(2) && !json_out {
+                    eprintln!("waiting for {id} ({status} at {})...", inst["position"].as_str().unwrap_or(""));
+                    said_waiting = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn send(client: &Client, operation: &str, body: &str, id: Option<String>, wait_reply: bool, json_out: bool) -> Result<i32, CliError> {
+    let mut req = json!({ "operation": operation, "body": parse_json_arg("--body", body)?, "wait_reply": wait_reply });
+    if let Some(id) = id {
+        req["id"] = json!(id);
+    }
+    let v = client.post_json("/v1/messages", &req)?;
+    if json_out {
+        print_json(&v);
+    } else {
+        let what = if v["duplicate"].as_bool() == Some(true) {
+            "duplicate (already accepted) for"
+        } else if v["created"].as_bool() == Some(true) {
+            "accepted; created"
+        } else {
+            "accepted for"
+        };
+        println!("message {} {what} instance {}", v["message_id"].as_str().unwrap_or(""), v["instance"].as_str().unwrap_or(""));
+        if let Some(reply) = v.get("reply") {
+            match reply["fault"].as_object() {
+                Some(f) => println!("reply: fault {}: {}", f["name"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or("")),
+                None => println!("reply: {}", reply["body"]),
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn ls(client: &Client, status: Option<String>, process: Option<String>, limit: usize, json_out: bool) -> Result<i32, CliError> {
+    let mut q = format!("/v1/instances?limit={limit}");
+    if let Some(s) = status {
+        q.push_str(&format!("&status={}", query_escape(&s)));
+    }
+    if let Some(p) = process {
+        q.push_str(&format!("&process={}", query_escape(&p)));
+    }
+    let v = client.get(&q)?;
+    if json_out {
+        print_json(&v);
+        return Ok(0);
+    }
+    println!("{:<36}  {:<24} {:<11} POSITION", "ID", "PROCESS", "STATUS");
+    for i in v["instances"].as_array().into_iter().flatten() {
+        println!(
+            "{:<36}  {:<24} {:<11} {}",
+            i["id"].as_str().unwrap_or(""),
+            i["process"].as_str().unwrap_or(""),
+            i["status"].as_str().unwrap_or(""),
+            i["position"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+fn show(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
+    let v = client.get(&format!("/v1/instances/{}", query_escape(id)))?;
+    if json_out {
+        print_json(&v);
+        return Ok(0);
+    }
+    println!("instance   {}", v["id"].as_str().unwrap_or(""));
+    println!("process    {} (version {})", v["process"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
+    println!("status     {}", v["status"].as_str().unwrap_or(""));
+    println!("position   {}", v["position"].as_str().unwrap_or(""));
+    println!("in memory  {}", v["in_memory"]);
+    if let Some(f) = v["fault"].as_object() {
+        println!("fault      {} at {}: {} (data {})", f["name"].as_str().unwrap_or(""), f["path"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or(""), f["data"].as_str().unwrap_or("null"));
+    }
+    println!("variables  {}", serde_json::to_string_pretty(&v["variables"]).unwrap().replace('\n', "\n           "));
+    println!("history");
+    for h in v["history"].as_array().into_iter().flatten() {
+        println!("  #{:<4} {:<14} {:<10} {}", h["fence"], h["reason"].as_str().unwrap_or(""), h["status"].as_str().unwrap_or(""), h["path"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}

@@ -1,0 +1,34 @@
+//! Named fail points for deterministic crash tests.
+//!
+//! `CAIRN_FAILPOINT=NAME[:N]` makes the process abort (as `kill -9` would:
+//! no destructors, no flush) the N-th time (default: the first) execution
+//! reaches the point called NAME. Points: `before-commit` (a persistence
+//! point's batch is built but not written), `after-commit` (written, effects
+//! not yet dispatched), `mid-dispatch` (an activity ran, its result not yet
+//! delivered to the instance).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+fn armed() -> &'static Option<(String, u64)> {
+    ARMED.get_or_init(|| {
+        let spec = std::env::var("CAIRN_FAILPOINT").ok()?;
+        let (name, n) = match spec.split_once(':') {
+            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
+            None => (spec, 1),
+        };
+        Some((name, n))
+    })
+}
+
+pub fn hit(name: &str) {
+    if let Some((armed, n)) = armed() {
+        if armed == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            eprintln!("cairn: fail point '{name}' reached (hit {n}): aborting");
+            std::process::abort();
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The WebAssembly runtime: compiles components, checks their world, and runs
+//! one handler or activity call per fresh sandboxed instance.
+//!
+//! Architecture invariant: no guest memory survives a call. Every call makes a
+//! new `Store` and instance from a pre-instantiated component, bounded by an
+//! epoch deadline (wall time) and a memory cap; a guest that traps, runs out
+//! of time or exceeds its memory becomes a `Fault`, never a host error.
+//! Guests get WASI p2 with an empty context (no files, network, environment)
+//! plus `cairn:log/logging`, and nothing else.
+
+use crate::engine::{self, HandlerOutput};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    pub mod process {
+        wasmtime::component::bindgen!({
+            world: "cairn:process/process",
+            path: "../wit/process",
+        });
+    }
+    pub mod activity {
+        wasmtime::component::bindgen!({
+            world: "cairn:activity/activity",
+            path: "../wit/activity",
+            with: { "cairn:log/logging": super::process::cairn::log::logging },
+        });
+    }
+}
+
+use bindings::process::cairn::log::logging;
+use bindings::process::cairn::process::types as wit;
+
+/// Limits applied to every guest call.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest linear memory a guest may grow to, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock budget of one call.
+    pub call_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { memory_bytes: 128 << 20, call_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Where guest log records go, and what each record is stamped with.
+#[derive(Clone)]
+pub struct LogContext {
+    pub sink: Arc<crate::guestlog::GuestLog>,
+    /// Definition or activity name.
+    pub source: String,
+    pub instance: String,
+    /// Activity path, or the idempotency key of an activity call.
+    pub at: String,
+}
+
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    log: Option<LogContext>,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl logging::Host for GuestState {
+    fn log(&mut self, level: logging::Level, message: String, fields: Vec<(String, String)>) {
+        if let Some(ctx) = &self.log {
+            let level = match level {
+                logging::Level::Trace => "trace",
+                logging::Level::Debug => "debug",
+                logging::Level::Info => "info",
+                logging::Level::Warn => "warn",
+                logging::Level::Error => "error",
+            };
+            ctx.sink.write(ctx, level, &message, &fields);
+        }
+    }
+}
+
+/// Memory cap per store; remembers that it refused, so the resulting trap
+/// can be reported as what it is.
+struct Limiter {
+    max_memory: usize,
+    refused: Arc<AtomicBool>,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = desired <= self.max_memory;
+        if !ok {
+            self.refused.store(true, Ordering::Relaxed);
+        }
+        Ok(ok)
+    }
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A compiled, linked process component, ready to instantiate.
+#[derive(Clone)]
+pub struct ProcessComponent {
+    pre: bindings::process::ProcessPre<GuestState>,
+}
+
+/// A compiled, linked activity component, ready to instantiate.
+#[derive(Clone)]
+pub struct ActivityComponent {
+    pre: bindings::activity::ActivityPre<GuestState>,
+}
+
+#[derive(Clone)]
+pub enum Loaded {
+    Process(ProcessComponent),
+    Activity(ActivityComponent),
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    limits: Limits,
+    /// Compiled components are cached here by digest; `None` disables the cache.
+    cache_dir: Option<PathBuf>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// Epochs advance every tick; a call's deadline is counted in ticks.
+const TICK: Duration = Duration::from_millis(10);
+
+impl Runtime {
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Runtime> {
+        let engine = match Engine::new(&config(true, &limits)) {
+            Ok(e) => e,
+            // The pooling allocator reserves address space up front; where
+            // that is refused, fall back to allocating on demand.
+            Err(_) => Engine::new(&config(false, &limits)).map_err(|e| anyhow!("creating the wasmtime engine: {e:#}"))?,
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
+        logging::add_to_linker::<GuestState, wasmtime::component::HasSelf<GuestState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("linking cairn:log: {e:#}"))?;
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (e, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new().name("cairn-epoch".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                e.increment_epoch();
+            }
+        })?;
+        Ok(Runtime { engine, linker, limits, cache_dir, ticker_stop })
+    }
+
+    /// Compiles (or loads from the cache) and links a component, and tells
+    /// which world it implements. Errors say what is wrong with the bytes.
+    pub fn load(&self, digest: &str, bytes: &[u8]) -> Result<Loaded> {
+        let component = self.compile(digest, bytes)?;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let has = |n: &str| exports.iter().any(|e| e == n);
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+            anyhow!(
+                "the component imports something Cairn does not grant ({e:#}); it imports: {}. Guests may import WASI p2 and cairn:log/logging only",
+                imports.join(", ")
+            )
+        })?;
+        if has("describe") && has("call") {
+            let pre = bindings::process::ProcessPre::new(pre)
+                .map_err(|e| anyhow!("the component exports describe/call with the wrong types for world cairn:process/process: {e:#}"))?;
+            Ok(Loaded::Process(ProcessComponent { pre }))
+        } else if has("invoke") {
+            let pre = bindings::activity::ActivityPre::new(pre)
+                .map_err(|e| anyhow!("the component exports invoke with the wrong types for world cairn:activity/activity: {e:#}"))?;
+            Ok(Loaded::Activity(ActivityComponent { pre }))
+        } else {
+            bail!(
+                "the component implements neither world cairn:process/process (exports describe, call) nor cairn:activity/activity (exports invoke); it exports: [{}]",
+                exports.join(", ")
+            )
+        }
+    }
+
+    fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Component> {
+        let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{digest}.cwasm")));
+        if let Some(path) = &cached {
+            if path.exists() {
+                if let Ok(c) = deserialize_cached(&self.engine, path) {
+                    return Ok(c);
+                }
+            }
+        }
+        if !bytes.starts_with(b"\0asm") {
+            bail!("not a WebAssembly file (it does not start with the \\0asm magic bytes)");
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            if wasmparser_says_core_module(bytes) {
+                anyhow!("this is a core WebAssembly module, not a component; build for wasm32-wasip2 ({e:#})")
+            } else {
+                anyhow!("not a valid WebAssembly component: {e:#}")
+            }
+        })?;
+        if let Some(path) = &cached {
+            if let Ok(serialized) = component.serialize() {
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, serialized).is_ok() {
+                    let _ = std::fs::rename(&tmp, path);
+                }
+            }
+        }
+        Ok(component)
+    }
+
+    fn store(&self, log: Option<LogContext>) -> (Store<GuestState>, Arc<AtomicBool>) {
+        let refused = Arc::new(AtomicBool::new(false));
+        let state = GuestState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: Limiter { max_memory: self.limits.memory_bytes, refused: refused.clone() },
+            log,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let ticks = (self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        (store, refused)
+    }
+
+    /// Reads a process component's definition.
+    pub fn describe(&self, component: &ProcessComponent) -> Result<engine::Definition, engine::Fault> {
+        let (mut store, refused) = self.store(None);
+        let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
+        let def = instance.call_describe(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
+        Ok(definition_from_wit(def))
+    }
+
+    /// Runs one handler on the variables in a fresh instance.
+    pub fn call(
+        &self,
+        component: &ProcessComponent,
+        handler: u32,
+        variables: &str,
+        message: Option<&str>,
+        log: LogContext,
+    ) -> Result<HandlerOutput, engine::Fault> {
+        let (mut store, refused) = self.store(Some(log));
+        let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
+        match instance.call_call(&mut store, handler, variables, message) {
+            Ok(Ok(out)) => Ok(HandlerOutput { variables: out.variables, output: out.output }),
+            Ok(Err(f)) => Err(engine::Fault { name: f.name, message: f.message, data: f.data }),
+            Err(e) => Err(self.trap_fault(e, &refused)),
+        }
+    }
+
+    /// Performs one activity call in a fresh instance.
+    pub fn invoke(
+        &self,
+        component: &ActivityComponent,
+        operation: &str,
+        input: &str,
+        log: LogContext,
+    ) -> Result<String, engine::Fault> {
+        let (mut store, refused) = self.store(Some(log));
+        let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
+        match instance.call_invoke(&mut store, operation, input) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(f)) => Err(engine::Fault { name: f.name, message: f.message, data: f.data }),
+            Err(e) => Err(self.trap_fault(e, &refused)),
+        }
+    }
+
+    /// Guest misbehaviour becomes a system fault recorded in the instance.
+    fn trap_fault(&self, e: wasmtime::Error, refused: &AtomicBool) -> engine::Fault {
+        let trap = e.downcast_ref::<wasmtime::Trap>().copied();
+        if trap == Some(wasmtime::Trap::Interrupt) {
+            return engine::Fault::new(
+                "cairn.timeout",
+                format!("the guest ran longer than the call timeout of {:?}", self.limits.call_timeout),
+            );
+        }
+        if refused.load(Ordering::Relaxed) {
+            return engine::Fault::new(
+                "cairn.memory-limit",
+                format!("the guest tried to grow its memory past the limit of {} bytes", self.limits.memory_bytes),
+            );
+        }
+        engine::Fault::new("cairn.trap", format!("the guest trapped: {e:#}"))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn config(pooling: bool, limits: &Limits) -> wasmtime::Config {
+    let mut cfg = wasmtime::Config::new();
+    cfg.wasm_component_model(true);
+    cfg.epoch_interruption(true);
+    if pooling {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(1000);
+        pool.total_memories(1000);
+        pool.total_tables(2000);
+        pool.max_memory_size(limits.memory_bytes);
+        cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+    }
+    cfg
+}
+
+/// A component's layer/version field: 0x0d 0x00 0x01 0x00 after the magic;
+/// a core module has version 1.
+fn wasmparser_says_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[4..8] == [1, 0, 0, 0]
+}
+
+#[allow(unsafe_code)]
+fn deserialize_cached(engine: &Engine, path: &std::path::Path) -> Result<Component> {
+    // SAFETY: the file was written by `Component::serialize` of this host
+    // into its own data directory; wasmtime checks that it was compiled by
+    // a compatible engine and configuration, and we recompile on any error.
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| anyhow!("{e:#}"))
+}
+
+fn definition_from_wit(d: wit::Definition) -> engine::Definition {
+    use engine::definition::{Property, ReceiveTimeout};
+    let target = |t: wit::Target| match t {
+        wit::Target::Activity(n) => engine::Target::Activity(n),
+        wit::Target::Process(n) => engine::Target::Process(n),
+    };
+    let nodes = d
+        .nodes
+        .into_iter()
+        .map(|n| engine::Node {
+            name: n.name,
+            transaction: match n.transaction {
+                wit::Transaction::Default => engine::Transaction::Default,
+                wit::Transaction::CommitBefore => engine::Transaction::CommitBefore,
+                wit::Transaction::CommitAfter => engine::Transaction::CommitAfter,
+                wit::Transaction::Participates => engine::Transaction::Participates,
+                wit::Transaction::RequiresOwn => engine::Transaction::RequiresOwn,
+            },
+            activity: match n.activity {
+                wit::Activity::Sequence(children) => engine::Activity::Sequence { children },
+                wit::Activity::Snippet(handler) => engine::Activity::Snippet { handler },
+                wit::Activity::IfElse(i) => engine::Activity::IfElse {
+                    condition: i.condition,
+                    then_branch: i.then_branch,
+                    else_branch: i.else_branch,
+                },
+                wit::Activity::WhileLoop(w) => engine::Activity::While { condition: w.condition, body: w.body },
+                wit::Activity::Receive(r) => engine::Activity::Receive {
+                    operation: r.operation,
+                    correlation: r.correlation,
+                    creates_instance: r.creates_instance,
+                    request_response: r.request_response,
+                    reader: r.reader,
+                    timeout: r.timeout.map(|t| ReceiveTimeout { deadline: t.deadline, on_timeout: t.on_timeout }),
+                },
+                wit::Activity::Reply(r) => engine::Activity::Reply { operation: r.operation, body: r.body },
+                wit::Activity::Invoke(i) => engine::Activity::Invoke {
+                    target: target(i.target),
+                    operation: i.operation,
+                    input: i.input,
+                    output: i.output,
+                },
+                wit::Activity::Send(s) => {
+                    engine::Activity::Send { target: target(s.target), operation: s.operation, body: s.body }
+                }
+                wit::Activity::Wait(w) => engine::Activity::Wait {
+                    wait: match w {
+                        wit::WaitNode::DurationMs(ms) => engine::WaitFor::DurationMs(ms),
+                        wit::WaitNode::Deadline(h) => engine::WaitFor::Deadline(h),
+                    },
+                },
+                wit::Activity::Throw(t) => engine::Activity::Throw { fault: t.fault, message: t.message, data: t.data },
+                wit::Activity::Terminate => engine::Activity::Terminate,
+            },
+        })
+        .collect();
+    engine::Definition {
+        name: d.name,
+        kind: match d.kind {
+            wit::ProcessKind::LongRunning => engine::ProcessKind::LongRunning,
+            wit::ProcessKind::Microflow => engine::ProcessKind::Microflow,
+        },
+        initial_variables: d.initial_variables,
+        correlation_sets: d
+            .correlation_sets
+            .into_iter()
+            .map(|c| engine::CorrelationSet {
+                name: c.name,
+                properties: c.properties.into_iter().map(|p| Property { name: p.name, pointer: p.pointer }).collect(),
+            })
+            .collect(),
+        nodes,
+        root: d.root,
+        handler_count: d.handler_count,
+    }
+}

@@ -1,0 +1,203 @@
+//! The instance driver: one task per instance in memory, carrying out what
+//! the engine yields.
+//!
+//! Rules:
+//! - At most one driver per instance (the `live` map); the store's fence
+//!   rejects a write from any other, and a rejected driver stops.
+//! - Handler calls run in a fresh sandbox each (`Runtime::call`).
+//! - Effects leave only after the batch that holds them commits
+//!   (`Service::after_commit`).
+//! - A driver parked on a message or a timer leaves memory: the instance is
+//!   dehydrated; a message or a timer brings a new driver.
+
+use super::{HistoryEntry, Service, Wake};
+use crate::engine::{Effect, Fault, Input, Machine, ProcessKind, Reason, Status, Wait, Yield};
+use crate::now_ms;
+use crate::runtime::{LogContext, Loaded};
+use crate::store::{keys, Batch, Cf};
+use anyhow::{anyhow, Result};
+use std::collections::{HashMap, HashSet};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+pub(super) async fn run(svc: Service, id: String, mut rx: UnboundedReceiver<Wake>) {
+    if let Err(e) = drive(&svc, &id, &mut rx).await {
+        eprintln!("cairn: instance {id} stopped: {e:#}");
+    }
+    svc.forget(&id);
+}
+
+/// The last committed position, to tell whether parking needs a commit.
+struct Committed {
+    stack: Vec<crate::engine::machine::Frame>,
+    status: Status,
+}
+
+async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Result<()> {
+    let Some(snap) = svc.load_snapshot(id)? else { return Ok(()) };
+    if snap.status.is_terminal() {
+        return Ok(());
+    }
+    let deployed = svc
+        .deployed(&snap.version)
+        .ok_or_else(|| anyhow!("definition version {} of process '{}' is not deployed", snap.version, snap.process))?;
+    let def = deployed.record.definition.as_ref().ok_or_else(|| anyhow!("version {} is not a process", snap.version))?;
+    let Loaded::Process(component) = &deployed.component else {
+        return Err(anyhow!("version {} is not a process component", snap.version));
+    };
+    let mut committed = Committed { stack: snap.stack.clone(), status: snap.status };
+    let mut m = Machine::new(def, snap);
+    let mut consumed: HashSet<u64> = HashSet::new();
+    let mut inbox = svc.inbox(id)?;
+    let mut results: HashMap<u64, Result<String, Fault>> = HashMap::new();
+
+    // Calls and sends left in the outbox by an earlier run go out again,
+    // with the same idempotency keys and message ids.
+    for effect in svc.outbox(id)? {
+        svc.dispatch(id, effect);
+    }
+
+    let mut input = Input::Continue;
+    loop {
+        if svc.is_shutting_down() {
+            commit(svc, &mut m, Reason::Shutdown, &mut committed).await?;
+            return Ok(());
+        }
+        let y = m.step(input, now_ms());
+        input = match y {
+            Yield::Call(call) => {
+                let log = LogContext {
+                    sink: svc.guest_log(),
+                    source: def.name.clone(),
+                    instance: id.to_string(),
+                    at: m.snap.path(def),
+                };
+                let variables = m.snap.variables.clone();
+                let result = tokio::task::block_in_place(|| {
+                    svc.runtime.call(component, call.handler, &variables, call.message.as_deref(), log)
+                });
+                Input::Handler(result)
+            }
+            Yield::Persist(reason) => {
+                commit(svc, &mut m, reason, &mut committed).await?;
+                Input::Continue
+            }
+            Yield::Finished(reason) => {
+                commit(svc, &mut m, reason, &mut committed).await?;
+                return Ok(());
+            }
+            Yield::Await(wait) => {
+                if let Some(ready) = at_hand(&wait, &mut inbox, &consumed, &mut results) {
+                    if let Input::Message(d) = &ready {
+                        consumed.insert(d.seq);
+                    }
+                    ready
+                } else if def.kind == ProcessKind::Microflow {
+                    // A microflow is one transaction: its calls run inline.
+                    let Wait::Invoke { call_id } = wait else {
+                        return Err(anyhow!("microflow waits for {wait:?}, which deploy validation forbids"));
+                    };
+                    let result = invoke_inline(svc, &mut m, id, call_id).await;
+                    Input::InvokeResult { call_id, result }
+                } else {
+                    let moved = m.snap.stack != committed.stack || m.snap.status != committed.status;
+                    if moved || !m.effects.is_empty() {
+                        commit(svc, &mut m, Reason::Waiting, &mut committed).await?;
+                    }
+                    let wakes = match wait {
+                        Wait::Invoke { .. } => match rx.recv().await {
+                            Some(w) => vec![w],
+                            None => return Ok(()),
+                        },
+                        Wait::Message { .. } | Wait::Timer { .. } => {
+                            let pending = svc.try_retire(id, rx);
+                            if pending.is_empty() {
+                                return Ok(());
+                            }
+                            pending
+                        }
+                    };
+                    for w in wakes {
+                        match w {
+                            Wake::Resume => {
+                                inbox = svc.inbox(id)?;
+                            }
+                            Wake::InvokeResult { call_id, result } => {
+                                results.insert(call_id, result);
+                            }
+                            Wake::Shutdown => {}
+                        }
+                    }
+                    Input::Continue
+                }
+            }
+        };
+    }
+}
+
+/// What the engine waits for, if it is already here.
+fn at_hand(
+    wait: &Wait,
+    inbox: &mut Vec<crate::engine::Delivery>,
+    consumed: &HashSet<u64>,
+    results: &mut HashMap<u64, Result<String, Fault>>,
+) -> Option<Input> {
+    match wait {
+        Wait::Message { operation, .. } => {
+            let i = inbox.iter().position(|d| d.operation == *operation && !consumed.contains(&d.seq))?;
+            Some(Input::Message(inbox.remove(i)))
+        }
+        Wait::Invoke { call_id } => {
+            let result = results.remove(call_id)?;
+            Some(Input::InvokeResult { call_id: *call_id, result })
+        }
+        Wait::Timer { .. } => None,
+    }
+}
+
+/// Runs a microflow's invoke at once, without an outbox entry.
+async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u64) -> Result<String, Fault> {
+    let i = m
+        .effects
+        .iter()
+        .position(|e| matches!(e, Effect::Invoke { call_id: c, .. } if *c == call_id))
+        .ok_or_else(|| Fault::new("cairn.internal", "the invoke to run is not among the pending effects"))?;
+    let Effect::Invoke { target, operation, input, idempotency_key, .. } = m.effects.remove(i) else { unreachable!() };
+    svc.perform_call(id, &target, &operation, &input, &idempotency_key).await
+}
+
+/// Writes one persistence point: the snapshot, its history entry and every
+/// effect since the last one, in one batch; then hands the effects to dispatch.
+async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, committed: &mut Committed) -> Result<()> {
+    let effects = m.take_effects();
+    let id = m.snap.id.clone();
+    let based_on = m.snap.fence;
+    m.snap.fence += 1;
+    let fence = m.snap.fence;
+    let mut b = Batch::default();
+    b.fence(&id, based_on, fence);
+    b.put(Cf::Instances, id.as_bytes(), serde_json::to_vec(&m.snap)?);
+    let path = match (reason, &m.snap.fault) {
+        (Reason::CommitBefore | Reason::CommitAfter | Reason::Dispatch, _) => std::mem::take(&mut m.persist_path),
+        (_, Some(f)) => f.path.clone(),
+        _ => m.snap.path(m.def),
+    };
+    let entry = HistoryEntry { fence, at_ms: now_ms(), reason, status: m.snap.status, path };
+    b.put(Cf::History, keys::instance_scoped(&id, fence), serde_json::to_vec(&entry)?);
+    let keep = svc.config.history_limit.max(1);
+    if fence > keep {
+        b.ops.push(crate::store::Op::DeleteRange(
+            Cf::History,
+            keys::instance_scoped(&id, 0),
+            keys::instance_scoped(&id, fence - keep + 1),
+        ));
+    }
+    for e in &effects {
+        svc.effect_ops(&m.snap, e, &mut b);
+    }
+    crate::failpoint::hit("before-commit");
+    svc.store.commit(b).await.map_err(|e| anyhow!("{e}"))?;
+    committed.stack = m.snap.stack.clone();
+    committed.status = m.snap.status;
+    svc.after_commit(&m.snap, effects);
+    Ok(())
+}
