@@ -1,0 +1,4 @@
+//! A plain WASI command: a valid component of the wrong world.
+fn main() {
+    println!("hello from the wrong world");
+}

@@ -1,0 +1,177 @@
+//! Crash and restart: `kill -9` under load, named fail points, and a
+//! controlled shutdown. Every instance resumes from its last persistence
+//! point; no accepted message is lost; activity effects are observed as often
+//! as the semantics promise (idempotent invokes: at least once, always with
+//! the same idempotency key).
+
+use cairn_tests::{Host, TempDir};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn deploy_crashy(h: &Host) {
+    h.deploy("t_recorder", Some("recorder"));
+    h.deploy("t_crash", None);
+}
+
+/// Waits until every instance of `process` is completed and there are `n`.
+fn wait_all_completed(h: &Host, process: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all = h.instances(process);
+        let done = all.iter().filter(|i| i["status"] == "completed").count();
+        if all.len() == n && done == n {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done}/{} of {process} completed (expected {n}):\n{}",
+            all.len(),
+            h.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Recorder calls per key: (what, idempotency keys seen).
+fn recorded(h: &Host) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for r in h.guest_log().into_iter().filter(|r| r["message"] == "recorded") {
+        let key = r["fields"]["key"].as_str().unwrap().to_string();
+        let what = r["fields"]["what"].as_str().unwrap().to_string();
+        out.entry((key, what)).or_default().push(r["at"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+#[test]
+fn kill_9_in_the_middle_of_200_instances_loses_nothing() {
+    let dir = TempDir::new("kill9");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    deploy_crashy(&h);
+    let n = 200;
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i:03}")).collect();
+    let mut accepted_before_kill = BTreeSet::new();
+    for k in &keys {
+        let (status, v) = h.send("crash-start", json!({"key": k}), Some(&format!("start-{k}")));
+        assert_eq!(status, 202, "{v}");
+    }
+    // Finish messages for half of the instances, then kill -9 while the
+    // rest are mid-flight (invoking, waiting, receiving).
+    for k in &keys[..n / 2] {
+        let (status, _) = h.send("crash-finish", json!({"key": k}), Some(&format!("finish-{k}")));
+        if status == 202 || status == 200 {
+            accepted_before_kill.insert(k.clone());
+        }
+    }
+    h.kill9();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    // Resend every finish message with the same id: the ones accepted before
+    // the crash are duplicates (exactly once by id), the rest are new.
+    for k in &keys {
+        let (status, v) = h.send("crash-finish", json!({"key": k}), Some(&format!("finish-{k}")));
+        assert!(status == 202 || status == 200, "{k}: {status} {v}");
+        if accepted_before_kill.contains(k) {
+            assert_eq!(v["duplicate"], true, "{k} was accepted before the crash: {v}");
+        }
+    }
+    let all = wait_all_completed(&h, "crashy", n);
+    let finished_keys: BTreeSet<String> = all
+        .iter()
+        .map(|i| h.instance(i["id"].as_str().unwrap()))
+        .inspect(|v| {
+            assert_eq!(v["variables"]["finished"], true);
+            assert_eq!(v["variables"]["recorded"], true);
+            assert_eq!(v["inbox"], 0, "every accepted message was consumed");
+        })
+        .map(|v| v["variables"]["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(finished_keys.len(), n, "one instance per key, each completed once");
+
+    // The one-way "completed" calls leave after the final commit; wait for them.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rec = recorded(&h);
+        let completed = keys.iter().filter(|k| rec.contains_key(&((*k).clone(), "completed".into()))).count();
+        if completed == n {
+            for k in &keys {
+                let calls = &rec[&(k.clone(), "record".to_string())];
+                assert!(!calls.is_empty(), "{k}: the invoke never ran");
+                let distinct: BTreeSet<&String> = calls.iter().collect();
+                assert_eq!(distinct.len(), 1, "{k}: a resent invoke keeps its idempotency key: {calls:?}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{completed}/{n} completion notices observed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_crash_after_an_activity_ran_resends_it_with_the_same_idempotency_key() {
+    let dir = TempDir::new("mid-dispatch");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "mid-dispatch")]);
+    deploy_crashy(&h);
+    h.send("crash-start", json!({"key": "solo"}), None);
+    // The host aborts at the fail point right after the activity ran.
+    let deadline = Instant::now() + WAIT;
+    while h.get("/v1/health").0 == 200 {
+        assert!(Instant::now() < deadline, "the fail point was not reached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.kill9();
+    assert_eq!(recorded(&h)[&("solo".to_string(), "record".to_string())].len(), 1);
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    h.send("crash-finish", json!({"key": "solo"}), None);
+    wait_all_completed(&h, "crashy", 1);
+    let calls = &recorded(&h)[&("solo".to_string(), "record".to_string())];
+    assert_eq!(calls.len(), 2, "performed before the crash and again after it");
+    assert_eq!(calls[0], calls[1], "with the same idempotency key");
+}
+
+#[test]
+fn a_crash_before_a_persistence_point_resumes_from_the_previous_one() {
+    let dir = TempDir::new("before-commit");
+    // The first persistence point of the instance (its receive's commit-after) never lands.
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "before-commit")]);
+    deploy_crashy(&h);
+    let (_, v) = h.send("crash-start", json!({"key": "again"}), None);
+    let id = v["instance"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + WAIT;
+    while h.get("/v1/health").0 == 200 {
+        assert!(Instant::now() < deadline, "the fail point was not reached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.kill9();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    let v = h.instance(&id);
+    assert_eq!(v["history"].as_array().unwrap().len() >= 1, true);
+    h.send("crash-finish", json!({"key": "again"}), None);
+    let v = h.wait_status(&id, "completed", WAIT);
+    assert_eq!(v["variables"]["key"], "again", "the start message was not lost: it was consumed again");
+}
+
+#[test]
+fn a_controlled_shutdown_persists_live_instances_and_a_restart_resumes_them() {
+    let dir = TempDir::new("sigterm");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    deploy_crashy(&h);
+    for i in 0..20 {
+        h.send("crash-start", json!({"key": format!("s{i}")}), None);
+    }
+    let status = h.terminate();
+    assert!(status.success(), "SIGTERM exits cleanly: {status}\n{}", h.server_log());
+    assert!(h.server_log().contains("cairn: stopped"));
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    for i in 0..20 {
+        let (status, v) = h.send("crash-finish", json!({"key": format!("s{i}")}), None);
+        assert!(status == 202, "{v}");
+    }
+    wait_all_completed(&h, "crashy", 20);
+}

@@ -1,0 +1,229 @@
+//! Test support: start the real `cairn` binary on a fresh data directory,
+//! run CLI commands against it, and find the guest components.
+//!
+//! The binary and the guests are built by `scripts/test.sh` (the README's
+//! test command) into the Cargo target directory these tests run from.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Cargo target directory: tests run from `<target>/release/deps/`.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn cairn_bin() -> PathBuf {
+    let p = target_dir().join("release").join("cairn");
+    assert!(p.exists(), "{} is missing: run scripts/test.sh, which builds it", p.display());
+    p
+}
+
+/// A guest component by file name (without `.wasm`).
+pub fn guest(file: &str) -> PathBuf {
+    let p = target_dir().join("wasm32-wasip2").join("release").join(format!("{file}.wasm"));
+    assert!(p.exists(), "{} is missing: run scripts/test.sh, which builds the guests", p.display());
+    p
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let p = std::env::temp_dir().join(format!("cairn-test-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Output of one CLI run.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// A running `cairn serve`, killed when dropped.
+pub struct Host {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Host {
+    /// Starts `cairn serve` on `data` with extra flags and environment, and
+    /// waits until it answers.
+    pub fn start(data: &Path, flags: &[&str], env: &[(&str, &str)]) -> Host {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")).unwrap();
+        let mut cmd = Command::new(cairn_bin());
+        cmd.arg("serve")
+            .arg("--data")
+            .arg(data.join("store"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn cairn serve");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut host = Host { child: Some(child), url, data: data.to_path_buf(), agent };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if host.get("/v1/health").0 == 200 {
+                return host;
+            }
+            if let Some(status) = host.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("cairn serve exited with {status}:\n{}", host.server_log());
+            }
+            assert!(Instant::now() < deadline, "cairn serve did not answer within 60s:\n{}", host.server_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.data.join("serve.log")).unwrap_or_default()
+    }
+
+    /// Runs `cairn ARGS` against this host.
+    pub fn cairn(&self, args: &[&str]) -> Out {
+        let out = Command::new(cairn_bin()).args(args).env("CAIRN_SERVER", &self.url).output().expect("run cairn");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs `cairn ARGS --json`, asserts success and parses the output.
+    pub fn ok_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.cairn(&a);
+        assert_eq!(out.code, 0, "cairn {args:?} failed: {}{}", out.stdout, out.stderr);
+        out.json()
+    }
+
+    pub fn deploy(&self, file: &str, name: Option<&str>) -> Value {
+        let path = guest(file);
+        let path = path.to_str().unwrap();
+        match name {
+            Some(n) => self.ok_json(&["deploy", path, "--name", n]),
+            None => self.ok_json(&["deploy", path]),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        match self.agent.get(format!("{}{path}", self.url)).call() {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null)),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    pub fn post(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        match self.agent.post(format!("{}{path}", self.url)).header("content-type", "application/json").send(body) {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null)),
+            Err(e) => panic!("POST {path}: {e}"),
+        }
+    }
+
+    /// Sends a message over HTTP; returns the status and the answer.
+    pub fn send(&self, operation: &str, body: Value, id: Option<&str>) -> (u16, Value) {
+        let mut req = serde_json::json!({ "operation": operation, "body": body });
+        if let Some(id) = id {
+            req["id"] = id.into();
+        }
+        self.post("/v1/messages", req.to_string().as_bytes())
+    }
+
+    pub fn instance(&self, id: &str) -> Value {
+        let (status, v) = self.get(&format!("/v1/instances/{id}"));
+        assert_eq!(status, 200, "instance {id}: {v}");
+        v
+    }
+
+    pub fn instances(&self, process: &str) -> Vec<Value> {
+        let (_, v) = self.get(&format!("/v1/instances?process={process}&limit=100000"));
+        v["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the instance reaches `status`; panics with its state if not.
+    pub fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.instance(id);
+            if v["status"] == status {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "instance {id} did not become {status}: {v:#}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the controlled shutdown to finish.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("host running");
+        #[allow(unsafe_code)]
+        // SAFETY: sending a signal to our own child process by pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().unwrap()
+    }
+
+    /// Guest log records (one JSON object per line).
+    pub fn guest_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.data.join("store").join("guest-log.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
