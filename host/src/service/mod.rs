@@ -339,12 +339,7 @@ impl Service {
                 def.validate().map_err(|e| {
                     Error::new(ErrorKind::Invalid, format!("invalid definition of process '{}': {e}", def.name))
                 })?;
-                if let Some(n) = name.filter(|n| *n != def.name) {
-                    return Err(Error::new(
-                        ErrorKind::Invalid,
-                        format!("the component describes process '{}', not '{n}'", def.name),
-                    ));
-                }
+                // A process names itself; `name` only names activity components.
                 (def.name.clone(), ComponentKind::Process, Some(def))
             }
             Loaded::Activity(_) => {
@@ -786,25 +781,37 @@ impl Service {
         }
     }
 
-    /// Resumes every instance that has something to do: running ones, and
-    /// waiting ones with messages or calls pending. Timers resume the rest.
+    /// Resumes every instance that has something to do: running ones,
+    /// waiting ones with messages pending, and any with outbox entries (a
+    /// finished instance's last sends go out again). Timers resume the rest.
     fn recover(&self) -> anyhow::Result<()> {
-        let mut resume = Vec::new();
+        let mut resume = BTreeSet::new();
         self.store.for_each(Cf::Instances, |k, v| {
             if let Ok(s) = serde_json::from_slice::<Snapshot>(v) {
-                if s.status == Status::Running {
-                    resume.push(String::from_utf8_lossy(k).into_owned());
-                } else if s.status == Status::Waiting {
-                    let id = String::from_utf8_lossy(k).into_owned();
-                    let pending = self.store.scan_prefix(Cf::Inbox, &keys::instance_prefix(&id)).map(|r| !r.is_empty()).unwrap_or(true)
-                        || self.store.scan_prefix(Cf::Outbox, &keys::instance_prefix(&id)).map(|r| !r.is_empty()).unwrap_or(true);
-                    if pending {
-                        resume.push(id);
-                    }
+                let id = String::from_utf8_lossy(k).into_owned();
+                let pending = || self.store.scan_prefix(Cf::Inbox, &keys::instance_prefix(&id)).map(|r| !r.is_empty()).unwrap_or(true);
+                if s.status == Status::Running || (s.status == Status::Waiting && pending()) {
+                    resume.insert(id);
                 }
             }
             true
         })?;
+        let mut orphans = Vec::new();
+        self.store.for_each(Cf::Outbox, |k, v| {
+            let id = String::from_utf8_lossy(&k[..k.len() - 9]).into_owned();
+            if let Ok(effect) = serde_json::from_slice::<engine::Effect>(v) {
+                orphans.push((id, effect));
+            }
+            true
+        })?;
+        for (id, effect) in orphans {
+            match self.load_snapshot(&id)? {
+                Some(s) if s.status.is_terminal() => self.dispatch(&id, effect),
+                _ => {
+                    resume.insert(id);
+                }
+            }
+        }
         if !resume.is_empty() {
             eprintln!("cairn: resuming {} instances", resume.len());
         }
