@@ -1,9 +1,309 @@
-//! `cairn bench`: benchmarks run in-process against a temporary data directory.
+//! `cairn bench`: benchmarks run in-process, each against a fresh temporary
+//! data directory, with the real runtime, store and guest components.
+//! Results are printed as Markdown rows for BENCHMARKS.md.
+//!
+//! Benchmarks measure; they never assert. Timed assertions do not belong in tests.
+
+use crate::engine::Status;
+use crate::runtime::{Limits, Loaded, LogContext};
+use crate::service::{Config, MessageIn, Service};
+use crate::store::{keys, Batch, Cf, Store};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Directory holding the built guest components (default: $CARGO_TARGET_DIR/wasm32-wasip2/release).
+    #[arg(long)]
+    guests: Option<PathBuf>,
+    /// Which benchmarks: all, call, commit, throughput, memory.
+    #[arg(long, default_value = "all")]
+    only: String,
+    /// Instances for the memory benchmark.
+    #[arg(long, default_value_t = 100_000)]
+    instances: usize,
+    /// Instances per throughput run at concurrency 64.
+    #[arg(long, default_value_t = 5_000)]
+    throughput_instances: usize,
+    /// Also measure throughput with fsync off.
+    #[arg(long)]
+    with_fsync_off: bool,
+}
 
-pub fn run(_args: Args) -> i32 {
-    eprintln!("not yet");
-    1
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("cairn-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn guests_dir(args: &Args) -> PathBuf {
+    if let Some(g) = &args.guests {
+        return g.clone();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("target"));
+    target.join("wasm32-wasip2").join("release")
+}
+
+fn read_guest(dir: &Path, file: &str) -> anyhow::Result<Vec<u8>> {
+    let p = dir.join(format!("{file}.wasm"));
+    std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e} (build the guests first: scripts/test.sh or scripts/demo.sh)", p.display()))
+}
+
+fn config(dir: &Path, fsync: bool) -> Config {
+    Config { data_dir: dir.to_path_buf(), fsync, limits: Limits::default(), history_limit: 1000, echo_guest_log: false }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+pub fn run(args: Args) -> i32 {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run_all(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cairn bench: {e:#}");
+            1
+        }
+    }
+}
+
+async fn run_all(args: Args) -> anyhow::Result<()> {
+    let dir = guests_dir(&args);
+    let want = |name: &str| args.only == "all" || args.only == name;
+    println!("| benchmark | result |");
+    println!("|---|---|");
+    if want("call") {
+        bench_call(&dir).await?;
+    }
+    if want("commit") {
+        bench_commit(true).await?;
+        bench_commit(false).await?;
+    }
+    if want("throughput") {
+        bench_throughput(&dir, 1, 300, true).await?;
+        bench_throughput(&dir, 64, args.throughput_instances, true).await?;
+        if args.with_fsync_off {
+            bench_throughput(&dir, 64, args.throughput_instances, false).await?;
+        }
+    }
+    if want("memory") {
+        bench_memory(&dir, args.instances).await?;
+    }
+    Ok(())
+}
+
+async fn service(tag: &str, fsync: bool) -> anyhow::Result<(Scratch, Service)> {
+    let scratch = Scratch::new(tag);
+    let svc = Service::start(config(&scratch.0, fsync)).await?;
+    Ok((scratch, svc))
+}
+
+async fn deploy(svc: &Service, dir: &Path, file: &str, name: Option<&str>) -> anyhow::Result<String> {
+    let (record, _) = svc
+        .deploy(read_guest(dir, file)?, name.map(str::to_string))
+        .await
+        .map_err(|e| anyhow::anyhow!("deploying {file}: {}", e.message))?;
+    Ok(record.version)
+}
+
+/// One handler call in a fresh sandboxed instance, end to end through `Runtime::call`.
+async fn bench_call(dir: &Path) -> anyhow::Result<()> {
+    let (_s, svc) = service("call", false).await?;
+    let version = deploy(&svc, dir, "t_bench", None).await?;
+    let deployed = svc.deployed(&version).unwrap();
+    let Loaded::Process(component) = &deployed.component else { unreachable!() };
+    let def = deployed.record.definition.as_ref().unwrap();
+    // Handler 1 is the "work" snippet (0 is the receive's reader).
+    let log = LogContext { sink: svc.guest_log(), source: def.name.clone(), instance: "bench".into(), at: "main/work".into() };
+    let vars = r#"{"n":1,"echoed":0}"#;
+    let mut samples = Vec::with_capacity(5000);
+    for i in 0..5500 {
+        let t = Instant::now();
+        let out = svc.runtime.call(component, 1, vars, None, log.clone());
+        let d = t.elapsed();
+        assert!(out.is_ok(), "bench handler failed: {out:?}");
+        if i >= 500 {
+            samples.push(d);
+        }
+    }
+    samples.sort();
+    println!(
+        "| handler call, fresh instance ({} KB guest), 5,000 calls | median {}, p99 {} |",
+        deployed.record.size / 1024,
+        us(percentile(&samples, 0.5)),
+        us(percentile(&samples, 0.99))
+    );
+    svc.shutdown().await;
+    Ok(())
+}
+
+/// Latency of one persistence point: a snapshot, its fence and history entry in one batch.
+async fn bench_commit(fsync: bool) -> anyhow::Result<()> {
+    let scratch = Scratch::new(if fsync { "commit-fsync" } else { "commit-nofsync" });
+    let store = Store::open(&scratch.0, fsync)?;
+    let snapshot = vec![b'x'; 600];
+    let mut samples = Vec::new();
+    for i in 0..2000u64 {
+        let id = format!("instance-{}", i % 100);
+        let fence = i / 100;
+        let mut b = Batch::default();
+        b.fence(&id, fence, fence + 1);
+        b.put(Cf::Instances, id.as_bytes(), snapshot.clone());
+        b.put(Cf::History, keys::instance_scoped(&id, fence + 1), vec![b'h'; 80]);
+        let t = Instant::now();
+        store.commit(b).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    println!(
+        "| persistence point commit, fsync {}, 2,000 sequential | median {}, p99 {} |",
+        if fsync { "on" } else { "off" },
+        us(percentile(&samples, 0.5)),
+        us(percentile(&samples, 0.99))
+    );
+    store.close();
+    Ok(())
+}
+
+/// Completed instances per second of receive + snippet + invoke, fsync on.
+async fn bench_throughput(dir: &Path, concurrency: usize, total: usize, fsync: bool) -> anyhow::Result<()> {
+    let (_s, svc) = service(&format!("throughput-{concurrency}"), fsync).await?;
+    deploy(&svc, dir, "t_recorder", Some("recorder")).await?;
+    deploy(&svc, dir, "t_bench", None).await?;
+    let run_one = |svc: Service, n: usize| async move {
+        let m = MessageIn { id: None, operation: "bench-start".into(), body: format!(r#"{{"n":{n}}}"#) };
+        let a = svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        svc.await_reply(&a.message_id, Duration::from_secs(60)).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        anyhow::Ok(())
+    };
+    for n in 0..20 {
+        run_one(svc.clone(), n).await?;
+    }
+    let before = crate::store::commit_stats();
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (svc, next) = (svc.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return anyhow::Ok(());
+                }
+                run_one(svc.clone(), n).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = t.elapsed();
+    let after = crate::store::commit_stats();
+    let writes = after.writes - before.writes;
+    let batches = after.batches - before.batches;
+    println!(
+        "| completed instances/s, receive + snippet + invoke, fsync {}, concurrency {concurrency}, {total} instances | {:.0}/s ({} writes in {} batches, {:.1} per batch) |",
+        if fsync { "on" } else { "off" },
+        total as f64 / elapsed.as_secs_f64(),
+        writes,
+        batches,
+        writes as f64 / batches.max(1) as f64
+    );
+    svc.shutdown().await;
+    Ok(())
+}
+
+/// Resident memory with `n` instances waiting at a receive, then a message to each.
+async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
+    let (_s, svc) = service("memory", false).await?;
+    deploy(&svc, dir, "t_versioned_1", None).await?;
+    let rss_start = rss_mib();
+    let send_all = |op: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let next = Arc::new(AtomicUsize::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..64 {
+                let (svc, next) = (svc.clone(), next.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return anyhow::Ok(());
+                        }
+                        let m = MessageIn { id: None, operation: op.into(), body: format!(r#"{{"key":"k{i}"}}"#) };
+                        svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let settle = |status: Status| {
+        let svc = svc.clone();
+        async move {
+            loop {
+                let count = svc.list_instances(Some(status), None, usize::MAX)?.len();
+                if count >= n && svc.live_count() == 0 {
+                    return anyhow::Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let t = Instant::now();
+    send_all("versioned-start").await?;
+    settle(Status::Waiting).await?;
+    let created = t.elapsed();
+    let rss_waiting = rss_mib();
+    let t = Instant::now();
+    send_all("versioned-go").await?;
+    settle(Status::Completed).await?;
+    let finished = t.elapsed();
+    println!(
+        "| {n} instances waiting at a receive (fsync off) | RSS {rss_start:.0} MiB at start, {rss_waiting:.0} MiB with all waiting; {} in memory; created and parked in {:.1} s ({:.0}/s) |",
+        svc.live_count(),
+        created.as_secs_f64(),
+        n as f64 / created.as_secs_f64()
+    );
+    println!(
+        "| then one correlated message to each | all {n} completed in {:.1} s ({:.0}/s); RSS {:.0} MiB |",
+        finished.as_secs_f64(),
+        n as f64 / finished.as_secs_f64(),
+        rss_mib()
+    );
+    svc.shutdown().await;
+    Ok(())
 }

@@ -178,10 +178,17 @@ struct CommitRequest {
     done: tokio::sync::oneshot::Sender<Result<(), CommitError>>,
 }
 
+enum Request {
+    Commit(CommitRequest),
+    /// Stop the committer once everything queued before is written.
+    Close,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
-    queue: mpsc::Sender<CommitRequest>,
+    queue: mpsc::Sender<Request>,
+    committer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 /// Group-commit statistics, for the benchmark.
@@ -211,12 +218,22 @@ impl Store {
         let db = DB::open_cf_descriptors(&opts, &path, cfs)
             .map_err(|e| anyhow!("opening the store at {}: {e}", path.display()))?;
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel::<CommitRequest>();
+        let (tx, rx) = mpsc::channel::<Request>();
         let committer_db = db.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("cairn-commit".into())
             .spawn(move || committer(committer_db, rx, fsync))?;
-        Ok(Store { db, queue: tx })
+        Ok(Store { db, queue: tx, committer: Arc::new(std::sync::Mutex::new(Some(handle))) })
+    }
+
+    /// Stops the committer after what is queued, and waits for it. RocksDB
+    /// itself closes when the last handle drops; closing first keeps the
+    /// committer thread from outliving it at process exit.
+    pub fn close(&self) {
+        let _ = self.queue.send(Request::Close);
+        if let Some(h) = self.committer.lock().unwrap().take() {
+            let _ = h.join();
+        }
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -227,7 +244,7 @@ impl Store {
     pub async fn commit(&self, batch: Batch) -> Result<(), CommitError> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.queue
-            .send(CommitRequest { batch, done })
+            .send(Request::Commit(CommitRequest { batch, done }))
             .map_err(|_| CommitError::Storage("the committer has stopped".into()))?;
         wait.await.map_err(|_| CommitError::Storage("the committer has stopped".into()))?
     }
@@ -269,15 +286,21 @@ impl Store {
     }
 }
 
-fn committer(db: Arc<DB>, queue: mpsc::Receiver<CommitRequest>, fsync: bool) {
+fn committer(db: Arc<DB>, queue: mpsc::Receiver<Request>, fsync: bool) {
     let mut write_opts = WriteOptions::default();
     write_opts.set_sync(fsync);
     let cf = |c: Cf| db.cf_handle(c.name()).expect("column family opened at start");
-    while let Ok(first) = queue.recv() {
+    let mut closing = false;
+    while !closing {
+        let Ok(Request::Commit(first)) = queue.recv() else { break };
         let mut group = vec![first];
         while group.len() < 1024 {
             match queue.try_recv() {
-                Ok(r) => group.push(r),
+                Ok(Request::Commit(r)) => group.push(r),
+                Ok(Request::Close) => {
+                    closing = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }

@@ -10,6 +10,7 @@ fn operations(ops: &mut Operations) {
         log::info("recorded", &[("key", &key), ("what", &what)]);
         Ok(serde_json::json!({ "ok": true }))
     });
+    ops.operation("echo", |input: serde_json::Value| Ok(input));
     ops.operation("fail", |input: serde_json::Value| -> Result<serde_json::Value, Fault> {
         Err(Fault::new("recorder-failed", "asked to fail").with_data(input))
     });

@@ -846,5 +846,6 @@ impl Service {
         if let Err(e) = self.store.flush() {
             eprintln!("cairn: flushing the store: {e:#}");
         }
+        self.store.close();
     }
 }
