@@ -249,3 +249,13 @@ fn ls_filters_by_status_and_process() {
     let show = h.cairn(&["show", a["instance"].as_str().unwrap()]);
     assert!(show.stdout.contains("main/go") && show.stdout.contains("history"), "{}", show.stdout);
 }
+
+#[test]
+fn the_tutorial_process_runs_as_the_readme_says() {
+    let (_d, h) = host("tutorial");
+    let d = h.deploy("hello", None);
+    assert_eq!(d["name"], "hello");
+    let out = h.cairn(&["start", "hello", "--input", r#"{"name":"Ada"}"#, "--wait"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains(r#""text": "Hello, Ada!""#), "{}", out.stdout);
+}

@@ -275,7 +275,7 @@ async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
         let svc = svc.clone();
         async move {
             loop {
-                let count = svc.list_instances(Some(status), None, usize::MAX)?.len();
+                let count = svc.count_instances(status)?;
                 if count >= n && svc.live_count() == 0 {
                     return anyhow::Ok(());
                 }

@@ -213,7 +213,18 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        // Memory is bounded by these caches, not by the number of instances:
+        // all memtables together flush at 64 MiB, and reads share one block cache.
+        opts.set_db_write_buffer_size(64 << 20);
+        let cache = rocksdb::Cache::new_lru_cache(32 << 20);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_write_buffer_size(16 << 20);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            cf_opts.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
+        });
         let path = dir.join("db");
         let db = DB::open_cf_descriptors(&opts, &path, cfs)
             .map_err(|e| anyhow!("opening the store at {}: {e}", path.display()))?;

@@ -718,6 +718,22 @@ impl Service {
         Ok(out)
     }
 
+    /// How many instances have `status`, without holding their snapshots.
+    pub fn count_instances(&self, status: Status) -> anyhow::Result<usize> {
+        let mut n = 0;
+        self.store.for_each(Cf::Instances, |_, v| {
+            #[derive(Deserialize)]
+            struct StatusOnly {
+                status: Status,
+            }
+            if serde_json::from_slice::<StatusOnly>(v).is_ok_and(|s| s.status == status) {
+                n += 1;
+            }
+            true
+        })?;
+        Ok(n)
+    }
+
     /// Waits for the reply to a request-response message.
     pub async fn await_reply(&self, message_id: &str, timeout: std::time::Duration) -> Result<Reply, Error> {
         let (tx, rx) = oneshot::channel();
