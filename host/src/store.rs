@@ -222,6 +222,9 @@ impl Store {
             cf_opts.set_write_buffer_size(16 << 20);
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
+            // Index and filter blocks grow with the data: keep them inside the cache's bound.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
             cf_opts.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });

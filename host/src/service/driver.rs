@@ -19,11 +19,11 @@ use anyhow::{anyhow, Result};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-pub(super) async fn run(svc: Service, id: String, mut rx: UnboundedReceiver<Wake>) {
+pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: UnboundedReceiver<Wake>) {
     if let Err(e) = drive(&svc, &id, &mut rx).await {
         eprintln!("cairn: instance {id} stopped: {e:#}");
     }
-    svc.forget(&id);
+    svc.forget(&id, generation);
 }
 
 /// The last committed position, to tell whether parking needs a commit.

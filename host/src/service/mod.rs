@@ -187,7 +187,9 @@ pub struct Inner {
     pub runtime: Runtime,
     config: Config,
     registry: RwLock<Registry>,
-    live: Mutex<HashMap<String, mpsc::UnboundedSender<Wake>>>,
+    /// Instances in memory: id -> (driver generation, its wake channel).
+    live: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Wake>)>>,
+    next_generation: AtomicU64,
     live_empty: Notify,
     reservations: Mutex<Reservations>,
     timers: Mutex<BTreeSet<(u64, String, u64)>>,
@@ -229,6 +231,7 @@ impl Service {
             config,
             registry: RwLock::new(Registry::default()),
             live: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
             live_empty: Notify::new(),
             reservations: Mutex::new(Reservations::default()),
             timers: Mutex::new(BTreeSet::new()),
@@ -627,7 +630,7 @@ impl Service {
     /// Makes sure a driver runs for `id` and tells it to look again.
     pub fn wake(&self, id: &str) {
         let mut live = self.live.lock().unwrap();
-        if let Some(tx) = live.get(id) {
+        if let Some((_, tx)) = live.get(id) {
             if tx.send(Wake::Resume).is_ok() {
                 return;
             }
@@ -637,15 +640,16 @@ impl Service {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Wake::Resume);
-        live.insert(id.to_string(), tx);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        live.insert(id.to_string(), (generation, tx));
         drop(live);
-        tokio::spawn(driver::run(self.clone(), id.to_string(), rx));
+        tokio::spawn(driver::run(self.clone(), id.to_string(), generation, rx));
     }
 
     /// Hands an activity result to the live driver of `id`; a driver that is
     /// gone (shutdown) will dispatch the call again from the outbox.
     fn deliver(&self, id: &str, wake: Wake) {
-        if let Some(tx) = self.live.lock().unwrap().get(id) {
+        if let Some((_, tx)) = self.live.lock().unwrap().get(id) {
             let _ = tx.send(wake);
         }
     }
@@ -666,9 +670,13 @@ impl Service {
         pending
     }
 
-    fn forget(&self, id: &str) {
+    /// Removes the driver of `generation` from the live map; a newer driver
+    /// of the same instance stays.
+    fn forget(&self, id: &str, generation: u64) {
         let mut live = self.live.lock().unwrap();
-        live.remove(id);
+        if live.get(id).is_some_and(|(g, _)| *g == generation) {
+            live.remove(id);
+        }
         if live.is_empty() {
             self.live_empty.notify_waiters();
         }
@@ -850,7 +858,7 @@ impl Service {
                 if live.is_empty() {
                     break;
                 }
-                for tx in live.values() {
+                for (_, tx) in live.values() {
                     let _ = tx.send(Wake::Shutdown);
                 }
             }
