@@ -9,6 +9,8 @@
 //!   (`Service::after_commit`).
 //! - A driver parked on a message or a timer leaves memory: the instance is
 //!   dehydrated; a message or a timer brings a new driver.
+//! - At shutdown a driver commits (reason `shutdown`) only when it has no
+//!   input in hand: never between a handler call and its result.
 
 use super::{HistoryEntry, Service, Wake};
 use crate::engine::{Effect, Fault, Input, Machine, ProcessKind, Reason, Status, Wait, Yield};
@@ -58,7 +60,10 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
 
     let mut input = Input::Continue;
     loop {
-        if svc.is_shutting_down() {
+        // Shut down only between transitions: a handler result, a message or
+        // an activity result in hand is applied first, so that no persistence
+        // point falls between a call and its result.
+        if svc.is_shutting_down() && input == Input::Continue {
             commit(svc, &mut m, Reason::Shutdown, &mut committed).await?;
             return Ok(());
         }
