@@ -123,6 +123,31 @@ pub enum Activity {
         data: Option<HandlerId>,
     },
     Terminate,
+    /// A long-running scope: its body, fault handlers and compensation.
+    Scope {
+        body: NodeId,
+        handlers: Vec<FaultHandler>,
+        /// Handler run as `(current variables, variables at scope end)` when
+        /// the completed scope is compensated.
+        compensation: Option<HandlerId>,
+    },
+    /// Compensates completed inner scopes (all, newest first, inside-out),
+    /// or only the named one.
+    Compensate {
+        scope: Option<String>,
+    },
+    /// Raises again the fault the enclosing fault handler caught.
+    Rethrow,
+}
+
+/// A fault handler of a scope: catches by fault name, or every fault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultHandler {
+    /// `None` catches all.
+    pub fault: Option<String>,
+    /// Handler that receives the fault (name, message, data) as its message.
+    pub reader: Option<HandlerId>,
+    pub body: Option<NodeId>,
 }
 
 impl Activity {
@@ -139,6 +164,9 @@ impl Activity {
             Activity::Wait { .. } => "wait",
             Activity::Throw { .. } => "throw",
             Activity::Terminate => "terminate",
+            Activity::Scope { .. } => "scope",
+            Activity::Compensate { .. } => "compensate",
+            Activity::Rethrow => "rethrow",
         }
     }
 
@@ -152,6 +180,11 @@ impl Activity {
                 c
             }
             Activity::While { body, .. } => vec![*body],
+            Activity::Scope { body, handlers, .. } => {
+                let mut c = vec![*body];
+                c.extend(handlers.iter().filter_map(|h| h.body));
+                c
+            }
             _ => Vec::new(),
         }
     }
@@ -176,6 +209,11 @@ impl Activity {
             }
             Activity::Wait { wait: WaitFor::Deadline(h) } => vec![*h],
             Activity::Throw { data, .. } => data.iter().copied().collect(),
+            Activity::Scope { handlers, compensation, .. } => {
+                let mut h: Vec<HandlerId> = handlers.iter().filter_map(|f| f.reader).collect();
+                h.extend(compensation);
+                h
+            }
             _ => Vec::new(),
         }
     }
@@ -200,7 +238,8 @@ impl Node {
     pub fn commits(&self) -> Commits {
         let effective = match self.transaction {
             Transaction::Default => match self.activity {
-                Activity::Receive { .. } | Activity::Invoke { .. } => Transaction::CommitAfter,
+                // A long-running scope persists at its end (rule 1).
+                Activity::Receive { .. } | Activity::Invoke { .. } | Activity::Scope { .. } => Transaction::CommitAfter,
                 Activity::Wait { .. } => Transaction::CommitBefore,
                 _ => Transaction::Participates,
             },
@@ -375,6 +414,12 @@ impl Definition {
                 }
                 Activity::Throw { fault, .. } if fault.is_empty() => {
                     problems.push(format!("{at}: fault name is empty"));
+                }
+                Activity::Compensate { scope: Some(name) } => {
+                    let exists = self.nodes.iter().any(|n| n.name == *name && matches!(n.activity, Activity::Scope { .. }));
+                    if !exists {
+                        problems.push(format!("{at}: there is no scope named '{name}' to compensate"));
+                    }
                 }
                 _ => {}
             }

@@ -84,8 +84,62 @@ pub enum Phase {
     AwaitMessage { operation: String, timer: Option<TimerRef> },
     AwaitTimer { timer_id: u64, due_ms: u64 },
     AwaitInvoke { call_id: u64 },
+    /// Scope: a fault handler runs (as the child) for this caught fault.
+    Handling { caught: FaultRecord },
+    /// Compensation steps still to run, then what follows them.
+    Compensating { queue: Vec<CompensationStep>, then: AfterCompensation },
     /// Finished: its commit-after, if any, is still due.
     Done,
+}
+
+/// A completed long-running scope whose compensation is registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub scope: String,
+    pub handler: Option<u32>,
+    /// JSON text of the variables as they stood when the scope completed.
+    pub variables: String,
+    /// Completed scopes nested in this one, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inner: Vec<Registered>,
+}
+
+/// One compensation handler still to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompensationStep {
+    pub scope: String,
+    pub handler: u32,
+    pub variables: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AfterCompensation {
+    /// The compensate activity is done.
+    Done,
+    /// A scope's default fault handler: raise the fault further out.
+    Rethrow(FaultRecord),
+}
+
+/// Compensation order: newest completed scope first, and within a scope its
+/// own inner scopes before it (inside-out).
+fn compensation_queue(completed: &[Registered]) -> Vec<CompensationStep> {
+    let mut queue = Vec::new();
+    for r in completed.iter().rev() {
+        queue.extend(compensation_queue(&r.inner));
+        if let Some(handler) = r.handler {
+            queue.push(CompensationStep { scope: r.scope.clone(), handler, variables: r.variables.clone() });
+        }
+    }
+    queue
+}
+
+/// Takes the completed scope named `name` out of a registry (searching nested ones).
+fn take_registered(completed: &mut Vec<Registered>, name: &str) -> Option<Registered> {
+    if let Some(i) = completed.iter().rposition(|r| r.scope == name) {
+        return Some(completed.remove(i));
+    }
+    completed.iter_mut().rev().find_map(|r| take_registered(&mut r.inner, name))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +153,9 @@ pub struct Frame {
     pub node: NodeId,
     #[serde(flatten)]
     pub phase: Phase,
+    /// On a scope frame: the completed inner scopes registered for compensation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub completed: Vec<Registered>,
 }
 
 /// A request-response receive waiting for its reply.
@@ -122,6 +179,9 @@ pub struct Snapshot {
     /// Correlation set name -> JSON text of its values, once initialized.
     pub correlations: BTreeMap<String, String>,
     pub requests: Vec<PendingRequest>,
+    /// Completed top-level scopes registered for compensation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compensations: Vec<Registered>,
     pub fault: Option<FaultRecord>,
     /// Source of timer and call ids; never reused within an instance.
     pub next_id: u64,
@@ -140,9 +200,10 @@ impl Snapshot {
             version,
             status: Status::Running,
             variables,
-            stack: vec![Frame { node: def.root, phase: Phase::Enter }],
+            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new() }],
             correlations: BTreeMap::new(),
             requests: Vec::new(),
+            compensations: Vec::new(),
             fault: None,
             next_id: 1,
             fence: 0,
@@ -198,6 +259,10 @@ pub enum Reason {
     Waiting,
     /// Controlled host shutdown (rule 6).
     Shutdown,
+    /// A long-running scope completed; its compensation is registered (rule 1).
+    ScopeCompleted,
+    /// One compensation handler ran; it will not run again.
+    Compensated,
     Completed,
     Faulted,
     Terminated,
@@ -260,6 +325,8 @@ enum Expect {
     Deadline,
     ReceiveDeadline,
     ThrowData,
+    CatchReader,
+    CompensationStep,
 }
 
 pub struct Machine<'d> {
@@ -461,6 +528,21 @@ impl<'d> Machine<'d> {
                     return Some(self.raise(Fault::new("cairn.bad-handler-output", format!("receive timeout: {e}"))))
                 }
             },
+            Expect::CatchReader => {
+                let Activity::Scope { handlers, .. } = &node.activity else { unreachable!() };
+                let Phase::Handling { caught } = &self.top().phase else { unreachable!() };
+                let body = handler_for(handlers, &caught.fault.name).and_then(|h| h.body);
+                if let Some(b) = body {
+                    self.push(b);
+                }
+            }
+            Expect::CompensationStep => {
+                let Phase::Compensating { queue, .. } = &mut self.top_mut().phase else { unreachable!() };
+                queue.remove(0);
+                if self.persistent() {
+                    return Some(self.persist(Reason::Compensated));
+                }
+            }
             Expect::ThrowData => {
                 let Activity::Throw { fault, message, .. } = &node.activity else { unreachable!() };
                 let fault = Fault { name: fault.clone(), message: message.clone(), data: output.unwrap_or_else(|| "null".into()) };
@@ -508,9 +590,24 @@ impl<'d> Machine<'d> {
                     self.snap.stack.pop();
                     if node.commits().after && self.persistent() {
                         self.persist_path = path;
-                        return Yield::Persist(Reason::CommitAfter);
+                        let reason = match node.activity {
+                            Activity::Scope { .. } => Reason::ScopeCompleted,
+                            _ => Reason::CommitAfter,
+                        };
+                        return Yield::Persist(reason);
                     }
                 }
+                Phase::Handling { .. } => self.top_mut().phase = Phase::Done,
+                Phase::Compensating { queue, then } => match queue.first() {
+                    Some(step) => {
+                        let message = Some(step.variables.clone());
+                        return self.call(step.handler, message, Expect::CompensationStep);
+                    }
+                    None => match then {
+                        AfterCompensation::Done => self.top_mut().phase = Phase::Done,
+                        AfterCompensation::Rethrow(record) => return self.propagate(record),
+                    },
+                },
                 Phase::AwaitMessage { operation, timer } => match timer {
                     Some(t) if t.due_ms <= self.now_ms => {
                         self.effects.push(Effect::ClearTimer { timer_id: t.timer_id, due_ms: t.due_ms });
@@ -549,6 +646,21 @@ impl<'d> Machine<'d> {
                     }
                     Activity::While { condition, .. } => return self.call(*condition, None, Expect::Condition),
                     Activity::IfElse { .. } => self.top_mut().phase = Phase::Done,
+                    Activity::Scope { compensation, .. } => {
+                        // The body completed: register the scope's compensation
+                        // with the variables as they stand now.
+                        let frame = self.snap.stack.last_mut().unwrap();
+                        let registered = Registered {
+                            scope: node.name.clone(),
+                            handler: *compensation,
+                            variables: self.snap.variables.clone(),
+                            inner: std::mem::take(&mut frame.completed),
+                        };
+                        frame.phase = Phase::Done;
+                        if registered.handler.is_some() || !registered.inner.is_empty() {
+                            self.enclosing_registry().push(registered);
+                        }
+                    }
                     _ => unreachable!("child phase on a leaf activity"),
                 },
                 Phase::Started => match &node.activity {
@@ -581,6 +693,30 @@ impl<'d> Machine<'d> {
                         }
                     },
                     Activity::Terminate => return self.finish(Status::Terminated),
+                    Activity::Scope { body, .. } => {
+                        let body = *body;
+                        self.top_mut().phase = Phase::Child { next: 1 };
+                        self.push(body);
+                    }
+                    Activity::Compensate { scope } => {
+                        let registry = self.enclosing_registry();
+                        let chosen = match scope {
+                            None => std::mem::take(registry),
+                            Some(name) => take_registered(registry, name).into_iter().collect(),
+                        };
+                        let queue = compensation_queue(&chosen);
+                        self.top_mut().phase = Phase::Compensating { queue, then: AfterCompensation::Done };
+                    }
+                    Activity::Rethrow => {
+                        let caught = self.snap.stack.iter().rev().find_map(|f| match &f.phase {
+                            Phase::Handling { caught } => Some(caught.clone()),
+                            _ => None,
+                        });
+                        return match caught {
+                            Some(record) => self.propagate(record),
+                            None => self.raise(Fault::new("cairn.rethrow-outside-handler", "rethrow outside a fault handler")),
+                        };
+                    }
                 },
             }
         }
@@ -602,11 +738,61 @@ impl<'d> Machine<'d> {
         Yield::Call(HandlerCall { handler, message })
     }
 
-    /// A fault leaves the process: no scopes catch it in this engine yet.
+    /// Raises a fault at the current activity.
     fn raise(&mut self, fault: Fault) -> Yield {
         let path = self.snap.path(self.def);
-        self.snap.fault = Some(FaultRecord { fault, path });
-        self.finish(Status::Faulted)
+        self.propagate(FaultRecord { fault, path })
+    }
+
+    /// Finds the innermost scope whose body is running and hands it the
+    /// fault: a matching handler runs, or else its default handler
+    /// compensates its completed inner scopes and raises the fault further
+    /// out. A fault no scope takes leaves the process and faults the instance.
+    fn propagate(&mut self, record: FaultRecord) -> Yield {
+        self.expecting = None;
+        let catcher = self.snap.stack.iter().rposition(|f| {
+            matches!(self.def.node(f.node).activity, Activity::Scope { .. }) && matches!(f.phase, Phase::Child { .. })
+        });
+        let Some(i) = catcher else {
+            self.snap.fault = Some(record);
+            return self.finish(Status::Faulted);
+        };
+        self.snap.stack.truncate(i + 1);
+        let Activity::Scope { handlers, .. } = &self.def.node(self.top().node).activity else { unreachable!() };
+        match handler_for(handlers, &record.fault.name) {
+            Some(h) => {
+                let (reader, body) = (h.reader, h.body);
+                let message = serde_json::json!({
+                    "name": record.fault.name,
+                    "message": record.fault.message,
+                    "data": serde_json::from_str::<serde_json::Value>(&record.fault.data).unwrap_or(serde_json::Value::Null),
+                })
+                .to_string();
+                self.top_mut().phase = Phase::Handling { caught: record };
+                match (reader, body) {
+                    (Some(r), _) => return self.call(r, Some(message), Expect::CatchReader),
+                    (None, Some(b)) => self.push(b),
+                    (None, None) => {}
+                }
+            }
+            None => {
+                let frame = self.top_mut();
+                let queue = compensation_queue(&std::mem::take(&mut frame.completed));
+                frame.phase = Phase::Compensating { queue, then: AfterCompensation::Rethrow(record) };
+            }
+        }
+        self.run()
+    }
+
+    /// The registry a completing scope joins, and that `compensate` draws
+    /// from: the nearest enclosing scope's, or the process's.
+    fn enclosing_registry(&mut self) -> &mut Vec<Registered> {
+        let top = self.snap.stack.len().saturating_sub(1);
+        let def = self.def;
+        match self.snap.stack[..top].iter().rposition(|f| matches!(def.node(f.node).activity, Activity::Scope { .. })) {
+            Some(i) => &mut self.snap.stack[i].completed,
+            None => &mut self.snap.compensations,
+        }
     }
 
     fn finish(&mut self, status: Status) -> Yield {
@@ -633,7 +819,7 @@ impl<'d> Machine<'d> {
     }
 
     fn push(&mut self, node: NodeId) {
-        self.snap.stack.push(Frame { node, phase: Phase::Enter });
+        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new() });
     }
 
     fn top(&self) -> &Frame {
@@ -649,6 +835,11 @@ impl<'d> Machine<'d> {
         self.snap.next_id += 1;
         id
     }
+}
+
+/// The handler for `fault`: one that names it, else a catch-all.
+fn handler_for<'a>(handlers: &'a [super::definition::FaultHandler], fault: &str) -> Option<&'a super::definition::FaultHandler> {
+    handlers.iter().find(|h| h.fault.as_deref() == Some(fault)).or_else(|| handlers.iter().find(|h| h.fault.is_none()))
 }
 
 fn terminal_reason(status: Status) -> Reason {

@@ -477,3 +477,170 @@ fn a_faulted_instance_answers_waiting_requests_with_its_fault() {
         "{effects:?}"
     );
 }
+
+/// A scope around `body` with a compensation handler.
+fn scope(t: &mut Tree, name: &str, body: NodeId, handlers: Vec<definition::FaultHandler>) -> NodeId {
+    let compensation = Some(t.handler());
+    t.add(name, Activity::Scope { body, handlers, compensation }, T::Default)
+}
+
+/// Drives to the end, answering compensation handlers by appending
+/// "undo <scope-variables.n>" and snippets by bumping `n`; returns the trace
+/// of yields and the final snapshot.
+fn drive_scopes(def: &Definition, compensations: &[u32]) -> (Vec<String>, Snapshot) {
+    let mut m = Machine::new(def, Snapshot::new("i1".into(), def, "v1".into(), r#"{"n":0,"trace":[]}"#.into(), 0));
+    let mut trace = Vec::new();
+    let mut input = Input::Continue;
+    loop {
+        let y = m.step(input, 0);
+        trace.push(trace_of(&y));
+        input = match y {
+            Yield::Call(c) => {
+                let mut v: serde_json::Value = serde_json::from_str(&m.snap.variables).unwrap();
+                if compensations.contains(&c.handler) {
+                    let at_end: serde_json::Value = serde_json::from_str(c.message.as_deref().unwrap()).unwrap();
+                    v["trace"].as_array_mut().unwrap().push(format!("undo {}", at_end["n"]).into());
+                } else {
+                    v["n"] = (v["n"].as_u64().unwrap() + 1).into();
+                }
+                Input::Handler(Ok(HandlerOutput { variables: v.to_string(), output: None }))
+            }
+            Yield::Persist(_) => Input::Continue,
+            Yield::Finished(_) => return (trace, m.snap),
+            y => panic!("unexpected {y:?}"),
+        };
+    }
+}
+
+#[test]
+fn a_completed_long_running_scope_persists_and_registers_its_compensation() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let s = scope(&mut t, "pay", a, vec![]);
+    let def = t.seq(vec![s], ProcessKind::LongRunning);
+    let (trace, snap) = drive_scopes(&def, &[1]);
+    assert_eq!(trace, ["call:0", "persist:scope-completed", "finished:completed"]);
+    assert_eq!(snap.compensations.len(), 1);
+    assert_eq!(snap.compensations[0].scope, "pay");
+    assert_eq!(snap.compensations[0].variables, r#"{"n":1,"trace":[]}"#);
+}
+
+#[test]
+fn an_uncaught_fault_compensates_completed_inner_scopes_newest_first_and_inside_out_then_rethrows() {
+    // outer { a{}; b{ b1{} }; c{ throw } } : c fails, so outer's default
+    // handler undoes b1, b (inside-out), then a, each with the variables it
+    // had at its end, one persistence point per step, and the fault leaves.
+    let mut t = Tree::new();
+    let sa = t.snippet("a-work", T::Default);
+    let a = scope(&mut t, "a", sa, vec![]);
+    let sb1 = t.snippet("b1-work", T::Default);
+    let b1 = scope(&mut t, "b1", sb1, vec![]);
+    let sb = t.snippet("b-work", T::Default);
+    let b_body = t.add("b-body", Activity::Sequence { children: vec![b1, sb] }, T::Default);
+    let b = scope(&mut t, "b", b_body, vec![]);
+    let boom = t.add("boom", Activity::Throw { fault: "boom".into(), message: "c failed".into(), data: None }, T::Default);
+    let c = scope(&mut t, "c", boom, vec![]);
+    let outer_body = t.add("outer-body", Activity::Sequence { children: vec![a, b, c] }, T::Default);
+    let outer = t.add("outer", Activity::Scope { body: outer_body, handlers: vec![], compensation: None }, T::Default);
+    let def = t.seq(vec![outer], ProcessKind::LongRunning);
+    let comp = [1, 3, 5, 7];
+    let (trace, snap) = drive_scopes(&def, &comp);
+    let v: serde_json::Value = serde_json::from_str(&snap.variables).unwrap();
+    assert_eq!(v["trace"], serde_json::json!(["undo 2", "undo 3", "undo 1"]));
+    assert_eq!(trace.iter().filter(|t| *t == "persist:compensated").count(), 3);
+    assert_eq!(snap.status, Status::Faulted);
+    let f = snap.fault.unwrap();
+    assert_eq!((f.fault.name.as_str(), f.path.as_str()), ("boom", "main/outer/outer-body/c/boom"));
+}
+
+#[test]
+fn a_fault_handler_catches_by_name_before_catch_all_and_receives_the_fault() {
+    let mut t = Tree::new();
+    let th = t.add(
+        "fail",
+        Activity::Throw { fault: "known".into(), message: "m".into(), data: None },
+        T::Default,
+    );
+    let reader_all = t.handler();
+    let reader_known = t.handler();
+    let handlers = vec![
+        definition::FaultHandler { fault: None, reader: Some(reader_all), body: None },
+        definition::FaultHandler { fault: Some("known".into()), reader: Some(reader_known), body: None },
+    ];
+    let s = t.add("work", Activity::Scope { body: th, handlers, compensation: None }, T::Default);
+    let after = t.snippet("after", T::Default);
+    let def = t.seq(vec![s, after], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    let y = m.step(Input::Continue, 0);
+    let Yield::Call(c) = y else { panic!("{y:?}") };
+    assert_eq!(c.handler, reader_known);
+    let fault: serde_json::Value = serde_json::from_str(c.message.as_deref().unwrap()).unwrap();
+    assert_eq!(fault["name"], "known");
+    let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: None })), 0);
+    assert_eq!(y, Yield::Persist(Reason::ScopeCompleted), "a handled scope ends and the process goes on");
+    assert!(matches!(m.step(Input::Continue, 0), Yield::Call(c) if c.handler == 2), "the activity after the scope runs");
+}
+
+#[test]
+fn compensation_resumed_from_a_snapshot_does_not_run_a_step_twice() {
+    let mut t = Tree::new();
+    let sa = t.snippet("a-work", T::Default);
+    let a = scope(&mut t, "a", sa, vec![]);
+    let sb = t.snippet("b-work", T::Default);
+    let b = scope(&mut t, "b", sb, vec![]);
+    let comp = t.add("undo", Activity::Compensate { scope: None }, T::Default);
+    let def = t.seq(vec![a, b, comp], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0,"trace":[]}"#.into(), 0));
+    let mut input = Input::Continue;
+    let mut after_first_step = None;
+    loop {
+        match m.step(input, 0) {
+            Yield::Call(c) => {
+                let mut v: serde_json::Value = serde_json::from_str(&m.snap.variables).unwrap();
+                if c.handler == 1 || c.handler == 3 {
+                    let at_end: serde_json::Value = serde_json::from_str(c.message.as_deref().unwrap()).unwrap();
+                    v["trace"].as_array_mut().unwrap().push(format!("undo {}", at_end["n"]).into());
+                } else {
+                    v["n"] = (v["n"].as_u64().unwrap() + 1).into();
+                }
+                input = Input::Handler(Ok(HandlerOutput { variables: v.to_string(), output: None }));
+            }
+            Yield::Persist(Reason::Compensated) if after_first_step.is_none() => {
+                after_first_step = Some(m.snap.clone());
+                input = Input::Continue;
+            }
+            Yield::Persist(_) => input = Input::Continue,
+            Yield::Finished(_) => break,
+            y => panic!("{y:?}"),
+        }
+    }
+    // A crash right after the first compensation step: the resumed instance
+    // runs only the remaining one.
+    let (_, end) = drive_scopes(&def, &[1, 3]);
+    let (_, resumed) = drive_scopes_from(&def, after_first_step.unwrap(), &[1, 3]);
+    assert_eq!(resumed.variables, end.variables);
+    let v: serde_json::Value = serde_json::from_str(&end.variables).unwrap();
+    assert_eq!(v["trace"], serde_json::json!(["undo 2", "undo 1"]));
+}
+
+fn drive_scopes_from(def: &Definition, snap: Snapshot, compensations: &[u32]) -> (Vec<String>, Snapshot) {
+    let mut m = Machine::new(def, snap);
+    let mut input = Input::Continue;
+    loop {
+        input = match m.step(input, 0) {
+            Yield::Call(c) => {
+                let mut v: serde_json::Value = serde_json::from_str(&m.snap.variables).unwrap();
+                if compensations.contains(&c.handler) {
+                    let at_end: serde_json::Value = serde_json::from_str(c.message.as_deref().unwrap()).unwrap();
+                    v["trace"].as_array_mut().unwrap().push(format!("undo {}", at_end["n"]).into());
+                } else {
+                    v["n"] = (v["n"].as_u64().unwrap() + 1).into();
+                }
+                Input::Handler(Ok(HandlerOutput { variables: v.to_string(), output: None }))
+            }
+            Yield::Persist(_) => Input::Continue,
+            Yield::Finished(_) => return (Vec::new(), m.snap),
+            y => panic!("unexpected {y:?}"),
+        };
+    }
+}
