@@ -177,6 +177,9 @@ enum Kind {
     Wait(wit::WaitNode),
     Throw { fault: String, message: String, data: Option<u32> },
     Terminate,
+    Scope { body: Box<Activity>, handlers: Vec<(Option<String>, Option<u32>, Option<Box<Activity>>)>, compensation: Option<u32> },
+    Compensate(Option<String>),
+    Rethrow,
 }
 
 /// One node of the activity tree, made by a [`Process`] method. Its name is
@@ -729,6 +732,127 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     }
 }
 
+impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
+    /// A long-running scope around `body`: it persists when it completes and
+    /// registers its compensation, and its fault handlers catch faults raised
+    /// inside it. Add handlers with [`Process::on_fault`] and compensation
+    /// with [`Process::on_compensate`].
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { paid: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let charge = p.snippet("charge", |v| { v.paid = true; Ok(()) });
+    /// let pay = p.scope("pay", charge);
+    /// # }
+    /// ```
+    pub fn scope(&mut self, name: &str, body: Activity) -> Activity {
+        Activity::new(name, Kind::Scope { body: Box::new(body), handlers: Vec::new(), compensation: None })
+    }
+
+    /// Adds a fault handler to a scope: it catches faults named `fault`
+    /// (`None`: every fault not caught by name). `reader` gets the fault;
+    /// `body`, if any, runs after it. When the handler ends, the scope ends
+    /// and the process goes on after it, unless the body rethrows.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { declined: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let charge = p.snippet("charge", |_| Err(cairn_guest::Fault::new("declined", "card declined")));
+    /// let pay = p.scope("pay", charge);
+    /// let pay = p.on_fault(pay, Some("declined"), |v, _fault| { v.declined = true; Ok(()) }, None);
+    /// # }
+    /// ```
+    pub fn on_fault(
+        &mut self,
+        scope: Activity,
+        fault: Option<&str>,
+        reader: impl Fn(&mut V, &Fault) -> Result<(), Fault> + 'static,
+        body: Option<Activity>,
+    ) -> Activity {
+        let reader = self.register(Box::new(move |v, msg| {
+            let f: serde_json::Value = from_json(msg, "the caught fault")?;
+            let fault = Fault {
+                name: f["name"].as_str().unwrap_or_default().to_string(),
+                message: f["message"].as_str().unwrap_or_default().to_string(),
+                data: f["data"].clone(),
+            };
+            reader(v, &fault).map(|()| None)
+        }));
+        let mut scope = scope;
+        if let Kind::Scope { handlers, .. } = &mut scope.kind {
+            handlers.push((fault.map(str::to_string), Some(reader), body.map(Box::new)));
+        }
+        scope
+    }
+
+    /// Gives a scope its compensation handler: when the completed scope is
+    /// compensated, `f` gets the current variables and the variables as they
+    /// stood when the scope completed.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default, Clone)] struct V { charged: u32, refunded: u32 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let charge = p.snippet("charge", |v| { v.charged = 42; Ok(()) });
+    /// let pay = p.scope("pay", charge);
+    /// let pay = p.on_compensate(pay, |v, at_end| { v.refunded = at_end.charged; Ok(()) });
+    /// # }
+    /// ```
+    pub fn on_compensate(&mut self, scope: Activity, f: impl Fn(&mut V, V) -> Result<(), Fault> + 'static) -> Activity {
+        let h = self.register(Box::new(move |v, msg| {
+            let at_end: V = from_json(msg, "the variables at the scope's end")?;
+            f(v, at_end).map(|()| None)
+        }));
+        let mut scope = scope;
+        if let Kind::Scope { compensation, .. } = &mut scope.kind {
+            *compensation = Some(h);
+        }
+        scope
+    }
+
+    /// Compensates the completed scopes inside the enclosing scope (or the
+    /// process): newest first, each one's inner scopes before it.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let undo = p.compensate("undo-all");
+    /// # }
+    /// ```
+    pub fn compensate(&mut self, name: &str) -> Activity {
+        Activity::new(name, Kind::Compensate(None))
+    }
+
+    /// Compensates only the completed scope named `scope`.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let refund = p.compensate_scope("refund", "pay");
+    /// # }
+    /// ```
+    pub fn compensate_scope(&mut self, name: &str, scope: &str) -> Activity {
+        Activity::new(name, Kind::Compensate(Some(scope.to_string())))
+    }
+
+    /// Inside a fault handler: raises the caught fault again, further out.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let again = p.rethrow("give-up");
+    /// # }
+    /// ```
+    pub fn rethrow(&mut self, name: &str) -> Activity {
+        Activity::new(name, Kind::Rethrow)
+    }
+}
+
 /// Flattens the tree into the arena that crosses WIT.
 fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
     let kind = match activity.kind {
@@ -760,6 +884,16 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         Kind::Wait(w) => wit::Activity::Wait(w),
         Kind::Throw { fault, message, data } => wit::Activity::Throw(wit::ThrowNode { fault, message, data }),
         Kind::Terminate => wit::Activity::Terminate,
+        Kind::Scope { body, handlers, compensation } => {
+            let body = flatten(*body, nodes);
+            let handlers = handlers
+                .into_iter()
+                .map(|(fault, reader, body)| wit::FaultHandler { fault, reader, body: body.map(|b| flatten(*b, nodes)) })
+                .collect();
+            wit::Activity::Scope(wit::ScopeNode { body, handlers, compensation })
+        }
+        Kind::Compensate(scope) => wit::Activity::Compensate(scope),
+        Kind::Rethrow => wit::Activity::Rethrow,
     };
     let transaction = match activity.transaction {
         None => wit::Transaction::Default,

@@ -4,8 +4,10 @@
 //! no destructors, no flush) the N-th time (default: the first) execution
 //! reaches the point called NAME. Points: `before-commit` (a persistence
 //! point's batch is built but not written), `after-commit` (written, effects
-//! not yet dispatched), `mid-dispatch` (an activity ran, its result not yet
-//! delivered to the instance).
+//! not yet dispatched), `after-commit-dispatch` (a committed invoke or send
+//! about to be dispatched), `mid-dispatch` (an activity ran, its result not
+//! yet delivered to the instance), `after-compensation-step` (one compensation
+//! handler's persistence point committed).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -401,6 +401,17 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                 },
                 wit::Activity::Throw(t) => engine::Activity::Throw { fault: t.fault, message: t.message, data: t.data },
                 wit::Activity::Terminate => engine::Activity::Terminate,
+                wit::Activity::Scope(sc) => engine::Activity::Scope {
+                    body: sc.body,
+                    handlers: sc
+                        .handlers
+                        .into_iter()
+                        .map(|h| engine::definition::FaultHandler { fault: h.fault, reader: h.reader, body: h.body })
+                        .collect(),
+                    compensation: sc.compensation,
+                },
+                wit::Activity::Compensate(scope) => engine::Activity::Compensate { scope },
+                wit::Activity::Rethrow => engine::Activity::Rethrow,
             },
         })
         .collect();

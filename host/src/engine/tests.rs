@@ -416,6 +416,11 @@ fn validation_rejects_what_design_section_2_lists() {
     assert!(err.contains("two children are named 'a'"), "{err}");
 
     let mut t = Tree::new();
+    let c = t.add("undo", Activity::Compensate { scope: Some("payment".into()) }, T::Default);
+    let err = t.seq(vec![c], ProcessKind::LongRunning).validate().unwrap_err();
+    assert!(err.contains("activity 'main/undo' (compensate): there is no scope named 'payment'"), "{err}");
+
+    let mut t = Tree::new();
     let a = t.snippet("a", T::Default);
     let mut def = t.seq(vec![a, a], ProcessKind::LongRunning);
     def.nodes[a as usize].name = "a".into();

@@ -182,7 +182,9 @@ async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, committed: &
     b.fence(&id, based_on, fence);
     b.put(Cf::Instances, id.as_bytes(), serde_json::to_vec(&m.snap)?);
     let path = match (reason, &m.snap.fault) {
-        (Reason::CommitBefore | Reason::CommitAfter | Reason::Dispatch, _) => std::mem::take(&mut m.persist_path),
+        (Reason::CommitBefore | Reason::CommitAfter | Reason::Dispatch | Reason::ScopeCompleted | Reason::Compensated, _) => {
+            std::mem::take(&mut m.persist_path)
+        }
         (_, Some(f)) => f.path.clone(),
         _ => m.snap.path(m.def),
     };
@@ -201,6 +203,9 @@ async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, committed: &
     }
     crate::failpoint::hit("before-commit");
     svc.store.commit(b).await.map_err(|e| anyhow!("{e}"))?;
+    if reason == Reason::Compensated {
+        crate::failpoint::hit("after-compensation-step");
+    }
     committed.stack = m.snap.stack.clone();
     committed.status = m.snap.status;
     svc.after_commit(&m.snap, effects);

@@ -1,0 +1,118 @@
+//! Long-running scopes through the real binary: compensation order and data,
+//! compensation of one named scope, fault handlers (by name, catch-all,
+//! rethrow, fault data), and a crash in the middle of compensation.
+
+use cairn_tests::{Host, TempDir};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn host(tag: &str, env: &[(&str, &str)]) -> (TempDir, Host) {
+    let dir = TempDir::new(tag);
+    let host = Host::start(dir.path(), &["--quiet-guests"], env);
+    (dir, host)
+}
+
+fn start(h: &Host, process: &str, mode: &str) -> (i32, Value) {
+    let out = h.cairn(&["start", process, "--input", &json!({ "mode": mode }).to_string(), "--wait", "--json"]);
+    (out.code, out.json())
+}
+
+fn reasons(v: &Value) -> Vec<(String, String)> {
+    v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["reason"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+const UNDO_TRACE: [&str; 3] = ["undo b1 at step 2", "undo b at step 3", "undo a at step 1"];
+
+#[test]
+fn a_failing_last_scope_compensates_the_completed_ones_in_reverse_with_their_own_variables() {
+    let (_d, h) = host("compensate-order", &[]);
+    h.deploy("t_compensation", None);
+    let (code, v) = start(&h, "compensation", "fail");
+    assert_eq!(code, 4, "{v:#}");
+    assert_eq!(v["status"], "faulted");
+    assert_eq!(v["variables"]["trace"], json!(UNDO_TRACE), "newest first, inner scopes before their outer one");
+    assert_eq!(v["fault"]["name"], "boom");
+    assert_eq!(v["fault"]["path"], "main/mode/outer/outer-body/c/c-body/boom");
+    let r = reasons(&v);
+    let completed: Vec<&str> = r.iter().filter(|(reason, _)| reason == "scope-completed").map(|(_, p)| p.as_str()).collect();
+    assert_eq!(
+        completed,
+        ["main/mode/outer/outer-body/a", "main/mode/outer/outer-body/b/b-body/b1", "main/mode/outer/outer-body/b"],
+        "each long-running scope persists at its end"
+    );
+    assert_eq!(r.iter().filter(|(reason, _)| reason == "compensated").count(), 3, "one persistence point per compensation step");
+}
+
+#[test]
+fn a_fault_handler_can_compensate_one_named_scope_and_continue() {
+    let (_d, h) = host("compensate-named", &[]);
+    h.deploy("t_compensation", None);
+    let (code, v) = start(&h, "compensation", "refund");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["variables"]["trace"], json!(["undo reserve at step 5"]));
+    assert_eq!(v["variables"]["noted"], true);
+}
+
+#[test]
+fn fault_handlers_catch_by_name_or_catch_all_and_see_the_fault_data() {
+    let (_d, h) = host("fault-handlers", &[]);
+    h.deploy("t_faults", None);
+
+    let (code, v) = start(&h, "faults", "known");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["variables"]["caught"], "known");
+    assert_eq!(v["variables"]["caught_data"], json!({ "x": 1 }), "fault data reaches the handler");
+    assert_eq!(v["variables"]["recovered"], true);
+    assert_eq!(v["variables"]["after"], true, "after a handled fault the process goes on after the scope");
+
+    let (code, v) = start(&h, "faults", "other");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["variables"]["caught"], "any:other");
+    assert_eq!(v["variables"]["after"], true);
+
+    let (code, v) = start(&h, "faults", "none");
+    assert_eq!(code, 0);
+    assert_eq!(v["variables"]["caught"], Value::Null);
+}
+
+#[test]
+fn a_rethrown_fault_leaves_the_process_with_its_original_path_and_data() {
+    let (_d, h) = host("rethrow", &[]);
+    h.deploy("t_faults", None);
+    let (code, v) = start(&h, "faults", "fatal");
+    assert_eq!(code, 4, "{v:#}");
+    assert_eq!(v["status"], "faulted");
+    assert_eq!(v["variables"]["caught"], "fatal", "the handler ran before rethrowing");
+    assert_eq!(v["variables"]["after"], false);
+    assert_eq!(v["fault"]["name"], "fatal");
+    assert_eq!(v["fault"]["path"], "main/work/act");
+    assert_eq!(v["fault"]["data"], "\"why\"");
+}
+
+#[test]
+fn a_crash_in_the_middle_of_compensation_runs_each_handler_exactly_once() {
+    let dir = TempDir::new("compensate-crash");
+    // Abort right after the first compensation step is committed.
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "after-compensation-step")]);
+    h.deploy("t_compensation", None);
+    let started = h.ok_json(&["start", "compensation", "--input", r#"{"mode":"fail"}"#]);
+    let id = started["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + WAIT;
+    while h.get("/v1/health").0 == 200 {
+        assert!(Instant::now() < deadline, "the fail point was not reached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.kill9();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    let v = h.wait_status(&id, "faulted", WAIT);
+    assert_eq!(v["variables"]["trace"], json!(UNDO_TRACE), "the step done before the crash is not run again");
+    assert_eq!(reasons(&v).iter().filter(|(reason, _)| reason == "compensated").count(), 3);
+}
