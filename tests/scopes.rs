@@ -116,3 +116,78 @@ fn a_crash_in_the_middle_of_compensation_runs_each_handler_exactly_once() {
     assert_eq!(v["variables"]["trace"], json!(UNDO_TRACE), "the step done before the crash is not run again");
     assert_eq!(reasons(&v).iter().filter(|(reason, _)| reason == "compensated").count(), 3);
 }
+
+fn guest_records(h: &Host, message: &str, key: &str) -> usize {
+    h.guest_log().iter().filter(|r| r["message"] == message && r["fields"]["key"] == key).count()
+}
+
+fn deploy_atomic(h: &Host) {
+    h.deploy("t_recorder", Some("recorder"));
+    h.deploy("t_atomic", None);
+}
+
+#[test]
+fn an_atomic_scope_shares_a_non_serializable_object_and_persists_once() {
+    let (_d, h) = host("atomic-ok", &[]);
+    deploy_atomic(&h);
+    let out = h.cairn(&["start", "atomic", "--input", r#"{"mode":"ok","key":"a1"}"#, "--wait", "--json"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let v = out.json();
+    assert_eq!(v["variables"]["total"], 10);
+    assert_eq!(v["variables"]["opened_by"], "a1", "the second handler saw the object the first made");
+    assert_eq!(v["variables"]["uses_seen"], json!([1, 2, 0]), "shared within the scope, gone after it");
+    let r = reasons(&v);
+    let r: Vec<(&str, &str)> = r.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(r, [("created", ""), ("scope-completed", "main/batch"), ("completed", "")], "no persistence point inside");
+    let deadline = Instant::now() + WAIT;
+    while guest_records(&h, "recorded", "a1") == 0 {
+        assert!(Instant::now() < deadline, "the buffered call never left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_failing_atomic_scope_rolls_back_retries_and_drops_its_buffered_sends() {
+    let (_d, h) = host("atomic-fail", &[]);
+    deploy_atomic(&h);
+    let out = h.cairn(&["start", "atomic", "--input", r#"{"mode":"fail","key":"f1"}"#, "--wait", "--json"]);
+    assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
+    let v = out.json();
+    assert_eq!(v["fault"]["name"], "flaky");
+    assert_eq!(v["variables"]["total"], 0, "variables rolled back to the scope's start");
+    assert_eq!(v["variables"]["uses_seen"], json!([]));
+    assert_eq!(guest_records(&h, "atomic attempt", "f1"), 3, "three attempts by the retry policy");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(guest_records(&h, "recorded", "f1"), 0, "buffered sends of failed attempts never leave");
+}
+
+#[test]
+fn a_crash_inside_an_atomic_scope_leaves_nothing_of_it_and_it_runs_again() {
+    let dir = TempDir::new("atomic-crash");
+    // Abort at the scope's second handler call, after the first one ran.
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "atomic-call:2")]);
+    deploy_atomic(&h);
+    let started = h.ok_json(&["start", "atomic", "--input", r#"{"mode":"ok","key":"c1"}"#]);
+    let id = started["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + WAIT;
+    while h.get("/v1/health").0 == 200 {
+        assert!(Instant::now() < deadline, "the fail point was not reached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.kill9();
+    assert_eq!(guest_records(&h, "atomic attempt", "c1"), 1);
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    let v = h.wait_status(&id, "completed", WAIT);
+    assert_eq!(v["variables"]["total"], 10, "the scope ran again from its start, once");
+    assert_eq!(guest_records(&h, "atomic attempt", "c1"), 2);
+    let r = reasons(&v);
+    assert_eq!(r.iter().filter(|(reason, _)| reason == "scope-completed").count(), 1);
+    let deadline = Instant::now() + WAIT;
+    while guest_records(&h, "recorded", "c1") == 0 {
+        assert!(Instant::now() < deadline, "the buffered call never left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(guest_records(&h, "recorded", "c1"), 1, "the buffered call left once");
+}

@@ -111,6 +111,55 @@ pub enum Transaction {
     RequiresOwn,
 }
 
+/// Retry policy of an atomic scope: `attempts` in all (at least one), waiting
+/// `backoff` before the second and twice as long before each further one.
+///
+/// ```
+/// let once = cairn_guest::Retry::none();
+/// assert_eq!(once.attempts, 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub attempts: u32,
+    pub backoff: Duration,
+}
+
+impl Retry {
+    /// One attempt: a fault propagates at once (after the rollback).
+    ///
+    /// ```
+    /// assert_eq!(cairn_guest::Retry::none().backoff, std::time::Duration::ZERO);
+    /// ```
+    pub fn none() -> Retry {
+        Retry { attempts: 1, backoff: Duration::ZERO }
+    }
+}
+
+thread_local! {
+    static SCOPE_LOCALS: std::cell::RefCell<std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The place for non-serializable objects (a connection, a parsed document,
+/// a cache) that the handlers of one atomic scope share: `f` runs on this
+/// scope's `T`, made by `init` on first use. It lives in the scope's
+/// WebAssembly instance and is gone at the scope's end, or when the scope is
+/// retried. Outside an atomic scope every handler runs in a fresh instance,
+/// so it never outlives one handler.
+///
+/// ```
+/// struct Connection { queries: u32 } // not Serialize: it never leaves the scope
+/// let n = cairn_guest::scope_local(|| Connection { queries: 0 }, |c| { c.queries += 1; c.queries });
+/// assert_eq!(n, 1);
+/// ```
+pub fn scope_local<T: 'static, R>(init: impl FnOnce() -> T, f: impl FnOnce(&mut T) -> R) -> R {
+    SCOPE_LOCALS.with(|locals| {
+        let mut locals = locals.borrow_mut();
+        let slot = locals.entry(std::any::TypeId::of::<T>()).or_insert_with(|| Box::new(init()));
+        f(slot.downcast_mut::<T>().expect("the slot of T holds a T"))
+    })
+}
+
 /// Logging to the host, stamped with the instance and activity it came from.
 ///
 /// ```no_run
@@ -177,7 +226,12 @@ enum Kind {
     Wait(wit::WaitNode),
     Throw { fault: String, message: String, data: Option<u32> },
     Terminate,
-    Scope { body: Box<Activity>, handlers: Vec<(Option<String>, Option<u32>, Option<Box<Activity>>)>, compensation: Option<u32> },
+    Scope {
+        body: Box<Activity>,
+        atomic: Option<Retry>,
+        handlers: Vec<(Option<String>, Option<u32>, Option<Box<Activity>>)>,
+        compensation: Option<u32>,
+    },
     Compensate(Option<String>),
     Rethrow,
 }
@@ -747,7 +801,30 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// # }
     /// ```
     pub fn scope(&mut self, name: &str, body: Activity) -> Activity {
-        Activity::new(name, Kind::Scope { body: Box::new(body), handlers: Vec::new(), compensation: None })
+        Activity::new(name, Kind::Scope { body: Box::new(body), atomic: None, handlers: Vec::new(), compensation: None })
+    }
+
+    /// An atomic scope around `body`: one transaction with no persistence
+    /// point inside and one WebAssembly instance for all its handlers, so they
+    /// can share non-serializable objects through [`scope_local`]. Its sends
+    /// are buffered. On a fault the variables return to their value at the
+    /// scope's start, buffered effects are dropped, and the scope runs again
+    /// as `retry` allows before its fault handlers, or the enclosing scope,
+    /// get the fault. It cannot wait.
+    ///
+    /// ```
+    /// # use cairn_guest::{Process, Retry};
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { n: u32 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let a = p.snippet("a", |v| { v.n += 1; Ok(()) });
+    /// let b = p.snippet("b", |v| { v.n += 1; Ok(()) });
+    /// let body = p.sequence("body", vec![a, b]);
+    /// let tx = p.atomic_scope("tx", body, Retry { attempts: 3, backoff: std::time::Duration::from_millis(100) });
+    /// # }
+    /// ```
+    pub fn atomic_scope(&mut self, name: &str, body: Activity, retry: Retry) -> Activity {
+        let kind = Kind::Scope { body: Box::new(body), atomic: Some(retry), handlers: Vec::new(), compensation: None };
+        Activity::new(name, kind)
     }
 
     /// Adds a fault handler to a scope: it catches faults named `fault`
@@ -884,13 +961,17 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         Kind::Wait(w) => wit::Activity::Wait(w),
         Kind::Throw { fault, message, data } => wit::Activity::Throw(wit::ThrowNode { fault, message, data }),
         Kind::Terminate => wit::Activity::Terminate,
-        Kind::Scope { body, handlers, compensation } => {
+        Kind::Scope { body, atomic, handlers, compensation } => {
             let body = flatten(*body, nodes);
+            let atomic = atomic.map(|r| wit::AtomicPolicy {
+                max_attempts: r.attempts.max(1),
+                backoff_ms: r.backoff.as_millis() as u64,
+            });
             let handlers = handlers
                 .into_iter()
                 .map(|(fault, reader, body)| wit::FaultHandler { fault, reader, body: body.map(|b| flatten(*b, nodes)) })
                 .collect();
-            wit::Activity::Scope(wit::ScopeNode { body, handlers, compensation })
+            wit::Activity::Scope(wit::ScopeNode { body, atomic, handlers, compensation })
         }
         Kind::Compensate(scope) => wit::Activity::Compensate(scope),
         Kind::Rethrow => wit::Activity::Rethrow,

@@ -111,6 +111,14 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 }
 
+/// A live process instance for an atomic scope's handlers. A call that
+/// traps poisons it: drop it and start another.
+pub struct Session {
+    store: Store<GuestState>,
+    instance: bindings::process::Process,
+    refused: Arc<AtomicBool>,
+}
+
 /// A compiled, linked process component, ready to instantiate.
 #[derive(Clone)]
 pub struct ProcessComponent {
@@ -237,10 +245,13 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let ticks = (self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(self.deadline_ticks());
         store.epoch_deadline_trap();
         (store, refused)
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64
     }
 
     /// Reads a process component's definition.
@@ -260,12 +271,33 @@ impl Runtime {
         message: Option<&str>,
         log: LogContext,
     ) -> Result<HandlerOutput, engine::Fault> {
-        let (mut store, refused) = self.store(Some(log));
+        let mut session = self.session(component)?;
+        self.call_in(&mut session, handler, variables, message, log)
+    }
+
+    /// A process instance that lives for several calls: an atomic scope's.
+    /// Guest memory (the SDK's scope state) lives as long as the session.
+    pub fn session(&self, component: &ProcessComponent) -> Result<Session, engine::Fault> {
+        let (mut store, refused) = self.store(None);
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
-        match instance.call_call(&mut store, handler, variables, message) {
+        Ok(Session { store, instance, refused })
+    }
+
+    /// Runs one handler in a session, with a fresh call deadline.
+    pub fn call_in(
+        &self,
+        session: &mut Session,
+        handler: u32,
+        variables: &str,
+        message: Option<&str>,
+        log: LogContext,
+    ) -> Result<HandlerOutput, engine::Fault> {
+        session.store.data_mut().log = Some(log);
+        session.store.set_epoch_deadline(self.deadline_ticks());
+        match session.instance.call_call(&mut session.store, handler, variables, message) {
             Ok(Ok(out)) => Ok(HandlerOutput { variables: out.variables, output: out.output }),
             Ok(Err(f)) => Err(engine::Fault { name: f.name, message: f.message, data: f.data }),
-            Err(e) => Err(self.trap_fault(e, &refused)),
+            Err(e) => Err(self.trap_fault(e, &session.refused)),
         }
     }
 
@@ -403,6 +435,10 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                 wit::Activity::Terminate => engine::Activity::Terminate,
                 wit::Activity::Scope(sc) => engine::Activity::Scope {
                     body: sc.body,
+                    atomic: sc.atomic.map(|a| engine::definition::AtomicPolicy {
+                        max_attempts: a.max_attempts.max(1),
+                        backoff_ms: a.backoff_ms,
+                    }),
                     handlers: sc
                         .handlers
                         .into_iter()

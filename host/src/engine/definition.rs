@@ -123,9 +123,10 @@ pub enum Activity {
         data: Option<HandlerId>,
     },
     Terminate,
-    /// A long-running scope: its body, fault handlers and compensation.
+    /// A scope: long-running, or atomic when `atomic` holds its retry policy.
     Scope {
         body: NodeId,
+        atomic: Option<AtomicPolicy>,
         handlers: Vec<FaultHandler>,
         /// Handler run as `(current variables, variables at scope end)` when
         /// the completed scope is compensated.
@@ -138,6 +139,14 @@ pub enum Activity {
     },
     /// Raises again the fault the enclosing fault handler caught.
     Rethrow,
+}
+
+/// How an atomic scope retries after a fault: `max_attempts` in all, waiting
+/// `backoff_ms` before the second, twice that before the third, and so on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtomicPolicy {
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
 }
 
 /// A fault handler of a scope: catches by fault name, or every fault.
@@ -365,9 +374,31 @@ impl Definition {
         }
         let mut visited: Vec<(String, NodeId)> = Vec::new();
         self.walk(self.root, &mut |path, id, _| visited.push((path.to_string(), id)));
+        let mut in_atomic = vec![false; self.nodes.len()];
+        for (_, id) in &visited {
+            if let Activity::Scope { atomic: Some(_), body, handlers, .. } = &self.node(*id).activity {
+                let mut stack = vec![*body];
+                stack.extend(handlers.iter().filter_map(|h| h.body));
+                while let Some(n) = stack.pop() {
+                    in_atomic[n as usize] = true;
+                    stack.extend(self.node(n).activity.children());
+                }
+            }
+        }
         for (path, id) in &visited {
             let node = self.node(*id);
             let at = format!("activity '{path}' ({})", node.activity.kind_name());
+            if in_atomic[*id as usize] {
+                match &node.activity {
+                    Activity::Receive { .. } | Activity::Wait { .. } => {
+                        problems.push(format!("{at}: an atomic scope cannot wait (it holds one transaction)"))
+                    }
+                    Activity::Scope { atomic: None, .. } => {
+                        problems.push(format!("{at}: a long-running scope cannot be inside an atomic scope"))
+                    }
+                    _ => {}
+                }
+            }
             match &node.activity {
                 Activity::Receive { operation, correlation, creates_instance, .. } => {
                     if operation.is_empty() {

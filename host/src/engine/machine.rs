@@ -156,6 +156,20 @@ pub struct Frame {
     /// On a scope frame: the completed inner scopes registered for compensation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub completed: Vec<Registered>,
+    /// On an atomic scope frame whose body runs: what a fault rolls back to.
+    /// Never persisted: no persistence point falls inside an atomic scope.
+    #[serde(skip)]
+    pub atomic: Option<AtomicAttempt>,
+}
+
+/// One attempt of an atomic scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AtomicAttempt {
+    pub attempt: u32,
+    /// Variables at the start of the scope.
+    pub variables: String,
+    /// Effects decided before the scope; those after it are buffered.
+    pub effects_len: usize,
 }
 
 /// A request-response receive waiting for its reply.
@@ -200,7 +214,7 @@ impl Snapshot {
             version,
             status: Status::Running,
             variables,
-            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new() }],
+            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new(), atomic: None }],
             correlations: BTreeMap::new(),
             requests: Vec::new(),
             compensations: Vec::new(),
@@ -296,6 +310,8 @@ pub enum Yield {
     Await(Wait),
     /// Terminal: commit snapshot and effects with this reason; nothing follows.
     Finished(Reason),
+    /// Wait this long (an atomic scope's retry backoff), then `Input::Continue`.
+    Sleep(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,8 +364,16 @@ impl<'d> Machine<'d> {
         std::mem::take(&mut self.effects)
     }
 
+    /// Whether persistence points are taken here: not in a microflow, and
+    /// not inside an atomic scope.
     fn persistent(&self) -> bool {
-        self.def.kind == ProcessKind::LongRunning
+        self.def.kind == ProcessKind::LongRunning && self.in_atomic().is_none()
+    }
+
+    /// The outermost atomic scope running, as (frame index, attempt): all
+    /// handler calls with the same value share one Wasm instance.
+    pub fn in_atomic(&self) -> Option<(usize, u32)> {
+        self.snap.stack.iter().enumerate().find_map(|(i, f)| f.atomic.as_ref().map(|a| (i, a.attempt)))
     }
 
     /// Applies `input` and runs until the driver has something to do.
@@ -650,6 +674,7 @@ impl<'d> Machine<'d> {
                         // The body completed: register the scope's compensation
                         // with the variables as they stand now.
                         let frame = self.snap.stack.last_mut().unwrap();
+                        frame.atomic = None;
                         let registered = Registered {
                             scope: node.name.clone(),
                             handler: *compensation,
@@ -693,8 +718,16 @@ impl<'d> Machine<'d> {
                         }
                     },
                     Activity::Terminate => return self.finish(Status::Terminated),
-                    Activity::Scope { body, .. } => {
+                    Activity::Scope { body, atomic, .. } => {
                         let body = *body;
+                        if atomic.is_some() {
+                            let attempt = AtomicAttempt {
+                                attempt: 1,
+                                variables: self.snap.variables.clone(),
+                                effects_len: self.effects.len(),
+                            };
+                            self.top_mut().atomic = Some(attempt);
+                        }
                         self.top_mut().phase = Phase::Child { next: 1 };
                         self.push(body);
                     }
@@ -758,6 +791,25 @@ impl<'d> Machine<'d> {
             return self.finish(Status::Faulted);
         };
         self.snap.stack.truncate(i + 1);
+        if let Some(attempt) = self.top_mut().atomic.take() {
+            // Roll back: the variables as at the scope's start, buffered
+            // effects dropped; then retry while the policy allows.
+            self.snap.variables = attempt.variables.clone();
+            self.effects.truncate(attempt.effects_len);
+            self.top_mut().completed.clear();
+            let node = self.def.node(self.top().node);
+            let Activity::Scope { atomic: Some(policy), body, .. } = &node.activity else { unreachable!() };
+            if attempt.attempt < policy.max_attempts {
+                let backoff = policy.backoff_ms.saturating_mul(1 << (attempt.attempt - 1).min(20));
+                let body = *body;
+                self.top_mut().atomic = Some(AtomicAttempt { attempt: attempt.attempt + 1, ..attempt });
+                self.push(body);
+                if backoff > 0 {
+                    return Yield::Sleep(backoff);
+                }
+                return self.run();
+            }
+        }
         let Activity::Scope { handlers, .. } = &self.def.node(self.top().node).activity else { unreachable!() };
         match handler_for(handlers, &record.fault.name) {
             Some(h) => {
@@ -819,7 +871,7 @@ impl<'d> Machine<'d> {
     }
 
     fn push(&mut self, node: NodeId) {
-        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new() });
+        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new(), atomic: None });
     }
 
     fn top(&self) -> &Frame {

@@ -72,6 +72,7 @@ fn trace_of(y: &Yield) -> String {
         Yield::Await(Wait::Timer { .. }) => "await:timer".into(),
         Yield::Await(Wait::Invoke { .. }) => "await:invoke".into(),
         Yield::Finished(r) => format!("finished:{}", reason(*r)),
+        Yield::Sleep(ms) => format!("sleep:{ms}"),
     }
 }
 
@@ -107,6 +108,7 @@ fn drive_from(def: &Definition, snap: Snapshot) -> (Vec<String>, Snapshot) {
                 Input::Continue
             }
             Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
+            Yield::Sleep(_) => Input::Continue,
             Yield::Finished(_) => return (trace, m.snap),
         };
     }
@@ -364,6 +366,7 @@ fn every_persisted_snapshot_resumes_to_the_same_outcome() {
                 Input::Continue
             }
             Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
+            Yield::Sleep(_) => Input::Continue,
             Yield::Finished(_) => break,
         };
     }
@@ -425,6 +428,13 @@ fn validation_rejects_what_design_section_2_lists() {
     let mut def = t.seq(vec![a, a], ProcessKind::LongRunning);
     def.nodes[a as usize].name = "a".into();
     assert!(def.validate().is_err());
+
+    let mut t = Tree::new();
+    let w = t.wait("pause", 5);
+    let policy = definition::AtomicPolicy { max_attempts: 1, backoff_ms: 0 };
+    let s = t.add("tx", Activity::Scope { body: w, atomic: Some(policy), handlers: vec![], compensation: None }, T::Default);
+    let err = t.seq(vec![s], ProcessKind::LongRunning).validate().unwrap_err();
+    assert!(err.contains("activity 'main/tx/pause' (wait): an atomic scope cannot wait"), "{err}");
 }
 
 #[test]
@@ -486,7 +496,7 @@ fn a_faulted_instance_answers_waiting_requests_with_its_fault() {
 /// A scope around `body` with a compensation handler.
 fn scope(t: &mut Tree, name: &str, body: NodeId, handlers: Vec<definition::FaultHandler>) -> NodeId {
     let compensation = Some(t.handler());
-    t.add(name, Activity::Scope { body, handlers, compensation }, T::Default)
+    t.add(name, Activity::Scope { body, atomic: None, handlers, compensation }, T::Default)
 }
 
 /// Drives to the end, answering compensation handlers by appending
@@ -546,7 +556,7 @@ fn an_uncaught_fault_compensates_completed_inner_scopes_newest_first_and_inside_
     let boom = t.add("boom", Activity::Throw { fault: "boom".into(), message: "c failed".into(), data: None }, T::Default);
     let c = scope(&mut t, "c", boom, vec![]);
     let outer_body = t.add("outer-body", Activity::Sequence { children: vec![a, b, c] }, T::Default);
-    let outer = t.add("outer", Activity::Scope { body: outer_body, handlers: vec![], compensation: None }, T::Default);
+    let outer = t.add("outer", Activity::Scope { body: outer_body, atomic: None, handlers: vec![], compensation: None }, T::Default);
     let def = t.seq(vec![outer], ProcessKind::LongRunning);
     let comp = [1, 3, 5, 7];
     let (trace, snap) = drive_scopes(&def, &comp);
@@ -572,7 +582,7 @@ fn a_fault_handler_catches_by_name_before_catch_all_and_receives_the_fault() {
         definition::FaultHandler { fault: None, reader: Some(reader_all), body: None },
         definition::FaultHandler { fault: Some("known".into()), reader: Some(reader_known), body: None },
     ];
-    let s = t.add("work", Activity::Scope { body: th, handlers, compensation: None }, T::Default);
+    let s = t.add("work", Activity::Scope { body: th, atomic: None, handlers, compensation: None }, T::Default);
     let after = t.snippet("after", T::Default);
     let def = t.seq(vec![s, after], ProcessKind::LongRunning);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
@@ -648,4 +658,87 @@ fn drive_scopes_from(def: &Definition, snap: Snapshot, compensations: &[u32]) ->
             y => panic!("unexpected {y:?}"),
         };
     }
+}
+
+#[test]
+fn an_atomic_scope_takes_one_persistence_point_at_its_end_and_buffers_its_sends() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::RequiresOwn);
+    let body_h = t.handler();
+    let send = t.add("tell", Activity::Send { target: Target::Process("p".into()), operation: "op".into(), body: body_h }, T::Default);
+    let b = t.snippet("b", T::CommitAfter);
+    let body = t.add("body", Activity::Sequence { children: vec![a, send, b] }, T::Default);
+    let policy = definition::AtomicPolicy { max_attempts: 1, backoff_ms: 0 };
+    let s = t.add("batch", Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None }, T::Default);
+    let def = t.seq(vec![s], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0,"trace":[]}"#.into(), 0));
+    let mut trace = Vec::new();
+    let mut input = Input::Continue;
+    loop {
+        let y = m.step(input, 0);
+        trace.push(trace_of(&y));
+        if matches!(y, Yield::Call(_)) {
+            assert!(m.in_atomic().is_some(), "every call inside shares the scope's instance");
+        }
+        input = match y {
+            Yield::Call(_) => Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: Some("{}".into()) })),
+            Yield::Persist(_) => {
+                assert!(m.effects.iter().any(|e| matches!(e, Effect::Send { .. })), "the send commits with the scope");
+                Input::Continue
+            }
+            Yield::Finished(_) => break,
+            y => panic!("{y:?}"),
+        };
+    }
+    assert_eq!(trace, ["call:0", "call:1", "call:2", "persist:scope-completed", "finished:completed"]);
+}
+
+#[test]
+fn a_fault_in_an_atomic_scope_rolls_back_and_retries_by_its_policy_then_propagates() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let body_h = t.handler();
+    let send = t.add("tell", Activity::Send { target: Target::Process("p".into()), operation: "op".into(), body: body_h }, T::Default);
+    let fail = t.snippet("fail", T::Default);
+    let body = t.add("body", Activity::Sequence { children: vec![a, send, fail] }, T::Default);
+    let policy = definition::AtomicPolicy { max_attempts: 3, backoff_ms: 100 };
+    let s = t.add("batch", Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None }, T::Default);
+    let def = t.seq(vec![s], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0}"#.into(), 0));
+    let mut trace = Vec::new();
+    let mut input = Input::Continue;
+    loop {
+        let y = m.step(input, 0);
+        trace.push(trace_of(&y));
+        input = match y {
+            Yield::Call(c) if c.handler == 2 => {
+                assert_eq!(m.snap.variables, r#"{"n":1}"#, "each attempt starts from the variables at scope start");
+                Input::Handler(Err(Fault::new("flaky", "always")))
+            }
+            Yield::Call(c) if c.handler == 0 => {
+                Input::Handler(Ok(HandlerOutput { variables: r#"{"n":1}"#.into(), output: None }))
+            }
+            Yield::Call(_) => Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: Some("{}".into()) })),
+            Yield::Sleep(_) => {
+                assert_eq!(m.snap.variables, r#"{"n":0}"#, "rolled back");
+                assert!(m.effects.is_empty(), "the buffered send is dropped");
+                Input::Continue
+            }
+            Yield::Finished(_) => break,
+            y => panic!("{y:?}"),
+        };
+    }
+    let attempts = ["call:0", "call:1", "call:2"];
+    let mut expected: Vec<String> = Vec::new();
+    for (i, sleep) in ["sleep:100", "sleep:200", ""].iter().enumerate() {
+        expected.extend(attempts.iter().map(|s| s.to_string()));
+        if i < 2 {
+            expected.push(sleep.to_string());
+        }
+    }
+    expected.push("finished:faulted".into());
+    assert_eq!(trace, expected);
+    assert_eq!(m.snap.variables, r#"{"n":0}"#);
+    assert!(m.take_effects().iter().all(|e| !matches!(e, Effect::Send { .. })));
+    assert_eq!(m.snap.fault.unwrap().fault.name, "flaky");
 }

@@ -15,7 +15,7 @@
 use super::{HistoryEntry, Service, Wake};
 use crate::engine::{Effect, Fault, Input, Machine, ProcessKind, Reason, Status, Wait, Yield};
 use crate::now_ms;
-use crate::runtime::{LogContext, Loaded};
+use crate::runtime::{LogContext, Loaded, Session};
 use crate::store::{keys, Batch, Cf};
 use anyhow::{anyhow, Result};
 use std::collections::{HashMap, HashSet};
@@ -58,12 +58,19 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
         svc.dispatch(id, effect);
     }
 
+    // The Wasm instance of the atomic scope running, keyed by (frame, attempt).
+    let mut session: Option<((usize, u32), Session)> = None;
     let mut input = Input::Continue;
     loop {
         // Shut down only between transitions: a handler result, a message or
         // an activity result in hand is applied first, so that no persistence
         // point falls between a call and its result.
+        // Inside an atomic scope nothing is persisted: a shutdown there is a
+        // crash for the scope, which runs again from its start.
         if svc.is_shutting_down() && input == Input::Continue {
+            if m.in_atomic().is_some() {
+                return Ok(());
+            }
             commit(svc, &mut m, Reason::Shutdown, &mut committed).await?;
             return Ok(());
         }
@@ -77,13 +84,34 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                     at: m.snap.path(def),
                 };
                 let variables = m.snap.variables.clone();
-                let result = tokio::task::block_in_place(|| {
-                    svc.runtime.call(component, call.handler, &variables, call.message.as_deref(), log)
+                let atomic = m.in_atomic();
+                let result = tokio::task::block_in_place(|| match atomic {
+                    None => {
+                        session = None;
+                        svc.runtime.call(component, call.handler, &variables, call.message.as_deref(), log)
+                    }
+                    Some(key) => {
+                        crate::failpoint::hit("atomic-call");
+                        if session.as_ref().map(|(k, _)| *k) != Some(key) {
+                            session = Some((key, svc.runtime.session(component)?));
+                        }
+                        let (_, s) = session.as_mut().unwrap();
+                        let r = svc.runtime.call_in(s, call.handler, &variables, call.message.as_deref(), log);
+                        if r.as_ref().is_err_and(|f| f.name.starts_with("cairn.")) {
+                            session = None;
+                        }
+                        r
+                    }
                 });
                 Input::Handler(result)
             }
             Yield::Persist(reason) => {
+                session = None;
                 commit(svc, &mut m, reason, &mut committed).await?;
+                Input::Continue
+            }
+            Yield::Sleep(ms) => {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 Input::Continue
             }
             Yield::Finished(reason) => {
@@ -96,10 +124,10 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                         consumed.insert(d.seq);
                     }
                     ready
-                } else if def.kind == ProcessKind::Microflow {
-                    // A microflow is one transaction: its calls run inline.
+                } else if def.kind == ProcessKind::Microflow || m.in_atomic().is_some() {
+                    // A microflow, or an atomic scope, is one transaction: its calls run inline.
                     let Wait::Invoke { call_id } = wait else {
-                        return Err(anyhow!("microflow waits for {wait:?}, which deploy validation forbids"));
+                        return Err(anyhow!("a transaction waits for {wait:?}, which deploy validation forbids"));
                     };
                     let result = invoke_inline(svc, &mut m, id, call_id).await;
                     Input::InvokeResult { call_id, result }
