@@ -18,7 +18,7 @@ pub struct Args {
     /// Directory holding the built guest components (default: $CARGO_TARGET_DIR/wasm32-wasip2/release).
     #[arg(long)]
     guests: Option<PathBuf>,
-    /// Which benchmarks: all, call, commit, throughput, memory.
+    /// Which benchmarks: all, call, commit, throughput, atomic, memory.
     #[arg(long, default_value = "all")]
     only: String,
     /// Instances for the memory benchmark.
@@ -113,6 +113,10 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
         if args.with_fsync_off {
             bench_throughput(&dir, 64, args.throughput_instances, false).await?;
         }
+    }
+    if want("atomic") {
+        bench_atomic(&dir, true).await?;
+        bench_atomic(&dir, false).await?;
     }
     if want("memory") {
         bench_memory(&dir, args.instances).await?;
@@ -238,6 +242,45 @@ async fn bench_throughput(dir: &Path, concurrency: usize, total: usize, fsync: b
         batches,
         writes as f64 / batches.max(1) as f64
     );
+    svc.shutdown().await;
+    Ok(())
+}
+
+/// Ten snippets in one atomic scope (one persistence point) against ten
+/// snippets that each commit after themselves (ten), fsync on.
+async fn bench_atomic(dir: &Path, atomic: bool) -> anyhow::Result<()> {
+    let (_s, svc) = service(if atomic { "atomic" } else { "separate" }, true).await?;
+    deploy(&svc, dir, "t_ten", None).await?;
+    let body = format!(r#"{{"atomic":{atomic}}}"#);
+    for (concurrency, total) in [(1usize, 200usize), (16, 2000)] {
+        let before = crate::store::commit_stats();
+        let next = Arc::new(AtomicUsize::new(0));
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (svc, next, body) = (svc.clone(), next.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let m = MessageIn { id: None, operation: "ten-start".into(), body: body.clone() };
+                    let a = svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                    svc.await_reply(&a.message_id, Duration::from_secs(60)).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        let elapsed = t.elapsed();
+        let writes = crate::store::commit_stats().writes - before.writes;
+        println!(
+            "| ten snippets {}, fsync on, concurrency {concurrency}, {total} instances | {:.0} instances/s, {:.2} ms per instance; {:.1} writes per instance |",
+            if atomic { "in one atomic scope" } else { "each committing after itself" },
+            total as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64() * 1000.0 / total as f64 * concurrency as f64,
+            writes as f64 / total as f64
+        );
+    }
     svc.shutdown().await;
     Ok(())
 }
