@@ -341,6 +341,7 @@ enum Mode<V> {
 /// the builder runs in dispatch mode and keeps only the closure asked for.
 pub struct Process<V> {
     kind: wit::ProcessKind,
+    keep_final_state: bool,
     correlation_sets: Vec<wit::CorrelationSet>,
     next_handler: u32,
     mode: Mode<V>,
@@ -360,7 +361,7 @@ fn from_json<T: DeserializeOwned>(text: Option<&str>, what: &str) -> Result<T, F
 
 impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     fn new(mode: Mode<V>) -> Process<V> {
-        Process { kind: wit::ProcessKind::LongRunning, correlation_sets: Vec::new(), next_handler: 0, mode }
+        Process { kind: wit::ProcessKind::LongRunning, keep_final_state: true, correlation_sets: Vec::new(), next_handler: 0, mode }
     }
 
     fn register(&mut self, f: HandlerFn<V>) -> u32 {
@@ -385,6 +386,21 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// ```
     pub fn microflow(&mut self) {
         self.kind = wit::ProcessKind::Microflow;
+    }
+
+    /// For a microflow: do not store the final state of a completed instance
+    /// (a faulted one is always kept, for operators to see).
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// p.microflow();
+    /// p.discard_final_state();
+    /// # }
+    /// ```
+    pub fn discard_final_state(&mut self) {
+        self.keep_final_state = false;
     }
 
     /// Declares a correlation set: named properties, each a JSON pointer into message bodies.
@@ -999,6 +1015,7 @@ pub fn __describe<V: Serialize + DeserializeOwned + Default + 'static>(
     wit::Definition {
         name: name.to_string(),
         kind: p.kind,
+        keep_final_state: p.keep_final_state,
         initial_variables: serde_json::to_string(&V::default()).unwrap_or_else(|_| "null".into()),
         correlation_sets: p.correlation_sets,
         nodes,

@@ -308,7 +308,19 @@ fn start(client: &Client, process: &str, input: Option<String>, wait: bool, time
     let started = Instant::now();
     let mut said_waiting = false;
     loop {
-        let inst = client.get(&format!("/v1/instances/{id}"))?;
+        let inst = match client.get(&format!("/v1/instances/{id}")) {
+            Ok(i) => i,
+            // It was there a moment ago: a microflow that keeps no final state.
+            Err(CliError(EXIT_REFUSED, msg)) if msg.starts_with("no instance with id") => {
+                if json_out {
+                    print_json(&json!({ "id": id, "status": "completed", "kept": false }));
+                } else {
+                    println!("{id} completed (its final state is not kept)");
+                }
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
+        };
         let status = inst["status"].as_str().unwrap_or("");
         match status {
             "completed" | "faulted" | "terminated" => {

@@ -7,7 +7,9 @@
 //! not yet dispatched), `after-commit-dispatch` (a committed invoke or send
 //! about to be dispatched), `mid-dispatch` (an activity ran, its result not
 //! yet delivered to the instance), `after-compensation-step` (one compensation
-//! handler's persistence point committed).
+//! handler's persistence point committed), `atomic-call` (a handler call inside
+//! an atomic scope is about to run), `inline-call` (a microflow's or atomic
+//! scope's activity call returned).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

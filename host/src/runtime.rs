@@ -457,6 +457,7 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
             wit::ProcessKind::LongRunning => engine::ProcessKind::LongRunning,
             wit::ProcessKind::Microflow => engine::ProcessKind::Microflow,
         },
+        keep_final_state: d.keep_final_state,
         initial_variables: d.initial_variables,
         correlation_sets: d
             .correlation_sets

@@ -267,12 +267,19 @@ impl Node {
 pub struct Definition {
     pub name: String,
     pub kind: ProcessKind,
+    /// Whether a completed microflow's final state is stored.
+    #[serde(default = "keep_by_default")]
+    pub keep_final_state: bool,
     /// JSON text of the variables a new instance starts with.
     pub initial_variables: String,
     pub correlation_sets: Vec<CorrelationSet>,
     pub nodes: Vec<Node>,
     pub root: NodeId,
     pub handler_count: u32,
+}
+
+fn keep_by_default() -> bool {
+    true
 }
 
 /// A receive through which messages reach instances of a definition.

@@ -787,6 +787,11 @@ impl<'d> Machine<'d> {
             matches!(self.def.node(f.node).activity, Activity::Scope { .. }) && matches!(f.phase, Phase::Child { .. })
         });
         let Some(i) = catcher else {
+            if self.def.kind == ProcessKind::Microflow {
+                // A microflow is one transaction: a fault that ends it takes
+                // back the messages it would have sent.
+                self.effects.retain(|e| !matches!(e, Effect::Send { .. }));
+            }
             self.snap.fault = Some(record);
             return self.finish(Status::Faulted);
         };

@@ -51,6 +51,7 @@ impl Tree {
         Definition {
             name: "test".into(),
             kind,
+            keep_final_state: true,
             initial_variables: "{}".into(),
             correlation_sets: vec![CorrelationSet {
                 name: "order".into(),

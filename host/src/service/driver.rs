@@ -115,7 +115,11 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                 Input::Continue
             }
             Yield::Finished(reason) => {
-                commit(svc, &mut m, reason, &mut committed).await?;
+                if def.kind == ProcessKind::Microflow && !def.keep_final_state && m.snap.status == Status::Completed {
+                    discard(svc, &mut m).await?;
+                } else {
+                    commit(svc, &mut m, reason, &mut committed).await?;
+                }
                 return Ok(());
             }
             Yield::Await(wait) => {
@@ -187,6 +191,23 @@ fn at_hand(
     }
 }
 
+/// Ends a completed microflow that keeps no final state: its effects commit,
+/// and its snapshot and history go, in one batch.
+async fn discard(svc: &Service, m: &mut Machine<'_>) -> Result<()> {
+    let effects = m.take_effects();
+    let id = m.snap.id.clone();
+    let mut b = Batch::default();
+    b.fence(&id, m.snap.fence, m.snap.fence + 1);
+    b.delete(Cf::Instances, id.as_bytes());
+    b.ops.push(crate::store::Op::DeleteRange(Cf::History, keys::instance_scoped(&id, 0), keys::instance_scoped(&id, u64::MAX)));
+    for e in &effects {
+        svc.effect_ops(&m.snap, e, &mut b);
+    }
+    svc.store.commit(b).await.map_err(|e| anyhow!("{e}"))?;
+    svc.after_commit(&m.snap, effects);
+    Ok(())
+}
+
 /// Runs a microflow's invoke at once, without an outbox entry.
 async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u64) -> Result<String, Fault> {
     let i = m
@@ -195,7 +216,9 @@ async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u6
         .position(|e| matches!(e, Effect::Invoke { call_id: c, .. } if *c == call_id))
         .ok_or_else(|| Fault::new("cairn.internal", "the invoke to run is not among the pending effects"))?;
     let Effect::Invoke { target, operation, input, idempotency_key, .. } = m.effects.remove(i) else { unreachable!() };
-    svc.perform_call(id, &target, &operation, &input, &idempotency_key).await
+    let result = svc.perform_call(id, &target, &operation, &input, &idempotency_key).await;
+    crate::failpoint::hit("inline-call");
+    result
 }
 
 /// Writes one persistence point: the snapshot, its history entry and every
