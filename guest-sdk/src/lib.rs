@@ -135,6 +135,27 @@ impl Retry {
     }
 }
 
+/// Retry policy of an invoke: `attempts` in all, waiting `initial_backoff`
+/// before the second and doubling up to `max_backoff`; only faults named in
+/// `faults` retry (empty: every fault).
+///
+/// ```
+/// let p = cairn_guest::RetryPolicy {
+///     attempts: 3,
+///     initial_backoff: std::time::Duration::from_millis(50),
+///     max_backoff: std::time::Duration::from_secs(1),
+///     faults: vec![],
+/// };
+/// assert_eq!(p.attempts, 3);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub faults: Vec<String>,
+}
+
 thread_local! {
     static SCOPE_LOCALS: std::cell::RefCell<std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any>>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
@@ -221,7 +242,7 @@ enum Kind {
         timeout: Option<wit::ReceiveTimeout>,
     },
     Reply { operation: String, body: u32 },
-    Invoke { target: wit::Target, operation: String, input: u32, output: Option<u32> },
+    Invoke { target: wit::Target, operation: String, input: u32, output: Option<u32>, policy: wit::InvokePolicy },
     Send { target: wit::Target, operation: String, body: u32 },
     Wait(wit::WaitNode),
     Throw { fault: String, message: String, data: Option<u32> },
@@ -305,6 +326,93 @@ impl Activity {
     pub fn correlate(mut self, set: &str) -> Activity {
         if let Kind::Receive { correlation, .. } = &mut self.kind {
             *correlation = Some(set.to_string());
+        }
+        self
+    }
+
+    /// On an invoke: the call is not safe to perform twice. If the host stops
+    /// while it is in flight, it is held for an operator (`cairn in-transit`)
+    /// instead of being sent again, and its result is persisted at once.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let pay = p
+    ///     .invoke_activity("pay", "bank", "transfer", |_| Ok(serde_json::json!({})), |_, _: serde_json::Value| Ok(()))
+    ///     .non_idempotent();
+    /// # }
+    /// ```
+    pub fn non_idempotent(mut self) -> Activity {
+        if let Kind::Invoke { policy, .. } = &mut self.kind {
+            policy.idempotent = false;
+        }
+        self
+    }
+
+    /// On a non-idempotent invoke: send it again after a crash all the same.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let mail = p
+    ///     .invoke_activity("mail", "mailer", "send", |_| Ok(serde_json::json!({})), |_, _: serde_json::Value| Ok(()))
+    ///     .non_idempotent()
+    ///     .retry_on_recovery();
+    /// # }
+    /// ```
+    pub fn retry_on_recovery(mut self) -> Activity {
+        if let Kind::Invoke { policy, .. } = &mut self.kind {
+            policy.retry_on_recovery = true;
+        }
+        self
+    }
+
+    /// On an invoke: retry faults by this policy.
+    ///
+    /// ```
+    /// # use cairn_guest::{Process, RetryPolicy};
+    /// # use std::time::Duration;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let quote = p
+    ///     .invoke_activity("quote", "pricing", "quote", |_| Ok(serde_json::json!({})), |_, _: serde_json::Value| Ok(()))
+    ///     .retry(RetryPolicy {
+    ///         attempts: 5,
+    ///         initial_backoff: Duration::from_millis(100),
+    ///         max_backoff: Duration::from_secs(5),
+    ///         faults: vec!["busy".into()],
+    ///     });
+    /// # }
+    /// ```
+    pub fn retry(mut self, retry: RetryPolicy) -> Activity {
+        if let Kind::Invoke { policy, .. } = &mut self.kind {
+            policy.retry = Some(wit::RetryPolicy {
+                max_attempts: retry.attempts.max(1),
+                initial_backoff_ms: retry.initial_backoff.as_millis() as u64,
+                max_backoff_ms: retry.max_backoff.as_millis() as u64,
+                faults: retry.faults,
+            });
+        }
+        self
+    }
+
+    /// On an invoke: the wall-clock limit of one attempt; past it the
+    /// attempt faults with `cairn.timeout`.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let quote = p
+    ///     .invoke_activity("quote", "pricing", "quote", |_| Ok(serde_json::json!({})), |_, _: serde_json::Value| Ok(()))
+    ///     .timeout(std::time::Duration::from_secs(2));
+    /// # }
+    /// ```
+    pub fn timeout(mut self, limit: Duration) -> Activity {
+        if let Kind::Invoke { policy, .. } = &mut self.kind {
+            policy.timeout_ms = Some(limit.as_millis() as u64);
         }
         self
     }
@@ -622,7 +730,8 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
             let o: O = from_json(msg, &what)?;
             output(v, o).map(|()| None)
         }));
-        Activity::new(name, Kind::Invoke { target, operation: operation.to_string(), input, output: Some(output) })
+        let policy = wit::InvokePolicy { idempotent: true, retry_on_recovery: false, retry: None, timeout_ms: None };
+        Activity::new(name, Kind::Invoke { target, operation: operation.to_string(), input, output: Some(output), policy })
     }
 
     /// Calls operation `operation` of the activity component deployed as
@@ -970,8 +1079,8 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
             })
         }
         Kind::Reply { operation, body } => wit::Activity::Reply(wit::ReplyNode { operation, body }),
-        Kind::Invoke { target, operation, input, output } => {
-            wit::Activity::Invoke(wit::InvokeNode { target, operation, input, output })
+        Kind::Invoke { target, operation, input, output, policy } => {
+            wit::Activity::Invoke(wit::InvokeNode { target, operation, input, output, policy })
         }
         Kind::Send { target, operation, body } => wit::Activity::Send(wit::SendNode { target, operation, body }),
         Kind::Wait(w) => wit::Activity::Wait(w),

@@ -5,7 +5,7 @@
 //! says where it is malformed; everything else is the service's.
 
 use crate::engine::{Snapshot, Status};
-use crate::service::{Error, ErrorKind, MessageIn, Service};
+use crate::service::{Error, ErrorKind, InTransit, InTransitState, MessageIn, Service};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -23,6 +23,8 @@ pub fn router(svc: Service) -> Router {
         .route("/v1/instances", post(start).get(list_instances))
         .route("/v1/instances/{id}", get(show_instance))
         .route("/v1/messages", post(send_message))
+        .route("/v1/in-transit", get(list_in_transit))
+        .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
         .fallback(|| async { error(Error::new(ErrorKind::NotFound, "no such route; see the README's HTTP reference")) })
         .with_state(svc)
 }
@@ -161,6 +163,7 @@ async fn show_instance(State(svc): State<Service>, Path(id): Path<String>) -> Re
         v["wait"] = json!(s.stack.last().map(|f| &f.phase));
         v["inbox"] = json!(svc.inbox(&id)?.len());
         v["pending_calls"] = json!(svc.outbox(&id)?);
+        v["in_transit"] = json!(svc.in_transit(Some(&id))?.iter().map(in_transit_json).collect::<Vec<_>>());
         v["history"] = json!(svc.history(&id)?);
         v["fence"] = json!(s.fence);
         Ok((StatusCode::OK, v))
@@ -190,6 +193,32 @@ async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
         }
         let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
         Ok((status, out))
+    }
+    .await)
+}
+
+fn in_transit_json(t: &InTransit) -> Value {
+    let mut v = json!(t);
+    v["id"] = json!(format!("{}:{}", t.instance, t.call_id));
+    v
+}
+
+async fn list_in_transit(State(svc): State<Service>) -> Response {
+    respond((|| {
+        let calls: Vec<Value> = svc.in_transit(None)?.iter().map(in_transit_json).collect();
+        Ok((StatusCode::OK, json!({ "calls": calls, "count": calls.len() })))
+    })())
+}
+
+async fn resolve_in_transit(State(svc): State<Service>, Path((id, verb)): Path<(String, String)>) -> Response {
+    respond(async {
+        let state = match verb.as_str() {
+            "resubmit" => InTransitState::Resubmitted,
+            "abandon" => InTransitState::Abandoned,
+            other => return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use resubmit or abandon"))),
+        };
+        let record = svc.resolve_in_transit(&id, state).await?;
+        Ok((StatusCode::OK, in_transit_json(&record)))
     }
     .await)
 }

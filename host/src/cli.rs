@@ -114,8 +114,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Non-idempotent calls found in flight after a crash, held for an operator.
+    #[command(name = "in-transit", subcommand)]
+    InTransit(InTransitCommand),
     /// Run the benchmarks in-process on a temporary data directory.
     Bench(crate::bench::Args),
+}
+
+#[derive(Subcommand)]
+enum InTransitCommand {
+    /// List held calls.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a held call again (with the next attempt number in its idempotency key).
+    Resubmit {
+        /// INSTANCE:CALL, as `ls` shows.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give up a held call: the instance gets the fault `cairn.abandoned` at the invoke.
+    Abandon {
+        /// INSTANCE:CALL, as `ls` shows.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> i32 {
@@ -154,6 +180,7 @@ pub fn main() -> i32 {
         Command::Send { operation, body, id, wait_reply, json } => send(&client, &operation, &body, id, wait_reply, json),
         Command::Ls { status, process, limit, json } => ls(&client, status, process, limit, json),
         Command::Show { instance, json } => show(&client, &instance, json),
+        Command::InTransit(cmd) => in_transit(&client, cmd),
         Command::Bench(args) => return crate::bench::run(args),
     };
     match result {
@@ -413,6 +440,9 @@ fn show(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
     println!("status     {}", v["status"].as_str().unwrap_or(""));
     println!("position   {}", v["position"].as_str().unwrap_or(""));
     println!("in memory  {}", v["in_memory"]);
+    for t in v["in_transit"].as_array().into_iter().flatten() {
+        println!("in transit {} ({}): {} on {}", t["id"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""), t["operation"].as_str().unwrap_or(""), t["target"]["name"].as_str().unwrap_or(""));
+    }
     if let Some(f) = v["fault"].as_object() {
         println!("fault      {} at {}: {} (data {})", f["name"].as_str().unwrap_or(""), f["path"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or(""), f["data"].as_str().unwrap_or("null"));
     }
@@ -420,6 +450,37 @@ fn show(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
     println!("history");
     for h in v["history"].as_array().into_iter().flatten() {
         println!("  #{:<4} {:<14} {:<10} {}", h["fence"], h["reason"].as_str().unwrap_or(""), h["status"].as_str().unwrap_or(""), h["path"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+fn in_transit(client: &Client, cmd: InTransitCommand) -> Result<i32, CliError> {
+    let (v, json_out) = match cmd {
+        InTransitCommand::Ls { json } => {
+            let v = client.get("/v1/in-transit")?;
+            if !json {
+                println!("{:<48} {:<12} {:<28} IDEMPOTENCY KEY", "ID", "STATE", "CALL");
+                for c in v["calls"].as_array().into_iter().flatten() {
+                    let call = format!("{} on {}", c["operation"].as_str().unwrap_or(""), c["target"]["name"].as_str().unwrap_or(""));
+                    println!(
+                        "{:<48} {:<12} {:<28} {}",
+                        c["id"].as_str().unwrap_or(""),
+                        c["state"].as_str().unwrap_or(""),
+                        call,
+                        c["idempotency_key"].as_str().unwrap_or("")
+                    );
+                }
+                return Ok(0);
+            }
+            (v, json)
+        }
+        InTransitCommand::Resubmit { id, json } => (client.post_json(&format!("/v1/in-transit/{}/resubmit", query_escape(&id)), &json!({}))?, json),
+        InTransitCommand::Abandon { id, json } => (client.post_json(&format!("/v1/in-transit/{}/abandon", query_escape(&id)), &json!({}))?, json),
+    };
+    if json_out {
+        print_json(&v);
+    } else {
+        println!("{} {}", v["id"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or(""));
     }
     Ok(0)
 }

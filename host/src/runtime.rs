@@ -301,15 +301,20 @@ impl Runtime {
         }
     }
 
-    /// Performs one activity call in a fresh instance.
+    /// Performs one activity call in a fresh instance, within `timeout` if
+    /// given (else the configured call timeout).
     pub fn invoke(
         &self,
         component: &ActivityComponent,
         operation: &str,
         input: &str,
         log: LogContext,
+        timeout: Option<Duration>,
     ) -> Result<String, engine::Fault> {
         let (mut store, refused) = self.store(Some(log));
+        if let Some(t) = timeout {
+            store.set_epoch_deadline((t.as_millis() / TICK.as_millis()).max(1) as u64);
+        }
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
         match instance.call_invoke(&mut store, operation, input) {
             Ok(Ok(out)) => Ok(out),
@@ -322,10 +327,7 @@ impl Runtime {
     fn trap_fault(&self, e: wasmtime::Error, refused: &AtomicBool) -> engine::Fault {
         let trap = e.downcast_ref::<wasmtime::Trap>().copied();
         if trap == Some(wasmtime::Trap::Interrupt) {
-            return engine::Fault::new(
-                "cairn.timeout",
-                format!("the guest ran longer than the call timeout of {:?}", self.limits.call_timeout),
-            );
+            return engine::Fault::new("cairn.timeout", "the guest ran past its call deadline");
         }
         if refused.load(Ordering::Relaxed) {
             return engine::Fault::new(
@@ -421,6 +423,17 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                     operation: i.operation,
                     input: i.input,
                     output: i.output,
+                    policy: engine::definition::InvokePolicy {
+                        idempotent: i.policy.idempotent,
+                        retry_on_recovery: i.policy.retry_on_recovery,
+                        retry: i.policy.retry.map(|r| engine::definition::RetryPolicy {
+                            max_attempts: r.max_attempts.max(1),
+                            initial_backoff_ms: r.initial_backoff_ms,
+                            max_backoff_ms: r.max_backoff_ms,
+                            faults: r.faults,
+                        }),
+                        timeout_ms: i.policy.timeout_ms,
+                    },
                 },
                 wit::Activity::Send(s) => {
                     engine::Activity::Send { target: target(s.target), operation: s.operation, body: s.body }

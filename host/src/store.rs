@@ -23,6 +23,8 @@
 //! - `history`      instance id, 0, seq (u64 BE) -> history entry (JSON)
 //! - `replies`      message id -> reply (JSON)
 //! - `meta`         name -> value
+//! - `in_transit`   instance id, 0, call id (u64 BE) -> operator state of a
+//!   non-idempotent call found in flight after a crash (JSON)
 
 use anyhow::{anyhow, Context, Result};
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -45,10 +47,11 @@ pub enum Cf {
     History,
     Replies,
     Meta,
+    InTransit,
 }
 
 impl Cf {
-    const ALL: [Cf; 12] = [
+    const ALL: [Cf; 13] = [
         Cf::Definitions,
         Cf::Components,
         Cf::Instances,
@@ -61,6 +64,7 @@ impl Cf {
         Cf::History,
         Cf::Replies,
         Cf::Meta,
+        Cf::InTransit,
     ];
 
     fn name(self) -> &'static str {
@@ -77,6 +81,7 @@ impl Cf {
             Cf::History => "history",
             Cf::Replies => "replies",
             Cf::Meta => "meta",
+            Cf::InTransit => "in_transit",
         }
     }
 }

@@ -12,7 +12,15 @@ fn operations(ops: &mut Operations) {
     });
     ops.operation("echo", |input: serde_json::Value| Ok(input));
     ops.operation("fail", |input: serde_json::Value| -> Result<serde_json::Value, Fault> {
+        let key = input["key"].as_str().unwrap_or("").to_string();
+        log::info("failing", &[("key", &key)]);
         Err(Fault::new("recorder-failed", "asked to fail").with_data(input))
+    });
+    ops.operation("spin", |_: serde_json::Value| -> Result<serde_json::Value, Fault> {
+        let mut i: u64 = 0;
+        loop {
+            i = std::hint::black_box(i.wrapping_add(1));
+        }
     });
 }
 

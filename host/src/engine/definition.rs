@@ -108,6 +108,8 @@ pub enum Activity {
         operation: String,
         input: HandlerId,
         output: Option<HandlerId>,
+        #[serde(default)]
+        policy: InvokePolicy,
     },
     Send {
         target: Target,
@@ -139,6 +141,49 @@ pub enum Activity {
     },
     /// Raises again the fault the enclosing fault handler caught.
     Rethrow,
+}
+
+/// How an invoke is performed: idempotency, retries and a time limit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokePolicy {
+    pub idempotent: bool,
+    pub retry_on_recovery: bool,
+    pub retry: Option<RetryPolicy>,
+    pub timeout_ms: Option<u64>,
+}
+
+impl Default for InvokePolicy {
+    fn default() -> InvokePolicy {
+        InvokePolicy { idempotent: true, retry_on_recovery: false, retry: None, timeout_ms: None }
+    }
+}
+
+impl InvokePolicy {
+    /// Whether a call found in flight after a crash is held for an operator.
+    pub fn held_on_recovery(&self) -> bool {
+        !self.idempotent && !self.retry_on_recovery
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Fault names that retry; empty retries every fault.
+    pub faults: Vec<String>,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next` (2, 3, ...), if `fault` after attempt
+    /// `next - 1` is worth retrying.
+    pub fn backoff(&self, next: u32, fault: &str) -> Option<u64> {
+        if next > self.max_attempts || !(self.faults.is_empty() || self.faults.iter().any(|f| f == fault)) {
+            return None;
+        }
+        let doubled = self.initial_backoff_ms.saturating_mul(1 << (next - 2).min(30));
+        Some(doubled.min(self.max_backoff_ms.max(self.initial_backoff_ms)))
+    }
 }
 
 /// How an atomic scope retries after a fault: `max_attempts` in all, waiting
@@ -245,6 +290,8 @@ pub struct Commits {
 impl Node {
     /// The activity's transactional behaviour with its kind's default applied.
     pub fn commits(&self) -> Commits {
+        // A non-idempotent call's result is persisted at once (rule 8).
+        let non_idempotent = matches!(&self.activity, Activity::Invoke { policy, .. } if !policy.idempotent);
         let effective = match self.transaction {
             Transaction::Default => match self.activity {
                 // A long-running scope persists at its end (rule 1).
@@ -254,12 +301,13 @@ impl Node {
             },
             t => t,
         };
-        match effective {
+        let commits = match effective {
             Transaction::CommitBefore => Commits { before: true, after: false },
             Transaction::CommitAfter => Commits { before: false, after: true },
             Transaction::RequiresOwn => Commits { before: true, after: true },
             Transaction::Participates | Transaction::Default => Commits { before: false, after: false },
-        }
+        };
+        Commits { after: commits.after || non_idempotent, ..commits }
     }
 }
 

@@ -251,7 +251,17 @@ pub enum Effect {
     Uncorrelate { set: String, values: String },
     SetTimer { timer_id: u64, due_ms: u64 },
     ClearTimer { timer_id: u64, due_ms: u64 },
-    Invoke { call_id: u64, target: Target, operation: String, input: String, idempotency_key: String },
+    /// A call to make; its outbox entry is its in-transit record.
+    Invoke {
+        call_id: u64,
+        target: Target,
+        operation: String,
+        input: String,
+        /// `instance/path/call`; each attempt appends `/attempt`.
+        idempotency_key: String,
+        #[serde(default)]
+        policy: super::definition::InvokePolicy,
+    },
     /// The invoke's result has been taken: its outbox entry goes.
     InvokeDone { call_id: u64 },
     Send { call_id: u64, target: Target, operation: String, body: String, message_id: String },
@@ -503,7 +513,7 @@ impl<'d> Machine<'d> {
                 }
             }
             Expect::InvokeInput => {
-                let Activity::Invoke { target, operation, .. } = &node.activity else { unreachable!() };
+                let Activity::Invoke { target, operation, policy, .. } = &node.activity else { unreachable!() };
                 let call_id = self.next_id();
                 let key = format!("{}/{}/{call_id}", self.snap.id, self.snap.path(self.def));
                 self.effects.push(Effect::Invoke {
@@ -512,6 +522,7 @@ impl<'d> Machine<'d> {
                     operation: operation.clone(),
                     input: output.unwrap_or_else(|| "null".into()),
                     idempotency_key: key,
+                    policy: policy.clone(),
                 });
                 self.top_mut().phase = Phase::AwaitInvoke { call_id };
                 if self.persistent() {

@@ -40,7 +40,13 @@ impl Tree {
     }
     fn invoke(&mut self, name: &str) -> NodeId {
         let input = self.handler();
-        let a = Activity::Invoke { target: Target::Activity("pricing".into()), operation: "quote".into(), input, output: None };
+        let a = Activity::Invoke {
+            target: Target::Activity("pricing".into()),
+            operation: "quote".into(),
+            input,
+            output: None,
+            policy: Default::default(),
+        };
         self.add(name, a, T::Default)
     }
     fn wait(&mut self, name: &str, ms: u64) -> NodeId {
@@ -230,6 +236,7 @@ fn invoke_persists_its_outbox_entry_before_dispatch_and_commits_after_its_result
             operation: "quote".into(),
             input: "{\"n\":1}".into(),
             idempotency_key: "i1/main/price/1".into(),
+            policy: Default::default(),
         }]
     );
 }
@@ -742,4 +749,26 @@ fn a_fault_in_an_atomic_scope_rolls_back_and_retries_by_its_policy_then_propagat
     assert_eq!(m.snap.variables, r#"{"n":0}"#);
     assert!(m.take_effects().iter().all(|e| !matches!(e, Effect::Send { .. })));
     assert_eq!(m.snap.fault.unwrap().fault.name, "flaky");
+}
+
+#[test]
+fn a_non_idempotent_invoke_commits_right_after_its_result_even_when_told_to_participate() {
+    let mut t = Tree::new();
+    let input = t.handler();
+    let policy = definition::InvokePolicy { idempotent: false, ..Default::default() };
+    let a = Activity::Invoke { target: Target::Activity("bank".into()), operation: "pay".into(), input, output: None, policy };
+    let i = t.add("pay", a, T::Participates);
+    let def = t.seq(vec![i], ProcessKind::LongRunning);
+    let (trace, _) = drive(&def);
+    assert_eq!(trace, ["call:0", "persist:dispatch", "await:invoke", "persist:commit-after", "finished:completed"]);
+}
+
+#[test]
+fn an_invoke_retry_policy_backs_off_exponentially_up_to_its_cap_for_listed_faults() {
+    let p = definition::RetryPolicy { max_attempts: 4, initial_backoff_ms: 100, max_backoff_ms: 250, faults: vec!["busy".into()] };
+    assert_eq!(p.backoff(2, "busy"), Some(100));
+    assert_eq!(p.backoff(3, "busy"), Some(200));
+    assert_eq!(p.backoff(4, "busy"), Some(250));
+    assert_eq!(p.backoff(5, "busy"), None, "four attempts in all");
+    assert_eq!(p.backoff(2, "bad-input"), None, "only the listed faults retry");
 }

@@ -32,6 +32,8 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
 struct Committed {
     stack: Vec<crate::engine::machine::Frame>,
     status: Status,
+    /// Outbox entries this driver has sent on their way.
+    sent: HashSet<u64>,
 }
 
 async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Result<()> {
@@ -46,17 +48,15 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
     let Loaded::Process(component) = &deployed.component else {
         return Err(anyhow!("version {} is not a process component", snap.version));
     };
-    let mut committed = Committed { stack: snap.stack.clone(), status: snap.status };
+    let mut committed = Committed { stack: snap.stack.clone(), status: snap.status, sent: HashSet::new() };
     let mut m = Machine::new(def, snap);
     let mut consumed: HashSet<u64> = HashSet::new();
     let mut inbox = svc.inbox(id)?;
     let mut results: HashMap<u64, Result<String, Fault>> = HashMap::new();
 
     // Calls and sends left in the outbox by an earlier run go out again,
-    // with the same idempotency keys and message ids.
-    for effect in svc.outbox(id)? {
-        svc.dispatch(id, effect);
-    }
+    // with the same idempotency keys and message ids, or are held.
+    svc.resend_outbox(id, &mut committed.sent, &mut results).await?;
 
     // The Wasm instance of the atomic scope running, keyed by (frame, attempt).
     let mut session: Option<((usize, u32), Session)> = None;
@@ -157,6 +157,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                         match w {
                             Wake::Resume => {
                                 inbox = svc.inbox(id)?;
+                                svc.resend_outbox(id, &mut committed.sent, &mut results).await?;
                             }
                             Wake::InvokeResult { call_id, result } => {
                                 results.insert(call_id, result);
@@ -215,8 +216,11 @@ async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u6
         .iter()
         .position(|e| matches!(e, Effect::Invoke { call_id: c, .. } if *c == call_id))
         .ok_or_else(|| Fault::new("cairn.internal", "the invoke to run is not among the pending effects"))?;
-    let Effect::Invoke { target, operation, input, idempotency_key, .. } = m.effects.remove(i) else { unreachable!() };
-    let result = svc.perform_call(id, &target, &operation, &input, &idempotency_key).await;
+    let Effect::Invoke { target, operation, input, idempotency_key, policy, .. } = m.effects.remove(i) else {
+        unreachable!()
+    };
+    let key = format!("{idempotency_key}/1");
+    let result = svc.perform_call(id, &target, &operation, &input, &key, policy.timeout_ms).await;
     crate::failpoint::hit("inline-call");
     result
 }
@@ -259,6 +263,10 @@ async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, committed: &
     }
     committed.stack = m.snap.stack.clone();
     committed.status = m.snap.status;
+    committed.sent.extend(effects.iter().filter_map(|e| match e {
+        Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => Some(*call_id),
+        _ => None,
+    }));
     svc.after_commit(&m.snap, effects);
     Ok(())
 }

@@ -14,6 +14,8 @@
 mod dispatch;
 mod driver;
 
+pub use dispatch::{InTransit, InTransitState};
+
 use crate::engine::{self, correlation_values, Definition, Delivery, Fault, Snapshot, Status};
 use crate::guestlog::GuestLog;
 use crate::runtime::{Limits, Loaded, Runtime};
@@ -195,6 +197,8 @@ pub struct Inner {
     timers: Mutex<BTreeSet<(u64, String, u64)>>,
     timers_changed: Notify,
     reply_waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Reply>>>>,
+    /// Outbox entries being dispatched now, as (instance, call id).
+    in_flight: Mutex<std::collections::HashSet<(String, u64)>>,
     inbox_seq: AtomicU64,
     shutting_down: AtomicBool,
     guest_log: Arc<GuestLog>,
@@ -237,6 +241,7 @@ impl Service {
             timers: Mutex::new(BTreeSet::new()),
             timers_changed: Notify::new(),
             reply_waiters: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(Default::default()),
             inbox_seq: AtomicU64::new(now_ms() * 1000),
             shutting_down: AtomicBool::new(false),
             guest_log,
@@ -830,7 +835,7 @@ impl Service {
         })?;
         for (id, effect) in orphans {
             match self.load_snapshot(&id)? {
-                Some(s) if s.status.is_terminal() => self.dispatch(&id, effect),
+                Some(s) if s.status.is_terminal() => self.dispatch(&id, effect, 1),
                 _ => {
                     resume.insert(id);
                 }
