@@ -191,3 +191,15 @@ fn a_crash_inside_an_atomic_scope_leaves_nothing_of_it_and_it_runs_again() {
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(guest_records(&h, "recorded", "c1"), 1, "the buffered call left once");
 }
+
+#[test]
+fn a_scope_whose_deadline_passes_while_waiting_faults_with_a_timeout_its_handler_can_catch() {
+    let (_d, h) = host("scope-timeout", &[]);
+    h.deploy("t_faults", None);
+    let (code, v) = start(&h, "faults", "slow");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["variables"]["timed_out"], true);
+    assert_eq!(v["variables"]["after"], true);
+    let r = reasons(&v);
+    assert!(r.iter().any(|(reason, path)| reason == "waiting" && path == "main/slow?/window/never"), "{r:?}");
+}

@@ -252,6 +252,7 @@ enum Kind {
         atomic: Option<Retry>,
         handlers: Vec<(Option<String>, Option<u32>, Option<Box<Activity>>)>,
         compensation: Option<u32>,
+        timeout: Option<Duration>,
     },
     Compensate(Option<String>),
     Rethrow,
@@ -399,7 +400,10 @@ impl Activity {
     }
 
     /// On an invoke: the wall-clock limit of one attempt; past it the
-    /// attempt faults with `cairn.timeout`.
+    /// attempt faults with `cairn.timeout`. On a long-running scope: its
+    /// deadline from its start; when it passes, whatever the body is doing
+    /// (waiting included) stops and the scope faults with
+    /// `cairn.scope-timeout`, which its own fault handlers may catch.
     ///
     /// ```
     /// # use cairn_guest::Process;
@@ -411,8 +415,10 @@ impl Activity {
     /// # }
     /// ```
     pub fn timeout(mut self, limit: Duration) -> Activity {
-        if let Kind::Invoke { policy, .. } = &mut self.kind {
-            policy.timeout_ms = Some(limit.as_millis() as u64);
+        match &mut self.kind {
+            Kind::Invoke { policy, .. } => policy.timeout_ms = Some(limit.as_millis() as u64),
+            Kind::Scope { timeout, .. } => *timeout = Some(limit),
+            _ => {}
         }
         self
     }
@@ -926,7 +932,7 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// # }
     /// ```
     pub fn scope(&mut self, name: &str, body: Activity) -> Activity {
-        Activity::new(name, Kind::Scope { body: Box::new(body), atomic: None, handlers: Vec::new(), compensation: None })
+        Activity::new(name, Kind::Scope { body: Box::new(body), atomic: None, handlers: Vec::new(), compensation: None, timeout: None })
     }
 
     /// An atomic scope around `body`: one transaction with no persistence
@@ -948,7 +954,8 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// # }
     /// ```
     pub fn atomic_scope(&mut self, name: &str, body: Activity, retry: Retry) -> Activity {
-        let kind = Kind::Scope { body: Box::new(body), atomic: Some(retry), handlers: Vec::new(), compensation: None };
+        let kind =
+            Kind::Scope { body: Box::new(body), atomic: Some(retry), handlers: Vec::new(), compensation: None, timeout: None };
         Activity::new(name, kind)
     }
 
@@ -1086,7 +1093,7 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         Kind::Wait(w) => wit::Activity::Wait(w),
         Kind::Throw { fault, message, data } => wit::Activity::Throw(wit::ThrowNode { fault, message, data }),
         Kind::Terminate => wit::Activity::Terminate,
-        Kind::Scope { body, atomic, handlers, compensation } => {
+        Kind::Scope { body, atomic, handlers, compensation, timeout } => {
             let body = flatten(*body, nodes);
             let atomic = atomic.map(|r| wit::AtomicPolicy {
                 max_attempts: r.attempts.max(1),
@@ -1096,7 +1103,8 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
                 .into_iter()
                 .map(|(fault, reader, body)| wit::FaultHandler { fault, reader, body: body.map(|b| flatten(*b, nodes)) })
                 .collect();
-            wit::Activity::Scope(wit::ScopeNode { body, atomic, handlers, compensation })
+            let timeout_ms = timeout.map(|t| t.as_millis() as u64);
+            wit::Activity::Scope(wit::ScopeNode { body, atomic, handlers, compensation, timeout_ms })
         }
         Kind::Compensate(scope) => wit::Activity::Compensate(scope),
         Kind::Rethrow => wit::Activity::Rethrow,

@@ -458,6 +458,7 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                         .map(|h| engine::definition::FaultHandler { fault: h.fault, reader: h.reader, body: h.body })
                         .collect(),
                     compensation: sc.compensation,
+                    timeout_ms: sc.timeout_ms,
                 },
                 wit::Activity::Compensate(scope) => engine::Activity::Compensate { scope },
                 wit::Activity::Rethrow => engine::Activity::Rethrow,

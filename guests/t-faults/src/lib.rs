@@ -1,6 +1,7 @@
 //! Test guest "faults": a scope whose snippet raises the fault the `mode`
 //! names; handlers catch "known" (with a recovery step), "fatal" (and
-//! rethrow it), and anything else (catch-all).
+//! rethrow it), and anything else (catch-all). Mode "slow" runs a scope
+//! whose deadline passes while it waits.
 
 use cairn_guest::{Activity, Fault, Process};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ struct Vars {
     caught_data: serde_json::Value,
     recovered: bool,
     after: bool,
+    timed_out: bool,
 }
 
 fn define(p: &mut Process<Vars>) -> Activity {
@@ -55,11 +57,26 @@ fn define(p: &mut Process<Vars>) -> Activity {
         },
         None,
     );
+    // Mode "slow": a scope with a 300 ms deadline waits for a message that
+    // never comes; the timeout fault is caught by the scope's own handler.
+    p.correlation_set("key", &[("key", "/key")]);
+    let never = p.receive_any("never", "never-comes").correlate("key");
+    let window = p.scope("window", never).timeout(std::time::Duration::from_millis(300));
+    let window = p.on_fault(
+        window,
+        Some("cairn.scope-timeout"),
+        |v, _| {
+            v.timed_out = true;
+            Ok(())
+        },
+        None,
+    );
+    let slow = p.if_else("slow?", |v| v.mode == "slow", window, None);
     let after = p.snippet("after", |v| {
         v.after = true;
         Ok(())
     });
-    p.sequence("main", vec![work, after])
+    p.sequence("main", vec![work, slow, after])
 }
 
 cairn_guest::export_process!("faults", Vars, define);

@@ -133,6 +133,10 @@ pub enum Activity {
         /// Handler run as `(current variables, variables at scope end)` when
         /// the completed scope is compensated.
         compensation: Option<HandlerId>,
+        /// A long-running scope's deadline, from its start: when it passes
+        /// the scope faults with `cairn.scope-timeout`.
+        #[serde(default)]
+        timeout_ms: Option<u64>,
     },
     /// Compensates completed inner scopes (all, newest first, inside-out),
     /// or only the named one.
@@ -389,6 +393,18 @@ impl Definition {
         }
     }
 
+    /// Whether `id` lies inside the body of some scope's fault handler.
+    fn in_fault_handler(&self, id: NodeId) -> bool {
+        self.nodes.iter().any(|n| match &n.activity {
+            Activity::Scope { handlers, .. } => handlers.iter().filter_map(|h| h.body).any(|b| self.contains(b, id)),
+            _ => false,
+        })
+    }
+
+    fn contains(&self, root: NodeId, id: NodeId) -> bool {
+        root == id || self.node(root).activity.children().into_iter().any(|c| self.contains(c, id))
+    }
+
     /// Deploy-time validation: structure first (so the walk below is safe),
     /// then the semantic rules of DESIGN.md section 2.
     pub fn validate(&self) -> Result<(), String> {
@@ -454,7 +470,13 @@ impl Definition {
                     _ => {}
                 }
             }
+            if let Activity::Scope { atomic: Some(_), timeout_ms: Some(_), .. } = &node.activity {
+                problems.push(format!("{at}: an atomic scope takes no timeout (it cannot wait; its calls have their own)"));
+            }
             match &node.activity {
+                Activity::Rethrow if !self.in_fault_handler(*id) => {
+                    problems.push(format!("{at}: rethrow outside a fault handler has no fault to raise"))
+                }
                 Activity::Receive { operation, correlation, creates_instance, .. } => {
                     if operation.is_empty() {
                         problems.push(format!("{at}: operation name is empty"));

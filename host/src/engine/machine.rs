@@ -160,6 +160,9 @@ pub struct Frame {
     /// Never persisted: no persistence point falls inside an atomic scope.
     #[serde(skip)]
     pub atomic: Option<AtomicAttempt>,
+    /// On a long-running scope with a timeout: its deadline timer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<TimerRef>,
 }
 
 /// One attempt of an atomic scope.
@@ -214,7 +217,7 @@ impl Snapshot {
             version,
             status: Status::Running,
             variables,
-            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new(), atomic: None }],
+            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None }],
             correlations: BTreeMap::new(),
             requests: Vec::new(),
             compensations: Vec::new(),
@@ -609,6 +612,9 @@ impl<'d> Machine<'d> {
 
     fn run(&mut self) -> Yield {
         loop {
+            if let Some(y) = self.scope_deadline_passed() {
+                return y;
+            }
             let Some(frame) = self.snap.stack.last().cloned() else {
                 return self.finish(Status::Completed);
             };
@@ -632,7 +638,10 @@ impl<'d> Machine<'d> {
                         return Yield::Persist(reason);
                     }
                 }
-                Phase::Handling { .. } => self.top_mut().phase = Phase::Done,
+                Phase::Handling { .. } => {
+                    self.clear_deadline();
+                    self.top_mut().phase = Phase::Done;
+                }
                 Phase::Compensating { queue, then } => match queue.first() {
                     Some(step) => {
                         let message = Some(step.variables.clone());
@@ -684,6 +693,7 @@ impl<'d> Machine<'d> {
                     Activity::Scope { compensation, .. } => {
                         // The body completed: register the scope's compensation
                         // with the variables as they stand now.
+                        self.clear_deadline();
                         let frame = self.snap.stack.last_mut().unwrap();
                         frame.atomic = None;
                         let registered = Registered {
@@ -729,8 +739,12 @@ impl<'d> Machine<'d> {
                         }
                     },
                     Activity::Terminate => return self.finish(Status::Terminated),
-                    Activity::Scope { body, atomic, .. } => {
+                    Activity::Scope { body, atomic, timeout_ms, .. } => {
                         let body = *body;
+                        if let Some(ms) = timeout_ms {
+                            let timer = self.set_timer(self.now_ms.saturating_add(*ms));
+                            self.top_mut().deadline = Some(timer);
+                        }
                         if atomic.is_some() {
                             let attempt = AtomicAttempt {
                                 attempt: 1,
@@ -806,7 +820,7 @@ impl<'d> Machine<'d> {
             self.snap.fault = Some(record);
             return self.finish(Status::Faulted);
         };
-        self.snap.stack.truncate(i + 1);
+        self.truncate_stack(i + 1);
         if let Some(attempt) = self.top_mut().atomic.take() {
             // Roll back: the variables as at the scope's start, buffered
             // effects dropped; then retry while the policy allows.
@@ -852,6 +866,45 @@ impl<'d> Machine<'d> {
         self.run()
     }
 
+    /// Pops frames above `len`, withdrawing what they were waiting for: their
+    /// timers are cleared and a call in flight is given up.
+    fn truncate_stack(&mut self, len: usize) {
+        while self.snap.stack.len() > len {
+            let f = self.snap.stack.pop().unwrap();
+            match f.phase {
+                Phase::AwaitInvoke { call_id } => self.effects.push(Effect::InvokeDone { call_id }),
+                Phase::AwaitTimer { timer_id, due_ms } | Phase::AwaitMessage { timer: Some(TimerRef { timer_id, due_ms }), .. } => {
+                    self.effects.push(Effect::ClearTimer { timer_id, due_ms })
+                }
+                _ => {}
+            }
+            if let Some(d) = f.deadline {
+                self.effects.push(Effect::ClearTimer { timer_id: d.timer_id, due_ms: d.due_ms });
+            }
+        }
+    }
+
+    fn clear_deadline(&mut self) {
+        if let Some(d) = self.top_mut().deadline.take() {
+            self.effects.push(Effect::ClearTimer { timer_id: d.timer_id, due_ms: d.due_ms });
+        }
+    }
+
+    /// The outermost scope whose deadline has passed while its body runs
+    /// faults, with the body interrupted wherever it was.
+    fn scope_deadline_passed(&mut self) -> Option<Yield> {
+        let now = self.now_ms;
+        let i = self.snap.stack.iter().position(|f| {
+            f.deadline.is_some_and(|d| d.due_ms <= now) && matches!(f.phase, Phase::Child { .. })
+        })?;
+        self.truncate_stack(i + 1);
+        self.clear_deadline();
+        let path = self.snap.path(self.def);
+        let name = &self.def.node(self.top().node).name;
+        let fault = Fault::new("cairn.scope-timeout", format!("scope '{name}' passed its deadline"));
+        Some(self.propagate(FaultRecord { fault, path }))
+    }
+
     /// The registry a completing scope joins, and that `compensate` draws
     /// from: the nearest enclosing scope's, or the process's.
     fn enclosing_registry(&mut self) -> &mut Vec<Registered> {
@@ -887,7 +940,7 @@ impl<'d> Machine<'d> {
     }
 
     fn push(&mut self, node: NodeId) {
-        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new(), atomic: None });
+        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None });
     }
 
     fn top(&self) -> &Frame {

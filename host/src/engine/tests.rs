@@ -440,9 +440,14 @@ fn validation_rejects_what_design_section_2_lists() {
     let mut t = Tree::new();
     let w = t.wait("pause", 5);
     let policy = definition::AtomicPolicy { max_attempts: 1, backoff_ms: 0 };
-    let s = t.add("tx", Activity::Scope { body: w, atomic: Some(policy), handlers: vec![], compensation: None }, T::Default);
+    let s = t.add("tx", Activity::Scope { body: w, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None }, T::Default);
     let err = t.seq(vec![s], ProcessKind::LongRunning).validate().unwrap_err();
     assert!(err.contains("activity 'main/tx/pause' (wait): an atomic scope cannot wait"), "{err}");
+
+    let mut t = Tree::new();
+    let r = t.add("again", Activity::Rethrow, T::Default);
+    let err = t.seq(vec![r], ProcessKind::LongRunning).validate().unwrap_err();
+    assert!(err.contains("rethrow outside a fault handler"), "{err}");
 }
 
 #[test]
@@ -504,7 +509,7 @@ fn a_faulted_instance_answers_waiting_requests_with_its_fault() {
 /// A scope around `body` with a compensation handler.
 fn scope(t: &mut Tree, name: &str, body: NodeId, handlers: Vec<definition::FaultHandler>) -> NodeId {
     let compensation = Some(t.handler());
-    t.add(name, Activity::Scope { body, atomic: None, handlers, compensation }, T::Default)
+    t.add(name, Activity::Scope { body, atomic: None, handlers, compensation, timeout_ms: None }, T::Default)
 }
 
 /// Drives to the end, answering compensation handlers by appending
@@ -564,7 +569,7 @@ fn an_uncaught_fault_compensates_completed_inner_scopes_newest_first_and_inside_
     let boom = t.add("boom", Activity::Throw { fault: "boom".into(), message: "c failed".into(), data: None }, T::Default);
     let c = scope(&mut t, "c", boom, vec![]);
     let outer_body = t.add("outer-body", Activity::Sequence { children: vec![a, b, c] }, T::Default);
-    let outer = t.add("outer", Activity::Scope { body: outer_body, atomic: None, handlers: vec![], compensation: None }, T::Default);
+    let outer = t.add("outer", Activity::Scope { body: outer_body, atomic: None, handlers: vec![], compensation: None, timeout_ms: None }, T::Default);
     let def = t.seq(vec![outer], ProcessKind::LongRunning);
     let comp = [1, 3, 5, 7];
     let (trace, snap) = drive_scopes(&def, &comp);
@@ -590,7 +595,7 @@ fn a_fault_handler_catches_by_name_before_catch_all_and_receives_the_fault() {
         definition::FaultHandler { fault: None, reader: Some(reader_all), body: None },
         definition::FaultHandler { fault: Some("known".into()), reader: Some(reader_known), body: None },
     ];
-    let s = t.add("work", Activity::Scope { body: th, atomic: None, handlers, compensation: None }, T::Default);
+    let s = t.add("work", Activity::Scope { body: th, atomic: None, handlers, compensation: None, timeout_ms: None }, T::Default);
     let after = t.snippet("after", T::Default);
     let def = t.seq(vec![s, after], ProcessKind::LongRunning);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
@@ -677,7 +682,7 @@ fn an_atomic_scope_takes_one_persistence_point_at_its_end_and_buffers_its_sends(
     let b = t.snippet("b", T::CommitAfter);
     let body = t.add("body", Activity::Sequence { children: vec![a, send, b] }, T::Default);
     let policy = definition::AtomicPolicy { max_attempts: 1, backoff_ms: 0 };
-    let s = t.add("batch", Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None }, T::Default);
+    let s = t.add("batch", Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None }, T::Default);
     let def = t.seq(vec![s], ProcessKind::LongRunning);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0,"trace":[]}"#.into(), 0));
     let mut trace = Vec::new();
@@ -710,7 +715,7 @@ fn a_fault_in_an_atomic_scope_rolls_back_and_retries_by_its_policy_then_propagat
     let fail = t.snippet("fail", T::Default);
     let body = t.add("body", Activity::Sequence { children: vec![a, send, fail] }, T::Default);
     let policy = definition::AtomicPolicy { max_attempts: 3, backoff_ms: 100 };
-    let s = t.add("batch", Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None }, T::Default);
+    let s = t.add("batch", Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None }, T::Default);
     let def = t.seq(vec![s], ProcessKind::LongRunning);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0}"#.into(), 0));
     let mut trace = Vec::new();
@@ -771,4 +776,24 @@ fn an_invoke_retry_policy_backs_off_exponentially_up_to_its_cap_for_listed_fault
     assert_eq!(p.backoff(4, "busy"), Some(250));
     assert_eq!(p.backoff(5, "busy"), None, "four attempts in all");
     assert_eq!(p.backoff(2, "bad-input"), None, "only the listed faults retry");
+}
+
+#[test]
+fn a_scope_deadline_interrupts_its_waiting_body_and_faults_the_scope() {
+    let mut t = Tree::new();
+    let r = t.receive("never", "never-comes", false);
+    let s = t.add(
+        "window",
+        Activity::Scope { body: r, atomic: None, handlers: vec![], compensation: None, timeout_ms: Some(1000) },
+        T::Default,
+    );
+    let def = t.seq(vec![s], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    assert_eq!(m.step(Input::Continue, 0), Yield::Await(Wait::Message { operation: "never-comes".into(), due_ms: None }));
+    assert_eq!(m.take_effects(), [Effect::SetTimer { timer_id: 1, due_ms: 1000 }]);
+    assert_eq!(m.step(Input::Continue, 999), Yield::Await(Wait::Message { operation: "never-comes".into(), due_ms: None }));
+    assert_eq!(m.step(Input::Continue, 1000), Yield::Finished(Reason::Faulted));
+    let f = m.snap.fault.clone().unwrap();
+    assert_eq!((f.fault.name.as_str(), f.path.as_str()), ("cairn.scope-timeout", "main/window"));
+    assert!(m.take_effects().contains(&Effect::ClearTimer { timer_id: 1, due_ms: 1000 }));
 }
