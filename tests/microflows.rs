@@ -98,3 +98,15 @@ fn a_crash_before_a_microflow_ends_runs_it_again_from_the_start() {
     assert_eq!(records(&h, "m6", "record"), 2, "the whole microflow ran again, from its persisted message");
     eventually("the send left once", || records(&h, "m6", "sent") == 1);
 }
+
+#[test]
+fn a_process_can_invoke_a_microflow_and_wait_for_its_answer() {
+    let (_d, h) = host("micro-invoked", &[]);
+    h.deploy("t_invoker", None);
+    let out = h.cairn(&["start", "invoker", "--input", r#"{"mode":"micro","key":"m7"}"#, "--wait", "--json"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.json()["variables"]["done"], true);
+    let micro = h.instances("microflow");
+    assert_eq!(micro.len(), 1);
+    assert_eq!(micro[0]["status"], "completed");
+}

@@ -1,7 +1,8 @@
-//! Test guest "invalid": a receive with no correlation that does not create
-//! instances, which no message could ever reach. Deploy must reject it.
+//! Test guest "invalid": every definition error of DESIGN.md section 2 that
+//! applies to a long-running process, at once. Deploy must reject it and
+//! name each activity.
 
-use cairn_guest::{Activity, Process};
+use cairn_guest::{Activity, Process, Retry};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Default)]
@@ -9,8 +10,18 @@ struct Vars {}
 
 fn define(p: &mut Process<Vars>) -> Activity {
     let first = p.snippet("first", |_| Ok(()));
+    // A receive no message could reach: no correlation, creates nothing.
     let lost = p.receive_any("unreachable", "nobody-sends-this");
-    p.sequence("main", vec![first, lost])
+    // An instance-creating receive that is not the first activity.
+    let late = p.receive_any("late-start", "late").creates_instance();
+    // A reply with no request-response receive of its operation.
+    let answer = p.reply("answer", "never-asked", |_| Ok(serde_json::json!({})));
+    // A wait inside an atomic scope.
+    let pause = p.wait_for("pause", std::time::Duration::from_secs(1));
+    let tx = p.atomic_scope("tx", pause, Retry::none());
+    // A compensate naming a scope that does not exist.
+    let undo = p.compensate_scope("undo", "no-such-scope");
+    p.sequence("main", vec![first, lost, late, answer, tx, undo])
 }
 
 cairn_guest::export_process!("invalid", Vars, define);

@@ -1,6 +1,7 @@
 //! Test guest "invoker": one invoke of the "recorder" activity per `mode`:
 //! "non-idempotent", "recover" (non-idempotent but retry_on_recovery),
-//! "retry" (fails, three attempts), "timeout" (spins past 300 ms).
+//! "retry" (fails, three attempts), "timeout" (spins past 300 ms), "micro"
+//! (calls the "microflow" process synchronously).
 
 use cairn_guest::{Activity, Process, RetryPolicy};
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,18 @@ fn define(p: &mut Process<Vars>) -> Activity {
         faults: vec!["recorder-failed".into()],
     });
     let timeout = record(p, "slow", "spin").timeout(Duration::from_millis(300));
-    let t = p.if_else("timeout?", |v| v.mode == "timeout", timeout, None);
+    let micro = p.invoke_process(
+        "call-micro",
+        "microflow",
+        "micro-start",
+        |v| Ok(serde_json::json!({ "key": v.key })),
+        |v, answer: serde_json::Value| {
+            v.done = answer["recorded"] == true;
+            Ok(())
+        },
+    );
+    let m = p.if_else("micro?", |v| v.mode == "micro", micro, None);
+    let t = p.if_else("timeout?", |v| v.mode == "timeout", timeout, Some(m));
     let r = p.if_else("retry?", |v| v.mode == "retry", retry, Some(t));
     let rec = p.if_else("recover?", |v| v.mode == "recover", recover, Some(r));
     let choose = p.if_else("non-idempotent?", |v| v.mode == "non-idempotent", non_idempotent, Some(rec));
