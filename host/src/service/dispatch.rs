@@ -98,22 +98,8 @@ impl Service {
         {
             match effect {
                 Effect::Invoke { call_id, target, operation, input, idempotency_key, policy } => {
-                    let mut attempt = first_attempt;
-                    let result = loop {
-                        let key = format!("{idempotency_key}/{attempt}");
-                        let result = svc.perform_call(&instance, &target, &operation, &input, &key, policy.timeout_ms).await;
-                        let retry_in = match (&result, &policy.retry) {
-                            (Err(f), Some(retry)) => retry.backoff(attempt - first_attempt + 2, &f.name),
-                            _ => None,
-                        };
-                        match retry_in {
-                            Some(ms) if !svc.is_shutting_down() => {
-                                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                                attempt += 1;
-                            }
-                            _ => break result,
-                        }
-                    };
+                    let result =
+                        svc.call_with_policy(&instance, &target, &operation, &input, &idempotency_key, &policy, first_attempt).await;
                     crate::failpoint::hit("mid-dispatch");
                     svc.deliver(&instance, Wake::InvokeResult { call_id, result });
                 }
@@ -145,6 +131,37 @@ impl Service {
                     }
                 }
                 other => eprintln!("cairn: instance {instance}: {other:?} is not dispatchable"),
+            }
+        }
+    }
+
+    /// Performs a call, retrying by its policy; attempt numbers (from
+    /// `first_attempt`) end its idempotency key.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn call_with_policy(
+        &self,
+        instance: &str,
+        target: &Target,
+        operation: &str,
+        input: &str,
+        idempotency_key: &str,
+        policy: &crate::engine::definition::InvokePolicy,
+        first_attempt: u32,
+    ) -> Result<String, Fault> {
+        let mut attempt = first_attempt;
+        loop {
+            let key = format!("{idempotency_key}/{attempt}");
+            let result = self.perform_call(instance, target, operation, input, &key, policy.timeout_ms).await;
+            let retry_in = match (&result, &policy.retry) {
+                (Err(f), Some(retry)) => retry.backoff(attempt - first_attempt + 2, &f.name),
+                _ => None,
+            };
+            match retry_in {
+                Some(ms) if !self.is_shutting_down() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    attempt += 1;
+                }
+                _ => return result,
             }
         }
     }

@@ -219,8 +219,7 @@ async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u6
     let Effect::Invoke { target, operation, input, idempotency_key, policy, .. } = m.effects.remove(i) else {
         unreachable!()
     };
-    let key = format!("{idempotency_key}/1");
-    let result = svc.perform_call(id, &target, &operation, &input, &key, policy.timeout_ms).await;
+    let result = svc.call_with_policy(id, &target, &operation, &input, &idempotency_key, &policy, 1).await;
     crate::failpoint::hit("inline-call");
     result
 }
