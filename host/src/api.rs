@@ -4,7 +4,7 @@
 //! Request bodies are parsed here, so that malformed JSON gets an error that
 //! says where it is malformed; everything else is the service's.
 
-use crate::engine::{Snapshot, Status};
+use crate::engine::{Control, Snapshot, Status};
 use crate::service::{Error, ErrorKind, InTransit, InTransitState, MessageIn, Service};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -22,6 +22,9 @@ pub fn router(svc: Service) -> Router {
         .route("/v1/definitions", post(deploy).get(list_definitions))
         .route("/v1/instances", post(start).get(list_instances))
         .route("/v1/instances/{id}", get(show_instance))
+        .route("/v1/instances/{id}/history", get(instance_history))
+        .route("/v1/instances/{id}/variables", axum::routing::put(set_variables))
+        .route("/v1/instances/{id}/{verb}", post(control_instance))
         .route("/v1/messages", post(send_message))
         .route("/v1/in-transit", get(list_in_transit))
         .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
@@ -138,7 +141,7 @@ async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) 
             Some(s) => Some(serde_json::from_value::<Status>(json!(s)).map_err(|_| {
                 Error::new(
                     ErrorKind::BadInput,
-                    format!("unknown status '{s}'; use running, waiting, completed, faulted or terminated"),
+                    format!("unknown status '{s}'; use running, waiting, suspended, completed, faulted or terminated"),
                 )
             })?),
         };
@@ -219,6 +222,41 @@ async fn resolve_in_transit(State(svc): State<Service>, Path((id, verb)): Path<(
         };
         let record = svc.resolve_in_transit(&id, state).await?;
         Ok((StatusCode::OK, in_transit_json(&record)))
+    }
+    .await)
+}
+
+async fn instance_history(State(svc): State<Service>, Path(id): Path<String>) -> Response {
+    respond((|| {
+        svc.load_snapshot(&id)?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
+        let history = svc.history(&id)?;
+        Ok((StatusCode::OK, json!({ "id": id, "history": history })))
+    })())
+}
+
+async fn control_instance(State(svc): State<Service>, Path((id, verb)): Path<(String, String)>) -> Response {
+    respond(async {
+        let control = match verb.as_str() {
+            "suspend" => Control::Suspend,
+            "resume" => Control::Resume,
+            "terminate" => Control::Terminate,
+            other => {
+                return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use suspend, resume or terminate")))
+            }
+        };
+        let s = svc.control(&id, control).await?;
+        Ok((StatusCode::OK, summary(&s, &svc)))
+    }
+    .await)
+}
+
+async fn set_variables(State(svc): State<Service>, Path(id): Path<String>, body: Bytes) -> Response {
+    respond(async {
+        let variables: Value = parse_json(&body)?;
+        let s = svc.control(&id, Control::SetVariables(variables.to_string())).await?;
+        let mut v = summary(&s, &svc);
+        v["variables"] = serde_json::from_str(&s.variables).unwrap_or(Value::Null);
+        Ok((StatusCode::OK, v))
     }
     .await)
 }

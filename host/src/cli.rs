@@ -114,11 +114,49 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Suspend an instance: it stops at its next transition until resumed (messages still queue).
+    Suspend {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume a suspended instance.
+    Resume {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End an instance at once; what it waited for is withdrawn.
+    Terminate {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// An instance's history of persistence points, with the activity path and the reason for each.
+    History {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Variables of a suspended instance.
+    #[command(subcommand)]
+    Vars(VarsCommand),
     /// Non-idempotent calls found in flight after a crash, held for an operator.
     #[command(name = "in-transit", subcommand)]
     InTransit(InTransitCommand),
     /// Run the benchmarks in-process on a temporary data directory.
     Bench(crate::bench::Args),
+}
+
+#[derive(Subcommand)]
+enum VarsCommand {
+    /// Replace the variables of a suspended instance with JSON.
+    Set {
+        instance: String,
+        variables: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,6 +218,11 @@ pub fn main() -> i32 {
         Command::Send { operation, body, id, wait_reply, json } => send(&client, &operation, &body, id, wait_reply, json),
         Command::Ls { status, process, limit, json } => ls(&client, status, process, limit, json),
         Command::Show { instance, json } => show(&client, &instance, json),
+        Command::Suspend { instance, json } => control(&client, &instance, "suspend", json),
+        Command::Resume { instance, json } => control(&client, &instance, "resume", json),
+        Command::Terminate { instance, json } => control(&client, &instance, "terminate", json),
+        Command::History { instance, json } => history(&client, &instance, json),
+        Command::Vars(VarsCommand::Set { instance, variables, json }) => set_vars(&client, &instance, &variables, json),
         Command::InTransit(cmd) => in_transit(&client, cmd),
         Command::Bench(args) => return crate::bench::run(args),
     };
@@ -258,6 +301,15 @@ impl Client {
         self.finish(
             self.agent
                 .post(format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .send(body.to_string().as_bytes()),
+        )
+    }
+
+    fn put_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.finish(
+            self.agent
+                .put(format!("{}{path}", self.base))
                 .header("content-type", "application/json")
                 .send(body.to_string().as_bytes()),
         )
@@ -481,6 +533,47 @@ fn in_transit(client: &Client, cmd: InTransitCommand) -> Result<i32, CliError> {
         print_json(&v);
     } else {
         println!("{} {}", v["id"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+fn control(client: &Client, id: &str, verb: &str, json_out: bool) -> Result<i32, CliError> {
+    let v = client.post_json(&format!("/v1/instances/{}/{verb}", query_escape(id)), &json!({}))?;
+    if json_out {
+        print_json(&v);
+    } else {
+        println!("{} {} at {}", v["id"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["position"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+fn set_vars(client: &Client, id: &str, variables: &str, json_out: bool) -> Result<i32, CliError> {
+    let body = parse_json_arg("VARIABLES", variables)?;
+    let v = client.put_json(&format!("/v1/instances/{}/variables", query_escape(id)), &body)?;
+    if json_out {
+        print_json(&v);
+    } else {
+        println!("{} variables set; still suspended (cairn resume {id})", v["id"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+fn history(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
+    let v = client.get(&format!("/v1/instances/{}/history", query_escape(id)))?;
+    if json_out {
+        print_json(&v);
+        return Ok(0);
+    }
+    println!("{:<6} {:<24} {:<16} {:<11} ACTIVITY", "FENCE", "AT (ms since epoch)", "REASON", "STATUS");
+    for h in v["history"].as_array().into_iter().flatten() {
+        println!(
+            "{:<6} {:<24} {:<16} {:<11} {}",
+            h["fence"],
+            h["at_ms"],
+            h["reason"].as_str().unwrap_or(""),
+            h["status"].as_str().unwrap_or(""),
+            h["path"].as_str().unwrap_or("")
+        );
     }
     Ok(0)
 }

@@ -26,6 +26,8 @@ pub enum Status {
     Running,
     /// Persisted and waiting for a message or a timer.
     Waiting,
+    /// Stopped by an operator until resumed; messages still queue.
+    Suspended,
     Completed,
     Faulted,
     Terminated,
@@ -40,6 +42,7 @@ impl Status {
         match self {
             Status::Running => "running",
             Status::Waiting => "waiting",
+            Status::Suspended => "suspended",
             Status::Completed => "completed",
             Status::Faulted => "faulted",
             Status::Terminated => "terminated",
@@ -290,6 +293,11 @@ pub enum Reason {
     ScopeCompleted,
     /// One compensation handler ran; it will not run again.
     Compensated,
+    /// Suspended by an operator (rule 5).
+    Suspended,
+    Resumed,
+    /// An operator replaced the variables.
+    VariablesSet,
     Completed,
     Faulted,
     Terminated,
@@ -325,6 +333,8 @@ pub enum Yield {
     Finished(Reason),
     /// Wait this long (an atomic scope's retry backoff), then `Input::Continue`.
     Sleep(u64),
+    /// Suspended: nothing happens until `Control::Resume` (or `Terminate`).
+    Suspended,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -339,6 +349,18 @@ pub enum Input {
     Handler(Result<HandlerOutput, Fault>),
     Message(Delivery),
     InvokeResult { call_id: u64, result: Result<String, Fault> },
+    /// An operator verb.
+    Control(Control),
+}
+
+/// What an operator can do to an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    Suspend,
+    Resume,
+    Terminate,
+    /// Replace the variables (JSON text) of a suspended instance.
+    SetVariables(String),
 }
 
 /// What the handler call in flight is for.
@@ -396,6 +418,12 @@ impl<'d> Machine<'d> {
         if self.snap.status.is_terminal() {
             return Yield::Finished(terminal_reason(self.snap.status));
         }
+        if let Input::Control(c) = input {
+            return self.control(c);
+        }
+        if self.snap.status == Status::Suspended {
+            return Yield::Suspended;
+        }
         self.snap.status = Status::Running;
         if let Some(y) = self.apply(input) {
             return y;
@@ -403,11 +431,40 @@ impl<'d> Machine<'d> {
         self.run()
     }
 
+    /// Applies an operator verb. Verbs that do not fit the instance's state
+    /// (resume a running one, set variables of one not suspended) change nothing.
+    fn control(&mut self, c: Control) -> Yield {
+        match c {
+            Control::Suspend => {
+                self.snap.status = Status::Suspended;
+                self.persist_path = self.snap.path(self.def);
+                Yield::Persist(Reason::Suspended)
+            }
+            Control::Resume if self.snap.status == Status::Suspended => {
+                self.snap.status = Status::Running;
+                self.persist_path = self.snap.path(self.def);
+                Yield::Persist(Reason::Resumed)
+            }
+            Control::SetVariables(v) if self.snap.status == Status::Suspended => {
+                self.snap.variables = v;
+                self.persist_path = self.snap.path(self.def);
+                Yield::Persist(Reason::VariablesSet)
+            }
+            Control::Terminate => {
+                // Whatever it waited for is withdrawn with it.
+                self.truncate_stack(0);
+                self.finish(Status::Terminated)
+            }
+            Control::Resume | Control::SetVariables(_) => self.step(Input::Continue, self.now_ms),
+        }
+    }
+
     /// Folds an input into the snapshot. Returns a yield if the input itself
     /// leads straight to one (a reader call, a fault).
     fn apply(&mut self, input: Input) -> Option<Yield> {
         match input {
             Input::Continue => None,
+            Input::Control(_) => unreachable!("operator verbs are applied by step"),
             Input::Handler(result) => {
                 let expect = self.expecting.take().expect("handler result without a call in flight");
                 match result {

@@ -10,7 +10,7 @@ pub mod machine;
 
 pub use definition::{Activity, CorrelationSet, Definition, Node, NodeId, ProcessKind, Target, Transaction, WaitFor};
 pub use machine::{
-    correlation_values, Delivery, Effect, Fault, FaultRecord, HandlerCall, HandlerOutput, Input, Machine, Phase, Reason,
+    correlation_values, Control, Delivery, Effect, Fault, FaultRecord, HandlerCall, HandlerOutput, Input, Machine, Phase, Reason,
     Snapshot, Status, Wait, Yield,
 };
 

@@ -80,6 +80,7 @@ fn trace_of(y: &Yield) -> String {
         Yield::Await(Wait::Invoke { .. }) => "await:invoke".into(),
         Yield::Finished(r) => format!("finished:{}", reason(*r)),
         Yield::Sleep(ms) => format!("sleep:{ms}"),
+        Yield::Suspended => "suspended".into(),
     }
 }
 
@@ -116,6 +117,7 @@ fn drive_from(def: &Definition, snap: Snapshot) -> (Vec<String>, Snapshot) {
             }
             Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
             Yield::Sleep(_) => Input::Continue,
+            Yield::Suspended => Input::Control(Control::Resume),
             Yield::Finished(_) => return (trace, m.snap),
         };
     }
@@ -375,6 +377,7 @@ fn every_persisted_snapshot_resumes_to_the_same_outcome() {
             }
             Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
             Yield::Sleep(_) => Input::Continue,
+            Yield::Suspended => Input::Control(Control::Resume),
             Yield::Finished(_) => break,
         };
     }
@@ -796,4 +799,36 @@ fn a_scope_deadline_interrupts_its_waiting_body_and_faults_the_scope() {
     let f = m.snap.fault.clone().unwrap();
     assert_eq!((f.fault.name.as_str(), f.path.as_str()), ("cairn.scope-timeout", "main/window"));
     assert!(m.take_effects().contains(&Effect::ClearTimer { timer_id: 1, due_ms: 1000 }));
+}
+
+#[test]
+fn a_suspended_instance_does_nothing_until_resumed_and_may_have_its_variables_set() {
+    let mut t = Tree::new();
+    let w = t.wait("pause", 10);
+    let a = t.snippet("a", T::Default);
+    let def = t.seq(vec![w, a], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0}"#.into(), 0));
+    assert_eq!(m.step(Input::Continue, 0), Yield::Persist(Reason::CommitBefore));
+    assert!(matches!(m.step(Input::Continue, 0), Yield::Await(Wait::Timer { .. })));
+    assert_eq!(m.step(Input::Control(Control::Suspend), 0), Yield::Persist(Reason::Suspended));
+    assert_eq!(m.snap.status, Status::Suspended);
+    assert_eq!(m.step(Input::Continue, 50), Yield::Suspended, "even with its timer due");
+    let y = m.step(Input::Control(Control::SetVariables(r#"{"n":41}"#.into())), 50);
+    assert_eq!(y, Yield::Persist(Reason::VariablesSet));
+    assert_eq!(m.step(Input::Control(Control::Resume), 50), Yield::Persist(Reason::Resumed));
+    assert_eq!(m.step(Input::Continue, 50), Yield::Call(HandlerCall { handler: 0, message: None }));
+    assert_eq!(m.snap.variables, r#"{"n":41}"#);
+}
+
+#[test]
+fn terminating_a_waiting_instance_withdraws_its_timer() {
+    let mut t = Tree::new();
+    let w = t.wait("pause", 10);
+    let def = t.seq(vec![w], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    m.step(Input::Continue, 0);
+    m.step(Input::Continue, 0);
+    m.take_effects();
+    assert_eq!(m.step(Input::Control(Control::Terminate), 0), Yield::Finished(Reason::Terminated));
+    assert_eq!(m.take_effects(), [Effect::ClearTimer { timer_id: 1, due_ms: 10 }]);
 }

@@ -13,12 +13,12 @@
 //!   input in hand: never between a handler call and its result.
 
 use super::{HistoryEntry, Service, Wake};
-use crate::engine::{Effect, Fault, Input, Machine, ProcessKind, Reason, Status, Wait, Yield};
+use crate::engine::{Control, Effect, Fault, Input, Machine, Phase, ProcessKind, Reason, Status, Wait, Yield};
 use crate::now_ms;
 use crate::runtime::{LogContext, Loaded, Session};
 use crate::store::{keys, Batch, Cf};
 use anyhow::{anyhow, Result};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: UnboundedReceiver<Wake>) {
@@ -60,8 +60,24 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
 
     // The Wasm instance of the atomic scope running, keyed by (frame, attempt).
     let mut session: Option<((usize, u32), Session)> = None;
+    // Operator verbs waiting to apply, and the callers to tell once they are committed.
+    let mut controls: VecDeque<(Control, Responder)> = VecDeque::new();
+    let mut told: Vec<Responder> = Vec::new();
     let mut input = Input::Continue;
     loop {
+        if input == Input::Continue {
+            // Between transitions: take in what arrived, and apply an
+            // operator verb if one waits (never inside an atomic scope).
+            while let Ok(w) = rx.try_recv() {
+                absorb(svc, id, w, &mut inbox, &mut results, &mut committed.sent, &mut controls).await?;
+            }
+            if m.in_atomic().is_none() {
+                if let Some((c, responder)) = controls.pop_front() {
+                    told.push(responder);
+                    input = Input::Control(c);
+                }
+            }
+        }
         // Shut down only between transitions: a handler result, a message or
         // an activity result in hand is applied first, so that no persistence
         // point falls between a call and its result.
@@ -108,6 +124,32 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
             Yield::Persist(reason) => {
                 session = None;
                 commit(svc, &mut m, reason, &mut committed).await?;
+                tell(&mut told);
+                Input::Continue
+            }
+            Yield::Suspended => {
+                let moved = m.snap.stack != committed.stack || m.snap.status != committed.status;
+                if moved || !m.effects.is_empty() {
+                    commit(svc, &mut m, Reason::Suspended, &mut committed).await?;
+                }
+                tell(&mut told);
+                // A call in flight keeps the driver, so that its result is not lost.
+                let call_in_flight = matches!(m.snap.stack.last().map(|f| &f.phase), Some(Phase::AwaitInvoke { .. }));
+                let wakes = if call_in_flight {
+                    match rx.recv().await {
+                        Some(w) => vec![w],
+                        None => return Ok(()),
+                    }
+                } else {
+                    let pending = svc.try_retire(id, rx);
+                    if pending.is_empty() {
+                        return Ok(());
+                    }
+                    pending
+                };
+                for w in wakes {
+                    absorb(svc, id, w, &mut inbox, &mut results, &mut committed.sent, &mut controls).await?;
+                }
                 Input::Continue
             }
             Yield::Sleep(ms) => {
@@ -119,6 +161,10 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                     discard(svc, &mut m).await?;
                 } else {
                     commit(svc, &mut m, reason, &mut committed).await?;
+                }
+                tell(&mut told);
+                for (_, responder) in controls.drain(..) {
+                    let _ = responder.send(Err("the instance has ended".into()));
                 }
                 return Ok(());
             }
@@ -140,6 +186,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                     if moved || !m.effects.is_empty() {
                         commit(svc, &mut m, Reason::Waiting, &mut committed).await?;
                     }
+                    tell(&mut told);
                     let wakes = match wait {
                         Wait::Invoke { .. } => match rx.recv().await {
                             Some(w) => vec![w],
@@ -154,21 +201,45 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                         }
                     };
                     for w in wakes {
-                        match w {
-                            Wake::Resume => {
-                                inbox = svc.inbox(id)?;
-                                svc.resend_outbox(id, &mut committed.sent, &mut results).await?;
-                            }
-                            Wake::InvokeResult { call_id, result } => {
-                                results.insert(call_id, result);
-                            }
-                            Wake::Shutdown => {}
-                        }
+                        absorb(svc, id, w, &mut inbox, &mut results, &mut committed.sent, &mut controls).await?;
                     }
                     Input::Continue
                 }
             }
         };
+    }
+}
+
+type Responder = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Takes a wake into the driver's state.
+async fn absorb(
+    svc: &Service,
+    id: &str,
+    wake: Wake,
+    inbox: &mut Vec<crate::engine::Delivery>,
+    results: &mut HashMap<u64, Result<String, Fault>>,
+    sent: &mut HashSet<u64>,
+    controls: &mut VecDeque<(Control, Responder)>,
+) -> Result<()> {
+    match wake {
+        Wake::Resume => {
+            *inbox = svc.inbox(id)?;
+            svc.resend_outbox(id, sent, results).await?;
+        }
+        Wake::InvokeResult { call_id, result } => {
+            results.insert(call_id, result);
+        }
+        Wake::Control(c, responder) => controls.push_back((c, responder)),
+        Wake::Shutdown => {}
+    }
+    Ok(())
+}
+
+/// Tells operators that their verbs are committed.
+fn tell(told: &mut Vec<Responder>) {
+    for responder in told.drain(..) {
+        let _ = responder.send(Ok(()));
     }
 }
 

@@ -135,6 +135,8 @@ pub enum Wake {
     /// Look again: a message arrived, a timer is due, or recovery resumes it.
     Resume,
     InvokeResult { call_id: u64, result: Result<String, Fault> },
+    /// An operator verb, and who to tell once it is committed.
+    Control(engine::Control, oneshot::Sender<Result<(), String>>),
     Shutdown,
 }
 
@@ -634,21 +636,68 @@ impl Service {
 
     /// Makes sure a driver runs for `id` and tells it to look again.
     pub fn wake(&self, id: &str) {
+        self.wake_with(id, Wake::Resume)
+    }
+
+    /// Hands `wake` to the driver of `id`, starting one if none runs.
+    fn wake_with(&self, id: &str, wake: Wake) {
         let mut live = self.live.lock().unwrap();
-        if let Some((_, tx)) = live.get(id) {
-            if tx.send(Wake::Resume).is_ok() {
-                return;
-            }
-        }
+        let wake = match live.get(id) {
+            Some((_, tx)) => match tx.send(wake) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(w)) => w,
+            },
+            None => wake,
+        };
         if self.is_shutting_down() {
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(Wake::Resume);
+        let _ = tx.send(wake);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         live.insert(id.to_string(), (generation, tx));
         drop(live);
         tokio::spawn(driver::run(self.clone(), id.to_string(), generation, rx));
+    }
+
+    /// Applies an operator verb through the instance's driver and returns
+    /// the instance once the verb is committed.
+    pub async fn control(&self, id: &str, control: engine::Control) -> Result<Snapshot, Error> {
+        use engine::Control as C;
+        let snap = self
+            .load_snapshot(id)?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
+        let conflict = |why: String| Err(Error::new(ErrorKind::Conflict, why));
+        if snap.status.is_terminal() {
+            return conflict(format!("instance {id} is already {}", snap.status.as_str()));
+        }
+        match (&control, snap.status) {
+            (C::Suspend, Status::Suspended) => return conflict(format!("instance {id} is already suspended")),
+            (C::Resume, s) if s != Status::Suspended => return conflict(format!("instance {id} is {}, not suspended", s.as_str())),
+            (C::SetVariables(_), s) if s != Status::Suspended => {
+                return conflict(format!("instance {id} is {}: suspend it before setting its variables", s.as_str()))
+            }
+            _ => {}
+        }
+        if let C::SetVariables(v) = &control {
+            serde_json::from_str::<serde_json::Value>(v)
+                .map_err(|e| Error::new(ErrorKind::BadInput, format!("variables are not valid JSON: {e}")))?;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.wake_with(id, Wake::Control(control, tx));
+        match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(why))) => return conflict(why),
+            Ok(Err(_)) => return Err(Error::new(ErrorKind::Unavailable, "the host is shutting down")),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("instance {id} is busy in a long step; the verb applies at its next transition"),
+                ))
+            }
+        }
+        self.load_snapshot(id)?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("instance {id} ended and kept no final state")))
     }
 
     /// Hands an activity result to the live driver of `id`; a driver that is
