@@ -256,6 +256,8 @@ enum Kind {
     },
     Compensate(Option<String>),
     Rethrow,
+    Suspend(String),
+    StartProcess { process: String, operation: String, body: u32 },
 }
 
 /// One node of the activity tree, made by a [`Process`] method. Its name is
@@ -1048,6 +1050,41 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         Activity::new(name, Kind::Compensate(Some(scope.to_string())))
     }
 
+    /// Suspends the instance until an operator resumes it (`cairn resume`).
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let review = p.suspend("review", "a person must check this order");
+    /// # }
+    /// ```
+    pub fn suspend(&mut self, name: &str, reason: &str) -> Activity {
+        Activity::new(name, Kind::Suspend(reason.to_string()))
+    }
+
+    /// Starts an instance of `process` with a message of `operation` that its
+    /// instance-creating receive takes; the child runs in its own transaction
+    /// context and may report back by message, correlated to this instance.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { order: String }
+    /// # fn f(p: &mut Process<V>) {
+    /// let check = p.start_process("check", "credit-check", "check-start", |v| Ok(serde_json::json!({ "order": v.order })));
+    /// # }
+    /// ```
+    pub fn start_process<B: Serialize>(
+        &mut self,
+        name: &str,
+        process: &str,
+        operation: &str,
+        body: impl Fn(&V) -> Result<B, Fault> + 'static,
+    ) -> Activity {
+        let body = self.register(Box::new(move |v, _| Ok(Some(to_json(&body(v)?, "message body")?))));
+        Activity::new(name, Kind::StartProcess { process: process.to_string(), operation: operation.to_string(), body })
+    }
+
     /// Inside a fault handler: raises the caught fault again, further out.
     ///
     /// ```
@@ -1108,6 +1145,12 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         }
         Kind::Compensate(scope) => wit::Activity::Compensate(scope),
         Kind::Rethrow => wit::Activity::Rethrow,
+        Kind::Suspend(reason) => wit::Activity::Suspend(reason),
+        Kind::StartProcess { process, operation, body } => wit::Activity::StartProcess(wit::SendNode {
+            target: wit::Target::Process(process),
+            operation,
+            body,
+        }),
     };
     let transaction = match activity.transaction {
         None => wit::Transaction::Default,

@@ -26,6 +26,7 @@ pub fn router(svc: Service) -> Router {
         .route("/v1/instances/{id}/variables", axum::routing::put(set_variables))
         .route("/v1/instances/{id}/{verb}", post(control_instance))
         .route("/v1/messages", post(send_message))
+        .route("/v1/breakpoints", get(list_breakpoints).post(set_breakpoint).delete(clear_breakpoint))
         .route("/v1/in-transit", get(list_in_transit))
         .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
         .fallback(|| async { error(Error::new(ErrorKind::NotFound, "no such route; see the README's HTTP reference")) })
@@ -186,7 +187,7 @@ struct SendRequest {
 async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: SendRequest = parse_json(&body)?;
-        let m = MessageIn { id: req.id, operation: req.operation, body: req.body.to_string() };
+        let m = MessageIn { id: req.id, operation: req.operation, body: req.body.to_string(), create_only: false };
         let accepted = svc.accept_message(m, None, Default::default()).await?;
         let mut out = json!(accepted);
         if req.wait_reply {
@@ -257,6 +258,35 @@ async fn set_variables(State(svc): State<Service>, Path(id): Path<String>, body:
         let mut v = summary(&s, &svc);
         v["variables"] = serde_json::from_str(&s.variables).unwrap_or(Value::Null);
         Ok((StatusCode::OK, v))
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+struct BreakpointRequest {
+    process: String,
+    path: String,
+}
+
+async fn list_breakpoints(State(svc): State<Service>) -> Response {
+    let list: Vec<Value> = svc.breakpoints().into_iter().map(|(process, path)| json!({ "process": process, "path": path })).collect();
+    Json(json!({ "breakpoints": list })).into_response()
+}
+
+async fn set_breakpoint(State(svc): State<Service>, body: Bytes) -> Response {
+    respond(async {
+        let req: BreakpointRequest = parse_json(&body)?;
+        svc.set_breakpoint(&req.process, &req.path, true).await?;
+        Ok((StatusCode::OK, json!({ "process": req.process, "path": req.path, "set": true })))
+    }
+    .await)
+}
+
+async fn clear_breakpoint(State(svc): State<Service>, body: Bytes) -> Response {
+    respond(async {
+        let req: BreakpointRequest = parse_json(&body)?;
+        svc.set_breakpoint(&req.process, &req.path, false).await?;
+        Ok((StatusCode::OK, json!({ "process": req.process, "path": req.path, "set": false })))
     }
     .await)
 }

@@ -203,7 +203,7 @@ async fn bench_throughput(dir: &Path, concurrency: usize, total: usize, fsync: b
     deploy(&svc, dir, "t_recorder", Some("recorder")).await?;
     deploy(&svc, dir, "t_bench", None).await?;
     let run_one = |svc: Service, n: usize| async move {
-        let m = MessageIn { id: None, operation: "bench-start".into(), body: format!(r#"{{"n":{n}}}"#) };
+        let m = MessageIn { id: None, operation: "bench-start".into(), body: format!(r#"{{"n":{n}}}"#), create_only: false };
         let a = svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
         svc.await_reply(&a.message_id, Duration::from_secs(60)).await.map_err(|e| anyhow::anyhow!(e.message))?;
         anyhow::Ok(())
@@ -261,7 +261,7 @@ async fn bench_atomic(dir: &Path, atomic: bool) -> anyhow::Result<()> {
             let (svc, next, body) = (svc.clone(), next.clone(), body.clone());
             tasks.push(tokio::spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < total {
-                    let m = MessageIn { id: None, operation: "ten-start".into(), body: body.clone() };
+                    let m = MessageIn { id: None, operation: "ten-start".into(), body: body.clone(), create_only: false };
                     let a = svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
                     svc.await_reply(&a.message_id, Duration::from_secs(60)).await.map_err(|e| anyhow::anyhow!(e.message))?;
                 }
@@ -303,7 +303,7 @@ async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
                         if i >= n {
                             return anyhow::Ok(());
                         }
-                        let m = MessageIn { id: None, operation: op.into(), body: format!(r#"{{"key":"k{i}"}}"#) };
+                        let m = MessageIn { id: None, operation: op.into(), body: format!(r#"{{"key":"k{i}"}}"#), create_only: false };
                         svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
                     }
                 }));

@@ -141,11 +141,27 @@ enum Command {
     /// Variables of a suspended instance.
     #[command(subcommand)]
     Vars(VarsCommand),
+    /// Breakpoints: an instance reaching one is persisted and suspended before the activity.
+    #[command(name = "break", subcommand)]
+    Break(BreakCommand),
     /// Non-idempotent calls found in flight after a crash, held for an operator.
     #[command(name = "in-transit", subcommand)]
     InTransit(InTransitCommand),
     /// Run the benchmarks in-process on a temporary data directory.
     Bench(crate::bench::Args),
+}
+
+#[derive(Subcommand)]
+enum BreakCommand {
+    /// Set a breakpoint on an activity path (as `cairn show` prints it) of a process.
+    Set { process: String, path: String },
+    /// Clear a breakpoint.
+    Clear { process: String, path: String },
+    /// List breakpoints.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +240,7 @@ pub fn main() -> i32 {
         Command::History { instance, json } => history(&client, &instance, json),
         Command::Vars(VarsCommand::Set { instance, variables, json }) => set_vars(&client, &instance, &variables, json),
         Command::InTransit(cmd) => in_transit(&client, cmd),
+        Command::Break(cmd) => breakpoints(&client, cmd),
         Command::Bench(args) => return crate::bench::run(args),
     };
     match result {
@@ -310,6 +327,16 @@ impl Client {
         self.finish(
             self.agent
                 .put(format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .send(body.to_string().as_bytes()),
+        )
+    }
+
+    fn delete_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.finish(
+            self.agent
+                .delete(format!("{}{path}", self.base))
+                .force_send_body()
                 .header("content-type", "application/json")
                 .send(body.to_string().as_bytes()),
         )
@@ -574,6 +601,30 @@ fn history(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
             h["status"].as_str().unwrap_or(""),
             h["path"].as_str().unwrap_or("")
         );
+    }
+    Ok(0)
+}
+
+fn breakpoints(client: &Client, cmd: BreakCommand) -> Result<i32, CliError> {
+    match cmd {
+        BreakCommand::Set { process, path } => {
+            client.post_json("/v1/breakpoints", &json!({ "process": process, "path": path }))?;
+            println!("breakpoint set on {process} {path}");
+        }
+        BreakCommand::Clear { process, path } => {
+            client.delete_json("/v1/breakpoints", &json!({ "process": process, "path": path }))?;
+            println!("breakpoint cleared on {process} {path}");
+        }
+        BreakCommand::Ls { json } => {
+            let v = client.get("/v1/breakpoints")?;
+            if json {
+                print_json(&v);
+            } else {
+                for b in v["breakpoints"].as_array().into_iter().flatten() {
+                    println!("{} {}", b["process"].as_str().unwrap_or(""), b["path"].as_str().unwrap_or(""));
+                }
+            }
+        }
     }
     Ok(0)
 }

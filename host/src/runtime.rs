@@ -462,6 +462,14 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                 },
                 wit::Activity::Compensate(scope) => engine::Activity::Compensate { scope },
                 wit::Activity::Rethrow => engine::Activity::Rethrow,
+                wit::Activity::Suspend(reason) => engine::Activity::Suspend { reason },
+                wit::Activity::StartProcess(sp) => engine::Activity::StartProcess {
+                    process: match sp.target {
+                        wit::Target::Process(n) | wit::Target::Activity(n) => n,
+                    },
+                    operation: sp.operation,
+                    body: sp.body,
+                },
             },
         })
         .collect();

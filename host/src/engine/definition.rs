@@ -145,6 +145,17 @@ pub enum Activity {
     },
     /// Raises again the fault the enclosing fault handler caught.
     Rethrow,
+    /// Suspends the instance until an operator resumes it.
+    Suspend {
+        reason: String,
+    },
+    /// Starts an instance of `process` with a message of `operation` that
+    /// must create it; the child runs on its own.
+    StartProcess {
+        process: String,
+        operation: String,
+        body: HandlerId,
+    },
 }
 
 /// How an invoke is performed: idempotency, retries and a time limit.
@@ -225,6 +236,8 @@ impl Activity {
             Activity::Scope { .. } => "scope",
             Activity::Compensate { .. } => "compensate",
             Activity::Rethrow => "rethrow",
+            Activity::Suspend { .. } => "suspend",
+            Activity::StartProcess { .. } => "start-process",
         }
     }
 
@@ -259,7 +272,7 @@ impl Activity {
                 }
                 h
             }
-            Activity::Reply { body, .. } | Activity::Send { body, .. } => vec![*body],
+            Activity::Reply { body, .. } | Activity::Send { body, .. } | Activity::StartProcess { body, .. } => vec![*body],
             Activity::Invoke { input, output, .. } => {
                 let mut h = vec![*input];
                 h.extend(output);
@@ -300,7 +313,7 @@ impl Node {
             Transaction::Default => match self.activity {
                 // A long-running scope persists at its end (rule 1).
                 Activity::Receive { .. } | Activity::Invoke { .. } | Activity::Scope { .. } => Transaction::CommitAfter,
-                Activity::Wait { .. } => Transaction::CommitBefore,
+                Activity::Wait { .. } | Activity::Suspend { .. } => Transaction::CommitBefore,
                 _ => Transaction::Participates,
             },
             t => t,
@@ -393,6 +406,13 @@ impl Definition {
         }
     }
 
+    /// Every activity path of the definition, in tree order.
+    pub fn paths(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.walk(self.root, &mut |path, _, _| out.push(path.to_string()));
+        out
+    }
+
     /// Whether `id` lies inside the body of some scope's fault handler.
     fn in_fault_handler(&self, id: NodeId) -> bool {
         self.nodes.iter().any(|n| match &n.activity {
@@ -461,7 +481,7 @@ impl Definition {
             let at = format!("activity '{path}' ({})", node.activity.kind_name());
             if in_atomic[*id as usize] {
                 match &node.activity {
-                    Activity::Receive { .. } | Activity::Wait { .. } => {
+                    Activity::Receive { .. } | Activity::Wait { .. } | Activity::Suspend { .. } => {
                         problems.push(format!("{at}: an atomic scope cannot wait (it holds one transaction)"))
                     }
                     Activity::Scope { atomic: None, .. } => {
@@ -506,7 +526,7 @@ impl Definition {
                         ));
                     }
                 }
-                Activity::Wait { .. } if self.kind == ProcessKind::Microflow => {
+                Activity::Wait { .. } | Activity::Suspend { .. } if self.kind == ProcessKind::Microflow => {
                     problems.push(format!("{at}: a microflow cannot wait"));
                 }
                 Activity::Invoke { target, operation, .. } | Activity::Send { target, operation, .. } => {
@@ -519,6 +539,9 @@ impl Definition {
                     if operation.is_empty() {
                         problems.push(format!("{at}: operation name is empty"));
                     }
+                }
+                Activity::StartProcess { process, operation, .. } if process.is_empty() || operation.is_empty() => {
+                    problems.push(format!("{at}: start-process needs a process and an operation"));
                 }
                 Activity::Throw { fault, .. } if fault.is_empty() => {
                     problems.push(format!("{at}: fault name is empty"));

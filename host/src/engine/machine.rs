@@ -166,6 +166,9 @@ pub struct Frame {
     /// On a long-running scope with a timeout: its deadline timer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<TimerRef>,
+    /// The instance stopped at a breakpoint on this activity; resumed, it goes on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub broke: bool,
 }
 
 /// One attempt of an atomic scope.
@@ -220,7 +223,7 @@ impl Snapshot {
             version,
             status: Status::Running,
             variables,
-            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None }],
+            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None, broke: false }],
             correlations: BTreeMap::new(),
             requests: Vec::new(),
             compensations: Vec::new(),
@@ -270,7 +273,16 @@ pub enum Effect {
     },
     /// The invoke's result has been taken: its outbox entry goes.
     InvokeDone { call_id: u64 },
-    Send { call_id: u64, target: Target, operation: String, body: String, message_id: String },
+    Send {
+        call_id: u64,
+        target: Target,
+        operation: String,
+        body: String,
+        message_id: String,
+        /// A start-process: the message must create an instance.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        start: bool,
+    },
     /// The answer to a request-response receive: a body, or the fault that
     /// ended the instance before it replied.
     Reply { message_id: String, body: String, fault: Option<Fault> },
@@ -298,6 +310,8 @@ pub enum Reason {
     Resumed,
     /// An operator replaced the variables.
     VariablesSet,
+    /// The instance reached a breakpoint and is suspended (rule 5).
+    Breakpoint,
     Completed,
     Faulted,
     Terminated,
@@ -382,6 +396,8 @@ enum Expect {
 
 pub struct Machine<'d> {
     pub def: &'d Definition,
+    /// Activity paths an operator set breakpoints on, for this definition.
+    pub breakpoints: Vec<String>,
     pub snap: Snapshot,
     pub effects: Vec<Effect>,
     /// Activity path the latest `Yield::Persist` belongs to (for the history).
@@ -392,7 +408,7 @@ pub struct Machine<'d> {
 
 impl<'d> Machine<'d> {
     pub fn new(def: &'d Definition, snap: Snapshot) -> Machine<'d> {
-        Machine { def, snap, effects: Vec::new(), persist_path: String::new(), expecting: None, now_ms: 0 }
+        Machine { def, breakpoints: Vec::new(), snap, effects: Vec::new(), persist_path: String::new(), expecting: None, now_ms: 0 }
     }
 
     pub fn take_effects(&mut self) -> Vec<Effect> {
@@ -590,15 +606,22 @@ impl<'d> Machine<'d> {
                 }
             }
             Expect::SendBody => {
-                let Activity::Send { target, operation, .. } = &node.activity else { unreachable!() };
+                let (target, operation, start) = match &node.activity {
+                    Activity::Send { target, operation, .. } => (target.clone(), operation.clone(), false),
+                    Activity::StartProcess { process, operation, .. } => {
+                        (Target::Process(process.clone()), operation.clone(), true)
+                    }
+                    _ => unreachable!(),
+                };
                 let call_id = self.next_id();
                 let message_id = format!("{}:{call_id}", self.snap.id);
                 self.effects.push(Effect::Send {
                     call_id,
-                    target: target.clone(),
-                    operation: operation.clone(),
+                    target,
+                    operation,
                     body: output.unwrap_or_else(|| "null".into()),
                     message_id,
+                    start,
                 });
                 self.top_mut().phase = Phase::Done;
                 if self.persistent() {
@@ -678,6 +701,14 @@ impl<'d> Machine<'d> {
             let node = self.def.node(frame.node);
             match frame.phase {
                 Phase::Enter => {
+                    if !frame.broke && !self.breakpoints.is_empty() && self.in_atomic().is_none() {
+                        let path = self.snap.path(self.def);
+                        if self.breakpoints.contains(&path) {
+                            self.top_mut().broke = true;
+                            self.snap.status = Status::Suspended;
+                            return self.persist(Reason::Breakpoint);
+                        }
+                    }
                     self.top_mut().phase = Phase::Started;
                     if node.commits().before && self.persistent() {
                         return self.persist(Reason::CommitBefore);
@@ -781,7 +812,14 @@ impl<'d> Machine<'d> {
                     },
                     Activity::Reply { body, .. } => return self.call(*body, None, Expect::ReplyBody),
                     Activity::Invoke { input, .. } => return self.call(*input, None, Expect::InvokeInput),
-                    Activity::Send { body, .. } => return self.call(*body, None, Expect::SendBody),
+                    Activity::Send { body, .. } | Activity::StartProcess { body, .. } => {
+                        return self.call(*body, None, Expect::SendBody)
+                    }
+                    Activity::Suspend { .. } => {
+                        self.top_mut().phase = Phase::Done;
+                        self.snap.status = Status::Suspended;
+                        return self.persist(Reason::Suspended);
+                    }
                     Activity::Wait { wait: WaitFor::DurationMs(ms) } => {
                         let due_ms = self.now_ms.saturating_add(*ms);
                         let timer = self.set_timer(due_ms);
@@ -997,7 +1035,7 @@ impl<'d> Machine<'d> {
     }
 
     fn push(&mut self, node: NodeId) {
-        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None });
+        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None, broke: false });
     }
 
     fn top(&self) -> &Frame {

@@ -103,12 +103,12 @@ impl Service {
                     crate::failpoint::hit("mid-dispatch");
                     svc.deliver(&instance, Wake::InvokeResult { call_id, result });
                 }
-                Effect::Send { call_id, target, operation, body, message_id } => {
+                Effect::Send { call_id, target, operation, body, message_id, start } => {
                     let mut done = Batch::default();
                     done.delete(Cf::Outbox, keys::instance_scoped(&instance, call_id));
                     match target {
                         Target::Process(process) => {
-                            let m = MessageIn { id: Some(message_id.clone()), operation: operation.clone(), body };
+                            let m = MessageIn { id: Some(message_id.clone()), operation: operation.clone(), body, create_only: start };
                             match svc.accept_message(m, Some(&process), done.clone()).await {
                                 Ok(a) if !a.duplicate => return,
                                 Ok(_) => {}
@@ -200,7 +200,12 @@ impl Service {
             Target::Process(process) => {
                 // The idempotency key is the message id: a call dispatched
                 // again after a crash finds the same callee instance.
-                let m = MessageIn { id: Some(idempotency_key.to_string()), operation: operation.to_string(), body: input.to_string() };
+                let m = MessageIn {
+                    id: Some(idempotency_key.to_string()),
+                    operation: operation.to_string(),
+                    body: input.to_string(),
+                    create_only: false,
+                };
                 self.accept_message(m, Some(process), Batch::default())
                     .await
                     .map_err(|e| Fault::new("cairn.call-rejected", e.message))?;

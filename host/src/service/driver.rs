@@ -50,6 +50,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
     };
     let mut committed = Committed { stack: snap.stack.clone(), status: snap.status, sent: HashSet::new() };
     let mut m = Machine::new(def, snap);
+    m.breakpoints = svc.breakpoints_of(&def.name);
     let mut consumed: HashSet<u64> = HashSet::new();
     let mut inbox = svc.inbox(id)?;
     let mut results: HashMap<u64, Result<String, Fault>> = HashMap::new();

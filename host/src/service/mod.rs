@@ -153,6 +153,8 @@ pub struct MessageIn {
     pub operation: String,
     /// JSON text, already validated.
     pub body: String,
+    /// Only an instance-creating receive may take it (start-process).
+    pub create_only: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -199,6 +201,8 @@ pub struct Inner {
     timers: Mutex<BTreeSet<(u64, String, u64)>>,
     timers_changed: Notify,
     reply_waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Reply>>>>,
+    /// Breakpoints: process name -> activity paths.
+    breakpoints: RwLock<HashMap<String, BTreeSet<String>>>,
     /// Outbox entries being dispatched now, as (instance, call id).
     in_flight: Mutex<std::collections::HashSet<(String, u64)>>,
     inbox_seq: AtomicU64,
@@ -215,6 +219,8 @@ impl std::ops::Deref for Service {
         &self.0
     }
 }
+
+const BREAKPOINT_PREFIX: &[u8] = b"breakpoint\0";
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -244,12 +250,14 @@ impl Service {
             timers_changed: Notify::new(),
             reply_waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(Default::default()),
+            breakpoints: RwLock::new(HashMap::new()),
             inbox_seq: AtomicU64::new(now_ms() * 1000),
             shutting_down: AtomicBool::new(false),
             guest_log,
         }));
         svc.load_registry()?;
         svc.load_timers()?;
+        svc.load_breakpoints()?;
         tokio::spawn(svc.clone().timer_loop());
         let recovering = svc.clone();
         tokio::spawn(async move {
@@ -474,7 +482,7 @@ impl Service {
         };
         // 1. An instance that correlates: any version of the process may hold it.
         let mut missing = Vec::new();
-        for d in processes() {
+        for d in processes().filter(|_| !m.create_only) {
             let def = d.record.definition.as_ref().expect("process records hold their definition");
             for sub in def.subscriptions() {
                 let (Some(set_name), false) = (&sub.correlation, sub.creates_instance) else { continue };
@@ -610,7 +618,7 @@ impl Service {
         if let Some((_, node)) = def.creating_receive() {
             let engine::Activity::Receive { operation, .. } = &node.activity else { unreachable!() };
             let body = input.unwrap_or(serde_json::Value::Object(Default::default())).to_string();
-            let m = MessageIn { id: None, operation: operation.clone(), body };
+            let m = MessageIn { id: None, operation: operation.clone(), body, create_only: true };
             return self.accept_message(m, Some(process), Batch::default()).await;
         }
         let mut variables: serde_json::Value =
@@ -658,6 +666,61 @@ impl Service {
         live.insert(id.to_string(), (generation, tx));
         drop(live);
         tokio::spawn(driver::run(self.clone(), id.to_string(), generation, rx));
+    }
+
+    fn load_breakpoints(&self) -> anyhow::Result<()> {
+        let rows = self.store.scan_prefix(Cf::Meta, BREAKPOINT_PREFIX)?;
+        let mut bps = self.breakpoints.write().unwrap();
+        for (k, _) in rows {
+            let rest = String::from_utf8_lossy(&k[BREAKPOINT_PREFIX.len()..]).into_owned();
+            if let Some((process, path)) = rest.split_once('\0') {
+                bps.entry(process.to_string()).or_default().insert(path.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Breakpoint paths set on `process`.
+    pub fn breakpoints_of(&self, process: &str) -> Vec<String> {
+        self.breakpoints.read().unwrap().get(process).map(|b| b.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every breakpoint, as (process, path).
+    pub fn breakpoints(&self) -> Vec<(String, String)> {
+        let bps = self.breakpoints.read().unwrap();
+        bps.iter().flat_map(|(p, paths)| paths.iter().map(move |path| (p.clone(), path.clone()))).collect()
+    }
+
+    /// Sets (or clears) a breakpoint on an activity path of a process; the
+    /// path must exist in the newest version.
+    pub async fn set_breakpoint(&self, process: &str, path: &str, on: bool) -> Result<(), Error> {
+        let deployed = self
+            .latest(ComponentKind::Process, process)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no process named '{process}' is deployed")))?;
+        let paths = deployed.record.definition.as_ref().unwrap().paths();
+        if on && !paths.iter().any(|p| p == path) {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("process '{process}' has no activity at '{path}'; its paths are: {}", paths.join(", ")),
+            ));
+        }
+        let mut key = BREAKPOINT_PREFIX.to_vec();
+        key.extend_from_slice(format!("{process}\0{path}").as_bytes());
+        let mut b = Batch::default();
+        if on {
+            b.put(Cf::Meta, key, Vec::new());
+        } else {
+            b.delete(Cf::Meta, key);
+        }
+        self.store.commit(b).await?;
+        let mut bps = self.breakpoints.write().unwrap();
+        let set = bps.entry(process.to_string()).or_default();
+        if on {
+            set.insert(path.to_string());
+        } else if !set.remove(path) {
+            return Err(Error::new(ErrorKind::NotFound, format!("no breakpoint on '{path}' of process '{process}'")));
+        }
+        Ok(())
     }
 
     /// Applies an operator verb through the instance's driver and returns
