@@ -259,3 +259,21 @@ fn the_tutorial_process_runs_as_the_readme_says() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains(r#""text": "Hello, Ada!""#), "{}", out.stdout);
 }
+
+#[test]
+fn a_waiting_instance_stays_in_memory_for_the_idle_time_then_is_dehydrated() {
+    let dir = TempDir::new("idle");
+    let h = Host::start(dir.path(), &["--quiet-guests", "--idle-ms", "1500"], &[]);
+    h.deploy("t_versioned_1", None);
+    let (_, v) = h.send("versioned-start", json!({"key": "idle"}), None);
+    let id = v["instance"].as_str().unwrap().to_string();
+    let v = h.wait_status(&id, "waiting", WAIT);
+    assert_eq!(v["in_memory"], true, "within its idle time");
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.instance(&id)["in_memory"] == true {
+        assert!(std::time::Instant::now() < deadline, "never dehydrated");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    h.send("versioned-go", json!({"key": "idle"}), None);
+    h.wait_status(&id, "completed", WAIT);
+}

@@ -62,7 +62,14 @@ fn read_guest(dir: &Path, file: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn config(dir: &Path, fsync: bool) -> Config {
-    Config { data_dir: dir.to_path_buf(), fsync, limits: Limits::default(), history_limit: 1000, echo_guest_log: false }
+    Config {
+        data_dir: dir.to_path_buf(),
+        fsync,
+        limits: Limits::default(),
+        history_limit: 1000,
+        echo_guest_log: false,
+        idle: Duration::ZERO,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -52,6 +52,9 @@ enum Command {
         /// Do not echo guest log records to stderr (they still go to DATA/guest-log.jsonl).
         #[arg(long)]
         quiet_guests: bool,
+        /// Milliseconds an instance waiting for a message or timer stays in memory before it is dehydrated.
+        #[arg(long, default_value_t = 0)]
+        idle_ms: u64,
     },
     /// Deploy a process or activity component (.wasm).
     Deploy {
@@ -209,7 +212,7 @@ pub fn main() -> i32 {
     };
     let client = Client::new(&cli.server);
     let result = match cli.command {
-        Command::Serve { data, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests } => {
+        Command::Serve { data, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests, idle_ms } => {
             let config = Config {
                 data_dir: data,
                 fsync: !no_fsync,
@@ -219,6 +222,7 @@ pub fn main() -> i32 {
                 },
                 history_limit,
                 echo_guest_log: !quiet_guests,
+                idle: Duration::from_millis(idle_ms),
             };
             return match serve(config, &listen) {
                 Ok(()) => 0,

@@ -194,11 +194,20 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                             None => return Ok(()),
                         },
                         Wait::Message { .. } | Wait::Timer { .. } => {
-                            let pending = svc.try_retire(id, rx);
-                            if pending.is_empty() {
-                                return Ok(());
+                            // Stay in memory for the idle time, then dehydrate.
+                            let idle = svc.idle();
+                            let early = if idle.is_zero() { None } else { tokio::time::timeout(idle, rx.recv()).await.ok() };
+                            match early {
+                                Some(Some(w)) => vec![w],
+                                Some(None) => return Ok(()),
+                                None => {
+                                    let pending = svc.try_retire(id, rx);
+                                    if pending.is_empty() {
+                                        return Ok(());
+                                    }
+                                    pending
+                                }
                             }
-                            pending
                         }
                     };
                     for w in wakes {

@@ -38,6 +38,9 @@ pub struct Config {
     pub history_limit: u64,
     /// Echo guest log records to stderr.
     pub echo_guest_log: bool,
+    /// How long an instance waiting for a message or timer stays in memory
+    /// before it is dehydrated (zero: at once).
+    pub idle: std::time::Duration,
 }
 
 /// An error for the API: what went wrong, and what kind of wrong it is.
@@ -293,6 +296,10 @@ impl Service {
 
     pub fn latest(&self, kind: ComponentKind, name: &str) -> Option<Arc<Deployed>> {
         self.registry.read().unwrap().latest(kind, name)
+    }
+
+    pub fn idle(&self) -> std::time::Duration {
+        self.config.idle
     }
 
     pub fn guest_log(&self) -> Arc<GuestLog> {
