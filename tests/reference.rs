@@ -1,0 +1,85 @@
+//! The reference scenario of DESIGN.md section 8 under load: OrderHandling
+//! with CheckCustomerAccountStatus (started asynchronously), the
+//! UpdateOrderDatabase microflow (sent one way), and, on a bad account,
+//! CancelOrderAndSendNotification (a microflow with a one-way notification).
+//! Every order's outcome and effects are checked.
+
+use cairn_tests::{Host, TempDir};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(120);
+const ORDERS: usize = 60;
+
+fn is_bad(i: usize) -> bool {
+    i % 3 == 0
+}
+
+fn count_by_order(log: &[Value], message: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in log.iter().filter(|r| r["message"] == message) {
+        *out.entry(r["fields"]["order"].as_str().unwrap_or("").to_string()).or_default() += 1;
+    }
+    out
+}
+
+#[test]
+fn orders_with_good_and_bad_accounts_each_end_as_the_scenario_says() {
+    let dir = TempDir::new("reference");
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    for (file, name) in [("account_service", "account-service"), ("order_db", "order-db"), ("notifier", "notifier")] {
+        h.deploy(file, Some(name));
+    }
+    for file in ["check_customer_account_status", "update_order_database", "cancel_order_and_send_notification", "order_handling"] {
+        h.deploy(file, None);
+    }
+    for i in 0..ORDERS {
+        let customer = if is_bad(i) { format!("bad-customer-{i}") } else { format!("customer-{i}") };
+        let body = json!({ "order_id": format!("o-{i:03}"), "customer": customer, "amount": 10.0 * i as f64 });
+        let (status, v) = h.send("order", body, Some(&format!("order-{i}")));
+        assert_eq!(status, 202, "{v}");
+    }
+
+    let deadline = Instant::now() + WAIT;
+    let orders = loop {
+        let all = h.instances("order-handling");
+        if all.len() == ORDERS && all.iter().all(|o| o["status"] == "completed") {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "orders did not all complete: {all:#?}\n{}", h.server_log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let bad = (0..ORDERS).filter(|i| is_bad(*i)).count();
+    for o in &orders {
+        let v = h.instance(o["id"].as_str().unwrap());
+        let id: usize = v["variables"]["order_id"].as_str().unwrap()[2..].parse().unwrap();
+        let expected = if is_bad(id) { "cancelled" } else { "accepted" };
+        assert_eq!(v["variables"]["status"], expected, "order {id}");
+    }
+    let checks = h.instances("check-customer-account-status");
+    assert_eq!(checks.len(), ORDERS, "one account check per order");
+    assert!(checks.iter().all(|c| c["status"] == "completed"));
+    assert!(h.instances("update-order-database").is_empty(), "that microflow keeps no final state");
+
+    // One-way effects leave after their commits: wait for them, then count.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = h.guest_log();
+        let written = count_by_order(&log, "order row written");
+        let notified = log.iter().filter(|r| r["message"] == "notified customer of rejection").count();
+        let cancels = h.instances("cancel-order-and-send-notification");
+        if written.len() == ORDERS && notified == bad && cancels.len() == bad && cancels.iter().all(|c| c["status"] == "completed") {
+            assert!(written.values().all(|n| *n == 1), "each order row written once: {written:?}");
+            let looked_up = count_by_order(&log, "account looked up");
+            assert_eq!(looked_up.len(), ORDERS);
+            assert!(looked_up.values().all(|n| *n == 1), "each account looked up once: {looked_up:?}");
+            let cancelled = count_by_order(&log, "order row cancelled");
+            assert_eq!(cancelled.len(), bad);
+            assert!(cancelled.keys().all(|o| is_bad(o[2..].parse().unwrap())), "only bad accounts cancel: {cancelled:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "effects incomplete: {} rows, {notified}/{bad} notices, {} cancels", written.len(), cancels.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
