@@ -177,3 +177,24 @@ fn a_controlled_shutdown_persists_live_instances_and_a_restart_resumes_them() {
     }
     wait_all_completed(&h, "crashy", 20);
 }
+
+#[test]
+fn a_pick_waiting_through_a_crash_fires_its_due_timers_after_the_restart() {
+    let dir = TempDir::new("pick-crash");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    h.deploy("t_pick", None);
+    let (_, a) = h.send("pick-start", json!({"key": "first"}), None);
+    let (_, b) = h.send("pick-start", json!({"key": "second"}), None);
+    let a = a["instance"].as_str().unwrap().to_string();
+    let b = b["instance"].as_str().unwrap().to_string();
+    h.wait_status(&a, "waiting", WAIT);
+    h.wait_status(&b, "waiting", WAIT);
+    h.kill9();
+    // Down past the timers' due time: they fire at once after the restart.
+    std::thread::sleep(Duration::from_millis(600));
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    let vb = h.wait_status(&b, "completed", WAIT);
+    assert_eq!(vb["variables"]["outcome"], "expired");
+    let va = h.wait_status(&a, "completed", WAIT);
+    assert_eq!(va["variables"]["outcome"], "expired", "each pick resumed from its persistence point");
+}

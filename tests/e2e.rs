@@ -277,3 +277,31 @@ fn a_waiting_instance_stays_in_memory_for_the_idle_time_then_is_dehydrated() {
     h.send("versioned-go", json!({"key": "idle"}), None);
     h.wait_status(&id, "completed", WAIT);
 }
+
+#[test]
+fn pick_takes_the_message_that_comes_first_and_withdraws_the_timer() {
+    let (_d, h) = host("pick-message");
+    h.deploy("t_pick", None);
+    let (_, v) = h.send("pick-start", json!({"key": "p1"}), None);
+    let id = v["instance"].as_str().unwrap().to_string();
+    let (status, _) = h.send("pick-approve", json!({"key": "p1", "by": "carol"}), None);
+    assert_eq!(status, 202);
+    let v = h.wait_status(&id, "completed", WAIT);
+    assert_eq!(v["variables"]["outcome"], "approved");
+    assert_eq!(v["variables"]["by"], "carol");
+    std::thread::sleep(Duration::from_millis(700));
+    let v = h.instance(&id);
+    assert_eq!(v["history"].as_array().unwrap().last().unwrap()["reason"], "completed", "the withdrawn timer never fired anything");
+}
+
+#[test]
+fn pick_takes_the_timer_when_no_message_comes_in_time() {
+    let (_d, h) = host("pick-timer");
+    h.deploy("t_pick", None);
+    let (_, v) = h.send("pick-start", json!({"key": "p2"}), None);
+    let id = v["instance"].as_str().unwrap().to_string();
+    let v = h.wait_status(&id, "completed", WAIT);
+    assert_eq!(v["variables"]["outcome"], "expired");
+    let (status, _) = h.send("pick-approve", json!({"key": "p2", "by": "late"}), None);
+    assert_eq!(status, 404, "the approval branch was withdrawn with the instance's end");
+}

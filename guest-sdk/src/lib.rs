@@ -258,7 +258,12 @@ enum Kind {
     Rethrow,
     Suspend(String),
     StartProcess { process: String, operation: String, body: u32 },
+    Pick(Vec<(wit::PickTrigger, Activity)>),
 }
+
+/// What a pick branch waits for: made by [`Process::on_message`] or [`Process::after`].
+#[derive(Debug, Clone)]
+pub struct PickArm(wit::PickTrigger);
 
 /// One node of the activity tree, made by a [`Process`] method. Its name is
 /// its step in the activity path (`main/approval/timeout`).
@@ -1050,6 +1055,68 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         Activity::new(name, Kind::Compensate(Some(scope.to_string())))
     }
 
+    /// Waits for the first of its branches' messages and timers, and runs
+    /// that branch; the others are withdrawn with the choice. When a timer is
+    /// due as a message arrives, the timer's branch runs and the message stays
+    /// queued for a later receive.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { by: String }
+    /// #[derive(serde::Deserialize)]
+    /// struct Approval { by: String }
+    /// # fn f(p: &mut Process<V>) {
+    /// let ok = p.snippet("approved", |_| Ok(()));
+    /// let late = p.snippet("expired", |_| Ok(()));
+    /// let approval = p.on_message("approve", "order", |v: &mut V, a: Approval| { v.by = a.by; Ok(()) });
+    /// let window = p.after(std::time::Duration::from_secs(3600));
+    /// let decide = p.pick("decide", vec![(approval, ok), (window, late)]);
+    /// # }
+    /// ```
+    pub fn pick(&mut self, name: &str, branches: Vec<(PickArm, Activity)>) -> Activity {
+        Activity::new(name, Kind::Pick(branches.into_iter().map(|(arm, body)| (arm.0, body)).collect()))
+    }
+
+    /// A pick branch on a message of `operation` routed by `correlation`.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { cancelled: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let cancel = p.on_message("cancel", "order", |v: &mut V, _: serde_json::Value| { v.cancelled = true; Ok(()) });
+    /// # }
+    /// ```
+    pub fn on_message<M: DeserializeOwned>(
+        &mut self,
+        operation: &str,
+        correlation: &str,
+        reader: impl Fn(&mut V, M) -> Result<(), Fault> + 'static,
+    ) -> PickArm {
+        let what = format!("the body of message '{operation}'");
+        let reader = self.register(Box::new(move |v, msg| {
+            let m: M = from_json(msg, &what)?;
+            reader(v, m).map(|()| None)
+        }));
+        PickArm(wit::PickTrigger::Message(wit::PickMessage {
+            operation: operation.to_string(),
+            correlation: Some(correlation.to_string()),
+            reader: Some(reader),
+        }))
+    }
+
+    /// A pick branch on a timer, from the pick's start.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let day = p.after(std::time::Duration::from_secs(86_400));
+    /// # }
+    /// ```
+    pub fn after(&mut self, duration: Duration) -> PickArm {
+        PickArm(wit::PickTrigger::AfterMs(duration.as_millis() as u64))
+    }
+
     /// Suspends the instance until an operator resumes it (`cairn resume`).
     ///
     /// ```
@@ -1146,6 +1213,12 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         Kind::Compensate(scope) => wit::Activity::Compensate(scope),
         Kind::Rethrow => wit::Activity::Rethrow,
         Kind::Suspend(reason) => wit::Activity::Suspend(reason),
+        Kind::Pick(branches) => wit::Activity::Pick(
+            branches
+                .into_iter()
+                .map(|(trigger, body)| wit::PickBranch { trigger, body: flatten(body, nodes) })
+                .collect(),
+        ),
         Kind::StartProcess { process, operation, body } => wit::Activity::StartProcess(wit::SendNode {
             target: wit::Target::Process(process),
             operation,

@@ -463,6 +463,22 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                 wit::Activity::Compensate(scope) => engine::Activity::Compensate { scope },
                 wit::Activity::Rethrow => engine::Activity::Rethrow,
                 wit::Activity::Suspend(reason) => engine::Activity::Suspend { reason },
+                wit::Activity::Pick(branches) => engine::Activity::Pick {
+                    branches: branches
+                        .into_iter()
+                        .map(|b| engine::definition::PickBranch {
+                            trigger: match b.trigger {
+                                wit::PickTrigger::Message(m) => engine::definition::PickTrigger::Message {
+                                    operation: m.operation,
+                                    correlation: m.correlation,
+                                    reader: m.reader,
+                                },
+                                wit::PickTrigger::AfterMs(ms) => engine::definition::PickTrigger::AfterMs(ms),
+                            },
+                            body: b.body,
+                        })
+                        .collect(),
+                },
                 wit::Activity::StartProcess(sp) => engine::Activity::StartProcess {
                     process: match sp.target {
                         wit::Target::Process(n) | wit::Target::Activity(n) => n,

@@ -156,6 +156,23 @@ pub enum Activity {
         operation: String,
         body: HandlerId,
     },
+    /// Waits for the first of several messages and timers, and runs its branch.
+    Pick {
+        branches: Vec<PickBranch>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PickBranch {
+    pub trigger: PickTrigger,
+    pub body: NodeId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PickTrigger {
+    Message { operation: String, correlation: Option<String>, reader: Option<HandlerId> },
+    AfterMs(u64),
 }
 
 /// How an invoke is performed: idempotency, retries and a time limit.
@@ -238,6 +255,7 @@ impl Activity {
             Activity::Rethrow => "rethrow",
             Activity::Suspend { .. } => "suspend",
             Activity::StartProcess { .. } => "start-process",
+            Activity::Pick { .. } => "pick",
         }
     }
 
@@ -251,6 +269,7 @@ impl Activity {
                 c
             }
             Activity::While { body, .. } => vec![*body],
+            Activity::Pick { branches } => branches.iter().map(|b| b.body).collect(),
             Activity::Scope { body, handlers, .. } => {
                 let mut c = vec![*body];
                 c.extend(handlers.iter().filter_map(|h| h.body));
@@ -280,6 +299,13 @@ impl Activity {
             }
             Activity::Wait { wait: WaitFor::Deadline(h) } => vec![*h],
             Activity::Throw { data, .. } => data.iter().copied().collect(),
+            Activity::Pick { branches } => branches
+                .iter()
+                .filter_map(|b| match &b.trigger {
+                    PickTrigger::Message { reader, .. } => *reader,
+                    PickTrigger::AfterMs(_) => None,
+                })
+                .collect(),
             Activity::Scope { handlers, compensation, .. } => {
                 let mut h: Vec<HandlerId> = handlers.iter().filter_map(|f| f.reader).collect();
                 h.extend(compensation);
@@ -313,7 +339,7 @@ impl Node {
             Transaction::Default => match self.activity {
                 // A long-running scope persists at its end (rule 1).
                 Activity::Receive { .. } | Activity::Invoke { .. } | Activity::Scope { .. } => Transaction::CommitAfter,
-                Activity::Wait { .. } | Activity::Suspend { .. } => Transaction::CommitBefore,
+                Activity::Wait { .. } | Activity::Suspend { .. } | Activity::Pick { .. } => Transaction::CommitBefore,
                 _ => Transaction::Participates,
             },
             t => t,
@@ -367,14 +393,21 @@ impl Definition {
     /// Every receive of the definition, in tree order.
     pub fn subscriptions(&self) -> Vec<Subscription> {
         let mut subs = Vec::new();
-        self.walk(self.root, &mut |_, _, node| {
-            if let Activity::Receive { operation, correlation, creates_instance, .. } = &node.activity {
-                subs.push(Subscription {
-                    operation: operation.clone(),
-                    correlation: correlation.clone(),
-                    creates_instance: *creates_instance,
-                });
+        self.walk(self.root, &mut |_, _, node| match &node.activity {
+            Activity::Receive { operation, correlation, creates_instance, .. } => subs.push(Subscription {
+                operation: operation.clone(),
+                correlation: correlation.clone(),
+                creates_instance: *creates_instance,
+            }),
+            Activity::Pick { branches } => {
+                for b in branches {
+                    if let PickTrigger::Message { operation, correlation, .. } = &b.trigger {
+                        let (operation, correlation) = (operation.clone(), correlation.clone());
+                        subs.push(Subscription { operation, correlation, creates_instance: false });
+                    }
+                }
             }
+            _ => {}
         });
         subs
     }
@@ -481,7 +514,7 @@ impl Definition {
             let at = format!("activity '{path}' ({})", node.activity.kind_name());
             if in_atomic[*id as usize] {
                 match &node.activity {
-                    Activity::Receive { .. } | Activity::Wait { .. } | Activity::Suspend { .. } => {
+                    Activity::Receive { .. } | Activity::Wait { .. } | Activity::Suspend { .. } | Activity::Pick { .. } => {
                         problems.push(format!("{at}: an atomic scope cannot wait (it holds one transaction)"))
                     }
                     Activity::Scope { atomic: None, .. } => {
@@ -524,6 +557,27 @@ impl Definition {
                         problems.push(format!(
                             "{at}: no request-response receive of operation '{operation}' to reply to"
                         ));
+                    }
+                }
+                Activity::Pick { branches } => {
+                    if self.kind == ProcessKind::Microflow {
+                        problems.push(format!("{at}: a microflow cannot wait"));
+                    }
+                    if branches.is_empty() {
+                        problems.push(format!("{at}: a pick needs at least one branch"));
+                    }
+                    for b in branches {
+                        if let PickTrigger::Message { operation, correlation, .. } = &b.trigger {
+                            match correlation {
+                                None => problems.push(format!(
+                                    "{at}: branch on '{operation}' has no correlation set, so no message could ever reach it"
+                                )),
+                                Some(c) if self.correlation_set(c).is_none() => {
+                                    problems.push(format!("{at}: correlation set '{c}' is not declared"))
+                                }
+                                _ => {}
+                            }
+                        }
                     }
                 }
                 Activity::Wait { .. } | Activity::Suspend { .. } if self.kind == ProcessKind::Microflow => {

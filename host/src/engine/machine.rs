@@ -15,7 +15,7 @@
 //! - Time enters only as `now_ms` on each input; ids come from the snapshot's
 //!   own counter. Nothing here does I/O.
 
-use super::definition::{Activity, Definition, NodeId, ProcessKind, Target, WaitFor};
+use super::definition::{Activity, Definition, NodeId, PickTrigger, ProcessKind, Target, WaitFor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -87,6 +87,8 @@ pub enum Phase {
     AwaitMessage { operation: String, timer: Option<TimerRef> },
     AwaitTimer { timer_id: u64, due_ms: u64 },
     AwaitInvoke { call_id: u64 },
+    /// Pick: waiting for the first message or timer; the timers by branch.
+    AwaitPick { timers: Vec<(u32, TimerRef)> },
     /// Scope: a fault handler runs (as the child) for this caught fault.
     Handling { caught: FaultRecord },
     /// Compensation steps still to run, then what follows them.
@@ -324,6 +326,8 @@ pub enum Wait {
     /// Time passing `due_ms`; the driver then answers with `Input::Continue`.
     Timer { timer_id: u64, due_ms: u64 },
     Invoke { call_id: u64 },
+    /// The first message of any of these operations (a pick).
+    Pick { operations: Vec<String> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -392,6 +396,7 @@ enum Expect {
     ThrowData,
     CatchReader,
     CompensationStep,
+    PickReader(u32, Delivery),
 }
 
 pub struct Machine<'d> {
@@ -512,6 +517,33 @@ impl<'d> Machine<'d> {
                             }
                         }
                     }
+                    (Phase::AwaitPick { timers }, Activity::Pick { branches }) => {
+                        let (i, reader) = branches
+                            .iter()
+                            .enumerate()
+                            .find_map(|(i, b)| match &b.trigger {
+                                PickTrigger::Message { operation, reader, .. } if *operation == delivery.operation => {
+                                    Some((i as u32, *reader))
+                                }
+                                _ => None,
+                            })
+                            .expect("message delivered for an operation the pick does not wait for");
+                        // The choice withdraws the other branches at once.
+                        let timers = timers.clone();
+                        for (_, t) in timers {
+                            self.effects.push(Effect::ClearTimer { timer_id: t.timer_id, due_ms: t.due_ms });
+                        }
+                        match reader {
+                            Some(h) => {
+                                let message = Some(delivery.body.clone());
+                                Some(self.call(h, message, Expect::PickReader(i, delivery)))
+                            }
+                            None => {
+                                self.pick_message_done(i, delivery);
+                                None
+                            }
+                        }
+                    }
                     _ => panic!("message '{}' delivered while not waiting for it", delivery.operation),
                 }
             }
@@ -571,6 +603,7 @@ impl<'d> Machine<'d> {
                 }
             }
             Expect::Reader(delivery) => self.receive_done(delivery),
+            Expect::PickReader(branch, delivery) => self.pick_message_done(branch, delivery),
             Expect::ReplyBody => {
                 let Activity::Reply { operation, .. } = &node.activity else { unreachable!() };
                 let body = output.unwrap_or_else(|| "null".into());
@@ -673,6 +706,24 @@ impl<'d> Machine<'d> {
     fn receive_done(&mut self, delivery: Delivery) {
         let node = self.def.node(self.top().node);
         let Activity::Receive { correlation, request_response, .. } = &node.activity else { unreachable!() };
+        self.take_message(delivery, correlation, *request_response);
+        self.top_mut().phase = Phase::Done;
+    }
+
+    fn pick_message_done(&mut self, branch: u32, delivery: Delivery) {
+        let node = self.def.node(self.top().node);
+        let Activity::Pick { branches } = &node.activity else { unreachable!() };
+        let b = &branches[branch as usize];
+        let PickTrigger::Message { correlation, .. } = &b.trigger else { unreachable!() };
+        let body = b.body;
+        self.take_message(delivery, correlation, false);
+        self.top_mut().phase = Phase::Child { next: 1 };
+        self.push(body);
+    }
+
+    /// Consumes a message in the next persistence point, initializing its
+    /// correlation set if this is the set's first message.
+    fn take_message(&mut self, delivery: Delivery, correlation: &Option<String>, request_response: bool) {
         self.effects.push(Effect::ConsumeMessage { seq: delivery.seq });
         if let Some(set_name) = correlation {
             if !self.snap.correlations.contains_key(set_name) {
@@ -684,10 +735,9 @@ impl<'d> Machine<'d> {
                 }
             }
         }
-        if *request_response {
+        if request_response {
             self.snap.requests.push(PendingRequest { operation: delivery.operation, message_id: delivery.message_id });
         }
-        self.top_mut().phase = Phase::Done;
     }
 
     fn run(&mut self) -> Yield {
@@ -767,6 +817,30 @@ impl<'d> Machine<'d> {
                     }
                 }
                 Phase::AwaitInvoke { call_id } => return Yield::Await(Wait::Invoke { call_id }),
+                Phase::AwaitPick { timers } => {
+                    let Activity::Pick { branches } = &node.activity else { unreachable!() };
+                    // A due timer wins (the earliest; on a tie, the first branch),
+                    // even over a message already queued: that one stays queued.
+                    let due = timers.iter().filter(|(_, t)| t.due_ms <= self.now_ms).min_by_key(|(i, t)| (t.due_ms, *i));
+                    if let Some((branch, _)) = due {
+                        let body = branches[*branch as usize].body;
+                        for (_, t) in &timers {
+                            self.effects.push(Effect::ClearTimer { timer_id: t.timer_id, due_ms: t.due_ms });
+                        }
+                        self.top_mut().phase = Phase::Child { next: 1 };
+                        self.push(body);
+                    } else {
+                        let operations = branches
+                            .iter()
+                            .filter_map(|b| match &b.trigger {
+                                PickTrigger::Message { operation, .. } => Some(operation.clone()),
+                                PickTrigger::AfterMs(_) => None,
+                            })
+                            .collect();
+                        self.snap.status = Status::Waiting;
+                        return Yield::Await(Wait::Pick { operations });
+                    }
+                }
                 Phase::Child { next } => match &node.activity {
                     Activity::Sequence { children } => {
                         if let Some(&child) = children.get(next as usize) {
@@ -777,7 +851,7 @@ impl<'d> Machine<'d> {
                         }
                     }
                     Activity::While { condition, .. } => return self.call(*condition, None, Expect::Condition),
-                    Activity::IfElse { .. } => self.top_mut().phase = Phase::Done,
+                    Activity::IfElse { .. } | Activity::Pick { .. } => self.top_mut().phase = Phase::Done,
                     Activity::Scope { compensation, .. } => {
                         // The body completed: register the scope's compensation
                         // with the variables as they stand now.
@@ -814,6 +888,15 @@ impl<'d> Machine<'d> {
                     Activity::Invoke { input, .. } => return self.call(*input, None, Expect::InvokeInput),
                     Activity::Send { body, .. } | Activity::StartProcess { body, .. } => {
                         return self.call(*body, None, Expect::SendBody)
+                    }
+                    Activity::Pick { branches } => {
+                        let mut timers = Vec::new();
+                        for (i, b) in branches.iter().enumerate() {
+                            if let PickTrigger::AfterMs(ms) = b.trigger {
+                                timers.push((i as u32, self.set_timer(self.now_ms.saturating_add(ms))));
+                            }
+                        }
+                        self.top_mut().phase = Phase::AwaitPick { timers };
                     }
                     Activity::Suspend { .. } => {
                         self.top_mut().phase = Phase::Done;
@@ -968,6 +1051,11 @@ impl<'d> Machine<'d> {
             let f = self.snap.stack.pop().unwrap();
             match f.phase {
                 Phase::AwaitInvoke { call_id } => self.effects.push(Effect::InvokeDone { call_id }),
+                Phase::AwaitPick { timers } => {
+                    for (_, t) in timers {
+                        self.effects.push(Effect::ClearTimer { timer_id: t.timer_id, due_ms: t.due_ms });
+                    }
+                }
                 Phase::AwaitTimer { timer_id, due_ms } | Phase::AwaitMessage { timer: Some(TimerRef { timer_id, due_ms }), .. } => {
                     self.effects.push(Effect::ClearTimer { timer_id, due_ms })
                 }

@@ -78,6 +78,7 @@ fn trace_of(y: &Yield) -> String {
         Yield::Await(Wait::Message { operation, .. }) => format!("await:message:{operation}"),
         Yield::Await(Wait::Timer { .. }) => "await:timer".into(),
         Yield::Await(Wait::Invoke { .. }) => "await:invoke".into(),
+        Yield::Await(Wait::Pick { operations }) => format!("await:pick:{}", operations.join(",")),
         Yield::Finished(r) => format!("finished:{}", reason(*r)),
         Yield::Sleep(ms) => format!("sleep:{ms}"),
         Yield::Suspended => "suspended".into(),
@@ -117,6 +118,12 @@ fn drive_from(def: &Definition, snap: Snapshot) -> (Vec<String>, Snapshot) {
             }
             Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
             Yield::Sleep(_) => Input::Continue,
+            Yield::Await(Wait::Pick { operations }) => Input::Message(Delivery {
+                seq: 1,
+                message_id: "m1".into(),
+                operation: operations[0].clone(),
+                body: r#"{"id":"o-1"}"#.into(),
+            }),
             Yield::Suspended => Input::Control(Control::Resume),
             Yield::Finished(_) => return (trace, m.snap),
         };
@@ -377,6 +384,12 @@ fn every_persisted_snapshot_resumes_to_the_same_outcome() {
             }
             Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
             Yield::Sleep(_) => Input::Continue,
+            Yield::Await(Wait::Pick { operations }) => Input::Message(Delivery {
+                seq: 1,
+                message_id: "m1".into(),
+                operation: operations[0].clone(),
+                body: r#"{"id":"o-1"}"#.into(),
+            }),
             Yield::Suspended => Input::Control(Control::Resume),
             Yield::Finished(_) => break,
         };
@@ -831,4 +844,54 @@ fn terminating_a_waiting_instance_withdraws_its_timer() {
     m.take_effects();
     assert_eq!(m.step(Input::Control(Control::Terminate), 0), Yield::Finished(Reason::Terminated));
     assert_eq!(m.take_effects(), [Effect::ClearTimer { timer_id: 1, due_ms: 10 }]);
+}
+
+fn pick_def() -> Definition {
+    let mut t = Tree::new();
+    let approved = t.snippet("approved", T::Default);
+    let late = t.snippet("late", T::Default);
+    let reader = t.handler();
+    let branches = vec![
+        definition::PickBranch {
+            trigger: definition::PickTrigger::Message { operation: "approve".into(), correlation: Some("order".into()), reader: Some(reader) },
+            body: approved,
+        },
+        definition::PickBranch { trigger: definition::PickTrigger::AfterMs(500), body: late },
+    ];
+    let p = t.add("decide", Activity::Pick { branches }, T::Default);
+    t.seq(vec![p], ProcessKind::LongRunning)
+}
+
+fn approve(seq: u64) -> Delivery {
+    Delivery { seq, message_id: "m".into(), operation: "approve".into(), body: r#"{"id":"o-1"}"#.into() }
+}
+
+#[test]
+fn pick_runs_the_branch_of_the_first_message_and_withdraws_its_timers() {
+    let def = pick_def();
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    assert_eq!(m.step(Input::Continue, 0), Yield::Persist(Reason::CommitBefore));
+    assert_eq!(m.step(Input::Continue, 0), Yield::Await(Wait::Pick { operations: vec!["approve".into()] }));
+    assert_eq!(m.take_effects(), [Effect::SetTimer { timer_id: 1, due_ms: 500 }]);
+    assert_eq!(m.step(Input::Message(approve(4)), 100), Yield::Call(HandlerCall { handler: 2, message: Some(r#"{"id":"o-1"}"#.into()) }));
+    let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: None })), 100);
+    assert_eq!(y, Yield::Call(HandlerCall { handler: 0, message: None }), "the message's branch runs");
+    let effects = m.take_effects();
+    assert!(effects.contains(&Effect::ClearTimer { timer_id: 1, due_ms: 500 }), "{effects:?}");
+    assert!(effects.contains(&Effect::ConsumeMessage { seq: 4 }), "{effects:?}");
+}
+
+#[test]
+fn pick_runs_the_timer_branch_when_its_timer_comes_first_even_with_a_message_then_queued() {
+    let def = pick_def();
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    m.step(Input::Continue, 0);
+    m.step(Input::Continue, 0);
+    m.take_effects();
+    // Resumed at the timer's instant, with a message in the inbox as well:
+    // the timer wins and the message is not consumed (it stays queued).
+    let y = m.step(Input::Continue, 500);
+    assert_eq!(y, Yield::Call(HandlerCall { handler: 1, message: None }), "the timer's branch runs");
+    let effects = m.take_effects();
+    assert_eq!(effects, [Effect::ClearTimer { timer_id: 1, due_ms: 500 }]);
 }

@@ -193,7 +193,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                             Some(w) => vec![w],
                             None => return Ok(()),
                         },
-                        Wait::Message { .. } | Wait::Timer { .. } => {
+                        Wait::Message { .. } | Wait::Timer { .. } | Wait::Pick { .. } => {
                             // Stay in memory for the idle time, then dehydrate.
                             let idle = svc.idle();
                             let early = if idle.is_zero() { None } else { tokio::time::timeout(idle, rx.recv()).await.ok() };
@@ -268,6 +268,10 @@ fn at_hand(
         Wait::Invoke { call_id } => {
             let result = results.remove(call_id)?;
             Some(Input::InvokeResult { call_id: *call_id, result })
+        }
+        Wait::Pick { operations } => {
+            let i = inbox.iter().position(|d| operations.contains(&d.operation) && !consumed.contains(&d.seq))?;
+            Some(Input::Message(inbox.remove(i)))
         }
         Wait::Timer { .. } => None,
     }
