@@ -198,3 +198,31 @@ fn a_pick_waiting_through_a_crash_fires_its_due_timers_after_the_restart() {
     let va = h.wait_status(&a, "completed", WAIT);
     assert_eq!(va["variables"]["outcome"], "expired", "each pick resumed from its persistence point");
 }
+
+#[test]
+fn a_flow_with_branches_at_different_points_survives_kill_9() {
+    let dir = TempDir::new("flow-crash");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    h.deploy("t_recorder", Some("recorder"));
+    h.deploy("t_flow", None);
+    let (_, v) = h.send("flow-start", json!({"key": "fc"}), None);
+    let id = v["instance"].as_str().unwrap().to_string();
+    // Wait until the call branch is done: the others wait for a message and a timer.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = h.instance(&id);
+        if v["status"] == "waiting" && v["variables"]["done"] == json!(["call"]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the flow did not reach its waits: {v:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.kill9();
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    h.send("flow-message", json!({"key": "fc"}), None);
+    let v = h.wait_status(&id, "completed", WAIT);
+    let mut done: Vec<String> = v["variables"]["done"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+    done.sort();
+    assert_eq!(done, ["call", "message", "timer"], "each branch finished exactly once");
+    assert_eq!(v["variables"]["joined"], true);
+}

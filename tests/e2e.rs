@@ -305,3 +305,34 @@ fn pick_takes_the_timer_when_no_message_comes_in_time() {
     let (status, _) = h.send("pick-approve", json!({"key": "p2", "by": "late"}), None);
     assert_eq!(status, 404, "the approval branch was withdrawn with the instance's end");
 }
+
+#[test]
+fn a_flow_joins_branches_that_wait_for_a_message_a_timer_and_a_call() {
+    let (_d, h) = host("flow");
+    h.deploy("t_recorder", Some("recorder"));
+    h.deploy("t_flow", None);
+    let (_, v) = h.send("flow-start", json!({"key": "f1"}), None);
+    let id = v["instance"].as_str().unwrap().to_string();
+    let (status, _) = h.send("flow-message", json!({"key": "f1"}), None);
+    assert_eq!(status, 202);
+    let v = h.wait_status(&id, "completed", WAIT);
+    let mut done: Vec<String> = v["variables"]["done"].as_array().unwrap().iter().map(|d| d.as_str().unwrap().to_string()).collect();
+    done.sort();
+    assert_eq!(done, ["call", "message", "timer"]);
+    assert_eq!(v["variables"]["joined"], true);
+}
+
+#[test]
+fn a_fault_in_one_flow_branch_cancels_the_others() {
+    let (_d, h) = host("flow-fault");
+    h.deploy("t_recorder", Some("recorder"));
+    h.deploy("t_flow", None);
+    let (_, v) = h.send("flow-start", json!({"key": "f2", "mode": "fail"}), None);
+    let id = v["instance"].as_str().unwrap().to_string();
+    let v = h.wait_status(&id, "faulted", WAIT);
+    assert_eq!(v["fault"]["name"], "branch-failed");
+    assert_eq!(v["fault"]["path"], "main/all/timer/waited");
+    assert!(!v["variables"]["done"].as_array().unwrap().iter().any(|d| d == "message"), "the message branch was cancelled");
+    let (status, _) = h.send("flow-message", json!({"key": "f2"}), None);
+    assert_eq!(status, 404, "nothing waits for it any more");
+}

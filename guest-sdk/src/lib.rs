@@ -259,6 +259,7 @@ enum Kind {
     Suspend(String),
     StartProcess { process: String, operation: String, body: u32 },
     Pick(Vec<(wit::PickTrigger, Activity)>),
+    Flow(Vec<Activity>),
 }
 
 /// What a pick branch waits for: made by [`Process::on_message`] or [`Process::after`].
@@ -1117,6 +1118,23 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         PickArm(wit::PickTrigger::AfterMs(duration.as_millis() as u64))
     }
 
+    /// Runs `branches` in parallel within the instance, sharing its
+    /// variables, and completes when all have. A branch runs until it waits,
+    /// then another goes on; a fault in one cancels the others.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// let credit = p.receive_any("credit", "credit-ok").correlate("order");
+    /// let stock = p.receive_any("stock", "stock-ok").correlate("order");
+    /// let both = p.flow("checks", vec![credit, stock]);
+    /// # }
+    /// ```
+    pub fn flow(&mut self, name: &str, branches: Vec<Activity>) -> Activity {
+        Activity::new(name, Kind::Flow(branches))
+    }
+
     /// Suspends the instance until an operator resumes it (`cairn resume`).
     ///
     /// ```
@@ -1213,6 +1231,7 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         Kind::Compensate(scope) => wit::Activity::Compensate(scope),
         Kind::Rethrow => wit::Activity::Rethrow,
         Kind::Suspend(reason) => wit::Activity::Suspend(reason),
+        Kind::Flow(branches) => wit::Activity::Flow(branches.into_iter().map(|b| flatten(b, nodes)).collect()),
         Kind::Pick(branches) => wit::Activity::Pick(
             branches
                 .into_iter()

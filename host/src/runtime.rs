@@ -463,6 +463,7 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                 wit::Activity::Compensate(scope) => engine::Activity::Compensate { scope },
                 wit::Activity::Rethrow => engine::Activity::Rethrow,
                 wit::Activity::Suspend(reason) => engine::Activity::Suspend { reason },
+                wit::Activity::Flow(branches) => engine::Activity::Flow { branches },
                 wit::Activity::Pick(branches) => engine::Activity::Pick {
                     branches: branches
                         .into_iter()

@@ -160,6 +160,10 @@ pub enum Activity {
     Pick {
         branches: Vec<PickBranch>,
     },
+    /// Runs branches in parallel within the instance; joins when all finish.
+    Flow {
+        branches: Vec<NodeId>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +260,7 @@ impl Activity {
             Activity::Suspend { .. } => "suspend",
             Activity::StartProcess { .. } => "start-process",
             Activity::Pick { .. } => "pick",
+            Activity::Flow { .. } => "flow",
         }
     }
 
@@ -270,6 +275,7 @@ impl Activity {
             }
             Activity::While { body, .. } => vec![*body],
             Activity::Pick { branches } => branches.iter().map(|b| b.body).collect(),
+            Activity::Flow { branches } => branches.clone(),
             Activity::Scope { body, handlers, .. } => {
                 let mut c = vec![*body];
                 c.extend(handlers.iter().filter_map(|h| h.body));
@@ -641,7 +647,8 @@ impl Definition {
             let mut names = HashSet::new();
             for c in node.activity.children() {
                 let child = &self.nodes[c as usize].name;
-                if matches!(node.activity, Activity::Sequence { .. }) && !names.insert(child.clone()) {
+                let siblings = matches!(node.activity, Activity::Sequence { .. } | Activity::Flow { .. });
+                if siblings && !names.insert(child.clone()) {
                     return Err(format!(
                         "activity '{}': two children are named '{child}'; names must be unique among siblings so that activity paths are",
                         node.name

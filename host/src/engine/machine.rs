@@ -89,11 +89,33 @@ pub enum Phase {
     AwaitInvoke { call_id: u64 },
     /// Pick: waiting for the first message or timer; the timers by branch.
     AwaitPick { timers: Vec<(u32, TimerRef)> },
+    /// Flow: its branches. The active one's frames are on the stack above
+    /// this frame; the others are kept here, ready, waiting or done.
+    Flow { branches: Vec<Branch> },
     /// Scope: a fault handler runs (as the child) for this caught fault.
     Handling { caught: FaultRecord },
     /// Compensation steps still to run, then what follows them.
     Compensating { queue: Vec<CompensationStep>, then: AfterCompensation },
     /// Finished: its commit-after, if any, is still due.
+    Done,
+}
+
+/// One branch of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    pub state: BranchState,
+    /// Its frames while it is not the active branch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<Frame>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BranchState {
+    Ready,
+    /// Its frames are on the stack: it runs.
+    Active,
+    Waiting,
     Done,
 }
 
@@ -328,6 +350,8 @@ pub enum Wait {
     Invoke { call_id: u64 },
     /// The first message of any of these operations (a pick).
     Pick { operations: Vec<String> },
+    /// Any of these: the branches of a flow all wait.
+    Many(Vec<Wait>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -483,6 +507,9 @@ impl<'d> Machine<'d> {
     /// Folds an input into the snapshot. Returns a yield if the input itself
     /// leads straight to one (a reader call, a fault).
     fn apply(&mut self, input: Input) -> Option<Yield> {
+        if matches!(input, Input::Message(_) | Input::InvokeResult { .. }) {
+            self.activate_branch_for(&input);
+        }
         match input {
             Input::Continue => None,
             Input::Control(_) => unreachable!("operator verbs are applied by step"),
@@ -804,7 +831,7 @@ impl<'d> Machine<'d> {
                     }
                     _ => {
                         self.snap.status = Status::Waiting;
-                        return Yield::Await(Wait::Message { operation, due_ms: timer.map(|t| t.due_ms) });
+                        return self.await_(Wait::Message { operation, due_ms: timer.map(|t| t.due_ms) });
                     }
                 },
                 Phase::AwaitTimer { timer_id, due_ms } => {
@@ -813,10 +840,15 @@ impl<'d> Machine<'d> {
                         self.effects.push(Effect::ClearTimer { timer_id, due_ms });
                     } else {
                         self.snap.status = Status::Waiting;
-                        return Yield::Await(Wait::Timer { timer_id, due_ms });
+                        return self.await_(Wait::Timer { timer_id, due_ms });
                     }
                 }
-                Phase::AwaitInvoke { call_id } => return Yield::Await(Wait::Invoke { call_id }),
+                Phase::AwaitInvoke { call_id } => return self.await_(Wait::Invoke { call_id }),
+                Phase::Flow { .. } => {
+                    if let Some(y) = self.flow_step() {
+                        return y;
+                    }
+                }
                 Phase::AwaitPick { timers } => {
                     let Activity::Pick { branches } = &node.activity else { unreachable!() };
                     // A due timer wins (the earliest; on a tie, the first branch),
@@ -838,7 +870,7 @@ impl<'d> Machine<'d> {
                             })
                             .collect();
                         self.snap.status = Status::Waiting;
-                        return Yield::Await(Wait::Pick { operations });
+                        return self.await_(Wait::Pick { operations });
                     }
                 }
                 Phase::Child { next } => match &node.activity {
@@ -888,6 +920,23 @@ impl<'d> Machine<'d> {
                     Activity::Invoke { input, .. } => return self.call(*input, None, Expect::InvokeInput),
                     Activity::Send { body, .. } | Activity::StartProcess { body, .. } => {
                         return self.call(*body, None, Expect::SendBody)
+                    }
+                    Activity::Flow { branches } => {
+                        let branches = branches
+                            .iter()
+                            .map(|&b| Branch {
+                                state: BranchState::Ready,
+                                stack: vec![Frame {
+                                    node: b,
+                                    phase: Phase::Enter,
+                                    completed: Vec::new(),
+                                    atomic: None,
+                                    deadline: None,
+                                    broke: false,
+                                }],
+                            })
+                            .collect();
+                        self.top_mut().phase = Phase::Flow { branches };
                     }
                     Activity::Pick { branches } => {
                         let mut timers = Vec::new();
@@ -1049,7 +1098,21 @@ impl<'d> Machine<'d> {
     fn truncate_stack(&mut self, len: usize) {
         while self.snap.stack.len() > len {
             let f = self.snap.stack.pop().unwrap();
+            self.withdraw(f);
+        }
+    }
+
+    /// Withdraws what a frame (and, for a flow, its parked branches) waits for.
+    fn withdraw(&mut self, f: Frame) {
+        {
             match f.phase {
+                Phase::Flow { branches } => {
+                    for b in branches {
+                        for frame in b.stack.into_iter().rev() {
+                            self.withdraw(frame);
+                        }
+                    }
+                }
                 Phase::AwaitInvoke { call_id } => self.effects.push(Effect::InvokeDone { call_id }),
                 Phase::AwaitPick { timers } => {
                     for (_, t) in timers {
@@ -1064,6 +1127,67 @@ impl<'d> Machine<'d> {
             if let Some(d) = f.deadline {
                 self.effects.push(Effect::ClearTimer { timer_id: d.timer_id, due_ms: d.due_ms });
             }
+        }
+    }
+
+    /// The flow frame the top frame's branch belongs to, if any.
+    fn enclosing_flow(&self) -> Option<usize> {
+        let top = self.snap.stack.len().checked_sub(1)?;
+        self.snap.stack[..top].iter().rposition(|f| matches!(f.phase, Phase::Flow { .. }))
+    }
+
+    /// A wait of the running branch: park it and let the flow go on with
+    /// another; outside a flow, the wait goes to the driver.
+    fn await_(&mut self, wait: Wait) -> Yield {
+        let Some(f) = self.enclosing_flow() else { return Yield::Await(wait) };
+        let frames = self.snap.stack.split_off(f + 1);
+        let Phase::Flow { branches } = &mut self.snap.stack[f].phase else { unreachable!() };
+        let active = branches.iter_mut().find(|b| b.state == BranchState::Active).expect("a flow runs one branch");
+        active.state = BranchState::Waiting;
+        active.stack = frames;
+        self.run()
+    }
+
+    /// The flow frame is on top: its active branch (if any) has finished.
+    /// Run the next ready branch, join when all are done, or wait for any.
+    fn flow_step(&mut self) -> Option<Yield> {
+        let now = self.now_ms;
+        let def = self.def;
+        let Phase::Flow { branches } = &mut self.top_mut().phase else { unreachable!() };
+        for b in branches.iter_mut() {
+            match b.state {
+                BranchState::Active => b.state = BranchState::Done,
+                BranchState::Waiting if stack_ready(&b.stack, now) => b.state = BranchState::Ready,
+                _ => {}
+            }
+        }
+        if let Some(b) = branches.iter_mut().find(|b| b.state == BranchState::Ready) {
+            b.state = BranchState::Active;
+            let frames = std::mem::take(&mut b.stack);
+            self.snap.stack.extend(frames);
+            return None;
+        }
+        if branches.iter().all(|b| b.state == BranchState::Done) {
+            self.top_mut().phase = Phase::Done;
+            return None;
+        }
+        let waits: Vec<Wait> = branches.iter().filter(|b| b.state == BranchState::Waiting).flat_map(|b| stack_waits(&b.stack, def)).collect();
+        self.snap.status = if waits.iter().any(|w| matches!(w, Wait::Invoke { .. })) { Status::Running } else { Status::Waiting };
+        Some(self.await_(Wait::Many(waits)))
+    }
+
+    /// Makes the branch that waits for `input` the active one (through
+    /// nested flows), so that the input applies to its top frame.
+    fn activate_branch_for(&mut self, input: &Input) {
+        let def = self.def;
+        loop {
+            let Some(Frame { phase: Phase::Flow { branches }, .. }) = self.snap.stack.last_mut() else { return };
+            let Some(b) = branches.iter_mut().find(|b| b.state == BranchState::Waiting && stack_takes(&b.stack, input, def)) else {
+                return;
+            };
+            b.state = BranchState::Active;
+            let frames = std::mem::take(&mut b.stack);
+            self.snap.stack.extend(frames);
         }
     }
 
@@ -1101,7 +1225,7 @@ impl<'d> Machine<'d> {
 
     fn finish(&mut self, status: Status) -> Yield {
         self.snap.status = status;
-        self.snap.stack.clear();
+        self.truncate_stack(0);
         self.expecting = None;
         // A finished instance routes nothing: its correlations are released,
         // and its pending timers go with it.
@@ -1139,6 +1263,63 @@ impl<'d> Machine<'d> {
         self.snap.next_id += 1;
         id
     }
+}
+
+/// Whether a parked branch has something to do now: a due timer at its top,
+/// or a scope deadline passed anywhere in it.
+fn stack_ready(stack: &[Frame], now: u64) -> bool {
+    if stack.iter().any(|f| f.deadline.is_some_and(|d| d.due_ms <= now)) {
+        return true;
+    }
+    match stack.last().map(|f| &f.phase) {
+        Some(Phase::AwaitTimer { due_ms, .. }) => *due_ms <= now,
+        Some(Phase::AwaitMessage { timer: Some(t), .. }) => t.due_ms <= now,
+        Some(Phase::AwaitPick { timers }) => timers.iter().any(|(_, t)| t.due_ms <= now),
+        Some(Phase::Flow { branches }) => {
+            branches.iter().any(|b| b.state == BranchState::Waiting && stack_ready(&b.stack, now))
+        }
+        _ => false,
+    }
+}
+
+/// What a parked branch waits for.
+fn stack_waits(stack: &[Frame], def: &Definition) -> Vec<Wait> {
+    let Some(top) = stack.last() else { return Vec::new() };
+    match &top.phase {
+        Phase::AwaitMessage { operation, timer } => {
+            vec![Wait::Message { operation: operation.clone(), due_ms: timer.map(|t| t.due_ms) }]
+        }
+        Phase::AwaitTimer { timer_id, due_ms } => vec![Wait::Timer { timer_id: *timer_id, due_ms: *due_ms }],
+        Phase::AwaitInvoke { call_id } => vec![Wait::Invoke { call_id: *call_id }],
+        Phase::AwaitPick { .. } => match &def.node(top.node).activity {
+            Activity::Pick { branches } => vec![Wait::Pick {
+                operations: branches
+                    .iter()
+                    .filter_map(|b| match &b.trigger {
+                        PickTrigger::Message { operation, .. } => Some(operation.clone()),
+                        PickTrigger::AfterMs(_) => None,
+                    })
+                    .collect(),
+            }],
+            _ => Vec::new(),
+        },
+        Phase::Flow { branches } => branches
+            .iter()
+            .filter(|b| b.state == BranchState::Waiting)
+            .flat_map(|b| stack_waits(&b.stack, def))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether a parked branch waits for this message or call result.
+fn stack_takes(stack: &[Frame], input: &Input, def: &Definition) -> bool {
+    stack_waits(stack, def).iter().any(|w| match (w, input) {
+        (Wait::Message { operation, .. }, Input::Message(d)) => *operation == d.operation,
+        (Wait::Pick { operations }, Input::Message(d)) => operations.contains(&d.operation),
+        (Wait::Invoke { call_id }, Input::InvokeResult { call_id: c, .. }) => call_id == c,
+        _ => false,
+    })
 }
 
 /// The handler for `fault`: one that names it, else a catch-all.

@@ -79,6 +79,7 @@ fn trace_of(y: &Yield) -> String {
         Yield::Await(Wait::Timer { .. }) => "await:timer".into(),
         Yield::Await(Wait::Invoke { .. }) => "await:invoke".into(),
         Yield::Await(Wait::Pick { operations }) => format!("await:pick:{}", operations.join(",")),
+        Yield::Await(Wait::Many(ws)) => format!("await:many:{}", ws.len()),
         Yield::Finished(r) => format!("finished:{}", reason(*r)),
         Yield::Sleep(ms) => format!("sleep:{ms}"),
         Yield::Suspended => "suspended".into(),
@@ -125,6 +126,7 @@ fn drive_from(def: &Definition, snap: Snapshot) -> (Vec<String>, Snapshot) {
                 body: r#"{"id":"o-1"}"#.into(),
             }),
             Yield::Suspended => Input::Control(Control::Resume),
+            Yield::Await(Wait::Many(_)) => panic!("no flows here"),
             Yield::Finished(_) => return (trace, m.snap),
         };
     }
@@ -391,6 +393,7 @@ fn every_persisted_snapshot_resumes_to_the_same_outcome() {
                 body: r#"{"id":"o-1"}"#.into(),
             }),
             Yield::Suspended => Input::Control(Control::Resume),
+            Yield::Await(Wait::Many(_)) => panic!("no flows here"),
             Yield::Finished(_) => break,
         };
     }
@@ -894,4 +897,113 @@ fn pick_runs_the_timer_branch_when_its_timer_comes_first_even_with_a_message_the
     assert_eq!(y, Yield::Call(HandlerCall { handler: 1, message: None }), "the timer's branch runs");
     let effects = m.take_effects();
     assert_eq!(effects, [Effect::ClearTimer { timer_id: 1, due_ms: 500 }]);
+}
+
+/// flow "both" { a: [snippet, receive "x"], b: [snippet, wait 100 ms] }
+fn flow_def(throw_in_a: bool) -> Definition {
+    let mut t = Tree::new();
+    let a1 = t.snippet("a1", T::Default);
+    let a2 = if throw_in_a {
+        t.add("boom", Activity::Throw { fault: "boom".into(), message: "a failed".into(), data: None }, T::Default)
+    } else {
+        t.receive("x", "x", false)
+    };
+    let a = t.add("a", Activity::Sequence { children: vec![a1, a2] }, T::Default);
+    let b1 = t.snippet("b1", T::Default);
+    let b2 = t.wait("pause", 100);
+    let b = t.add("b", Activity::Sequence { children: vec![b1, b2] }, T::Default);
+    // With a throw, b goes first so that it is waiting when a fails.
+    let branches = if throw_in_a { vec![b, a] } else { vec![a, b] };
+    let f = t.add("both", Activity::Flow { branches }, T::Default);
+    let after = t.snippet("after", T::Default);
+    t.seq(vec![f, after], ProcessKind::LongRunning)
+}
+
+/// Drives a flow, round-tripping the snapshot through JSON at every
+/// persistence point as the store would; answers messages and timers as
+/// they are awaited. Returns the trace and the final snapshot.
+fn drive_flow(def: &Definition) -> (Vec<String>, Snapshot) {
+    let mut m = Machine::new(def, Snapshot::new("i1".into(), def, "v1".into(), r#"{"log":[]}"#.into(), 0));
+    let mut trace = Vec::new();
+    let mut input = Input::Continue;
+    let mut now = 0;
+    for _ in 0..100 {
+        let y = m.step(input, now);
+        trace.push(trace_of(&y));
+        input = match y {
+            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snap.variables, c.handler))),
+            Yield::Persist(_) => {
+                let json = serde_json::to_string(&m.snap).unwrap();
+                let effects = m.take_effects();
+                m = Machine::new(def, serde_json::from_str(&json).unwrap());
+                m.effects = effects;
+                Input::Continue
+            }
+            Yield::Await(Wait::Many(ws)) => {
+                match ws.iter().find(|w| matches!(w, Wait::Message { .. })) {
+                    Some(Wait::Message { operation, .. }) => Input::Message(Delivery {
+                        seq: 9,
+                        message_id: "m".into(),
+                        operation: operation.clone(),
+                        body: r#"{"id":"o-1"}"#.into(),
+                    }),
+                    _ => {
+                        now = 100;
+                        Input::Continue
+                    }
+                }
+            }
+            Yield::Finished(_) => return (trace, m.snap),
+            y => panic!("unexpected {y:?} after {trace:?}"),
+        };
+    }
+    panic!("did not finish: {trace:?}");
+}
+
+#[test]
+fn a_flow_runs_its_branches_interleaved_at_their_waits_and_joins_when_all_finish() {
+    let def = flow_def(false);
+    let (trace, snap) = drive_flow(&def);
+    assert_eq!(
+        trace,
+        [
+            "call:0", // a1
+            "call:1", // b1, once branch a waits at its receive
+            "persist:commit-before",
+            "await:many:2", // both branches wait: the message of a, the timer of b
+            "persist:commit-after", // a takes its message
+            "await:many:1",
+            "call:2", // after the join
+            "finished:completed",
+        ]
+    );
+    assert_eq!(snap.variables, r#"{"log":[0,1,2]}"#);
+}
+
+#[test]
+fn a_fault_in_one_branch_cancels_the_others() {
+    let def = flow_def(true);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"log":[]}"#.into(), 0));
+    let mut input = Input::Continue;
+    let mut effects = Vec::new();
+    loop {
+        match m.step(input, 0) {
+            Yield::Call(c) => input = Input::Handler(Ok(run_handler(&m.snap.variables, c.handler))),
+            Yield::Persist(_) => {
+                effects.extend(m.take_effects());
+                input = Input::Continue
+            }
+            Yield::Finished(r) => {
+                assert_eq!(r, Reason::Faulted);
+                effects.extend(m.take_effects());
+                break;
+            }
+            y => panic!("unexpected {y:?}"),
+        }
+    }
+    // b ran to its wait, then a threw: b's timer is withdrawn with the flow.
+    assert_eq!(m.snap.fault.as_ref().unwrap().path, "main/both/a/boom");
+    assert_eq!(m.snap.variables, r#"{"log":[1,0]}"#);
+    assert!(effects.contains(&Effect::SetTimer { timer_id: 1, due_ms: 100 }), "{effects:?}");
+    assert!(effects.contains(&Effect::ClearTimer { timer_id: 1, due_ms: 100 }), "{effects:?}");
 }

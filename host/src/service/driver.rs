@@ -177,7 +177,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                     ready
                 } else if def.kind == ProcessKind::Microflow || m.in_atomic().is_some() {
                     // A microflow, or an atomic scope, is one transaction: its calls run inline.
-                    let Wait::Invoke { call_id } = wait else {
+                    let Some(call_id) = first_invoke(&wait) else {
                         return Err(anyhow!("a transaction waits for {wait:?}, which deploy validation forbids"));
                     };
                     let result = invoke_inline(svc, &mut m, id, call_id).await;
@@ -188,12 +188,13 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                         commit(svc, &mut m, Reason::Waiting, &mut committed).await?;
                     }
                     tell(&mut told);
-                    let wakes = match wait {
-                        Wait::Invoke { .. } => match rx.recv().await {
+                    let wakes = match first_invoke(&wait) {
+                        // A call in flight keeps the instance in memory for its result.
+                        Some(_) => match rx.recv().await {
                             Some(w) => vec![w],
                             None => return Ok(()),
                         },
-                        Wait::Message { .. } | Wait::Timer { .. } | Wait::Pick { .. } => {
+                        None => {
                             // Stay in memory for the idle time, then dehydrate.
                             let idle = svc.idle();
                             let early = if idle.is_zero() { None } else { tokio::time::timeout(idle, rx.recv()).await.ok() };
@@ -273,7 +274,17 @@ fn at_hand(
             let i = inbox.iter().position(|d| operations.contains(&d.operation) && !consumed.contains(&d.seq))?;
             Some(Input::Message(inbox.remove(i)))
         }
+        Wait::Many(waits) => waits.iter().find_map(|w| at_hand(w, inbox, consumed, results)),
         Wait::Timer { .. } => None,
+    }
+}
+
+/// The call a wait (or any of a flow's waits) is for, if any.
+fn first_invoke(wait: &Wait) -> Option<u64> {
+    match wait {
+        Wait::Invoke { call_id } => Some(*call_id),
+        Wait::Many(waits) => waits.iter().find_map(first_invoke),
+        _ => None,
     }
 }
 
