@@ -336,3 +336,18 @@ fn a_fault_in_one_flow_branch_cancels_the_others() {
     let (status, _) = h.send("flow-message", json!({"key": "f2"}), None);
     assert_eq!(status, 404, "nothing waits for it any more");
 }
+
+#[test]
+fn for_each_runs_in_order_or_in_parallel_over_an_array_of_the_variables() {
+    let (_d, h) = host("for-each");
+    h.deploy("t_recorder", Some("recorder"));
+    h.deploy("t_foreach", None);
+    let v = h.ok_json(&["start", "each", "--input", r#"{"lines":["w","x","y","z"]}"#, "--wait"]);
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["variables"]["in_order"], json!(["w", "x", "y", "z"]));
+    let mut called: Vec<String> = v["variables"]["called"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    called.sort();
+    assert_eq!(called, ["w", "x", "y", "z"], "each parallel iteration called once, with its own item");
+    let recorded = h.guest_log().iter().filter(|r| r["message"] == "recorded" && r["fields"]["what"] == "line").count();
+    assert_eq!(recorded, 4);
+}

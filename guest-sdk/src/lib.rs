@@ -157,6 +157,21 @@ pub struct RetryPolicy {
 }
 
 thread_local! {
+    static ITEM: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Inside a [`Process::for_each`] body: the element of this iteration,
+/// deserialized as `T`; `None` outside one (or if it is not a `T`).
+///
+/// ```
+/// // Outside a for-each there is no item.
+/// assert_eq!(cairn_guest::item::<u32>(), None);
+/// ```
+pub fn item<T: DeserializeOwned>() -> Option<T> {
+    ITEM.with(|i| i.borrow().as_deref().and_then(|text| serde_json::from_str(text).ok()))
+}
+
+thread_local! {
     static SCOPE_LOCALS: std::cell::RefCell<std::collections::HashMap<std::any::TypeId, Box<dyn std::any::Any>>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
@@ -260,6 +275,7 @@ enum Kind {
     StartProcess { process: String, operation: String, body: u32 },
     Pick(Vec<(wit::PickTrigger, Activity)>),
     Flow(Vec<Activity>),
+    ForEach { items: String, parallel: bool, body: Box<Activity> },
 }
 
 /// What a pick branch waits for: made by [`Process::on_message`] or [`Process::after`].
@@ -1135,6 +1151,41 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         Activity::new(name, Kind::Flow(branches))
     }
 
+    /// Runs `body` once per element of the JSON array at `items` (a JSON
+    /// pointer into the variables, read when the activity starts), one after
+    /// another. Handlers inside read the element with [`item`].
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { lines: Vec<String>, seen: Vec<String> }
+    /// # fn f(p: &mut Process<V>) {
+    /// let note = p.snippet("note", |v| { v.seen.extend(cairn_guest::item::<String>()); Ok(()) });
+    /// let each = p.for_each("each-line", "/lines", note);
+    /// # }
+    /// ```
+    pub fn for_each(&mut self, name: &str, items: &str, body: Activity) -> Activity {
+        Activity::new(name, Kind::ForEach { items: items.to_string(), parallel: false, body: Box::new(body) })
+    }
+
+    /// Like [`Process::for_each`], with the iterations in parallel (as the
+    /// branches of a flow), joined when all finish.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { skus: Vec<String> }
+    /// # fn f(p: &mut Process<V>) {
+    /// let reserve = p.invoke_activity(
+    ///     "reserve", "stock", "reserve",
+    ///     |_| Ok(serde_json::json!({ "sku": cairn_guest::item::<String>() })),
+    ///     |_, _: serde_json::Value| Ok(()),
+    /// );
+    /// let all = p.for_each_parallel("reserve-all", "/skus", reserve);
+    /// # }
+    /// ```
+    pub fn for_each_parallel(&mut self, name: &str, items: &str, body: Activity) -> Activity {
+        Activity::new(name, Kind::ForEach { items: items.to_string(), parallel: true, body: Box::new(body) })
+    }
+
     /// Suspends the instance until an operator resumes it (`cairn resume`).
     ///
     /// ```
@@ -1232,6 +1283,9 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         Kind::Rethrow => wit::Activity::Rethrow,
         Kind::Suspend(reason) => wit::Activity::Suspend(reason),
         Kind::Flow(branches) => wit::Activity::Flow(branches.into_iter().map(|b| flatten(b, nodes)).collect()),
+        Kind::ForEach { items, parallel, body } => {
+            wit::Activity::ForEach(wit::ForEachNode { items, parallel, body: flatten(*body, nodes) })
+        }
         Kind::Pick(branches) => wit::Activity::Pick(
             branches
                 .into_iter()
@@ -1282,7 +1336,9 @@ pub fn __call<V: Serialize + DeserializeOwned + Default + 'static>(
     handler: u32,
     variables: String,
     message: Option<String>,
+    item: Option<String>,
 ) -> Result<wit::CallOutput, wit::Fault> {
+    ITEM.with(|i| *i.borrow_mut() = item);
     let mut p = Process::new(Mode::Dispatch { target: handler, found: None });
     let _ = define(&mut p);
     let Mode::Dispatch { found: Some(f), .. } = p.mode else {
@@ -1319,11 +1375,12 @@ macro_rules! export_process {
                 handler: u32,
                 variables: ::std::string::String,
                 message: ::std::option::Option<::std::string::String>,
+                item: ::std::option::Option<::std::string::String>,
             ) -> ::std::result::Result<
                 $crate::bindings::cairn::process::types::CallOutput,
                 $crate::bindings::cairn::process::types::Fault,
             > {
-                $crate::__call::<$vars>($define, handler, variables, message)
+                $crate::__call::<$vars>($define, handler, variables, message, item)
             }
         }
         $crate::bindings::__export_process_world!(__CairnProcess with_types_in $crate::bindings);

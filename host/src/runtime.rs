@@ -269,10 +269,11 @@ impl Runtime {
         handler: u32,
         variables: &str,
         message: Option<&str>,
+        item: Option<&str>,
         log: LogContext,
     ) -> Result<HandlerOutput, engine::Fault> {
         let mut session = self.session(component)?;
-        self.call_in(&mut session, handler, variables, message, log)
+        self.call_in(&mut session, handler, variables, message, item, log)
     }
 
     /// A process instance that lives for several calls: an atomic scope's.
@@ -290,11 +291,12 @@ impl Runtime {
         handler: u32,
         variables: &str,
         message: Option<&str>,
+        item: Option<&str>,
         log: LogContext,
     ) -> Result<HandlerOutput, engine::Fault> {
         session.store.data_mut().log = Some(log);
         session.store.set_epoch_deadline(self.deadline_ticks());
-        match session.instance.call_call(&mut session.store, handler, variables, message) {
+        match session.instance.call_call(&mut session.store, handler, variables, message, item) {
             Ok(Ok(out)) => Ok(HandlerOutput { variables: out.variables, output: out.output }),
             Ok(Err(f)) => Err(engine::Fault { name: f.name, message: f.message, data: f.data }),
             Err(e) => Err(self.trap_fault(e, &session.refused)),
@@ -464,6 +466,7 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                 wit::Activity::Rethrow => engine::Activity::Rethrow,
                 wit::Activity::Suspend(reason) => engine::Activity::Suspend { reason },
                 wit::Activity::Flow(branches) => engine::Activity::Flow { branches },
+                wit::Activity::ForEach(f) => engine::Activity::ForEach { items: f.items, parallel: f.parallel, body: f.body },
                 wit::Activity::Pick(branches) => engine::Activity::Pick {
                     branches: branches
                         .into_iter()

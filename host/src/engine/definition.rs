@@ -164,6 +164,13 @@ pub enum Activity {
     Flow {
         branches: Vec<NodeId>,
     },
+    /// Runs `body` once per element of the JSON array at pointer `items` in
+    /// the variables (taken when it starts), one after another or in parallel.
+    ForEach {
+        items: String,
+        parallel: bool,
+        body: NodeId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +268,7 @@ impl Activity {
             Activity::StartProcess { .. } => "start-process",
             Activity::Pick { .. } => "pick",
             Activity::Flow { .. } => "flow",
+            Activity::ForEach { .. } => "for-each",
         }
     }
 
@@ -276,6 +284,7 @@ impl Activity {
             Activity::While { body, .. } => vec![*body],
             Activity::Pick { branches } => branches.iter().map(|b| b.body).collect(),
             Activity::Flow { branches } => branches.clone(),
+            Activity::ForEach { body, .. } => vec![*body],
             Activity::Scope { body, handlers, .. } => {
                 let mut c = vec![*body];
                 c.extend(handlers.iter().filter_map(|h| h.body));
@@ -599,6 +608,9 @@ impl Definition {
                     if operation.is_empty() {
                         problems.push(format!("{at}: operation name is empty"));
                     }
+                }
+                Activity::ForEach { items, .. } if !items.starts_with('/') => {
+                    problems.push(format!("{at}: items '{items}' is not a JSON pointer into the variables (it must start with '/')"));
                 }
                 Activity::StartProcess { process, operation, .. } if process.is_empty() || operation.is_empty() => {
                     problems.push(format!("{at}: start-process needs a process and an operation"));

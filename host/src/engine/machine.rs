@@ -89,6 +89,8 @@ pub enum Phase {
     AwaitInvoke { call_id: u64 },
     /// Pick: waiting for the first message or timer; the timers by branch.
     AwaitPick { timers: Vec<(u32, TimerRef)> },
+    /// Sequential for-each: the items, and the next one to run.
+    Each { items: Vec<String>, next: u32 },
     /// Flow: its branches. The active one's frames are on the stack above
     /// this frame; the others are kept here, ready, waiting or done.
     Flow { branches: Vec<Branch> },
@@ -193,6 +195,9 @@ pub struct Frame {
     /// The instance stopped at a breakpoint on this activity; resumed, it goes on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub broke: bool,
+    /// On a for-each iteration's body: its item (JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
 }
 
 /// One attempt of an atomic scope.
@@ -247,7 +252,7 @@ impl Snapshot {
             version,
             status: Status::Running,
             variables,
-            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None, broke: false }],
+            stack: vec![Frame { node: def.root, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None, broke: false, item: None }],
             correlations: BTreeMap::new(),
             requests: Vec::new(),
             compensations: Vec::new(),
@@ -359,6 +364,8 @@ pub struct HandlerCall {
     pub handler: u32,
     /// JSON text given to readers (message body, invoke output).
     pub message: Option<String>,
+    /// The item of the innermost for-each iteration running (JSON text).
+    pub item: Option<String>,
 }
 
 /// What the driver must do next.
@@ -844,6 +851,15 @@ impl<'d> Machine<'d> {
                     }
                 }
                 Phase::AwaitInvoke { call_id } => return self.await_(Wait::Invoke { call_id }),
+                Phase::Each { items, next } => match items.get(next as usize) {
+                    Some(item) => {
+                        let Activity::ForEach { body, .. } = &node.activity else { unreachable!() };
+                        let frame = self.frame_for(*body, Some(item.clone()));
+                        self.top_mut().phase = Phase::Each { items, next: next + 1 };
+                        self.snap.stack.push(frame);
+                    }
+                    None => self.top_mut().phase = Phase::Done,
+                },
                 Phase::Flow { .. } => {
                     if let Some(y) = self.flow_step() {
                         return y;
@@ -921,6 +937,23 @@ impl<'d> Machine<'d> {
                     Activity::Send { body, .. } | Activity::StartProcess { body, .. } => {
                         return self.call(*body, None, Expect::SendBody)
                     }
+                    Activity::ForEach { items, parallel, body } => {
+                        let items = match self.items_at(items) {
+                            Ok(items) => items,
+                            Err(fault) => return self.raise(fault),
+                        };
+                        let body = *body;
+                        let phase = if *parallel {
+                            let branches = items
+                                .into_iter()
+                                .map(|item| Branch { state: BranchState::Ready, stack: vec![self.frame_for(body, Some(item))] })
+                                .collect();
+                            Phase::Flow { branches }
+                        } else {
+                            Phase::Each { items, next: 0 }
+                        };
+                        self.top_mut().phase = phase;
+                    }
                     Activity::Flow { branches } => {
                         let branches = branches
                             .iter()
@@ -933,6 +966,7 @@ impl<'d> Machine<'d> {
                                     atomic: None,
                                     deadline: None,
                                     broke: false,
+                                    item: None,
                                 }],
                             })
                             .collect();
@@ -1020,7 +1054,24 @@ impl<'d> Machine<'d> {
 
     fn call(&mut self, handler: u32, message: Option<String>, expect: Expect) -> Yield {
         self.expecting = Some(expect);
-        Yield::Call(HandlerCall { handler, message })
+        let item = self.snap.stack.iter().rev().find_map(|f| f.item.clone());
+        Yield::Call(HandlerCall { handler, message, item })
+    }
+
+    /// The elements of the array at `pointer` in the variables, as JSON texts.
+    fn items_at(&self, pointer: &str) -> Result<Vec<String>, Fault> {
+        let variables: serde_json::Value = serde_json::from_str(&self.snap.variables).unwrap_or(serde_json::Value::Null);
+        match variables.pointer(pointer) {
+            Some(serde_json::Value::Array(items)) => Ok(items.iter().map(|i| i.to_string()).collect()),
+            other => Err(Fault::new(
+                "cairn.for-each-not-array",
+                format!("for-each items at '{pointer}' are not a JSON array (found {})", other.map_or("nothing".into(), |v| v.to_string())),
+            )),
+        }
+    }
+
+    fn frame_for(&self, node: NodeId, item: Option<String>) -> Frame {
+        Frame { node, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None, broke: false, item }
     }
 
     /// Raises a fault at the current activity.
@@ -1247,7 +1298,7 @@ impl<'d> Machine<'d> {
     }
 
     fn push(&mut self, node: NodeId) {
-        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None, broke: false });
+        self.snap.stack.push(Frame { node, phase: Phase::Enter, completed: Vec::new(), atomic: None, deadline: None, broke: false, item: None });
     }
 
     fn top(&self) -> &Frame {

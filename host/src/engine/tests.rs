@@ -485,11 +485,11 @@ fn a_receive_with_a_timeout_runs_its_timeout_handler_when_the_deadline_passes_fi
     let r = t.add("approval", a, T::Default);
     let def = t.seq(vec![r], ProcessKind::LongRunning);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
-    assert_eq!(m.step(Input::Continue, 0), Yield::Call(HandlerCall { handler: deadline, message: None }));
+    assert_eq!(m.step(Input::Continue, 0), Yield::Call(HandlerCall { handler: deadline, message: None, item: None }));
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("5000".into()) })), 0);
     assert_eq!(y, Yield::Await(Wait::Message { operation: "approve".into(), due_ms: Some(5000) }));
     // Time passes the deadline with no message: the timeout handler runs.
-    assert_eq!(m.step(Input::Continue, 5000), Yield::Call(HandlerCall { handler: on_timeout, message: None }));
+    assert_eq!(m.step(Input::Continue, 5000), Yield::Call(HandlerCall { handler: on_timeout, message: None, item: None }));
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: r#"{"timed_out":true}"#.into(), output: None })), 5000);
     assert_eq!(y, Yield::Persist(Reason::CommitAfter));
     assert_eq!(
@@ -832,7 +832,7 @@ fn a_suspended_instance_does_nothing_until_resumed_and_may_have_its_variables_se
     let y = m.step(Input::Control(Control::SetVariables(r#"{"n":41}"#.into())), 50);
     assert_eq!(y, Yield::Persist(Reason::VariablesSet));
     assert_eq!(m.step(Input::Control(Control::Resume), 50), Yield::Persist(Reason::Resumed));
-    assert_eq!(m.step(Input::Continue, 50), Yield::Call(HandlerCall { handler: 0, message: None }));
+    assert_eq!(m.step(Input::Continue, 50), Yield::Call(HandlerCall { handler: 0, message: None, item: None }));
     assert_eq!(m.snap.variables, r#"{"n":41}"#);
 }
 
@@ -876,9 +876,9 @@ fn pick_runs_the_branch_of_the_first_message_and_withdraws_its_timers() {
     assert_eq!(m.step(Input::Continue, 0), Yield::Persist(Reason::CommitBefore));
     assert_eq!(m.step(Input::Continue, 0), Yield::Await(Wait::Pick { operations: vec!["approve".into()] }));
     assert_eq!(m.take_effects(), [Effect::SetTimer { timer_id: 1, due_ms: 500 }]);
-    assert_eq!(m.step(Input::Message(approve(4)), 100), Yield::Call(HandlerCall { handler: 2, message: Some(r#"{"id":"o-1"}"#.into()) }));
+    assert_eq!(m.step(Input::Message(approve(4)), 100), Yield::Call(HandlerCall { handler: 2, message: Some(r#"{"id":"o-1"}"#.into()), item: None }));
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: None })), 100);
-    assert_eq!(y, Yield::Call(HandlerCall { handler: 0, message: None }), "the message's branch runs");
+    assert_eq!(y, Yield::Call(HandlerCall { handler: 0, message: None, item: None }), "the message's branch runs");
     let effects = m.take_effects();
     assert!(effects.contains(&Effect::ClearTimer { timer_id: 1, due_ms: 500 }), "{effects:?}");
     assert!(effects.contains(&Effect::ConsumeMessage { seq: 4 }), "{effects:?}");
@@ -894,7 +894,7 @@ fn pick_runs_the_timer_branch_when_its_timer_comes_first_even_with_a_message_the
     // Resumed at the timer's instant, with a message in the inbox as well:
     // the timer wins and the message is not consumed (it stays queued).
     let y = m.step(Input::Continue, 500);
-    assert_eq!(y, Yield::Call(HandlerCall { handler: 1, message: None }), "the timer's branch runs");
+    assert_eq!(y, Yield::Call(HandlerCall { handler: 1, message: None, item: None }), "the timer's branch runs");
     let effects = m.take_effects();
     assert_eq!(effects, [Effect::ClearTimer { timer_id: 1, due_ms: 500 }]);
 }
@@ -1006,4 +1006,43 @@ fn a_fault_in_one_branch_cancels_the_others() {
     assert_eq!(m.snap.variables, r#"{"log":[1,0]}"#);
     assert!(effects.contains(&Effect::SetTimer { timer_id: 1, due_ms: 100 }), "{effects:?}");
     assert!(effects.contains(&Effect::ClearTimer { timer_id: 1, due_ms: 100 }), "{effects:?}");
+}
+
+fn each_def(parallel: bool) -> Definition {
+    let mut t = Tree::new();
+    let body = t.snippet("line", T::Default);
+    let each = t.add("lines", Activity::ForEach { items: "/lines".into(), parallel, body }, T::Default);
+    t.seq(vec![each], ProcessKind::LongRunning)
+}
+
+#[test]
+fn for_each_runs_its_body_once_per_item_with_the_item_at_hand() {
+    for parallel in [false, true] {
+        let def = each_def(parallel);
+        let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"lines":["a","b","c"]}"#.into(), 0));
+        let mut items = Vec::new();
+        let mut input = Input::Continue;
+        loop {
+            match m.step(input, 0) {
+                Yield::Call(c) => {
+                    items.push(c.item.clone().unwrap());
+                    input = Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: None }));
+                }
+                Yield::Finished(r) => {
+                    assert_eq!(r, Reason::Completed);
+                    break;
+                }
+                y => panic!("{y:?}"),
+            }
+        }
+        assert_eq!(items, [r#""a""#, r#""b""#, r#""c""#], "parallel: {parallel}");
+    }
+}
+
+#[test]
+fn for_each_over_something_that_is_not_an_array_faults() {
+    let def = each_def(false);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"lines":7}"#.into(), 0));
+    assert_eq!(m.step(Input::Continue, 0), Yield::Finished(Reason::Faulted));
+    assert_eq!(m.snap.fault.unwrap().fault.name, "cairn.for-each-not-array");
 }

@@ -105,7 +105,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                 let result = tokio::task::block_in_place(|| match atomic {
                     None => {
                         session = None;
-                        svc.runtime.call(component, call.handler, &variables, call.message.as_deref(), log)
+                        svc.runtime.call(component, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log)
                     }
                     Some(key) => {
                         crate::failpoint::hit("atomic-call");
@@ -113,7 +113,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                             session = Some((key, svc.runtime.session(component)?));
                         }
                         let (_, s) = session.as_mut().unwrap();
-                        let r = svc.runtime.call_in(s, call.handler, &variables, call.message.as_deref(), log);
+                        let r = svc.runtime.call_in(s, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log);
                         if r.as_ref().is_err_and(|f| f.name.starts_with("cairn.")) {
                             session = None;
                         }
