@@ -26,6 +26,7 @@ pub fn router(svc: Service) -> Router {
         .route("/v1/instances/{id}/variables", axum::routing::put(set_variables))
         .route("/v1/instances/{id}/{verb}", post(control_instance))
         .route("/v1/messages", post(send_message))
+        .route("/v1/backup", post(backup))
         .route("/v1/breakpoints", get(list_breakpoints).post(set_breakpoint).delete(clear_breakpoint))
         .route("/v1/in-transit", get(list_in_transit))
         .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
@@ -287,6 +288,20 @@ async fn clear_breakpoint(State(svc): State<Service>, body: Bytes) -> Response {
         let req: BreakpointRequest = parse_json(&body)?;
         svc.set_breakpoint(&req.process, &req.path, false).await?;
         Ok((StatusCode::OK, json!({ "process": req.process, "path": req.path, "set": false })))
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+struct BackupRequest {
+    dir: String,
+}
+
+async fn backup(State(svc): State<Service>, body: Bytes) -> Response {
+    respond(async {
+        let req: BackupRequest = parse_json(&body)?;
+        svc.backup(std::path::Path::new(&req.dir))?;
+        Ok((StatusCode::CREATED, json!({ "dir": req.dir })))
     }
     .await)
 }

@@ -69,6 +69,7 @@ fn config(dir: &Path, fsync: bool) -> Config {
         history_limit: 1000,
         echo_guest_log: false,
         idle: Duration::ZERO,
+        isolated: false,
     }
 }
 

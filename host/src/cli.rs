@@ -55,6 +55,29 @@ enum Command {
         /// Milliseconds an instance waiting for a message or timer stays in memory before it is dehydrated.
         #[arg(long, default_value_t = 0)]
         idle_ms: u64,
+        /// Run as an isolated environment (a restored backup): every outbound
+        /// effect is recorded in DATA/isolated-effects.jsonl and printed.
+        #[arg(long)]
+        isolated: bool,
+    },
+    /// Write an online, consistent backup of definitions and instances to DIR (on the server's machine).
+    Backup {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into a new data directory and serve it as an isolated environment.
+    Restore {
+        /// The backup directory (`cairn backup` wrote it).
+        backup: PathBuf,
+        /// The new data directory; it must not exist.
+        #[arg(long)]
+        data: PathBuf,
+        /// Address to listen on (give it a port of its own).
+        #[arg(long, default_value = "127.0.0.1:7701")]
+        listen: String,
+        #[arg(long)]
+        quiet_guests: bool,
     },
     /// Deploy a process or activity component (.wasm).
     Deploy {
@@ -212,7 +235,31 @@ pub fn main() -> i32 {
     };
     let client = Client::new(&cli.server);
     let result = match cli.command {
-        Command::Serve { data, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests, idle_ms } => {
+        Command::Restore { backup, data, listen, quiet_guests } => {
+            if let Err(e) = copy_dir(&backup, &data) {
+                eprintln!("error: restoring {} into {}: {e}", backup.display(), data.display());
+                return EXIT_USAGE;
+            }
+            eprintln!("cairn: restored {} into {}; starting an isolated environment", backup.display(), data.display());
+            let config = Config {
+                data_dir: data,
+                fsync: true,
+                limits: Limits::default(),
+                history_limit: 1000,
+                echo_guest_log: !quiet_guests,
+                idle: Duration::ZERO,
+                isolated: true,
+            };
+            return match serve(config, &listen) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("cairn restore: {e:#}");
+                    1
+                }
+            };
+        }
+        Command::Backup { dir, json } => backup(&client, &dir, json),
+        Command::Serve { data, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests, idle_ms, isolated } => {
             let config = Config {
                 data_dir: data,
                 fsync: !no_fsync,
@@ -223,6 +270,7 @@ pub fn main() -> i32 {
                 history_limit,
                 echo_guest_log: !quiet_guests,
                 idle: Duration::from_millis(idle_ms),
+                isolated,
             };
             return match serve(config, &listen) {
                 Ok(()) => 0,
@@ -264,7 +312,8 @@ fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        eprintln!("cairn: serving http://{} (data in {data})", listener.local_addr()?);
+        let isolated = if svc.is_isolated() { " as an ISOLATED environment: outbound effects are recorded and printed" } else { "" };
+        eprintln!("cairn: serving http://{} (data in {data}){isolated}", listener.local_addr()?);
         axum::serve(listener, crate::api::router(svc.clone())).with_graceful_shutdown(shutdown_signal()).await?;
         eprintln!("cairn: shutting down: persisting live instances");
         svc.shutdown().await;
@@ -631,4 +680,40 @@ fn breakpoints(client: &Client, cmd: BreakCommand) -> Result<i32, CliError> {
         }
     }
     Ok(0)
+}
+
+fn backup(client: &Client, dir: &std::path::Path, json_out: bool) -> Result<i32, CliError> {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let v = client.post_json("/v1/backup", &json!({ "dir": dir.display().to_string() }))?;
+    if json_out {
+        print_json(&v);
+    } else {
+        println!("backup written to {} (restore it with: cairn restore {} --data NEW_DIR)", dir.display(), dir.display());
+    }
+    Ok(0)
+}
+
+/// Copies a backup directory into a new data directory, which must not exist.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    if to.exists() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the new data directory already exists"));
+    }
+    if !from.join("db").is_dir() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "not a Cairn backup (no db/ inside)"));
+    }
+    copy_dir_all(from, to)
+}
+
+fn copy_dir_all(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir_all(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }

@@ -296,6 +296,17 @@ impl Store {
         Ok(())
     }
 
+    /// An online, consistent copy of the store (a RocksDB checkpoint) in
+    /// `dir`, laid out as a data directory `cairn serve --data` opens.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        if dir.exists() {
+            anyhow::bail!("{} already exists: a backup goes into a new directory", dir.display());
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| anyhow!("starting a checkpoint: {e}"))?;
+        cp.create_checkpoint(dir.join("db")).map_err(|e| anyhow!("writing the checkpoint to {}: {e}", dir.display()))
+    }
+
     pub fn flush(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(|e| anyhow!("flushing the WAL: {e}"))?;
         for cf in Cf::ALL {

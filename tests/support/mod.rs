@@ -78,11 +78,20 @@ impl Host {
     /// Starts `cairn serve` on `data` with extra flags and environment, and
     /// waits until it answers.
     pub fn start(data: &Path, flags: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::launch(data, &["serve"], flags, env)
+    }
+
+    /// `cairn restore BACKUP --data DATA/store`: an isolated environment.
+    pub fn restore(backup: &Path, data: &Path) -> Host {
+        Host::launch(data, &["restore", backup.to_str().unwrap()], &["--quiet-guests"], &[])
+    }
+
+    fn launch(data: &Path, command: &[&str], flags: &[&str], env: &[(&str, &str)]) -> Host {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")).unwrap();
         let mut cmd = Command::new(cairn_bin());
-        cmd.arg("serve")
+        cmd.args(command)
             .arg("--data")
             .arg(data.join("store"))
             .arg("--listen")

@@ -178,6 +178,8 @@ impl Service {
         timeout_ms: Option<u64>,
     ) -> Result<String, Fault> {
         let timeout = timeout_ms.map(std::time::Duration::from_millis);
+        let detail = serde_json::json!({ "target": target, "operation": operation, "input": input, "idempotency_key": idempotency_key });
+        self.record_isolated_effect(instance, "call", detail);
         match target {
             Target::Activity(name) => {
                 let deployed = self.latest(ComponentKind::Activity, name).ok_or_else(|| {

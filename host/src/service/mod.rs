@@ -41,6 +41,9 @@ pub struct Config {
     /// How long an instance waiting for a message or timer stays in memory
     /// before it is dehydrated (zero: at once).
     pub idle: std::time::Duration,
+    /// An isolated environment (a restored backup): every outbound effect is
+    /// recorded in DATA/isolated-effects.jsonl and printed.
+    pub isolated: bool,
 }
 
 /// An error for the API: what went wrong, and what kind of wrong it is.
@@ -296,6 +299,30 @@ impl Service {
 
     pub fn latest(&self, kind: ComponentKind, name: &str) -> Option<Arc<Deployed>> {
         self.registry.read().unwrap().latest(kind, name)
+    }
+
+    /// Writes an online, consistent backup of definitions and instances to `dir`.
+    pub fn backup(&self, dir: &std::path::Path) -> Result<(), Error> {
+        self.store.checkpoint(dir).map_err(|e| Error::new(ErrorKind::BadInput, format!("{e:#}")))
+    }
+
+    /// In an isolated environment, records and prints an outbound effect.
+    pub fn record_isolated_effect(&self, instance: &str, what: &str, detail: serde_json::Value) {
+        if !self.config.isolated {
+            return;
+        }
+        let record = serde_json::json!({ "ts_ms": now_ms(), "instance": instance, "effect": what, "detail": detail });
+        println!("[isolated] {record}");
+        use std::io::Write;
+        if let Ok(mut f) =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.config.data_dir.join("isolated-effects.jsonl"))
+        {
+            let _ = writeln!(f, "{record}");
+        }
+    }
+
+    pub fn is_isolated(&self) -> bool {
+        self.config.isolated
     }
 
     pub fn idle(&self) -> std::time::Duration {
