@@ -226,3 +226,37 @@ fn a_flow_with_branches_at_different_points_survives_kill_9() {
     assert_eq!(done, ["call", "message", "timer"], "each branch finished exactly once");
     assert_eq!(v["variables"]["joined"], true);
 }
+
+#[test]
+fn deferred_recovery_parks_in_flight_instances_after_a_crash_until_resubmitted() {
+    let dir = TempDir::new("deferred");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "mid-dispatch")]);
+    h.deploy("t_recorder", Some("recorder"));
+    h.deploy("t_deferred", None);
+    let (_, v) = h.send("deferred-start", json!({"key": "d1"}), None);
+    let id = v["instance"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + WAIT;
+    while h.get("/v1/health").0 == 200 {
+        assert!(Instant::now() < deadline, "the fail point was not reached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.kill9();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    // Messages are still accepted for it, but it is not loaded.
+    let (status, _) = h.send("deferred-finish", json!({"key": "d1"}), None);
+    assert_eq!(status, 202);
+    std::thread::sleep(Duration::from_millis(400));
+    let v = h.instance(&id);
+    assert_eq!((v["status"].clone(), v["parked"].clone(), v["in_memory"].clone()), (json!("running"), json!(true), json!(false)));
+    assert_eq!(recorded(&h)[&("d1".to_string(), "record".to_string())].len(), 1, "nothing resent while parked");
+    let shown = h.cairn(&["show", &id]);
+    assert!(shown.stdout.contains("parked"), "{}", shown.stdout);
+
+    h.ok_json(&["resubmit", &id]);
+    let v = h.wait_status(&id, "completed", WAIT);
+    assert_eq!(v["parked"], false);
+    assert_eq!(recorded(&h)[&("d1".to_string(), "record".to_string())].len(), 2, "resumed from its last persistence point");
+    let again = h.cairn(&["resubmit", &id]);
+    assert_eq!(again.code, 1);
+}

@@ -351,3 +351,29 @@ fn for_each_runs_in_order_or_in_parallel_over_an_array_of_the_variables() {
     let recorded = h.guest_log().iter().filter(|r| r["message"] == "recorded" && r["fields"]["what"] == "line").count();
     assert_eq!(recorded, 4);
 }
+
+#[test]
+fn a_thousand_instances_wait_at_a_receive_out_of_memory_and_all_complete_on_their_messages() {
+    // The 100,000-instance run is `cairn bench --only memory` (BENCHMARKS.md).
+    let (_d, h) = host("many");
+    h.deploy("t_versioned_1", None);
+    let n = 1000;
+    for i in 0..n {
+        let (status, v) = h.send("versioned-start", json!({"key": format!("m{i}")}), None);
+        assert_eq!(status, 202, "{v}");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.ok_json(&["ls", "--status", "waiting", "--limit", "100000"])["count"] != n {
+        assert!(std::time::Instant::now() < deadline, "not all {n} reached their receive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, health) = h.get("/v1/health");
+    assert_eq!(health["live_instances"], 0, "waiting instances are not in memory");
+    for i in 0..n {
+        h.send("versioned-go", json!({"key": format!("m{i}")}), None);
+    }
+    while h.ok_json(&["ls", "--status", "completed", "--limit", "100000"])["count"] != n {
+        assert!(std::time::Instant::now() < deadline, "not all {n} completed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

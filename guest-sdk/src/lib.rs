@@ -480,6 +480,7 @@ enum Mode<V> {
 pub struct Process<V> {
     kind: wit::ProcessKind,
     keep_final_state: bool,
+    deferred_recovery: bool,
     correlation_sets: Vec<wit::CorrelationSet>,
     next_handler: u32,
     mode: Mode<V>,
@@ -499,7 +500,7 @@ fn from_json<T: DeserializeOwned>(text: Option<&str>, what: &str) -> Result<T, F
 
 impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     fn new(mode: Mode<V>) -> Process<V> {
-        Process { kind: wit::ProcessKind::LongRunning, keep_final_state: true, correlation_sets: Vec::new(), next_handler: 0, mode }
+        Process { kind: wit::ProcessKind::LongRunning, keep_final_state: true, deferred_recovery: false, correlation_sets: Vec::new(), next_handler: 0, mode }
     }
 
     fn register(&mut self, f: HandlerFn<V>) -> u32 {
@@ -539,6 +540,20 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// ```
     pub fn discard_final_state(&mut self) {
         self.keep_final_state = false;
+    }
+
+    /// Deferred recovery: after a crash, instances that were in flight stay
+    /// parked (not loaded) until an operator resubmits them (`cairn resubmit`).
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V;
+    /// # fn f(p: &mut Process<V>) {
+    /// p.deferred_recovery();
+    /// # }
+    /// ```
+    pub fn deferred_recovery(&mut self) {
+        self.deferred_recovery = true;
     }
 
     /// Declares a correlation set: named properties, each a JSON pointer into message bodies.
@@ -1322,6 +1337,7 @@ pub fn __describe<V: Serialize + DeserializeOwned + Default + 'static>(
         name: name.to_string(),
         kind: p.kind,
         keep_final_state: p.keep_final_state,
+        deferred_recovery: p.deferred_recovery,
         initial_variables: serde_json::to_string(&V::default()).unwrap_or_else(|_| "null".into()),
         correlation_sets: p.correlation_sets,
         nodes,

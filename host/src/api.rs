@@ -165,6 +165,7 @@ async fn show_instance(State(svc): State<Service>, Path(id): Path<String>) -> Re
         v["fault"] = json!(s.fault);
         v["correlations"] = json!(s.correlations);
         v["in_memory"] = json!(svc.in_memory(&id));
+        v["parked"] = json!(svc.is_parked(&id));
         v["wait"] = json!(s.stack.last().map(|f| &f.phase));
         v["inbox"] = json!(svc.inbox(&id)?.len());
         v["pending_calls"] = json!(svc.outbox(&id)?);
@@ -242,8 +243,13 @@ async fn control_instance(State(svc): State<Service>, Path((id, verb)): Path<(St
             "suspend" => Control::Suspend,
             "resume" => Control::Resume,
             "terminate" => Control::Terminate,
+            "resubmit" => {
+                svc.resubmit(&id).await?;
+                let s = svc.load_snapshot(&id)?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
+                return Ok((StatusCode::OK, summary(&s, &svc)));
+            }
             other => {
-                return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use suspend, resume or terminate")))
+                return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use suspend, resume, terminate or resubmit")))
             }
         };
         let s = svc.control(&id, control).await?;

@@ -152,6 +152,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Resubmit an instance parked by deferred recovery after a crash.
+    Resubmit {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// End an instance at once; what it waited for is withdrawn.
     Terminate {
         instance: String,
@@ -289,6 +295,7 @@ pub fn main() -> i32 {
         Command::Suspend { instance, json } => control(&client, &instance, "suspend", json),
         Command::Resume { instance, json } => control(&client, &instance, "resume", json),
         Command::Terminate { instance, json } => control(&client, &instance, "terminate", json),
+        Command::Resubmit { instance, json } => control(&client, &instance, "resubmit", json),
         Command::History { instance, json } => history(&client, &instance, json),
         Command::Vars(VarsCommand::Set { instance, variables, json }) => set_vars(&client, &instance, &variables, json),
         Command::InTransit(cmd) => in_transit(&client, cmd),
@@ -572,6 +579,9 @@ fn show(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
     println!("status     {}", v["status"].as_str().unwrap_or(""));
     println!("position   {}", v["position"].as_str().unwrap_or(""));
     println!("in memory  {}", v["in_memory"]);
+    if v["parked"] == true {
+        println!("parked     by deferred recovery: `cairn resubmit {}` resumes it", v["id"].as_str().unwrap_or(""));
+    }
     for t in v["in_transit"].as_array().into_iter().flatten() {
         println!("in transit {} ({}): {} on {}", t["id"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""), t["operation"].as_str().unwrap_or(""), t["target"]["name"].as_str().unwrap_or(""));
     }

@@ -500,6 +500,7 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
             wit::ProcessKind::Microflow => engine::ProcessKind::Microflow,
         },
         keep_final_state: d.keep_final_state,
+        deferred_recovery: d.deferred_recovery,
         initial_variables: d.initial_variables,
         correlation_sets: d
             .correlation_sets

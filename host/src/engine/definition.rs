@@ -376,6 +376,9 @@ pub struct Definition {
     /// Whether a completed microflow's final state is stored.
     #[serde(default = "keep_by_default")]
     pub keep_final_state: bool,
+    /// After a crash, in-flight instances wait for an operator to resubmit them.
+    #[serde(default)]
+    pub deferred_recovery: bool,
     /// JSON text of the variables a new instance starts with.
     pub initial_variables: String,
     pub correlation_sets: Vec<CorrelationSet>,

@@ -58,6 +58,7 @@ impl Tree {
             name: "test".into(),
             kind,
             keep_final_state: true,
+            deferred_recovery: false,
             initial_variables: "{}".into(),
             correlation_sets: vec![CorrelationSet {
                 name: "order".into(),

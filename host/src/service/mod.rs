@@ -207,6 +207,10 @@ pub struct Inner {
     timers: Mutex<BTreeSet<(u64, String, u64)>>,
     timers_changed: Notify,
     reply_waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Reply>>>>,
+    /// Instances parked by deferred recovery, until an operator resubmits them.
+    parked: Mutex<std::collections::HashSet<String>>,
+    /// Whether the previous run of the host ended with a controlled shutdown.
+    clean_start: AtomicBool,
     /// Breakpoints: process name -> activity paths.
     breakpoints: RwLock<HashMap<String, BTreeSet<String>>>,
     /// Outbox entries being dispatched now, as (instance, call id).
@@ -227,6 +231,8 @@ impl std::ops::Deref for Service {
 }
 
 const BREAKPOINT_PREFIX: &[u8] = b"breakpoint\0";
+const PARKED_PREFIX: &[u8] = b"parked\0";
+const CLEAN_SHUTDOWN: &[u8] = b"clean-shutdown";
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
@@ -257,6 +263,8 @@ impl Service {
             reply_waiters: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(Default::default()),
             breakpoints: RwLock::new(HashMap::new()),
+            parked: Mutex::new(Default::default()),
+            clean_start: AtomicBool::new(false),
             inbox_seq: AtomicU64::new(now_ms() * 1000),
             shutting_down: AtomicBool::new(false),
             guest_log,
@@ -264,6 +272,13 @@ impl Service {
         svc.load_registry()?;
         svc.load_timers()?;
         svc.load_breakpoints()?;
+        svc.load_parked()?;
+        // Whether the last run stopped under control; this run has not, yet.
+        let clean = svc.store.get(Cf::Meta, CLEAN_SHUTDOWN)?.is_some();
+        svc.clean_start.store(clean, Ordering::SeqCst);
+        let mut b = Batch::default();
+        b.delete(Cf::Meta, CLEAN_SHUTDOWN);
+        svc.store.commit(b).await?;
         tokio::spawn(svc.clone().timer_loop());
         let recovering = svc.clone();
         tokio::spawn(async move {
@@ -683,6 +698,11 @@ impl Service {
 
     /// Hands `wake` to the driver of `id`, starting one if none runs.
     fn wake_with(&self, id: &str, wake: Wake) {
+        // A parked instance is not loaded until it is resubmitted; an
+        // operator verb still reaches it.
+        if !matches!(wake, Wake::Control(..)) && self.is_parked(id) {
+            return;
+        }
         let mut live = self.live.lock().unwrap();
         let wake = match live.get(id) {
             Some((_, tx)) => match tx.send(wake) {
@@ -711,6 +731,38 @@ impl Service {
                 bps.entry(process.to_string()).or_default().insert(path.to_string());
             }
         }
+        Ok(())
+    }
+
+    fn load_parked(&self) -> anyhow::Result<()> {
+        let rows = self.store.scan_prefix(Cf::Meta, PARKED_PREFIX)?;
+        let mut parked = self.parked.lock().unwrap();
+        for (k, _) in rows {
+            parked.insert(String::from_utf8_lossy(&k[PARKED_PREFIX.len()..]).into_owned());
+        }
+        Ok(())
+    }
+
+    fn parked_key(id: &str) -> Vec<u8> {
+        let mut k = PARKED_PREFIX.to_vec();
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+
+    pub fn is_parked(&self, id: &str) -> bool {
+        self.parked.lock().unwrap().contains(id)
+    }
+
+    /// An operator resubmits an instance parked by deferred recovery.
+    pub async fn resubmit(&self, id: &str) -> Result<(), Error> {
+        if !self.is_parked(id) {
+            return Err(Error::new(ErrorKind::Conflict, format!("instance {id} is not parked by deferred recovery")));
+        }
+        let mut b = Batch::default();
+        b.delete(Cf::Meta, Self::parked_key(id));
+        self.store.commit(b).await?;
+        self.parked.lock().unwrap().remove(id);
+        self.wake(id);
         Ok(())
     }
 
@@ -961,9 +1013,16 @@ impl Service {
     /// finished instance's last sends go out again). Timers resume the rest.
     fn recover(&self) -> anyhow::Result<()> {
         let mut resume = BTreeSet::new();
+        let mut park = Vec::new();
+        let crashed = !self.clean_start.load(Ordering::SeqCst);
         self.store.for_each(Cf::Instances, |k, v| {
             if let Ok(s) = serde_json::from_slice::<Snapshot>(v) {
                 let id = String::from_utf8_lossy(k).into_owned();
+                let deferred = self.deployed(&s.version).and_then(|d| d.record.definition.as_ref().map(|d| d.deferred_recovery));
+                if crashed && s.status == Status::Running && deferred == Some(true) {
+                    park.push(id);
+                    return true;
+                }
                 let pending = || self.store.scan_prefix(Cf::Inbox, &keys::instance_prefix(&id)).map(|r| !r.is_empty()).unwrap_or(true);
                 if s.status == Status::Running || (s.status == Status::Waiting && pending()) {
                     resume.insert(id);
@@ -985,6 +1044,24 @@ impl Service {
                 _ => {
                     resume.insert(id);
                 }
+            }
+        }
+        if !park.is_empty() {
+            eprintln!("cairn: deferred recovery: {} instances parked until resubmitted (cairn resubmit ID)", park.len());
+            let mut b = Batch::default();
+            for id in &park {
+                b.put(Cf::Meta, Self::parked_key(id), Vec::new());
+            }
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.commit(b).await {
+                    eprintln!("cairn: recording parked instances: {e}");
+                }
+            });
+            let mut parked = self.parked.lock().unwrap();
+            for id in park {
+                resume.remove(&id);
+                parked.insert(id);
             }
         }
         if !resume.is_empty() {
@@ -1017,6 +1094,11 @@ impl Service {
                 eprintln!("cairn: {} instances did not stop in time", self.live_count());
                 break;
             }
+        }
+        let mut b = Batch::default();
+        b.put(Cf::Meta, CLEAN_SHUTDOWN, Vec::new());
+        if let Err(e) = self.store.commit(b).await {
+            eprintln!("cairn: recording the controlled shutdown: {e}");
         }
         if let Err(e) = self.store.flush() {
             eprintln!("cairn: flushing the store: {e:#}");
