@@ -83,3 +83,54 @@ fn orders_with_good_and_bad_accounts_each_end_as_the_scenario_says() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// DESIGN.md section 8's procedure: load the host, take a backup while
+/// orders are in flight, restore it into an isolated environment, and watch
+/// every order in the backup finish there, with its effects recorded there.
+#[test]
+fn orders_in_flight_in_a_backup_finish_in_the_isolated_environment() {
+    let primary_dir = TempDir::new("reference-primary");
+    let primary = Host::start(primary_dir.path(), &["--quiet-guests"], &[]);
+    for (file, name) in [("account_service", "account-service"), ("order_db", "order-db"), ("notifier", "notifier")] {
+        primary.deploy(file, Some(name));
+    }
+    for file in ["check_customer_account_status", "update_order_database", "cancel_order_and_send_notification", "order_handling"] {
+        primary.deploy(file, None);
+    }
+    let backup_dir = TempDir::new("reference-backup");
+    let backup = backup_dir.path().join("b");
+    // Orders keep arriving while the backup is taken.
+    for i in 0..ORDERS {
+        let customer = if is_bad(i) { format!("bad-customer-{i}") } else { format!("customer-{i}") };
+        let body = json!({ "order_id": format!("o-{i:03}"), "customer": customer, "amount": 1.0 });
+        primary.send("order", body, None);
+        if i == ORDERS / 2 {
+            primary.ok_json(&["backup", backup.to_str().unwrap()]);
+        }
+    }
+    let restored_dir = TempDir::new("reference-restored");
+    let restored = Host::restore(&backup, restored_dir.path());
+    let in_backup = restored.instances("order-handling");
+    assert!(!in_backup.is_empty() && in_backup.len() <= ORDERS / 2 + 1, "{} orders in the backup", in_backup.len());
+    let in_flight = in_backup.iter().filter(|o| o["status"] != "completed").count();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all = restored.instances("order-handling");
+        if all.iter().all(|o| o["status"] == "completed") {
+            for o in &all {
+                let v = restored.instance(o["id"].as_str().unwrap());
+                let id: usize = v["variables"]["order_id"].as_str().unwrap()[2..].parse().unwrap();
+                let expected = if is_bad(id) { "cancelled" } else { "accepted" };
+                assert_eq!(v["variables"]["status"], expected, "order {id} in the isolated environment");
+            }
+            assert_eq!(all.len(), in_backup.len(), "no order appeared or vanished");
+            break;
+        }
+        assert!(Instant::now() < deadline, "orders in the backup did not finish: {all:#?}\n{}", restored.server_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if in_flight > 0 {
+        let effects = std::fs::read_to_string(restored_dir.path().join("store").join("isolated-effects.jsonl")).unwrap_or_default();
+        assert!(effects.lines().count() > 0, "{in_flight} orders continued there, and their calls are recorded there");
+    }
+}
