@@ -65,7 +65,7 @@ fn a_crash_right_after_start_process_commits_still_starts_the_child_exactly_once
     let dir = TempDir::new("start-crash");
     let mut h = host(&dir, &[("CAIRN_FAILPOINT", "after-commit-dispatch")]);
     let parent = start_parent(&h, "p3", "");
-    eventually("the fail point was reached", || h.get("/v1/health").0 != 200);
+    h.wait_down();
     h.kill9();
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
     let v = h.wait_status(&parent, "completed", WAIT);

@@ -119,11 +119,7 @@ fn a_crash_after_an_activity_ran_resends_it_with_the_same_idempotency_key() {
     deploy_crashy(&h);
     h.send("crash-start", json!({"key": "solo"}), None);
     // The host aborts at the fail point right after the activity ran.
-    let deadline = Instant::now() + WAIT;
-    while h.get("/v1/health").0 == 200 {
-        assert!(Instant::now() < deadline, "the fail point was not reached");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.wait_down();
     h.kill9();
     assert_eq!(recorded(&h)[&("solo".to_string(), "record".to_string())].len(), 1);
 
@@ -143,11 +139,7 @@ fn a_crash_before_a_persistence_point_resumes_from_the_previous_one() {
     deploy_crashy(&h);
     let (_, v) = h.send("crash-start", json!({"key": "again"}), None);
     let id = v["instance"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + WAIT;
-    while h.get("/v1/health").0 == 200 {
-        assert!(Instant::now() < deadline, "the fail point was not reached");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.wait_down();
     h.kill9();
 
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
@@ -235,11 +227,7 @@ fn deferred_recovery_parks_in_flight_instances_after_a_crash_until_resubmitted()
     h.deploy("t_deferred", None);
     let (_, v) = h.send("deferred-start", json!({"key": "d1"}), None);
     let id = v["instance"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + WAIT;
-    while h.get("/v1/health").0 == 200 {
-        assert!(Instant::now() < deadline, "the fail point was not reached");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.wait_down();
     h.kill9();
 
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);

@@ -32,7 +32,7 @@ fn crash_mid_call(dir: &TempDir, mode: &str, key: &str) -> (Host, String) {
     h.deploy("t_invoker", None);
     let input = serde_json::json!({ "mode": mode, "key": key }).to_string();
     let id = h.ok_json(&["start", "invoker", "--input", &input])["id"].as_str().unwrap().to_string();
-    eventually("the fail point was reached", || h.get("/v1/health").0 != 200);
+    h.wait_down();
     h.kill9();
     assert_eq!(keys(&h, "recorded", key).len(), 1);
     (Host::start(dir.path(), &["--quiet-guests"], &[]), id)

@@ -87,7 +87,7 @@ fn a_crash_before_a_microflow_ends_runs_it_again_from_the_start() {
     let (status, v) = h.send("micro-start", json!({"key": "m6"}), None);
     assert_eq!(status, 202, "{v}");
     let id = v["instance"].as_str().unwrap().to_string();
-    eventually("the fail point was reached", || h.get("/v1/health").0 != 200);
+    h.wait_down();
     h.kill9();
     assert_eq!(records(&h, "m6", "record"), 1);
     assert_eq!(records(&h, "m6", "sent"), 0);

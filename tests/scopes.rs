@@ -104,11 +104,7 @@ fn a_crash_in_the_middle_of_compensation_runs_each_handler_exactly_once() {
     h.deploy("t_compensation", None);
     let started = h.ok_json(&["start", "compensation", "--input", r#"{"mode":"fail"}"#]);
     let id = started["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + WAIT;
-    while h.get("/v1/health").0 == 200 {
-        assert!(Instant::now() < deadline, "the fail point was not reached");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.wait_down();
     h.kill9();
 
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
@@ -169,11 +165,7 @@ fn a_crash_inside_an_atomic_scope_leaves_nothing_of_it_and_it_runs_again() {
     deploy_atomic(&h);
     let started = h.ok_json(&["start", "atomic", "--input", r#"{"mode":"ok","key":"c1"}"#]);
     let id = started["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + WAIT;
-    while h.get("/v1/health").0 == 200 {
-        assert!(Instant::now() < deadline, "the fail point was not reached");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.wait_down();
     h.kill9();
     assert_eq!(guest_records(&h, "atomic attempt", "c1"), 1);
 

@@ -202,6 +202,15 @@ impl Host {
         }
     }
 
+    /// Waits until the host stops answering (a fail point aborted it).
+    pub fn wait_down(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.get("/v1/health").0 == 200 {
+            assert!(Instant::now() < deadline, "the host is still up: the fail point was not reached");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `kill -9`: no shutdown, no flush.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

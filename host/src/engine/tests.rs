@@ -536,28 +536,8 @@ fn scope(t: &mut Tree, name: &str, body: NodeId, handlers: Vec<definition::Fault
 /// "undo <scope-variables.n>" and snippets by bumping `n`; returns the trace
 /// of yields and the final snapshot.
 fn drive_scopes(def: &Definition, compensations: &[u32]) -> (Vec<String>, Snapshot) {
-    let mut m = Machine::new(def, Snapshot::new("i1".into(), def, "v1".into(), r#"{"n":0,"trace":[]}"#.into(), 0));
-    let mut trace = Vec::new();
-    let mut input = Input::Continue;
-    loop {
-        let y = m.step(input, 0);
-        trace.push(trace_of(&y));
-        input = match y {
-            Yield::Call(c) => {
-                let mut v: serde_json::Value = serde_json::from_str(&m.snap.variables).unwrap();
-                if compensations.contains(&c.handler) {
-                    let at_end: serde_json::Value = serde_json::from_str(c.message.as_deref().unwrap()).unwrap();
-                    v["trace"].as_array_mut().unwrap().push(format!("undo {}", at_end["n"]).into());
-                } else {
-                    v["n"] = (v["n"].as_u64().unwrap() + 1).into();
-                }
-                Input::Handler(Ok(HandlerOutput { variables: v.to_string(), output: None }))
-            }
-            Yield::Persist(_) => Input::Continue,
-            Yield::Finished(_) => return (trace, m.snap),
-            y => panic!("unexpected {y:?}"),
-        };
-    }
+    let snap = Snapshot::new("i1".into(), def, "v1".into(), r#"{"n":0,"trace":[]}"#.into(), 0);
+    drive_scopes_from(def, snap, compensations)
 }
 
 #[test]
@@ -643,16 +623,7 @@ fn compensation_resumed_from_a_snapshot_does_not_run_a_step_twice() {
     let mut after_first_step = None;
     loop {
         match m.step(input, 0) {
-            Yield::Call(c) => {
-                let mut v: serde_json::Value = serde_json::from_str(&m.snap.variables).unwrap();
-                if c.handler == 1 || c.handler == 3 {
-                    let at_end: serde_json::Value = serde_json::from_str(c.message.as_deref().unwrap()).unwrap();
-                    v["trace"].as_array_mut().unwrap().push(format!("undo {}", at_end["n"]).into());
-                } else {
-                    v["n"] = (v["n"].as_u64().unwrap() + 1).into();
-                }
-                input = Input::Handler(Ok(HandlerOutput { variables: v.to_string(), output: None }));
-            }
+            Yield::Call(c) => input = Input::Handler(Ok(scope_handler(&m.snap.variables, &c, &[1, 3]))),
             Yield::Persist(Reason::Compensated) if after_first_step.is_none() => {
                 after_first_step = Some(m.snap.clone());
                 input = Input::Continue;
@@ -671,26 +642,35 @@ fn compensation_resumed_from_a_snapshot_does_not_run_a_step_twice() {
     assert_eq!(v["trace"], serde_json::json!(["undo 2", "undo 1"]));
 }
 
+/// Drives to the end, answering compensation handlers by appending
+/// "undo <scope-variables.n>" and snippets by bumping `n`; returns the trace
+/// of yields and the final snapshot.
 fn drive_scopes_from(def: &Definition, snap: Snapshot, compensations: &[u32]) -> (Vec<String>, Snapshot) {
     let mut m = Machine::new(def, snap);
+    let mut trace = Vec::new();
     let mut input = Input::Continue;
     loop {
-        input = match m.step(input, 0) {
-            Yield::Call(c) => {
-                let mut v: serde_json::Value = serde_json::from_str(&m.snap.variables).unwrap();
-                if compensations.contains(&c.handler) {
-                    let at_end: serde_json::Value = serde_json::from_str(c.message.as_deref().unwrap()).unwrap();
-                    v["trace"].as_array_mut().unwrap().push(format!("undo {}", at_end["n"]).into());
-                } else {
-                    v["n"] = (v["n"].as_u64().unwrap() + 1).into();
-                }
-                Input::Handler(Ok(HandlerOutput { variables: v.to_string(), output: None }))
-            }
+        let y = m.step(input, 0);
+        trace.push(trace_of(&y));
+        input = match y {
+            Yield::Call(c) => Input::Handler(Ok(scope_handler(&m.snap.variables, &c, compensations))),
             Yield::Persist(_) => Input::Continue,
-            Yield::Finished(_) => return (Vec::new(), m.snap),
+            Yield::Finished(_) => return (trace, m.snap),
             y => panic!("unexpected {y:?}"),
         };
     }
+}
+
+/// A compensation handler records what it undoes; any other handler bumps `n`.
+fn scope_handler(variables: &str, c: &HandlerCall, compensations: &[u32]) -> HandlerOutput {
+    let mut v: serde_json::Value = serde_json::from_str(variables).unwrap();
+    if compensations.contains(&c.handler) {
+        let at_end: serde_json::Value = serde_json::from_str(c.message.as_deref().unwrap()).unwrap();
+        v["trace"].as_array_mut().unwrap().push(format!("undo {}", at_end["n"]).into());
+    } else {
+        v["n"] = (v["n"].as_u64().unwrap() + 1).into();
+    }
+    HandlerOutput { variables: v.to_string(), output: None }
 }
 
 #[test]

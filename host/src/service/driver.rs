@@ -136,17 +136,8 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                 tell(&mut told);
                 // A call in flight keeps the driver, so that its result is not lost.
                 let call_in_flight = matches!(m.snap.stack.last().map(|f| &f.phase), Some(Phase::AwaitInvoke { .. }));
-                let wakes = if call_in_flight {
-                    match rx.recv().await {
-                        Some(w) => vec![w],
-                        None => return Ok(()),
-                    }
-                } else {
-                    let pending = svc.try_retire(id, rx);
-                    if pending.is_empty() {
-                        return Ok(());
-                    }
-                    pending
+                let Some(wakes) = park(svc, id, rx, call_in_flight, std::time::Duration::ZERO).await else {
+                    return Ok(());
                 };
                 for w in wakes {
                     absorb(svc, id, w, &mut inbox, &mut results, &mut committed.sent, &mut controls).await?;
@@ -188,28 +179,8 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                         commit(svc, &mut m, Reason::Waiting, &mut committed).await?;
                     }
                     tell(&mut told);
-                    let wakes = match first_invoke(&wait) {
-                        // A call in flight keeps the instance in memory for its result.
-                        Some(_) => match rx.recv().await {
-                            Some(w) => vec![w],
-                            None => return Ok(()),
-                        },
-                        None => {
-                            // Stay in memory for the idle time, then dehydrate.
-                            let idle = svc.idle();
-                            let early = if idle.is_zero() { None } else { tokio::time::timeout(idle, rx.recv()).await.ok() };
-                            match early {
-                                Some(Some(w)) => vec![w],
-                                Some(None) => return Ok(()),
-                                None => {
-                                    let pending = svc.try_retire(id, rx);
-                                    if pending.is_empty() {
-                                        return Ok(());
-                                    }
-                                    pending
-                                }
-                            }
-                        }
+                    let Some(wakes) = park(svc, id, rx, first_invoke(&wait).is_some(), svc.idle()).await else {
+                        return Ok(());
                     };
                     for w in wakes {
                         absorb(svc, id, w, &mut inbox, &mut results, &mut committed.sent, &mut controls).await?;
@@ -222,6 +193,29 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
 }
 
 type Responder = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Parks the driver until something wakes it. With a call in flight it stays
+/// in memory for the result; otherwise it stays for `idle`, then leaves
+/// memory (the instance is dehydrated) unless a wake slipped in. `None`: the
+/// driver should end.
+async fn park(
+    svc: &Service,
+    id: &str,
+    rx: &mut UnboundedReceiver<Wake>,
+    call_in_flight: bool,
+    idle: std::time::Duration,
+) -> Option<Vec<Wake>> {
+    if call_in_flight {
+        return rx.recv().await.map(|w| vec![w]);
+    }
+    if !idle.is_zero() {
+        if let Ok(w) = tokio::time::timeout(idle, rx.recv()).await {
+            return w.map(|w| vec![w]);
+        }
+    }
+    let pending = svc.try_retire(id, rx);
+    (!pending.is_empty()).then_some(pending)
+}
 
 /// Takes a wake into the driver's state.
 async fn absorb(
