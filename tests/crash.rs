@@ -183,7 +183,7 @@ fn a_pick_waiting_through_a_crash_fires_its_due_timers_after_the_restart() {
     h.wait_status(&b, "waiting", WAIT);
     h.kill9();
     // Down past the timers' due time: they fire at once after the restart.
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(1600));
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
     let vb = h.wait_status(&b, "completed", WAIT);
     assert_eq!(vb["variables"]["outcome"], "expired");
@@ -203,7 +203,7 @@ fn a_flow_with_branches_at_different_points_survives_kill_9() {
     let deadline = Instant::now() + WAIT;
     loop {
         let v = h.instance(&id);
-        if v["status"] == "waiting" && v["variables"]["done"] == json!(["call"]) {
+        if v["status"] == "waiting" && v["variables"]["done"].as_array().is_some_and(|d| d.contains(&json!("call"))) {
             break;
         }
         assert!(Instant::now() < deadline, "the flow did not reach its waits: {v:#}");

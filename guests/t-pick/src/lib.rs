@@ -1,4 +1,4 @@
-//! Test guest "picker": a pick between an approval message and a 500 ms
+//! Test guest "picker": a pick between an approval message and a 1500 ms
 //! timer; whichever comes first decides the outcome.
 
 use cairn_guest::{Activity, Process};
@@ -39,7 +39,7 @@ fn define(p: &mut Process<Vars>) -> Activity {
         v.outcome = "approved".into();
         Ok(())
     });
-    let window = p.after(Duration::from_millis(500));
+    let window = p.after(Duration::from_millis(1500));
     let expired = p.snippet("expired", |v| {
         v.outcome = "expired".into();
         Ok(())
