@@ -328,11 +328,13 @@ impl Service {
         }
         let record = serde_json::json!({ "ts_ms": now_ms(), "instance": instance, "effect": what, "detail": detail });
         println!("[isolated] {record}");
+        // One write of a whole line, under a lock: concurrent calls never interleave.
         use std::io::Write;
-        if let Ok(mut f) =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.config.data_dir.join("isolated-effects.jsonl"))
-        {
-            let _ = writeln!(f, "{record}");
+        static FILE: Mutex<()> = Mutex::new(());
+        let _guard = FILE.lock().unwrap();
+        let path = self.config.data_dir.join("isolated-effects.jsonl");
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = f.write_all(format!("{record}\n").as_bytes());
         }
     }
 
