@@ -604,6 +604,14 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         Activity::new(name, Kind::Snippet(id))
     }
 
+    /// Registers a handler that folds a typed message (`what`, for errors) into the variables.
+    fn reader<M: DeserializeOwned>(&mut self, what: String, f: impl Fn(&mut V, M) -> Result<(), Fault> + 'static) -> u32 {
+        self.register(Box::new(move |v, msg| {
+            let m: M = from_json(msg, &what)?;
+            f(v, m).map(|()| None)
+        }))
+    }
+
     fn condition(&mut self, f: impl Fn(&V) -> bool + 'static) -> u32 {
         self.register(Box::new(move |v, _| Ok(Some(f(v).to_string()))))
     }
@@ -664,11 +672,7 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         operation: &str,
         reader: impl Fn(&mut V, M) -> Result<(), Fault> + 'static,
     ) -> Activity {
-        let what = format!("the body of message '{operation}'");
-        let reader = self.register(Box::new(move |v, msg| {
-            let m: M = from_json(msg, &what)?;
-            reader(v, m).map(|()| None)
-        }));
+        let reader = self.reader(format!("the body of message '{operation}'"), reader);
         Activity::new(
             name,
             Kind::Receive {
@@ -770,11 +774,7 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         output: impl Fn(&mut V, O) -> Result<(), Fault> + 'static,
     ) -> Activity {
         let input = self.register(Box::new(move |v, _| Ok(Some(to_json(&input(v)?, "invoke input")?))));
-        let what = format!("the output of '{operation}'");
-        let output = self.register(Box::new(move |v, msg| {
-            let o: O = from_json(msg, &what)?;
-            output(v, o).map(|()| None)
-        }));
+        let output = self.reader(format!("the output of '{operation}'"), output);
         let policy = wit::InvokePolicy { idempotent: true, retry_on_recovery: false, retry: None, timeout_ms: None };
         Activity::new(name, Kind::Invoke { target, operation: operation.to_string(), input, output: Some(output), policy })
     }
@@ -1124,11 +1124,7 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         correlation: &str,
         reader: impl Fn(&mut V, M) -> Result<(), Fault> + 'static,
     ) -> PickArm {
-        let what = format!("the body of message '{operation}'");
-        let reader = self.register(Box::new(move |v, msg| {
-            let m: M = from_json(msg, &what)?;
-            reader(v, m).map(|()| None)
-        }));
+        let reader = self.reader(format!("the body of message '{operation}'"), reader);
         PickArm(wit::PickTrigger::Message(wit::PickMessage {
             operation: operation.to_string(),
             correlation: Some(correlation.to_string()),
