@@ -673,17 +673,23 @@ fn scope_handler(variables: &str, c: &HandlerCall, compensations: &[u32]) -> Han
     HandlerOutput { variables: v.to_string(), output: None }
 }
 
-#[test]
-fn an_atomic_scope_takes_one_persistence_point_at_its_end_and_buffers_its_sends() {
+/// atomic scope "batch" { snippet (handler 0); send (handler 1); snippet (handler 2) },
+/// the two snippets with the given transactional behaviours.
+fn atomic_def(snippets: (T, T), policy: definition::AtomicPolicy) -> Definition {
     let mut t = Tree::new();
-    let a = t.snippet("a", T::RequiresOwn);
+    let a = t.snippet("a", snippets.0);
     let body_h = t.handler();
     let send = t.add("tell", Activity::Send { target: Target::Process("p".into()), operation: "op".into(), body: body_h }, T::Default);
-    let b = t.snippet("b", T::CommitAfter);
+    let b = t.snippet("b", snippets.1);
     let body = t.add("body", Activity::Sequence { children: vec![a, send, b] }, T::Default);
-    let policy = definition::AtomicPolicy { max_attempts: 1, backoff_ms: 0 };
-    let s = t.add("batch", Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None }, T::Default);
-    let def = t.seq(vec![s], ProcessKind::LongRunning);
+    let scope = Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None };
+    let s = t.add("batch", scope, T::Default);
+    t.seq(vec![s], ProcessKind::LongRunning)
+}
+
+#[test]
+fn an_atomic_scope_takes_one_persistence_point_at_its_end_and_buffers_its_sends() {
+    let def = atomic_def((T::RequiresOwn, T::CommitAfter), definition::AtomicPolicy { max_attempts: 1, backoff_ms: 0 });
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0,"trace":[]}"#.into(), 0));
     let mut trace = Vec::new();
     let mut input = Input::Continue;
@@ -708,15 +714,7 @@ fn an_atomic_scope_takes_one_persistence_point_at_its_end_and_buffers_its_sends(
 
 #[test]
 fn a_fault_in_an_atomic_scope_rolls_back_and_retries_by_its_policy_then_propagates() {
-    let mut t = Tree::new();
-    let a = t.snippet("a", T::Default);
-    let body_h = t.handler();
-    let send = t.add("tell", Activity::Send { target: Target::Process("p".into()), operation: "op".into(), body: body_h }, T::Default);
-    let fail = t.snippet("fail", T::Default);
-    let body = t.add("body", Activity::Sequence { children: vec![a, send, fail] }, T::Default);
-    let policy = definition::AtomicPolicy { max_attempts: 3, backoff_ms: 100 };
-    let s = t.add("batch", Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None }, T::Default);
-    let def = t.seq(vec![s], ProcessKind::LongRunning);
+    let def = atomic_def((T::Default, T::Default), definition::AtomicPolicy { max_attempts: 3, backoff_ms: 100 });
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0}"#.into(), 0));
     let mut trace = Vec::new();
     let mut input = Input::Continue;
