@@ -4,7 +4,7 @@
 //! Request bodies are parsed here, so that malformed JSON gets an error that
 //! says where it is malformed; everything else is the service's.
 
-use crate::engine::{Control, Snapshot, Status};
+use cairn_engine::{Control, Snapshot, Status};
 use crate::service::{Error, ErrorKind, InTransit, InTransitState, MessageIn, Service};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};

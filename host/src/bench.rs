@@ -4,7 +4,7 @@
 //!
 //! Benchmarks measure; they never assert. Timed assertions do not belong in tests.
 
-use crate::engine::Status;
+use cairn_engine::Status;
 use crate::runtime::{Limits, Loaded, LogContext};
 use crate::service::{Config, MessageIn, Service};
 use crate::store::{keys, Batch, Cf, Store};

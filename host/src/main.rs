@@ -1,6 +1,6 @@
 //! `cairn`: the durable process host and its command-line client.
 //!
-//! `cairn serve` runs the host: the engine (`engine`, pure), the Wasm runtime
+//! `cairn serve` runs the host: the engine (the `cairn-engine` crate, pure), the Wasm runtime
 //! (`runtime`), the RocksDB store (`store`), the service that drives
 //! instances (`service`) and the HTTP API (`api`). Every other subcommand is
 //! a client of that API (`cli`). See ARCHITECTURE.md for the code map.
@@ -8,7 +8,6 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
-pub mod engine;
 pub mod failpoint;
 pub mod guestlog;
 pub mod runtime;

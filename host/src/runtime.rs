@@ -8,7 +8,7 @@
 //! Guests get WASI p2 with an empty context (no files, network, environment)
 //! plus `cairn:log/logging`, and nothing else.
 
-use crate::engine::{self, HandlerOutput};
+use cairn_engine::{self as engine, HandlerOutput};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,7 +7,7 @@
 //! between dispatches them again with the same idempotency key or message id.
 
 use super::{ComponentKind, MessageIn, Reply, Service, Wake};
-use crate::engine::{Effect, Fault, Snapshot, Target};
+use cairn_engine::{Effect, Fault, Snapshot, Target};
 use crate::runtime::{LogContext, Loaded};
 use crate::store::{keys, Batch, Cf};
 
@@ -145,7 +145,7 @@ impl Service {
         operation: &str,
         input: &str,
         idempotency_key: &str,
-        policy: &crate::engine::definition::InvokePolicy,
+        policy: &cairn_engine::definition::InvokePolicy,
         first_attempt: u32,
     ) -> Result<String, Fault> {
         let mut attempt = first_attempt;

@@ -13,7 +13,7 @@
 //!   input in hand: never between a handler call and its result.
 
 use super::{HistoryEntry, Service, Wake};
-use crate::engine::{Control, Effect, Fault, Input, Machine, Phase, ProcessKind, Reason, Status, Wait, Yield};
+use cairn_engine::{Control, Effect, Fault, Input, Machine, Phase, ProcessKind, Reason, Status, Wait, Yield};
 use crate::now_ms;
 use crate::runtime::{LogContext, Loaded, Session};
 use crate::store::{keys, Batch, Cf};
@@ -30,7 +30,7 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
 
 /// The last committed position, to tell whether parking needs a commit.
 struct Committed {
-    stack: Vec<crate::engine::machine::Frame>,
+    stack: Vec<cairn_engine::machine::Frame>,
     status: Status,
     /// Outbox entries this driver has sent on their way.
     sent: HashSet<u64>,
@@ -222,7 +222,7 @@ async fn absorb(
     svc: &Service,
     id: &str,
     wake: Wake,
-    inbox: &mut Vec<crate::engine::Delivery>,
+    inbox: &mut Vec<cairn_engine::Delivery>,
     results: &mut HashMap<u64, Result<String, Fault>>,
     sent: &mut HashSet<u64>,
     controls: &mut VecDeque<(Control, Responder)>,
@@ -251,7 +251,7 @@ fn tell(told: &mut Vec<Responder>) {
 /// What the engine waits for, if it is already here.
 fn at_hand(
     wait: &Wait,
-    inbox: &mut Vec<crate::engine::Delivery>,
+    inbox: &mut Vec<cairn_engine::Delivery>,
     consumed: &HashSet<u64>,
     results: &mut HashMap<u64, Result<String, Fault>>,
 ) -> Option<Input> {

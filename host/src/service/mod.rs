@@ -16,7 +16,7 @@ mod driver;
 
 pub use dispatch::{InTransit, InTransitState};
 
-use crate::engine::{self, correlation_values, Definition, Delivery, Fault, Snapshot, Status};
+use cairn_engine::{self as engine, correlation_values, Definition, Delivery, Fault, Snapshot, Status};
 use crate::guestlog::GuestLog;
 use crate::runtime::{Limits, Loaded, Runtime};
 use crate::store::{keys, Batch, Cf, CommitError, Store};

@@ -3,7 +3,7 @@
 //! validation. No Wasm, no RocksDB: handlers are answered from a script.
 
 use super::*;
-use crate::engine::definition::{Property, Transaction as T};
+use crate::definition::{Property, Transaction as T};
 
 /// Builds arena definitions tersely; node names double as activity paths.
 struct Tree {
