@@ -570,12 +570,8 @@ impl Definition {
                         problems.push(format!("{at}: a microflow cannot wait for a message"));
                     }
                 }
-                Activity::Reply { operation, .. } => {
-                    if !request_ops.contains(operation) {
-                        problems.push(format!(
-                            "{at}: no request-response receive of operation '{operation}' to reply to"
-                        ));
-                    }
+                Activity::Reply { operation, .. } if !request_ops.contains(operation) => {
+                    problems.push(format!("{at}: no request-response receive of operation '{operation}' to reply to"));
                 }
                 Activity::Pick { branches } => {
                     if self.kind == ProcessKind::Microflow {

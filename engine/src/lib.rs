@@ -1,18 +1,27 @@
 //! The engine: a pure state machine over process instances.
 //!
 //! `(snapshot, input) -> (snapshot, effects, yield)`. Architecture invariant:
-//! this module never imports wasmtime, tokio, rocksdb or an HTTP crate. Time
+//! this crate never imports wasmtime, tokio, rocksdb or an HTTP crate. Time
 //! and ids enter as fields of inputs; handler calls and commits leave as
-//! `Yield`s that the driver (`crate::host`) carries out.
+//! `Yield`s that the host's driver carries out.
+//!
+//! Code map:
+//! - `definition`: the activity tree a process deployed, and its validation.
+//! - `snapshot`: the stored format of an instance (what survives a
+//!   persistence point). API boundary: existing data directories hold it.
+//! - `contract`: what the driver feeds the machine and what it gets back,
+//!   including the `PersistencePoint` it commits. API boundary.
+//! - `machine`: the interpreter, `Machine`, one file per activity family.
 
+pub mod contract;
 pub mod definition;
 pub mod machine;
+pub mod snapshot;
 
+pub use contract::{Control, Delivery, Effect, HandlerCall, HandlerOutput, Input, PersistencePoint, Reason, Wait, Yield};
 pub use definition::{Activity, CorrelationSet, Definition, Node, NodeId, ProcessKind, Target, Transaction, WaitFor};
-pub use machine::{
-    correlation_values, Control, Delivery, Effect, Fault, FaultRecord, HandlerCall, HandlerOutput, Input, Machine, Phase, Reason,
-    Snapshot, Status, Wait, Yield,
-};
+pub use machine::{correlation_values, Machine};
+pub use snapshot::{Fault, FaultRecord, Frame, Phase, Snapshot, Status};
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Unit tests of the pure engine: one per persistence-point rule of
-//! DESIGN.md section 3 that this engine implements, plus resumability and
-//! validation. No Wasm, no RocksDB: handlers are answered from a script.
+//! DESIGN.md section 3 that this engine implements, plus resumability,
+//! validation, the persistence-point contract with the driver and the stored
+//! format. No Wasm, no RocksDB: handlers are answered from a script.
 
 use super::*;
 use crate::definition::{Property, Transaction as T};
@@ -106,7 +107,7 @@ fn drive_from(def: &Definition, snap: Snapshot) -> (Vec<String>, Snapshot) {
         let y = m.step(input, now);
         trace.push(trace_of(&y));
         input = match y {
-            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snap.variables, c.handler))),
+            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snapshot().variables, c.handler))),
             Yield::Persist(_) => Input::Continue,
             Yield::Await(Wait::Message { operation, .. }) => Input::Message(Delivery {
                 seq: 1,
@@ -128,7 +129,7 @@ fn drive_from(def: &Definition, snap: Snapshot) -> (Vec<String>, Snapshot) {
             }),
             Yield::Suspended => Input::Control(Control::Resume),
             Yield::Await(Wait::Many(_)) => panic!("no flows here"),
-            Yield::Finished(_) => return (trace, m.snap),
+            Yield::Finished(_) => return (trace, m.snapshot().clone()),
         };
     }
     panic!("did not finish: {trace:?}");
@@ -192,7 +193,7 @@ fn receive_commits_after_by_default_and_consumes_the_message_in_that_batch() {
     let d = Delivery { seq: 7, message_id: "m".into(), operation: "submit".into(), body: r#"{"id":"o-1"}"#.into() };
     assert_eq!(m.step(Input::Message(d), 0), Yield::Persist(Reason::CommitAfter));
     assert_eq!(
-        m.take_effects(),
+        m.persistence_point(Reason::CommitAfter, 0).effects,
         [
             Effect::ConsumeMessage { seq: 7 },
             Effect::Correlate { set: "order".into(), values: r#"["o-1"]"#.into() }
@@ -209,8 +210,8 @@ fn wait_commits_before_and_then_awaits_its_timer() {
     let mut m = Machine::new(&def, snap);
     assert_eq!(m.step(Input::Continue, 1000), Yield::Persist(Reason::CommitBefore));
     assert_eq!(m.step(Input::Continue, 1000), Yield::Await(Wait::Timer { timer_id: 1, due_ms: 1500 }));
-    assert_eq!(m.snap.status, Status::Waiting);
-    assert_eq!(m.take_effects(), [Effect::SetTimer { timer_id: 1, due_ms: 1500 }]);
+    assert_eq!(m.snapshot().status, Status::Waiting);
+    assert_eq!(m.persistence_point(Reason::Waiting, 1000).effects, [Effect::SetTimer { timer_id: 1, due_ms: 1500 }]);
 }
 
 #[test]
@@ -221,11 +222,11 @@ fn a_timer_already_due_on_resume_fires_at_once() {
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
     m.step(Input::Continue, 1000);
     m.step(Input::Continue, 1000);
-    let persisted = m.snap.clone();
+    let persisted = m.persistence_point(Reason::Waiting, 1000).snapshot;
     // A restart long after the deadline: the same snapshot resumes past the wait.
     let mut m = Machine::new(&def, persisted);
     assert_eq!(m.step(Input::Continue, 9000), Yield::Finished(Reason::Completed));
-    assert_eq!(m.take_effects(), [Effect::ClearTimer { timer_id: 1, due_ms: 1500 }]);
+    assert_eq!(m.persistence_point(Reason::Completed, 9000).effects, [Effect::ClearTimer { timer_id: 1, due_ms: 1500 }]);
 }
 
 #[test]
@@ -241,7 +242,7 @@ fn invoke_persists_its_outbox_entry_before_dispatch_and_commits_after_its_result
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("{\"n\":1}".into()) })), 0);
     assert_eq!(y, Yield::Persist(Reason::Dispatch));
     assert_eq!(
-        m.take_effects(),
+        m.persistence_point(Reason::Dispatch, 0).effects,
         [Effect::Invoke {
             call_id: 1,
             target: Target::Activity("pricing".into()),
@@ -287,8 +288,8 @@ fn an_uncaught_fault_marks_the_instance_faulted_with_its_path_and_data() {
     assert!(matches!(m.step(Input::Continue, 0), Yield::Call(_)));
     let fault = Fault { name: "invalid-order".into(), message: "no lines".into(), data: "{\"lines\":0}".into() };
     assert_eq!(m.step(Input::Handler(Err(fault.clone())), 0), Yield::Finished(Reason::Faulted));
-    assert_eq!(m.snap.status, Status::Faulted);
-    assert_eq!(m.snap.fault, Some(FaultRecord { fault, path: "main/a".into() }));
+    assert_eq!(m.snapshot().status, Status::Faulted);
+    assert_eq!(m.snapshot().fault, Some(FaultRecord { fault, path: "main/a".into() }));
 }
 
 #[test]
@@ -336,11 +337,11 @@ fn if_and_while_follow_their_conditions() {
     loop {
         match m.step(input, 0) {
             Yield::Call(c) if c.handler == cond => {
-                input = Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: Some((bodies < 3).to_string()) }))
+                input = Input::Handler(Ok(HandlerOutput { variables: m.snapshot().variables.clone(), output: Some((bodies < 3).to_string()) }))
             }
             Yield::Call(_) => {
                 bodies += 1;
-                input = Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: None }))
+                input = Input::Handler(Ok(HandlerOutput { variables: m.snapshot().variables.clone(), output: None }))
             }
             Yield::Finished(r) => {
                 assert_eq!(r, Reason::Completed);
@@ -373,9 +374,9 @@ fn every_persisted_snapshot_resumes_to_the_same_outcome() {
     loop {
         let y = m.step(input, now);
         input = match y {
-            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snap.variables, c.handler))),
-            Yield::Persist(_) => {
-                persisted.push(m.snap.clone());
+            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snapshot().variables, c.handler))),
+            Yield::Persist(reason) => {
+                persisted.push(m.persistence_point(reason, now).snapshot);
                 Input::Continue
             }
             Yield::Await(Wait::Message { operation, .. }) => {
@@ -494,7 +495,7 @@ fn a_receive_with_a_timeout_runs_its_timeout_handler_when_the_deadline_passes_fi
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: r#"{"timed_out":true}"#.into(), output: None })), 5000);
     assert_eq!(y, Yield::Persist(Reason::CommitAfter));
     assert_eq!(
-        m.take_effects(),
+        m.persistence_point(Reason::CommitAfter, 5000).effects,
         [Effect::SetTimer { timer_id: 1, due_ms: 5000 }, Effect::ClearTimer { timer_id: 1, due_ms: 5000 }]
     );
 }
@@ -517,9 +518,9 @@ fn a_faulted_instance_answers_waiting_requests_with_its_fault() {
     m.step(Input::Continue, 0);
     let d = Delivery { seq: 1, message_id: "req-1".into(), operation: "quote".into(), body: "{}".into() };
     assert_eq!(m.step(Input::Message(d), 0), Yield::Persist(Reason::CommitAfter));
-    m.take_effects();
+    m.persistence_point(Reason::CommitAfter, 0);
     assert_eq!(m.step(Input::Continue, 0), Yield::Finished(Reason::Faulted));
-    let effects = m.take_effects();
+    let effects = m.persistence_point(Reason::Faulted, 0).effects;
     assert!(
         matches!(&effects[..], [Effect::Reply { message_id, fault: Some(f), .. }] if message_id == "req-1" && f.name == "no-stock"),
         "{effects:?}"
@@ -623,9 +624,9 @@ fn compensation_resumed_from_a_snapshot_does_not_run_a_step_twice() {
     let mut after_first_step = None;
     loop {
         match m.step(input, 0) {
-            Yield::Call(c) => input = Input::Handler(Ok(scope_handler(&m.snap.variables, &c, &[1, 3]))),
+            Yield::Call(c) => input = Input::Handler(Ok(scope_handler(&m.snapshot().variables, &c, &[1, 3]))),
             Yield::Persist(Reason::Compensated) if after_first_step.is_none() => {
-                after_first_step = Some(m.snap.clone());
+                after_first_step = Some(m.persistence_point(Reason::Compensated, 0).snapshot);
                 input = Input::Continue;
             }
             Yield::Persist(_) => input = Input::Continue,
@@ -653,9 +654,9 @@ fn drive_scopes_from(def: &Definition, snap: Snapshot, compensations: &[u32]) ->
         let y = m.step(input, 0);
         trace.push(trace_of(&y));
         input = match y {
-            Yield::Call(c) => Input::Handler(Ok(scope_handler(&m.snap.variables, &c, compensations))),
+            Yield::Call(c) => Input::Handler(Ok(scope_handler(&m.snapshot().variables, &c, compensations))),
             Yield::Persist(_) => Input::Continue,
-            Yield::Finished(_) => return (trace, m.snap),
+            Yield::Finished(_) => return (trace, m.snapshot().clone()),
             y => panic!("unexpected {y:?}"),
         };
     }
@@ -700,9 +701,10 @@ fn an_atomic_scope_takes_one_persistence_point_at_its_end_and_buffers_its_sends(
             assert!(m.in_atomic().is_some(), "every call inside shares the scope's instance");
         }
         input = match y {
-            Yield::Call(_) => Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: Some("{}".into()) })),
-            Yield::Persist(_) => {
-                assert!(m.effects.iter().any(|e| matches!(e, Effect::Send { .. })), "the send commits with the scope");
+            Yield::Call(_) => Input::Handler(Ok(HandlerOutput { variables: m.snapshot().variables.clone(), output: Some("{}".into()) })),
+            Yield::Persist(reason) => {
+                let point = m.persistence_point(reason, 0);
+                assert!(point.effects.iter().any(|e| matches!(e, Effect::Send { .. })), "the send commits with the scope");
                 Input::Continue
             }
             Yield::Finished(_) => break,
@@ -723,16 +725,16 @@ fn a_fault_in_an_atomic_scope_rolls_back_and_retries_by_its_policy_then_propagat
         trace.push(trace_of(&y));
         input = match y {
             Yield::Call(c) if c.handler == 2 => {
-                assert_eq!(m.snap.variables, r#"{"n":1}"#, "each attempt starts from the variables at scope start");
+                assert_eq!(m.snapshot().variables, r#"{"n":1}"#, "each attempt starts from the variables at scope start");
                 Input::Handler(Err(Fault::new("flaky", "always")))
             }
             Yield::Call(c) if c.handler == 0 => {
                 Input::Handler(Ok(HandlerOutput { variables: r#"{"n":1}"#.into(), output: None }))
             }
-            Yield::Call(_) => Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: Some("{}".into()) })),
+            Yield::Call(_) => Input::Handler(Ok(HandlerOutput { variables: m.snapshot().variables.clone(), output: Some("{}".into()) })),
             Yield::Sleep(_) => {
-                assert_eq!(m.snap.variables, r#"{"n":0}"#, "rolled back");
-                assert!(m.effects.is_empty(), "the buffered send is dropped");
+                assert_eq!(m.snapshot().variables, r#"{"n":0}"#, "rolled back");
+                assert!(m.pending_effects().is_empty(), "the buffered send is dropped");
                 Input::Continue
             }
             Yield::Finished(_) => break,
@@ -749,9 +751,9 @@ fn a_fault_in_an_atomic_scope_rolls_back_and_retries_by_its_policy_then_propagat
     }
     expected.push("finished:faulted".into());
     assert_eq!(trace, expected);
-    assert_eq!(m.snap.variables, r#"{"n":0}"#);
-    assert!(m.take_effects().iter().all(|e| !matches!(e, Effect::Send { .. })));
-    assert_eq!(m.snap.fault.unwrap().fault.name, "flaky");
+    assert_eq!(m.snapshot().variables, r#"{"n":0}"#);
+    assert!(m.persistence_point(Reason::Faulted, 0).effects.iter().all(|e| !matches!(e, Effect::Send { .. })));
+    assert_eq!(m.snapshot().fault.as_ref().unwrap().fault.name, "flaky");
 }
 
 #[test]
@@ -788,12 +790,12 @@ fn a_scope_deadline_interrupts_its_waiting_body_and_faults_the_scope() {
     let def = t.seq(vec![s], ProcessKind::LongRunning);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
     assert_eq!(m.step(Input::Continue, 0), Yield::Await(Wait::Message { operation: "never-comes".into(), due_ms: None }));
-    assert_eq!(m.take_effects(), [Effect::SetTimer { timer_id: 1, due_ms: 1000 }]);
+    assert_eq!(m.persistence_point(Reason::Waiting, 0).effects, [Effect::SetTimer { timer_id: 1, due_ms: 1000 }]);
     assert_eq!(m.step(Input::Continue, 999), Yield::Await(Wait::Message { operation: "never-comes".into(), due_ms: None }));
     assert_eq!(m.step(Input::Continue, 1000), Yield::Finished(Reason::Faulted));
-    let f = m.snap.fault.clone().unwrap();
+    let f = m.snapshot().fault.clone().unwrap();
     assert_eq!((f.fault.name.as_str(), f.path.as_str()), ("cairn.scope-timeout", "main/window"));
-    assert!(m.take_effects().contains(&Effect::ClearTimer { timer_id: 1, due_ms: 1000 }));
+    assert!(m.persistence_point(Reason::Faulted, 1000).effects.contains(&Effect::ClearTimer { timer_id: 1, due_ms: 1000 }));
 }
 
 #[test]
@@ -806,13 +808,13 @@ fn a_suspended_instance_does_nothing_until_resumed_and_may_have_its_variables_se
     assert_eq!(m.step(Input::Continue, 0), Yield::Persist(Reason::CommitBefore));
     assert!(matches!(m.step(Input::Continue, 0), Yield::Await(Wait::Timer { .. })));
     assert_eq!(m.step(Input::Control(Control::Suspend), 0), Yield::Persist(Reason::Suspended));
-    assert_eq!(m.snap.status, Status::Suspended);
+    assert_eq!(m.snapshot().status, Status::Suspended);
     assert_eq!(m.step(Input::Continue, 50), Yield::Suspended, "even with its timer due");
     let y = m.step(Input::Control(Control::SetVariables(r#"{"n":41}"#.into())), 50);
     assert_eq!(y, Yield::Persist(Reason::VariablesSet));
     assert_eq!(m.step(Input::Control(Control::Resume), 50), Yield::Persist(Reason::Resumed));
     assert_eq!(m.step(Input::Continue, 50), Yield::Call(HandlerCall { handler: 0, message: None, item: None }));
-    assert_eq!(m.snap.variables, r#"{"n":41}"#);
+    assert_eq!(m.snapshot().variables, r#"{"n":41}"#);
 }
 
 #[test]
@@ -823,9 +825,9 @@ fn terminating_a_waiting_instance_withdraws_its_timer() {
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
     m.step(Input::Continue, 0);
     m.step(Input::Continue, 0);
-    m.take_effects();
+    m.persistence_point(Reason::Waiting, 0);
     assert_eq!(m.step(Input::Control(Control::Terminate), 0), Yield::Finished(Reason::Terminated));
-    assert_eq!(m.take_effects(), [Effect::ClearTimer { timer_id: 1, due_ms: 10 }]);
+    assert_eq!(m.persistence_point(Reason::Terminated, 0).effects, [Effect::ClearTimer { timer_id: 1, due_ms: 10 }]);
 }
 
 fn pick_def() -> Definition {
@@ -854,11 +856,11 @@ fn pick_runs_the_branch_of_the_first_message_and_withdraws_its_timers() {
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
     assert_eq!(m.step(Input::Continue, 0), Yield::Persist(Reason::CommitBefore));
     assert_eq!(m.step(Input::Continue, 0), Yield::Await(Wait::Pick { operations: vec!["approve".into()] }));
-    assert_eq!(m.take_effects(), [Effect::SetTimer { timer_id: 1, due_ms: 500 }]);
+    assert_eq!(m.persistence_point(Reason::Waiting, 0).effects, [Effect::SetTimer { timer_id: 1, due_ms: 500 }]);
     assert_eq!(m.step(Input::Message(approve(4)), 100), Yield::Call(HandlerCall { handler: 2, message: Some(r#"{"id":"o-1"}"#.into()), item: None }));
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: None })), 100);
     assert_eq!(y, Yield::Call(HandlerCall { handler: 0, message: None, item: None }), "the message's branch runs");
-    let effects = m.take_effects();
+    let effects = m.pending_effects();
     assert!(effects.contains(&Effect::ClearTimer { timer_id: 1, due_ms: 500 }), "{effects:?}");
     assert!(effects.contains(&Effect::ConsumeMessage { seq: 4 }), "{effects:?}");
 }
@@ -869,12 +871,12 @@ fn pick_runs_the_timer_branch_when_its_timer_comes_first_even_with_a_message_the
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
     m.step(Input::Continue, 0);
     m.step(Input::Continue, 0);
-    m.take_effects();
+    m.persistence_point(Reason::Waiting, 0);
     // Resumed at the timer's instant, with a message in the inbox as well:
     // the timer wins and the message is not consumed (it stays queued).
     let y = m.step(Input::Continue, 500);
     assert_eq!(y, Yield::Call(HandlerCall { handler: 1, message: None, item: None }), "the timer's branch runs");
-    let effects = m.take_effects();
+    let effects = m.pending_effects();
     assert_eq!(effects, [Effect::ClearTimer { timer_id: 1, due_ms: 500 }]);
 }
 
@@ -910,12 +912,11 @@ fn drive_flow(def: &Definition) -> (Vec<String>, Snapshot) {
         let y = m.step(input, now);
         trace.push(trace_of(&y));
         input = match y {
-            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snap.variables, c.handler))),
-            Yield::Persist(_) => {
-                let json = serde_json::to_string(&m.snap).unwrap();
-                let effects = m.take_effects();
+            Yield::Call(c) => Input::Handler(Ok(run_handler(&m.snapshot().variables, c.handler))),
+            Yield::Persist(reason) => {
+                let point = m.persistence_point(reason, now);
+                let json = serde_json::to_string(&point.snapshot).unwrap();
                 m = Machine::new(def, serde_json::from_str(&json).unwrap());
-                m.effects = effects;
                 Input::Continue
             }
             Yield::Await(Wait::Many(ws)) => {
@@ -932,7 +933,7 @@ fn drive_flow(def: &Definition) -> (Vec<String>, Snapshot) {
                     }
                 }
             }
-            Yield::Finished(_) => return (trace, m.snap),
+            Yield::Finished(_) => return (trace, m.snapshot().clone()),
             y => panic!("unexpected {y:?} after {trace:?}"),
         };
     }
@@ -967,22 +968,22 @@ fn a_fault_in_one_branch_cancels_the_others() {
     let mut effects = Vec::new();
     loop {
         match m.step(input, 0) {
-            Yield::Call(c) => input = Input::Handler(Ok(run_handler(&m.snap.variables, c.handler))),
-            Yield::Persist(_) => {
-                effects.extend(m.take_effects());
+            Yield::Call(c) => input = Input::Handler(Ok(run_handler(&m.snapshot().variables, c.handler))),
+            Yield::Persist(reason) => {
+                effects.extend(m.persistence_point(reason, 0).effects);
                 input = Input::Continue
             }
             Yield::Finished(r) => {
                 assert_eq!(r, Reason::Faulted);
-                effects.extend(m.take_effects());
+                effects.extend(m.persistence_point(r, 0).effects);
                 break;
             }
             y => panic!("unexpected {y:?}"),
         }
     }
     // b ran to its wait, then a threw: b's timer is withdrawn with the flow.
-    assert_eq!(m.snap.fault.as_ref().unwrap().path, "main/both/a/boom");
-    assert_eq!(m.snap.variables, r#"{"log":[1,0]}"#);
+    assert_eq!(m.snapshot().fault.as_ref().unwrap().path, "main/both/a/boom");
+    assert_eq!(m.snapshot().variables, r#"{"log":[1,0]}"#);
     assert!(effects.contains(&Effect::SetTimer { timer_id: 1, due_ms: 100 }), "{effects:?}");
     assert!(effects.contains(&Effect::ClearTimer { timer_id: 1, due_ms: 100 }), "{effects:?}");
 }
@@ -1005,7 +1006,7 @@ fn for_each_runs_its_body_once_per_item_with_the_item_at_hand() {
             match m.step(input, 0) {
                 Yield::Call(c) => {
                     items.push(c.item.clone().unwrap());
-                    input = Input::Handler(Ok(HandlerOutput { variables: m.snap.variables.clone(), output: None }));
+                    input = Input::Handler(Ok(HandlerOutput { variables: m.snapshot().variables.clone(), output: None }));
                 }
                 Yield::Finished(r) => {
                     assert_eq!(r, Reason::Completed);
@@ -1023,5 +1024,244 @@ fn for_each_over_something_that_is_not_an_array_faults() {
     let def = each_def(false);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"lines":7}"#.into(), 0));
     assert_eq!(m.step(Input::Continue, 0), Yield::Finished(Reason::Faulted));
-    assert_eq!(m.snap.fault.unwrap().fault.name, "cairn.for-each-not-array");
+    assert_eq!(m.snapshot().fault.as_ref().unwrap().fault.name, "cairn.for-each-not-array");
+}
+
+#[test]
+fn a_persistence_point_bumps_the_fence_and_takes_the_effects_decided_since_the_last_one() {
+    let mut t = Tree::new();
+    let w = t.wait("pause", 500);
+    let def = t.seq(vec![w], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    assert_eq!(m.step(Input::Continue, 1000), Yield::Persist(Reason::CommitBefore));
+    let first = m.persistence_point(Reason::CommitBefore, 1001);
+    assert_eq!((first.based_on, first.snapshot.fence, m.snapshot().fence), (0, 1, 1));
+    assert_eq!((first.reason, first.at_ms), (Reason::CommitBefore, 1001));
+    assert_eq!(first.effects, []);
+    assert_eq!(first.snapshot, *m.snapshot(), "the record holds the snapshot as it stands");
+
+    assert_eq!(m.step(Input::Continue, 1000), Yield::Await(Wait::Timer { timer_id: 1, due_ms: 1500 }));
+    let second = m.persistence_point(Reason::Waiting, 1002);
+    assert_eq!((second.based_on, second.snapshot.fence), (1, 2), "each point is based on the one before");
+    assert_eq!(second.effects, [Effect::SetTimer { timer_id: 1, due_ms: 1500 }]);
+    assert_eq!(m.persistence_point(Reason::Shutdown, 1003).effects, [], "effects leave in one point only");
+}
+
+#[test]
+fn a_persistence_point_records_the_path_of_the_activity_it_belongs_to() {
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::CommitAfter);
+    let r = t.receive("take", "submit", false);
+    let th = t.add("boom", Activity::Throw { fault: "bad".into(), message: "went bad".into(), data: None }, T::Default);
+    let def = t.seq(vec![a, r, th], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"log":[]}"#.into(), 0));
+    let Yield::Call(c) = m.step(Input::Continue, 0) else { panic!() };
+    let y = m.step(Input::Handler(Ok(run_handler(&m.snapshot().variables, c.handler))), 0);
+    assert_eq!(y, Yield::Persist(Reason::CommitAfter));
+    assert_eq!(m.snapshot().path(&def), "main", "the snippet has left the stack");
+    assert_eq!(m.persistence_point(Reason::CommitAfter, 0).path, "main/a", "a commit-after belongs to its activity");
+
+    assert!(matches!(m.step(Input::Continue, 0), Yield::Await(Wait::Message { .. })));
+    assert_eq!(m.persistence_point(Reason::Waiting, 0).path, "main/take", "a wait is recorded where it waits");
+
+    let d = Delivery { seq: 1, message_id: "m".into(), operation: "submit".into(), body: r#"{"id":"o-1"}"#.into() };
+    assert_eq!(m.step(Input::Message(d), 0), Yield::Persist(Reason::CommitAfter));
+    m.persistence_point(Reason::CommitAfter, 0);
+    assert_eq!(m.step(Input::Continue, 0), Yield::Finished(Reason::Faulted));
+    assert_eq!(m.persistence_point(Reason::Faulted, 0).path, "main/boom", "a fault is recorded where it was raised");
+}
+
+#[test]
+fn needs_persistence_tells_whether_the_instance_moved_since_the_last_point() {
+    let mut t = Tree::new();
+    let w = t.wait("pause", 500);
+    let def = t.seq(vec![w], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    assert!(!m.needs_persistence(), "a fresh machine stands where its snapshot does");
+    assert_eq!(m.step(Input::Continue, 0), Yield::Persist(Reason::CommitBefore));
+    assert!(m.needs_persistence(), "the position moved");
+    m.persistence_point(Reason::CommitBefore, 0);
+    assert!(!m.needs_persistence());
+    assert!(matches!(m.step(Input::Continue, 0), Yield::Await(Wait::Timer { .. })));
+    assert!(m.needs_persistence(), "the timer is set and the instance now waits");
+    let stored = m.persistence_point(Reason::Waiting, 0).snapshot;
+
+    // Woken before the timer is due, it parks again where it was: nothing to commit.
+    let mut m = Machine::new(&def, stored);
+    assert!(matches!(m.step(Input::Continue, 100), Yield::Await(Wait::Timer { .. })));
+    assert!(!m.needs_persistence());
+}
+
+#[test]
+fn a_microflow_takes_its_invoke_out_to_run_inline_so_it_never_reaches_the_outbox() {
+    let mut t = Tree::new();
+    let i = t.invoke("price");
+    let def = t.seq(vec![i], ProcessKind::Microflow);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    assert!(matches!(m.step(Input::Continue, 0), Yield::Call(_)));
+    assert!(!m.awaits_call());
+    let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: None })), 0);
+    assert_eq!(y, Yield::Await(Wait::Invoke { call_id: 1 }), "no dispatch point in a microflow");
+    assert!(m.awaits_call());
+    assert!(matches!(m.take_invoke(1), Some(Effect::Invoke { call_id: 1, .. })));
+    assert_eq!(m.take_invoke(1), None, "taken once");
+    let y = m.step(Input::InvokeResult { call_id: 1, result: Ok("{}".into()) }, 0);
+    assert_eq!(y, Yield::Finished(Reason::Completed));
+    assert_eq!(m.persistence_point(Reason::Completed, 0).effects, [Effect::InvokeDone { call_id: 1 }]);
+}
+
+/// The stored forms, byte for byte: existing data directories hold them.
+/// A change here breaks them; see `crate::snapshot`.
+mod stored_format {
+    use crate::contract::{Delivery, Effect, Reason};
+    use crate::definition::Target;
+    use crate::snapshot::*;
+    use std::collections::BTreeMap;
+
+    const SNAPSHOT: &str = r#"{"id":"i1","process":"p","version":"v1","status":"waiting","variables":"{\"n\":1}","stack":[{"node":0,"phase":"child","next":2,"completed":[{"scope":"pay","handler":4,"variables":"{\"n\":2}","inner":[{"scope":"hold","handler":null,"variables":"{}"}]}],"deadline":{"timer_id":3,"due_ms":500},"broke":true,"item":"\"x\""},{"node":1,"phase":"enter"},{"node":2,"phase":"started"},{"node":3,"phase":"await-message","operation":"approve","timer":{"timer_id":3,"due_ms":500}},{"node":4,"phase":"await-message","operation":"approve","timer":null},{"node":5,"phase":"await-timer","timer_id":3,"due_ms":500},{"node":6,"phase":"await-invoke","call_id":9},{"node":7,"phase":"await-pick","timers":[[1,{"timer_id":3,"due_ms":500}]]},{"node":8,"phase":"each","items":["1","2"],"next":1},{"node":9,"phase":"flow","branches":[{"state":"ready","stack":[{"node":10,"phase":"enter"}]},{"state":"active"},{"state":"waiting","stack":[{"node":11,"phase":"await-timer","timer_id":1,"due_ms":2}]},{"state":"done"}]},{"node":12,"phase":"handling","caught":{"name":"boom","message":"went bad","data":"{\"n\":1}","path":"main/a"}},{"node":13,"phase":"compensating","queue":[{"scope":"pay","handler":4,"variables":"{\"n\":2}"}],"then":"done"},{"node":14,"phase":"compensating","queue":[],"then":{"rethrow":{"name":"boom","message":"went bad","data":"{\"n\":1}","path":"main/a"}}},{"node":15,"phase":"done"}],"correlations":{"order":"[\"o-1\"]"},"requests":[{"operation":"quote","message_id":"m-1"}],"compensations":[{"scope":"pay","handler":4,"variables":"{\"n\":2}","inner":[{"scope":"hold","handler":null,"variables":"{}"}]}],"fault":{"name":"boom","message":"went bad","data":"{\"n\":1}","path":"main/a"},"next_id":10,"fence":4,"created_ms":1,"updated_ms":2}"#;
+
+    const EFFECTS: &str = r#"[{"effect":"consume-message","seq":1},{"effect":"correlate","set":"order","values":"[1]"},{"effect":"uncorrelate","set":"order","values":"[1]"},{"effect":"set-timer","timer_id":1,"due_ms":2},{"effect":"clear-timer","timer_id":1,"due_ms":2},{"effect":"invoke","call_id":2,"target":{"kind":"activity","name":"pricing"},"operation":"quote","input":"{}","idempotency_key":"i1/main/price/2","policy":{"idempotent":true,"retry_on_recovery":false,"retry":null,"timeout_ms":null}},{"effect":"invoke-done","call_id":2},{"effect":"send","call_id":3,"target":{"kind":"process","name":"other"},"operation":"note","body":"{}","message_id":"i1:3"},{"effect":"send","call_id":4,"target":{"kind":"process","name":"other"},"operation":"start","body":"{}","message_id":"i1:4","start":true},{"effect":"reply","message_id":"m-1","body":"null","fault":{"name":"boom","message":"went bad","data":"{\"n\":1}"}},{"effect":"reply","message_id":"m-2","body":"{}","fault":null}]"#;
+
+    fn fault() -> Fault {
+        Fault { name: "boom".into(), message: "went bad".into(), data: "{\"n\":1}".into() }
+    }
+
+    fn frame(node: u32, phase: Phase) -> Frame {
+        Frame { phase, ..Frame::new(node, None) }
+    }
+
+    /// One of every stored shape: each phase, branch state, registry and fault form.
+    fn snapshot() -> Snapshot {
+        let record = FaultRecord { fault: fault(), path: "main/a".into() };
+        let timer = TimerRef { timer_id: 3, due_ms: 500 };
+        let registered = Registered {
+            scope: "pay".into(),
+            handler: Some(4),
+            variables: "{\"n\":2}".into(),
+            inner: vec![Registered { scope: "hold".into(), handler: None, variables: "{}".into(), inner: Vec::new() }],
+        };
+        let step = CompensationStep { scope: "pay".into(), handler: 4, variables: "{\"n\":2}".into() };
+        let branches = vec![
+            Branch { state: BranchState::Ready, stack: vec![frame(10, Phase::Enter)] },
+            Branch { state: BranchState::Active, stack: Vec::new() },
+            Branch { state: BranchState::Waiting, stack: vec![frame(11, Phase::AwaitTimer { timer_id: 1, due_ms: 2 })] },
+            Branch { state: BranchState::Done, stack: Vec::new() },
+        ];
+        let stack = vec![
+            Frame {
+                completed: vec![registered.clone()],
+                deadline: Some(timer),
+                broke: true,
+                item: Some("\"x\"".into()),
+                ..frame(0, Phase::Child { next: 2 })
+            },
+            frame(1, Phase::Enter),
+            frame(2, Phase::Started),
+            frame(3, Phase::AwaitMessage { operation: "approve".into(), timer: Some(timer) }),
+            frame(4, Phase::AwaitMessage { operation: "approve".into(), timer: None }),
+            frame(5, Phase::AwaitTimer { timer_id: 3, due_ms: 500 }),
+            frame(6, Phase::AwaitInvoke { call_id: 9 }),
+            frame(7, Phase::AwaitPick { timers: vec![(1, timer)] }),
+            frame(8, Phase::Each { items: vec!["1".into(), "2".into()], next: 1 }),
+            frame(9, Phase::Flow { branches }),
+            frame(12, Phase::Handling { caught: record.clone() }),
+            frame(13, Phase::Compensating { queue: vec![step], then: AfterCompensation::Done }),
+            frame(14, Phase::Compensating { queue: Vec::new(), then: AfterCompensation::Rethrow(record.clone()) }),
+            frame(15, Phase::Done),
+        ];
+        Snapshot {
+            id: "i1".into(),
+            process: "p".into(),
+            version: "v1".into(),
+            status: Status::Waiting,
+            variables: "{\"n\":1}".into(),
+            stack,
+            correlations: BTreeMap::from([("order".to_string(), "[\"o-1\"]".to_string())]),
+            requests: vec![PendingRequest { operation: "quote".into(), message_id: "m-1".into() }],
+            compensations: vec![registered],
+            fault: Some(record),
+            next_id: 10,
+            fence: 4,
+            created_ms: 1,
+            updated_ms: 2,
+        }
+    }
+
+    fn effects() -> Vec<Effect> {
+        let send = |call_id: u64, operation: &str, start: bool| Effect::Send {
+            call_id,
+            target: Target::Process("other".into()),
+            operation: operation.into(),
+            body: "{}".into(),
+            message_id: format!("i1:{call_id}"),
+            start,
+        };
+        vec![
+            Effect::ConsumeMessage { seq: 1 },
+            Effect::Correlate { set: "order".into(), values: "[1]".into() },
+            Effect::Uncorrelate { set: "order".into(), values: "[1]".into() },
+            Effect::SetTimer { timer_id: 1, due_ms: 2 },
+            Effect::ClearTimer { timer_id: 1, due_ms: 2 },
+            Effect::Invoke {
+                call_id: 2,
+                target: Target::Activity("pricing".into()),
+                operation: "quote".into(),
+                input: "{}".into(),
+                idempotency_key: "i1/main/price/2".into(),
+                policy: Default::default(),
+            },
+            Effect::InvokeDone { call_id: 2 },
+            send(3, "note", false),
+            send(4, "start", true),
+            Effect::Reply { message_id: "m-1".into(), body: "null".into(), fault: Some(fault()) },
+            Effect::Reply { message_id: "m-2".into(), body: "{}".into(), fault: None },
+        ]
+    }
+
+    #[test]
+    fn a_snapshot_is_stored_and_loaded_in_the_same_form() {
+        assert_eq!(serde_json::to_string(&snapshot()).unwrap(), SNAPSHOT);
+        assert_eq!(serde_json::from_str::<Snapshot>(SNAPSHOT).unwrap(), snapshot());
+    }
+
+    #[test]
+    fn statuses_are_stored_by_their_kebab_case_names() {
+        let all = [Status::Running, Status::Waiting, Status::Suspended, Status::Completed, Status::Faulted, Status::Terminated];
+        let names = r#"["running","waiting","suspended","completed","faulted","terminated"]"#;
+        assert_eq!(serde_json::to_string(&all).unwrap(), names);
+        for s in all {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn outbox_effects_are_stored_and_loaded_in_the_same_form() {
+        assert_eq!(serde_json::to_string(&effects()).unwrap(), EFFECTS);
+        assert_eq!(serde_json::from_str::<Vec<Effect>>(EFFECTS).unwrap(), effects());
+    }
+
+    #[test]
+    fn inbox_deliveries_and_history_reasons_keep_their_stored_names() {
+        let d = Delivery { seq: 7, message_id: "m".into(), operation: "submit".into(), body: "{}".into() };
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"seq":7,"message_id":"m","operation":"submit","body":"{}"}"#);
+        let reasons = [
+            Reason::Created,
+            Reason::CommitBefore,
+            Reason::CommitAfter,
+            Reason::Dispatch,
+            Reason::Waiting,
+            Reason::Shutdown,
+            Reason::ScopeCompleted,
+            Reason::Compensated,
+            Reason::Suspended,
+            Reason::Resumed,
+            Reason::VariablesSet,
+            Reason::Breakpoint,
+            Reason::Completed,
+            Reason::Faulted,
+            Reason::Terminated,
+        ];
+        let names = r#"["created","commit-before","commit-after","dispatch","waiting","shutdown","scope-completed","compensated","suspended","resumed","variables-set","breakpoint","completed","faulted","terminated"]"#;
+        assert_eq!(serde_json::to_string(&reasons).unwrap(), names);
+    }
 }

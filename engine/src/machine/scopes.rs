@@ -1,0 +1,214 @@
+//! Scopes and faults: long-running and atomic scopes, how a fault
+//! propagates to the innermost scope running its body (fault handlers,
+//! atomic rollback and retry), and compensation of completed scopes.
+//!
+//! Rules:
+//! - A completed long-running scope registers its compensation, with the
+//!   variables as they stood at its end, in the registry of the nearest
+//!   enclosing scope (or the process's); its inner registrations go with it.
+//! - Compensation runs newest completed scope first, and within a scope its
+//!   own inner scopes before it (inside-out). Each step is a persistence
+//!   point (`Reason::Compensated`), so a resumed instance never runs a step
+//!   twice.
+//! - Inside an atomic scope nothing is persisted; a fault rolls the
+//!   variables back and drops the effects decided since the scope began.
+
+use super::{Expect, Machine};
+use crate::contract::{Effect, Reason, Yield};
+use crate::definition::{Activity, FaultHandler, Node, NodeId, ProcessKind};
+use crate::snapshot::{AfterCompensation, AtomicAttempt, CompensationStep, Fault, FaultRecord, Phase, Registered, Status};
+
+impl Machine<'_> {
+    /// A scope begins: its deadline timer is set, an atomic scope records
+    /// what a fault rolls back to, and its body runs.
+    pub(super) fn start_scope(&mut self, body: NodeId, atomic: bool, timeout_ms: Option<u64>) {
+        if let Some(ms) = timeout_ms {
+            let timer = self.set_timer(self.now_ms.saturating_add(ms));
+            self.top_mut().deadline = Some(timer);
+        }
+        if atomic {
+            let attempt = AtomicAttempt { attempt: 1, variables: self.snap.variables.clone(), effects_len: self.effects.len() };
+            self.top_mut().atomic = Some(attempt);
+        }
+        self.top_mut().phase = Phase::Child { next: 1 };
+        self.push(body);
+    }
+
+    /// A scope's body completed: register the scope's compensation with the
+    /// variables as they stand now.
+    pub(super) fn scope_body_completed(&mut self, node: &Node, compensation: Option<u32>) {
+        self.clear_deadline();
+        let frame = self.top_mut();
+        frame.atomic = None;
+        let inner = std::mem::take(&mut frame.completed);
+        frame.phase = Phase::Done;
+        let variables = self.snap.variables.clone();
+        let registered = Registered { scope: node.name.clone(), handler: compensation, variables, inner };
+        if registered.handler.is_some() || !registered.inner.is_empty() {
+            self.enclosing_registry().push(registered);
+        }
+    }
+
+    /// A compensate activity begins: it takes the scope named (or all) out
+    /// of the enclosing registry and queues their handlers.
+    pub(super) fn start_compensate(&mut self, scope: Option<&str>) {
+        let registry = self.enclosing_registry();
+        let chosen = match scope {
+            None => std::mem::take(registry),
+            Some(name) => take_registered(registry, name).into_iter().collect(),
+        };
+        let queue = compensation_queue(&chosen);
+        self.top_mut().phase = Phase::Compensating { queue, then: AfterCompensation::Done };
+    }
+
+    /// Runs the next compensation step, or, with none left, does what follows.
+    pub(super) fn compensate_next(&mut self, step: Option<&CompensationStep>, then: AfterCompensation) -> Option<Yield> {
+        match (step, then) {
+            (Some(step), _) => Some(self.call(step.handler, Some(step.variables.clone()), Expect::CompensationStep)),
+            (None, AfterCompensation::Done) => {
+                self.top_mut().phase = Phase::Done;
+                None
+            }
+            (None, AfterCompensation::Rethrow(record)) => Some(self.propagate(record)),
+        }
+    }
+
+    /// A compensation handler ran: it leaves the queue, durably.
+    pub(super) fn compensation_step_done(&mut self) -> Option<Yield> {
+        let Phase::Compensating { queue, .. } = &mut self.top_mut().phase else { unreachable!() };
+        queue.remove(0);
+        self.persistent().then(|| self.persist(Reason::Compensated))
+    }
+
+    /// A fault handler's reader returned: the handler's body, if any, runs.
+    pub(super) fn caught_fault_read(&mut self, node: &Node) {
+        let Activity::Scope { handlers, .. } = &node.activity else { unreachable!() };
+        let Phase::Handling { caught } = &self.top().phase else { unreachable!() };
+        if let Some(b) = handler_for(handlers, &caught.fault.name).and_then(|h| h.body) {
+            self.push(b);
+        }
+    }
+
+    /// A fault handler finished: the scope ends as completed (without
+    /// registering its compensation).
+    pub(super) fn fault_handled(&mut self) {
+        self.clear_deadline();
+        self.top_mut().phase = Phase::Done;
+    }
+
+    /// Raises a fault at the current activity.
+    pub(super) fn raise(&mut self, fault: Fault) -> Yield {
+        let path = self.snap.path(self.def);
+        self.propagate(FaultRecord { fault, path })
+    }
+
+    /// Finds the innermost scope whose body is running and hands it the
+    /// fault: a matching handler runs, or else its default handler
+    /// compensates its completed inner scopes and raises the fault further
+    /// out. A fault no scope takes leaves the process and faults the instance.
+    pub(super) fn propagate(&mut self, record: FaultRecord) -> Yield {
+        self.expecting = None;
+        let def = self.def;
+        let catcher = self.snap.stack.iter().rposition(|f| {
+            matches!(def.node(f.node).activity, Activity::Scope { .. }) && matches!(f.phase, Phase::Child { .. })
+        });
+        let Some(i) = catcher else {
+            if self.def.kind == ProcessKind::Microflow {
+                // A microflow is one transaction: a fault that ends it takes
+                // back the messages it would have sent.
+                self.effects.retain(|e| !matches!(e, Effect::Send { .. }));
+            }
+            self.snap.fault = Some(record);
+            return self.finish(Status::Faulted);
+        };
+        self.truncate_stack(i + 1);
+        if let Some(attempt) = self.top_mut().atomic.take() {
+            if let Some(y) = self.roll_back(attempt) {
+                return y;
+            }
+        }
+        let Activity::Scope { handlers, .. } = &self.def.node(self.top().node).activity else { unreachable!() };
+        match handler_for(handlers, &record.fault.name) {
+            Some(h) => {
+                let (reader, body) = (h.reader, h.body);
+                let message = serde_json::json!({
+                    "name": record.fault.name,
+                    "message": record.fault.message,
+                    "data": serde_json::from_str::<serde_json::Value>(&record.fault.data).unwrap_or(serde_json::Value::Null),
+                })
+                .to_string();
+                self.top_mut().phase = Phase::Handling { caught: record };
+                match (reader, body) {
+                    (Some(r), _) => return self.call(r, Some(message), Expect::CatchReader),
+                    (None, Some(b)) => self.push(b),
+                    (None, None) => {}
+                }
+            }
+            None => {
+                let frame = self.top_mut();
+                let queue = compensation_queue(&std::mem::take(&mut frame.completed));
+                frame.phase = Phase::Compensating { queue, then: AfterCompensation::Rethrow(record) };
+            }
+        }
+        self.run()
+    }
+
+    /// Rolls the atomic scope at the top of the stack back to its start: the
+    /// variables as they were, buffered effects dropped. Then retries while
+    /// the policy allows (after its backoff); `None` when the attempts are
+    /// used up and the fault goes to the scope's handlers.
+    fn roll_back(&mut self, attempt: AtomicAttempt) -> Option<Yield> {
+        self.snap.variables = attempt.variables.clone();
+        self.effects.truncate(attempt.effects_len);
+        self.top_mut().completed.clear();
+        let node = self.def.node(self.top().node);
+        let Activity::Scope { atomic: Some(policy), body, .. } = &node.activity else { unreachable!() };
+        if attempt.attempt >= policy.max_attempts {
+            return None;
+        }
+        let backoff = policy.backoff_ms.saturating_mul(1 << (attempt.attempt - 1).min(20));
+        self.top_mut().atomic = Some(AtomicAttempt { attempt: attempt.attempt + 1, ..attempt });
+        self.push(*body);
+        if backoff > 0 {
+            return Some(Yield::Sleep(backoff));
+        }
+        Some(self.run())
+    }
+
+    /// The registry a completing scope joins, and that `compensate` draws
+    /// from: the nearest enclosing scope's, or the process's.
+    fn enclosing_registry(&mut self) -> &mut Vec<Registered> {
+        let top = self.snap.stack.len().saturating_sub(1);
+        let def = self.def;
+        match self.snap.stack[..top].iter().rposition(|f| matches!(def.node(f.node).activity, Activity::Scope { .. })) {
+            Some(i) => &mut self.snap.stack[i].completed,
+            None => &mut self.snap.compensations,
+        }
+    }
+}
+
+/// The handler for `fault`: one that names it, else a catch-all.
+fn handler_for<'a>(handlers: &'a [FaultHandler], fault: &str) -> Option<&'a FaultHandler> {
+    handlers.iter().find(|h| h.fault.as_deref() == Some(fault)).or_else(|| handlers.iter().find(|h| h.fault.is_none()))
+}
+
+/// Compensation order: newest completed scope first, and within a scope its
+/// own inner scopes before it (inside-out).
+fn compensation_queue(completed: &[Registered]) -> Vec<CompensationStep> {
+    let mut queue = Vec::new();
+    for r in completed.iter().rev() {
+        queue.extend(compensation_queue(&r.inner));
+        if let Some(handler) = r.handler {
+            queue.push(CompensationStep { scope: r.scope.clone(), handler, variables: r.variables.clone() });
+        }
+    }
+    queue
+}
+
+/// Takes the completed scope named `name` out of a registry (searching nested ones).
+fn take_registered(completed: &mut Vec<Registered>, name: &str) -> Option<Registered> {
+    if let Some(i) = completed.iter().rposition(|r| r.scope == name) {
+        return Some(completed.remove(i));
+    }
+    completed.iter_mut().rev().find_map(|r| take_registered(&mut r.inner, name))
+}
