@@ -1,14 +1,45 @@
 #!/usr/bin/env bash
-# Runs every test: engine unit tests, then end-to-end, bad-input and crash
-# tests against the real cairn binary and real guest components.
+# Runs every check: clippy on the host-side packages, then engine unit tests,
+# end-to-end, bad-input, crash and tidy tests against the real cairn binary and
+# real guest components on the RocksDB store, then the end-to-end, crash and
+# bad-input tests again on PostgreSQL (a throwaway cluster, see env.sh).
+# Every step runs even if an earlier one failed; the exit status is non-zero
+# if any failed.
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 build_all
-echo "==> running tests" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --release -p cairn -p cairn-tests -- --test-threads "${CAIRN_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+threads="${CAIRN_TEST_THREADS:-2}"
+
+# The host-side packages (the guests only build for wasm32-wasip2). --release
+# so the build scripts' outputs (rocksdb's C++ above all) are the ones
+# build_all already made.
+host_packages="-p cairn-engine -p cairn -p cairn-tests"
+if [ -f store/Cargo.toml ]; then
+    host_packages="$host_packages -p cairn-store"
+fi
+echo "==> cargo clippy $host_packages" >&2
+# shellcheck disable=SC2086
+cargo clippy --release --keep-going $host_packages --all-targets -- -D warnings || status=$?
+
+echo "==> running tests (store: RocksDB)" >&2
+# shellcheck disable=SC2086
+cargo test --release $host_packages -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
+
+echo "==> running the end-to-end, crash and bad-input tests again (store: PostgreSQL)" >&2
+if ensure_postgres && start_postgres; then
+    CAIRN_TEST_STORE=postgres cargo test --release -p cairn-tests --test e2e --test crash --test bad_input \
+        -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
+    # The store's table specification, on PostgreSQL (CAIRN_TEST_PG is set).
+    cargo test --release -p cairn-store --test postgres 2>&1 | tee -a "$log" || status=$?
+    stop_postgres
+else
+    echo "==> could not start PostgreSQL" >&2
+    status=1
+fi
+
 # One closing line for the whole run, summed over the test binaries.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"

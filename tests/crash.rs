@@ -144,7 +144,7 @@ fn a_crash_before_a_persistence_point_resumes_from_the_previous_one() {
 
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
     let v = h.instance(&id);
-    assert_eq!(v["history"].as_array().unwrap().len() >= 1, true);
+    assert!(!v["history"].as_array().unwrap().is_empty());
     h.send("crash-finish", json!({"key": "again"}), None);
     let v = h.wait_status(&id, "completed", WAIT);
     assert_eq!(v["variables"]["key"], "again", "the start message was not lost: it was consumed again");
@@ -220,7 +220,7 @@ fn a_flow_with_branches_at_different_points_survives_kill_9() {
 }
 
 #[test]
-fn deferred_recovery_parks_in_flight_instances_after_a_crash_until_resubmitted() {
+fn deferred_recovery_parks_in_flight_instances_after_a_crash_until_released() {
     let dir = TempDir::new("deferred");
     let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "mid-dispatch")]);
     h.deploy("t_recorder", Some("recorder"));
@@ -241,10 +241,12 @@ fn deferred_recovery_parks_in_flight_instances_after_a_crash_until_resubmitted()
     let shown = h.cairn(&["show", &id]);
     assert!(shown.stdout.contains("parked"), "{}", shown.stdout);
 
-    h.ok_json(&["resubmit", &id]);
+    h.ok_json(&["release", &id]);
     let v = h.wait_status(&id, "completed", WAIT);
     assert_eq!(v["parked"], false);
     assert_eq!(recorded(&h)[&("d1".to_string(), "record".to_string())].len(), 2, "resumed from its last persistence point");
+    // `resubmit`, the verb's older name, still answers: the instance is no longer parked.
     let again = h.cairn(&["resubmit", &id]);
     assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("not parked"), "{}", again.stderr);
 }

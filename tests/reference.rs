@@ -13,7 +13,7 @@ const WAIT: Duration = Duration::from_secs(120);
 const ORDERS: usize = 60;
 
 fn is_bad(i: usize) -> bool {
-    i % 3 == 0
+    i.is_multiple_of(3)
 }
 
 fn count_by_order(log: &[Value], message: &str) -> BTreeMap<String, usize> {

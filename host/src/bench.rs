@@ -7,7 +7,7 @@
 use cairn_engine::Status;
 use crate::runtime::{Limits, Loaded, LogContext};
 use crate::service::{Config, MessageIn, Service};
-use crate::store::{keys, Batch, Cf, Store};
+use cairn_store::{HistoryEntry, Location, Write, WriteBatch};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,10 @@ pub struct Args {
     /// Also measure throughput with fsync off.
     #[arg(long)]
     with_fsync_off: bool,
+    /// Run against a PostgreSQL server instead of the embedded RocksDB store:
+    /// postgres://USER@HOST:PORT (each benchmark creates a fresh database on it).
+    #[arg(long)]
+    store: Option<String>,
 }
 
 struct Scratch(PathBuf);
@@ -61,16 +65,27 @@ fn read_guest(dir: &Path, file: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e} (build the guests first: scripts/test.sh or scripts/demo.sh)", p.display()))
 }
 
-fn config(dir: &Path, fsync: bool) -> Config {
-    Config {
+/// The store of one benchmark: a fresh embedded store in `dir`, or a fresh database on the PostgreSQL server.
+async fn location(dir: &Path) -> anyhow::Result<Location> {
+    match STORE.get().cloned().flatten() {
+        None => Ok(Location::Embedded { data_dir: dir.to_path_buf() }),
+        Some(server) => Ok(Location::Postgres { url: cairn_store::fresh_postgres_database(&server).await? }),
+    }
+}
+
+static STORE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+async fn config(dir: &Path, fsync: bool) -> anyhow::Result<Config> {
+    Ok(Config {
         data_dir: dir.to_path_buf(),
+        store: location(dir).await?,
         fsync,
         limits: Limits::default(),
         history_limit: 1000,
         echo_guest_log: false,
         idle: Duration::ZERO,
         isolated: false,
-    }
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -105,6 +120,9 @@ pub fn run(args: Args) -> i32 {
 
 async fn run_all(args: Args) -> anyhow::Result<()> {
     let dir = guests_dir(&args);
+    STORE.get_or_init(|| args.store.clone());
+    let store = if args.store.is_some() { "PostgreSQL" } else { "RocksDB" };
+    println!("store: {store}");
     let want = |name: &str| args.only == "all" || args.only == name;
     println!("| benchmark | result |");
     println!("|---|---|");
@@ -134,7 +152,7 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
 
 async fn service(tag: &str, fsync: bool) -> anyhow::Result<(Scratch, Service)> {
     let scratch = Scratch::new(tag);
-    let svc = Service::start(config(&scratch.0, fsync)).await?;
+    let svc = Service::start(config(&scratch.0, fsync).await?).await?;
     Ok((scratch, svc))
 }
 
@@ -150,7 +168,7 @@ async fn deploy(svc: &Service, dir: &Path, file: &str, name: Option<&str>) -> an
 async fn bench_call(dir: &Path) -> anyhow::Result<()> {
     let (_s, svc) = service("call", false).await?;
     let version = deploy(&svc, dir, "t_bench", None).await?;
-    let deployed = svc.deployed(&version).unwrap();
+    let deployed = svc.registry.deployed(&version).unwrap();
     let Loaded::Process(component) = &deployed.component else { unreachable!() };
     let def = deployed.record.definition.as_ref().unwrap();
     // Handler 1 is the "work" snippet (0 is the receive's reader).
@@ -180,16 +198,22 @@ async fn bench_call(dir: &Path) -> anyhow::Result<()> {
 /// Latency of one persistence point: a snapshot, its fence and history entry in one batch.
 async fn bench_commit(fsync: bool) -> anyhow::Result<()> {
     let scratch = Scratch::new(if fsync { "commit-fsync" } else { "commit-nofsync" });
-    let store = Store::open(&scratch.0, fsync)?;
-    let snapshot = vec![b'x'; 600];
+    let store = cairn_store::open(&location(&scratch.0).await?, fsync).await?;
     let mut samples = Vec::new();
     for i in 0..2000u64 {
         let id = format!("instance-{}", i % 100);
         let fence = i / 100;
-        let mut b = Batch::default();
+        let snapshot: cairn_engine::Snapshot = serde_json::from_value(serde_json::json!({
+            "id": id, "process": "bench", "version": "bench", "status": "waiting",
+            "variables": format!(r#"{{"payload":"{}"}}"#, "x".repeat(400)),
+            "stack": [{ "node": 0, "phase": "await-timer", "timer_id": 1, "due_ms": 0 }],
+            "correlations": {}, "requests": [], "fault": null, "next_id": 2, "fence": fence + 1, "created_ms": 0, "updated_ms": 0,
+        }))?;
+        let mut b = WriteBatch::new();
         b.fence(&id, fence, fence + 1);
-        b.put(Cf::Instances, id.as_bytes(), snapshot.clone());
-        b.put(Cf::History, keys::instance_scoped(&id, fence + 1), vec![b'h'; 80]);
+        let entry = HistoryEntry { fence: fence + 1, at_ms: 0, reason: cairn_engine::Reason::Waiting, status: snapshot.status, path: "main/wait".into() };
+        b.push(Write::History { instance: id.clone(), entry });
+        b.push(Write::Instance(Box::new(snapshot)));
         let t = Instant::now();
         store.commit(b).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         samples.push(t.elapsed());
@@ -201,7 +225,7 @@ async fn bench_commit(fsync: bool) -> anyhow::Result<()> {
         us(percentile(&samples, 0.5)),
         us(percentile(&samples, 0.99))
     );
-    store.close();
+    store.close().await;
     Ok(())
 }
 
@@ -211,15 +235,15 @@ async fn bench_throughput(dir: &Path, concurrency: usize, total: usize, fsync: b
     deploy(&svc, dir, "t_recorder", Some("recorder")).await?;
     deploy(&svc, dir, "t_bench", None).await?;
     let run_one = |svc: Service, n: usize| async move {
-        let m = MessageIn { id: None, operation: "bench-start".into(), body: format!(r#"{{"n":{n}}}"#), create_only: false };
-        let a = svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let m = MessageIn::new("bench-start", format!(r#"{{"n":{n}}}"#));
+        let a = svc.accept_message(m, None).await.map_err(|e| anyhow::anyhow!(e.message))?;
         svc.await_reply(&a.message_id, Duration::from_secs(60)).await.map_err(|e| anyhow::anyhow!(e.message))?;
         anyhow::Ok(())
     };
     for n in 0..20 {
         run_one(svc.clone(), n).await?;
     }
-    let before = crate::store::commit_stats();
+    let before = svc.store.commit_stats();
     let next = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -239,16 +263,16 @@ async fn bench_throughput(dir: &Path, concurrency: usize, total: usize, fsync: b
         task.await??;
     }
     let elapsed = t.elapsed();
-    let after = crate::store::commit_stats();
-    let writes = after.writes - before.writes;
+    let after = svc.store.commit_stats();
     let batches = after.batches - before.batches;
+    let writes = after.writes - before.writes;
     println!(
-        "| completed instances/s, receive + snippet + invoke, fsync {}, concurrency {concurrency}, {total} instances | {:.0}/s ({} writes in {} batches, {:.1} per batch) |",
+        "| completed instances/s, receive + snippet + invoke, fsync {}, concurrency {concurrency}, {total} instances | {:.0}/s ({} batches in {} group writes, {:.1} per write) |",
         if fsync { "on" } else { "off" },
         total as f64 / elapsed.as_secs_f64(),
-        writes,
         batches,
-        writes as f64 / batches.max(1) as f64
+        writes,
+        batches as f64 / writes.max(1) as f64
     );
     svc.shutdown().await;
     Ok(())
@@ -261,7 +285,7 @@ async fn bench_atomic(dir: &Path, atomic: bool) -> anyhow::Result<()> {
     deploy(&svc, dir, "t_ten", None).await?;
     let body = format!(r#"{{"atomic":{atomic}}}"#);
     for (concurrency, total) in [(1usize, 200usize), (16, 2000)] {
-        let before = crate::store::commit_stats();
+        let before = svc.store.commit_stats();
         let next = Arc::new(AtomicUsize::new(0));
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -269,8 +293,8 @@ async fn bench_atomic(dir: &Path, atomic: bool) -> anyhow::Result<()> {
             let (svc, next, body) = (svc.clone(), next.clone(), body.clone());
             tasks.push(tokio::spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < total {
-                    let m = MessageIn { id: None, operation: "ten-start".into(), body: body.clone(), create_only: false };
-                    let a = svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                    let m = MessageIn::new("ten-start", body.clone());
+                    let a = svc.accept_message(m, None).await.map_err(|e| anyhow::anyhow!(e.message))?;
                     svc.await_reply(&a.message_id, Duration::from_secs(60)).await.map_err(|e| anyhow::anyhow!(e.message))?;
                 }
                 anyhow::Ok(())
@@ -280,7 +304,7 @@ async fn bench_atomic(dir: &Path, atomic: bool) -> anyhow::Result<()> {
             task.await??;
         }
         let elapsed = t.elapsed();
-        let writes = crate::store::commit_stats().writes - before.writes;
+        let writes = svc.store.commit_stats().batches - before.batches;
         println!(
             "| ten snippets {}, fsync on, concurrency {concurrency}, {total} instances | {:.0} instances/s, {:.2} ms per instance; {:.1} writes per instance |",
             if atomic { "in one atomic scope" } else { "each committing after itself" },
@@ -311,8 +335,8 @@ async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
                         if i >= n {
                             return anyhow::Ok(());
                         }
-                        let m = MessageIn { id: None, operation: op.into(), body: format!(r#"{{"key":"k{i}"}}"#), create_only: false };
-                        svc.accept_message(m, None, Batch::default()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+                        let m = MessageIn::new(op, format!(r#"{{"key":"k{i}"}}"#));
+                        svc.accept_message(m, None).await.map_err(|e| anyhow::anyhow!(e.message))?;
                     }
                 }));
             }
@@ -326,8 +350,8 @@ async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
         let svc = svc.clone();
         async move {
             loop {
-                let count = svc.count_instances(status)?;
-                if count >= n && svc.live_count() == 0 {
+                let count = svc.store.count_instances(status).await? as usize;
+                if count >= n && svc.drivers.count() == 0 {
                     return anyhow::Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -345,7 +369,7 @@ async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
     let finished = t.elapsed();
     println!(
         "| {n} instances waiting at a receive (fsync off) | RSS {rss_start:.0} MiB at start, {rss_waiting:.0} MiB with all waiting; {} in memory; created and parked in {:.1} s ({:.0}/s) |",
-        svc.live_count(),
+        svc.drivers.count(),
         created.as_secs_f64(),
         n as f64 / created.as_secs_f64()
     );

@@ -31,9 +31,13 @@ struct Cli {
 enum Command {
     /// Run the host: serve the HTTP API and run instances.
     Serve {
-        /// Data directory (RocksDB store, compiled components, guest log).
+        /// Data directory (the embedded RocksDB store, compiled components, guest log).
         #[arg(long, default_value = "./cairn-data")]
         data: PathBuf,
+        /// The store: leave it out for the embedded RocksDB store in --data, or
+        /// give a PostgreSQL database as postgres://USER[:PASSWORD]@HOST:PORT/DATABASE.
+        #[arg(long, env = "CAIRN_STORE")]
+        store: Option<String>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7700")]
         listen: String,
@@ -152,8 +156,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Resubmit an instance parked by deferred recovery after a crash.
-    Resubmit {
+    /// Release an instance parked by deferred recovery after a crash: it is loaded and goes on.
+    #[command(alias = "resubmit")]
+    Release {
         instance: String,
         #[arg(long)]
         json: bool,
@@ -247,8 +252,10 @@ pub fn main() -> i32 {
                 return EXIT_USAGE;
             }
             eprintln!("cairn: restored {} into {}; starting an isolated environment", backup.display(), data.display());
+            let store = cairn_store::Location::Embedded { data_dir: data.clone() };
             let config = Config {
                 data_dir: data,
+                store,
                 fsync: true,
                 limits: Limits::default(),
                 history_limit: 1000,
@@ -265,9 +272,17 @@ pub fn main() -> i32 {
             };
         }
         Command::Backup { dir, json } => backup(&client, &dir, json),
-        Command::Serve { data, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests, idle_ms, isolated } => {
+        Command::Serve { data, store, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests, idle_ms, isolated } => {
+            let store = match cairn_store::Location::parse(store.as_deref(), &data) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_USAGE;
+                }
+            };
             let config = Config {
                 data_dir: data,
+                store,
                 fsync: !no_fsync,
                 limits: Limits {
                     memory_bytes: memory_limit_mb << 20,
@@ -295,7 +310,7 @@ pub fn main() -> i32 {
         Command::Suspend { instance, json } => control(&client, &instance, "suspend", json),
         Command::Resume { instance, json } => control(&client, &instance, "resume", json),
         Command::Terminate { instance, json } => control(&client, &instance, "terminate", json),
-        Command::Resubmit { instance, json } => control(&client, &instance, "resubmit", json),
+        Command::Release { instance, json } => control(&client, &instance, "release", json),
         Command::History { instance, json } => history(&client, &instance, json),
         Command::Vars(VarsCommand::Set { instance, variables, json }) => set_vars(&client, &instance, &variables, json),
         Command::InTransit(cmd) => in_transit(&client, cmd),
@@ -580,7 +595,7 @@ fn show(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
     println!("position   {}", v["position"].as_str().unwrap_or(""));
     println!("in memory  {}", v["in_memory"]);
     if v["parked"] == true {
-        println!("parked     by deferred recovery: `cairn resubmit {}` resumes it", v["id"].as_str().unwrap_or(""));
+        println!("parked     by deferred recovery: `cairn release {}` lets it go on", v["id"].as_str().unwrap_or(""));
     }
     for t in v["in_transit"].as_array().into_iter().flatten() {
         println!("in transit {} ({}): {} on {}", t["id"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""), t["operation"].as_str().unwrap_or(""), t["target"]["name"].as_str().unwrap_or(""));

@@ -1,18 +1,17 @@
 //! `cairn`: the durable process host and its command-line client.
 //!
 //! `cairn serve` runs the host: the engine (the `cairn-engine` crate, pure), the Wasm runtime
-//! (`runtime`), the RocksDB store (`store`), the service that drives
+//! (`runtime`), the store (the `cairn-store` crate: RocksDB or PostgreSQL), the service that drives
 //! instances (`service`) and the HTTP API (`api`). Every other subcommand is
 //! a client of that API (`cli`). See ARCHITECTURE.md for the code map.
 
 pub mod api;
 pub mod bench;
 pub mod cli;
-pub mod failpoint;
+pub use cairn_store::failpoint;
 pub mod guestlog;
 pub mod runtime;
 pub mod service;
-pub mod store;
 
 /// Milliseconds since the Unix epoch: the only clock the engine sees, and it
 /// sees it as a field of its inputs.

@@ -3,6 +3,11 @@
 //!
 //! The binary and the guests are built by `scripts/test.sh` (the README's
 //! test command) into the Cargo target directory these tests run from.
+//!
+//! The store: RocksDB inside the data directory, unless
+//! `CAIRN_TEST_STORE=postgres`, in which case `cairn serve` gets
+//! `--store $CAIRN_TEST_PG/<database>`, one database per data directory
+//! (`scripts/test.sh` starts the cluster and sets `CAIRN_TEST_PG`).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -49,6 +54,62 @@ impl Drop for TempDir {
     }
 }
 
+/// The store the hosts run on: "rocksdb" (the default) or "postgres"
+/// (`CAIRN_TEST_STORE=postgres`, with `CAIRN_TEST_PG` set). Tests of
+/// RocksDB-only features return early on "postgres".
+pub fn store_kind() -> &'static str {
+    match std::env::var("CAIRN_TEST_STORE").as_deref() {
+        Err(_) | Ok("") | Ok("rocksdb") => "rocksdb",
+        Ok("postgres") => {
+            assert!(
+                std::env::var("CAIRN_TEST_PG").is_ok_and(|u| !u.is_empty()),
+                "CAIRN_TEST_STORE=postgres needs CAIRN_TEST_PG=postgres://USER@HOST:PORT (scripts/test.sh starts a cluster and sets it)"
+            );
+            "postgres"
+        }
+        Ok(other) => panic!("CAIRN_TEST_STORE={other}: expected rocksdb or postgres"),
+    }
+}
+
+/// With `CAIRN_TEST_STORE=postgres`: the `--store` URL for the data
+/// directory `data`, creating its database if it does not exist yet. The
+/// name depends only on the path, so a restart on the same directory (after
+/// `kill -9`, say) finds the same database. The whole cluster is thrown away
+/// after the run, so databases are never dropped.
+pub fn postgres_store(data: &Path) -> Option<String> {
+    if store_kind() != "postgres" {
+        return None;
+    }
+    let server = std::env::var("CAIRN_TEST_PG").unwrap();
+    let server = server.trim_end_matches('/');
+    // FNV-1a, 64 bits: deterministic across runs and processes.
+    let hash = data
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    let name = format!("cairn_{hash:016x}");
+    let (user, host, port) = parse_server(server);
+    let out = Command::new("createdb")
+        .args(["-h", host, "-p", port, "-U", user, &name])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run createdb (the PostgreSQL client programs must be on PATH): {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() || stderr.contains("already exists"), "createdb {name} on {server} failed: {stderr}");
+    Some(format!("{server}/{name}"))
+}
+
+/// `postgres://USER@HOST:PORT` into its parts.
+fn parse_server(url: &str) -> (&str, &str, &str) {
+    let parsed = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .and_then(|rest| rest.split_once('@'))
+        .and_then(|(user, addr)| addr.rsplit_once(':').map(|(host, port)| (user, host, port)));
+    parsed.unwrap_or_else(|| panic!("CAIRN_TEST_PG={url}: expected postgres://USER@HOST:PORT"))
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -91,10 +152,14 @@ impl Host {
         let url = format!("http://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")).unwrap();
         let mut cmd = Command::new(cairn_bin());
-        cmd.args(command)
-            .arg("--data")
-            .arg(data.join("store"))
-            .arg("--listen")
+        cmd.args(command).arg("--data").arg(data.join("store"));
+        // Only `serve` takes another store; `restore` stays on RocksDB.
+        if command.first() == Some(&"serve") {
+            if let Some(url) = postgres_store(&data.join("store")) {
+                cmd.arg("--store").arg(url);
+            }
+        }
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(flags)
             .stdin(Stdio::null())

@@ -2,10 +2,15 @@
 //! speaks only this; the README documents every route.
 //!
 //! Request bodies are parsed here, so that malformed JSON gets an error that
-//! says where it is malformed; everything else is the service's.
+//! says where it is malformed; everything else is the service's. Responses
+//! are the types of `types`, never engine or store types.
+
+pub mod types;
 
 use cairn_engine::{Control, Snapshot, Status};
-use crate::service::{Error, ErrorKind, InTransit, InTransitState, MessageIn, Service};
+use types::*;
+use crate::service::{Error, ErrorKind, MessageIn, Service};
+use cairn_store::{InTransitState, InstanceFilter};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -58,7 +63,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> 
 }
 
 async fn health(State(svc): State<Service>) -> Response {
-    Json(json!({ "ok": true, "live_instances": svc.live_count() })).into_response()
+    Json(json!({ "ok": true, "live_instances": svc.drivers.count() })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -75,28 +80,14 @@ async fn deploy(State(svc): State<Service>, Query(q): Query<DeployQuery>, body: 
         let status = if created { StatusCode::CREATED } else { StatusCode::OK };
         Ok((
             status,
-            json!({ "name": record.name, "version": record.version, "kind": record.kind, "created": created }),
+            json!({ "name": record.name, "version": record.version, "kind": kind_name(record.kind), "created": created }),
         ))
     }
     .await)
 }
 
 async fn list_definitions(State(svc): State<Service>) -> Response {
-    let defs: Vec<Value> = svc
-        .definitions()
-        .into_iter()
-        .map(|(r, latest)| {
-            json!({
-                "name": r.name,
-                "version": r.version,
-                "kind": r.kind,
-                "latest": latest,
-                "deployed_ms": r.deployed_ms,
-                "size": r.size,
-                "process_kind": r.definition.as_ref().map(|d| d.kind),
-            })
-        })
-        .collect();
+    let defs: Vec<DefinitionView> = svc.registry.definitions().iter().map(|(r, latest)| DefinitionView::new(r, *latest)).collect();
     Json(json!({ "definitions": defs })).into_response()
 }
 
@@ -110,7 +101,7 @@ async fn start(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: StartRequest = parse_json(&body)?;
         let a = svc.start_instance(&req.process, req.input).await?;
-        let version = svc.load_snapshot(&a.instance)?.map(|s| s.version).unwrap_or_default();
+        let version = svc.load_snapshot(&a.instance).await?.map(|s| s.version).unwrap_or_default();
         Ok((StatusCode::CREATED, json!({ "id": a.instance, "process": req.process, "version": version })))
     }
     .await)
@@ -123,21 +114,17 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-fn summary(s: &Snapshot, svc: &Service) -> Value {
-    let def = svc.deployed(&s.version).and_then(|d| d.record.definition.clone());
-    json!({
-        "id": s.id,
-        "process": s.process,
-        "version": s.version,
-        "status": s.status,
-        "position": def.map(|d| s.path(&d)).unwrap_or_default(),
-        "created_ms": s.created_ms,
-        "updated_ms": s.updated_ms,
-    })
+fn summary(s: &Snapshot, svc: &Service) -> InstanceSummary {
+    let deployed = svc.registry.deployed(&s.version);
+    InstanceSummary::new(s, deployed.as_ref().and_then(|d| d.definition()))
+}
+
+fn summary_json(s: &Snapshot, svc: &Service) -> Value {
+    json!(summary(s, svc))
 }
 
 async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) -> Response {
-    respond((|| {
+    respond(async {
         let status = match q.status.as_deref() {
             None | Some("") => None,
             Some(s) => Some(serde_json::from_value::<Status>(json!(s)).map_err(|_| {
@@ -148,32 +135,37 @@ async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) 
             })?),
         };
         let limit = q.limit.unwrap_or(1000);
-        let list = svc.list_instances(status, q.process.as_deref(), limit)?;
-        let items: Vec<Value> = list.iter().map(|s| summary(s, &svc)).collect();
+        let filter = InstanceFilter { status, process: q.process.clone() };
+        let list = svc.store.instances(&filter, limit).await?;
+        let items: Vec<InstanceSummary> = list.iter().map(|s| summary(s, &svc)).collect();
         Ok((StatusCode::OK, json!({ "instances": items, "count": items.len() })))
-    })())
+    }
+    .await)
 }
 
 async fn show_instance(State(svc): State<Service>, Path(id): Path<String>) -> Response {
-    respond((|| {
+    respond(async {
         let s = svc
-            .load_snapshot(&id)?
+            .load_snapshot(&id)
+            .await?
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
-        let mut v = summary(&s, &svc);
-        let variables: Value = serde_json::from_str(&s.variables).unwrap_or(Value::String(s.variables.clone()));
-        v["variables"] = variables;
-        v["fault"] = json!(s.fault);
-        v["correlations"] = json!(s.correlations);
-        v["in_memory"] = json!(svc.in_memory(&id));
-        v["parked"] = json!(svc.is_parked(&id));
-        v["wait"] = json!(s.stack.last().map(|f| &f.phase));
-        v["inbox"] = json!(svc.inbox(&id)?.len());
-        v["pending_calls"] = json!(svc.outbox(&id)?);
-        v["in_transit"] = json!(svc.in_transit(Some(&id))?.iter().map(in_transit_json).collect::<Vec<_>>());
-        v["history"] = json!(svc.history(&id)?);
-        v["fence"] = json!(s.fence);
-        Ok((StatusCode::OK, v))
-    })())
+        let detail = InstanceDetail {
+            summary: summary(&s, &svc),
+            variables: variables(&s),
+            fault: s.fault.as_ref().map(FaultView::from),
+            correlations: s.correlations.clone(),
+            in_memory: svc.drivers.in_memory(&id),
+            parked: svc.operator.is_parked(&id),
+            wait: s.stack.last().map(|f| WaitView::from(&f.phase)),
+            inbox: svc.store.inbox(&id).await?.len(),
+            pending_calls: svc.store.outbox(&id).await?.iter().filter_map(PendingCallView::new).collect(),
+            in_transit: svc.in_transit(Some(&id)).await?.iter().map(HeldCallView::from).collect(),
+            history: svc.store.history(&id).await?.iter().map(HistoryView::from).collect(),
+            fence: s.fence,
+        };
+        Ok((StatusCode::OK, json!(detail)))
+    }
+    .await)
 }
 
 #[derive(Deserialize)]
@@ -189,13 +181,13 @@ struct SendRequest {
 async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: SendRequest = parse_json(&body)?;
-        let m = MessageIn { id: req.id, operation: req.operation, body: req.body.to_string(), create_only: false };
-        let accepted = svc.accept_message(m, None, Default::default()).await?;
+        let m = MessageIn { id: req.id, ..MessageIn::new(req.operation, req.body.to_string()) };
+        let accepted = svc.accept_message(m, None).await?;
         let mut out = json!(accepted);
         if req.wait_reply {
             let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(30_000));
             let reply = svc.await_reply(&accepted.message_id, timeout).await?;
-            out["reply"] = json!(reply);
+            out["reply"] = json!(ReplyView::from(&reply));
         }
         let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
         Ok((status, out))
@@ -203,17 +195,12 @@ async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
     .await)
 }
 
-fn in_transit_json(t: &InTransit) -> Value {
-    let mut v = json!(t);
-    v["id"] = json!(format!("{}:{}", t.instance, t.call_id));
-    v
-}
-
 async fn list_in_transit(State(svc): State<Service>) -> Response {
-    respond((|| {
-        let calls: Vec<Value> = svc.in_transit(None)?.iter().map(in_transit_json).collect();
+    respond(async {
+        let calls: Vec<HeldCallView> = svc.in_transit(None).await?.iter().map(HeldCallView::from).collect();
         Ok((StatusCode::OK, json!({ "calls": calls, "count": calls.len() })))
-    })())
+    }
+    .await)
 }
 
 async fn resolve_in_transit(State(svc): State<Service>, Path((id, verb)): Path<(String, String)>) -> Response {
@@ -224,17 +211,18 @@ async fn resolve_in_transit(State(svc): State<Service>, Path((id, verb)): Path<(
             other => return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use resubmit or abandon"))),
         };
         let record = svc.resolve_in_transit(&id, state).await?;
-        Ok((StatusCode::OK, in_transit_json(&record)))
+        Ok((StatusCode::OK, json!(HeldCallView::from(&record))))
     }
     .await)
 }
 
 async fn instance_history(State(svc): State<Service>, Path(id): Path<String>) -> Response {
-    respond((|| {
-        svc.load_snapshot(&id)?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
-        let history = svc.history(&id)?;
+    respond(async {
+        svc.load_snapshot(&id).await?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
+        let history: Vec<HistoryView> = svc.store.history(&id).await?.iter().map(HistoryView::from).collect();
         Ok((StatusCode::OK, json!({ "id": id, "history": history })))
-    })())
+    }
+    .await)
 }
 
 async fn control_instance(State(svc): State<Service>, Path((id, verb)): Path<(String, String)>) -> Response {
@@ -243,27 +231,28 @@ async fn control_instance(State(svc): State<Service>, Path((id, verb)): Path<(St
             "suspend" => Control::Suspend,
             "resume" => Control::Resume,
             "terminate" => Control::Terminate,
-            "resubmit" => {
-                svc.resubmit(&id).await?;
-                let s = svc.load_snapshot(&id)?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
-                return Ok((StatusCode::OK, summary(&s, &svc)));
+            // `resubmit` is the older name of `release`, kept so existing scripts work.
+            "release" | "resubmit" => {
+                svc.release(&id).await?;
+                let s = svc.load_snapshot(&id).await?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
+                return Ok((StatusCode::OK, summary_json(&s, &svc)));
             }
             other => {
-                return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use suspend, resume, terminate or resubmit")))
+                return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use suspend, resume, terminate or release")))
             }
         };
         let s = svc.control(&id, control).await?;
-        Ok((StatusCode::OK, summary(&s, &svc)))
+        Ok((StatusCode::OK, summary_json(&s, &svc)))
     }
     .await)
 }
 
 async fn set_variables(State(svc): State<Service>, Path(id): Path<String>, body: Bytes) -> Response {
     respond(async {
-        let variables: Value = parse_json(&body)?;
-        let s = svc.control(&id, Control::SetVariables(variables.to_string())).await?;
-        let mut v = summary(&s, &svc);
-        v["variables"] = serde_json::from_str(&s.variables).unwrap_or(Value::Null);
+        let new_variables: Value = parse_json(&body)?;
+        let s = svc.control(&id, Control::SetVariables(new_variables.to_string())).await?;
+        let mut v = summary_json(&s, &svc);
+        v["variables"] = variables(&s);
         Ok((StatusCode::OK, v))
     }
     .await)
@@ -276,7 +265,7 @@ struct BreakpointRequest {
 }
 
 async fn list_breakpoints(State(svc): State<Service>) -> Response {
-    let list: Vec<Value> = svc.breakpoints().into_iter().map(|(process, path)| json!({ "process": process, "path": path })).collect();
+    let list: Vec<Value> = svc.operator.breakpoints().into_iter().map(|(process, path)| json!({ "process": process, "path": path })).collect();
     Json(json!({ "breakpoints": list })).into_response()
 }
 
@@ -306,7 +295,7 @@ struct BackupRequest {
 async fn backup(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: BackupRequest = parse_json(&body)?;
-        svc.backup(std::path::Path::new(&req.dir))?;
+        svc.backup(std::path::Path::new(&req.dir)).await?;
         Ok((StatusCode::CREATED, json!({ "dir": req.dir })))
     }
     .await)

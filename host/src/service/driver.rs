@@ -1,22 +1,25 @@
 //! The instance driver: one task per instance in memory, carrying out what
 //! the engine yields.
 //!
-//! Rules:
-//! - At most one driver per instance (the `live` map); the store's fence
+//! Owns one instance's `Machine` while it is in memory, with its inbox at
+//! hand, the activity-call results it has received, and the operator verbs
+//! waiting to apply. Rules:
+//! - At most one driver per instance (`Drivers`); the store's fence
 //!   rejects a write from any other, and a rejected driver stops.
 //! - Handler calls run in a fresh sandbox each (`Runtime::call`).
 //! - Effects leave only after the batch that holds them commits
-//!   (`Service::after_commit`).
-//! - A driver parked on a message or a timer leaves memory: the instance is
-//!   dehydrated; a message or a timer brings a new driver.
+//!   (`after_commit`).
+//! - A driver waiting for a message or a timer idles for `--idle-ms`, then
+//!   leaves memory: the instance is dehydrated; a message or a timer
+//!   rehydrates it in a new driver.
 //! - At shutdown a driver commits (reason `shutdown`) only when it has no
 //!   input in hand: never between a handler call and its result.
 
-use super::{HistoryEntry, Service, Wake};
-use cairn_engine::{Control, Effect, Fault, Input, Machine, Phase, ProcessKind, Reason, Status, Wait, Yield};
+use super::{Service, Wake};
 use crate::now_ms;
 use crate::runtime::{LogContext, Loaded, Session};
-use crate::store::{keys, Batch, Cf};
+use cairn_engine::{Control, Delivery, Effect, Fault, Input, Machine, PersistencePoint, ProcessKind, Reason, Snapshot, Status, Wait, Yield};
+use cairn_store::{CorrelationKey, HistoryEntry, Reply, TimerKey, Write, WriteBatch};
 use anyhow::{anyhow, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -25,39 +28,33 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
     if let Err(e) = drive(&svc, &id, &mut rx).await {
         eprintln!("cairn: instance {id} stopped: {e:#}");
     }
-    svc.forget(&id, generation);
-}
-
-/// The last committed position, to tell whether parking needs a commit.
-struct Committed {
-    stack: Vec<cairn_engine::machine::Frame>,
-    status: Status,
-    /// Outbox entries this driver has sent on their way.
-    sent: HashSet<u64>,
+    svc.drivers.ended(&id, generation);
 }
 
 async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Result<()> {
-    let Some(snap) = svc.load_snapshot(id)? else { return Ok(()) };
+    let Some(snap) = svc.load_snapshot(id).await? else { return Ok(()) };
     if snap.status.is_terminal() {
         return Ok(());
     }
     let deployed = svc
+        .registry
         .deployed(&snap.version)
         .ok_or_else(|| anyhow!("definition version {} of process '{}' is not deployed", snap.version, snap.process))?;
     let def = deployed.record.definition.as_ref().ok_or_else(|| anyhow!("version {} is not a process", snap.version))?;
     let Loaded::Process(component) = &deployed.component else {
         return Err(anyhow!("version {} is not a process component", snap.version));
     };
-    let mut committed = Committed { stack: snap.stack.clone(), status: snap.status, sent: HashSet::new() };
+    // Outbox entries this driver has sent on their way.
+    let mut sent: HashSet<u64> = HashSet::new();
     let mut m = Machine::new(def, snap);
-    m.breakpoints = svc.breakpoints_of(&def.name);
+    m.set_breakpoints(svc.operator.breakpoints_of(&def.name));
     let mut consumed: HashSet<u64> = HashSet::new();
-    let mut inbox = svc.inbox(id)?;
+    let mut inbox = svc.store.inbox(id).await?;
     let mut results: HashMap<u64, Result<String, Fault>> = HashMap::new();
 
     // Calls and sends left in the outbox by an earlier run go out again,
     // with the same idempotency keys and message ids, or are held.
-    svc.resend_outbox(id, &mut committed.sent, &mut results).await?;
+    svc.resend_outbox(id, &mut sent, &mut results).await?;
 
     // The Wasm instance of the atomic scope running, keyed by (frame, attempt).
     let mut session: Option<((usize, u32), Session)> = None;
@@ -70,7 +67,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
             // Between transitions: take in what arrived, and apply an
             // operator verb if one waits (never inside an atomic scope).
             while let Ok(w) = rx.try_recv() {
-                absorb(svc, id, w, &mut inbox, &mut results, &mut committed.sent, &mut controls).await?;
+                absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls).await?;
             }
             if m.in_atomic().is_none() {
                 if let Some((c, responder)) = controls.pop_front() {
@@ -88,7 +85,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
             if m.in_atomic().is_some() {
                 return Ok(());
             }
-            commit(svc, &mut m, Reason::Shutdown, &mut committed).await?;
+            commit(svc, &mut m, Reason::Shutdown, &mut sent).await?;
             return Ok(());
         }
         let y = m.step(input, now_ms());
@@ -98,9 +95,9 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                     sink: svc.guest_log(),
                     source: def.name.clone(),
                     instance: id.to_string(),
-                    at: m.snap.path(def),
+                    at: m.snapshot().path(def),
                 };
-                let variables = m.snap.variables.clone();
+                let variables = m.snapshot().variables.clone();
                 let atomic = m.in_atomic();
                 let result = tokio::task::block_in_place(|| match atomic {
                     None => {
@@ -124,23 +121,22 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
             }
             Yield::Persist(reason) => {
                 session = None;
-                commit(svc, &mut m, reason, &mut committed).await?;
+                commit(svc, &mut m, reason, &mut sent).await?;
                 tell(&mut told);
                 Input::Continue
             }
             Yield::Suspended => {
-                let moved = m.snap.stack != committed.stack || m.snap.status != committed.status;
-                if moved || !m.effects.is_empty() {
-                    commit(svc, &mut m, Reason::Suspended, &mut committed).await?;
+                if m.needs_persistence() {
+                    commit(svc, &mut m, Reason::Suspended, &mut sent).await?;
                 }
                 tell(&mut told);
                 // A call in flight keeps the driver, so that its result is not lost.
-                let call_in_flight = matches!(m.snap.stack.last().map(|f| &f.phase), Some(Phase::AwaitInvoke { .. }));
-                let Some(wakes) = park(svc, id, rx, call_in_flight, std::time::Duration::ZERO).await else {
+                let call_in_flight = m.awaits_call();
+                let Some(wakes) = idle(svc, id, rx, call_in_flight, std::time::Duration::ZERO).await else {
                     return Ok(());
                 };
                 for w in wakes {
-                    absorb(svc, id, w, &mut inbox, &mut results, &mut committed.sent, &mut controls).await?;
+                    absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls).await?;
                 }
                 Input::Continue
             }
@@ -149,10 +145,10 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                 Input::Continue
             }
             Yield::Finished(reason) => {
-                if def.kind == ProcessKind::Microflow && !def.keep_final_state && m.snap.status == Status::Completed {
+                if def.kind == ProcessKind::Microflow && !def.keep_final_state && m.snapshot().status == Status::Completed {
                     discard(svc, &mut m).await?;
                 } else {
-                    commit(svc, &mut m, reason, &mut committed).await?;
+                    commit(svc, &mut m, reason, &mut sent).await?;
                 }
                 tell(&mut told);
                 for (_, responder) in controls.drain(..) {
@@ -174,16 +170,15 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                     let result = invoke_inline(svc, &mut m, id, call_id).await;
                     Input::InvokeResult { call_id, result }
                 } else {
-                    let moved = m.snap.stack != committed.stack || m.snap.status != committed.status;
-                    if moved || !m.effects.is_empty() {
-                        commit(svc, &mut m, Reason::Waiting, &mut committed).await?;
+                    if m.needs_persistence() {
+                        commit(svc, &mut m, Reason::Waiting, &mut sent).await?;
                     }
                     tell(&mut told);
-                    let Some(wakes) = park(svc, id, rx, first_invoke(&wait).is_some(), svc.idle()).await else {
+                    let Some(wakes) = idle(svc, id, rx, first_invoke(&wait).is_some(), svc.idle()).await else {
                         return Ok(());
                     };
                     for w in wakes {
-                        absorb(svc, id, w, &mut inbox, &mut results, &mut committed.sent, &mut controls).await?;
+                        absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls).await?;
                     }
                     Input::Continue
                 }
@@ -194,11 +189,11 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
 
 type Responder = tokio::sync::oneshot::Sender<Result<(), String>>;
 
-/// Parks the driver until something wakes it. With a call in flight it stays
+/// Idles the driver until something wakes it. With a call in flight it stays
 /// in memory for the result; otherwise it stays for `idle`, then leaves
 /// memory (the instance is dehydrated) unless a wake slipped in. `None`: the
 /// driver should end.
-async fn park(
+async fn idle(
     svc: &Service,
     id: &str,
     rx: &mut UnboundedReceiver<Wake>,
@@ -213,7 +208,7 @@ async fn park(
             return w.map(|w| vec![w]);
         }
     }
-    let pending = svc.try_retire(id, rx);
+    let pending = svc.drivers.dehydrate(id, rx);
     (!pending.is_empty()).then_some(pending)
 }
 
@@ -222,17 +217,17 @@ async fn absorb(
     svc: &Service,
     id: &str,
     wake: Wake,
-    inbox: &mut Vec<cairn_engine::Delivery>,
+    inbox: &mut Vec<Delivery>,
     results: &mut HashMap<u64, Result<String, Fault>>,
     sent: &mut HashSet<u64>,
     controls: &mut VecDeque<(Control, Responder)>,
 ) -> Result<()> {
     match wake {
         Wake::Resume => {
-            *inbox = svc.inbox(id)?;
+            *inbox = svc.store.inbox(id).await?;
             svc.resend_outbox(id, sent, results).await?;
         }
-        Wake::InvokeResult { call_id, result } => {
+        Wake::CallResult { call_id, result } => {
             results.insert(call_id, result);
         }
         Wake::Control(c, responder) => controls.push_back((c, responder)),
@@ -251,7 +246,7 @@ fn tell(told: &mut Vec<Responder>) {
 /// What the engine waits for, if it is already here.
 fn at_hand(
     wait: &Wait,
-    inbox: &mut Vec<cairn_engine::Delivery>,
+    inbox: &mut Vec<Delivery>,
     consumed: &HashSet<u64>,
     results: &mut HashMap<u64, Result<String, Fault>>,
 ) -> Option<Input> {
@@ -285,29 +280,23 @@ fn first_invoke(wait: &Wait) -> Option<u64> {
 /// Ends a completed microflow that keeps no final state: its effects commit,
 /// and its snapshot and history go, in one batch.
 async fn discard(svc: &Service, m: &mut Machine<'_>) -> Result<()> {
-    let effects = m.take_effects();
-    let id = m.snap.id.clone();
-    let mut b = Batch::default();
-    b.fence(&id, m.snap.fence, m.snap.fence + 1);
-    b.delete(Cf::Instances, id.as_bytes());
-    b.ops.push(crate::store::Op::DeleteRange(Cf::History, keys::instance_scoped(&id, 0), keys::instance_scoped(&id, u64::MAX)));
-    for e in &effects {
-        svc.effect_ops(&m.snap, e, &mut b);
+    let point = m.persistence_point(Reason::Completed, now_ms());
+    let id = point.snapshot.id.clone();
+    let mut b = WriteBatch::new();
+    b.fence(&id, point.based_on, point.snapshot.fence);
+    b.push(Write::InstanceRemove { id });
+    for e in &point.effects {
+        effect_writes(&point.snapshot, e, &mut b);
     }
     svc.store.commit(b).await.map_err(|e| anyhow!("{e}"))?;
-    svc.after_commit(&m.snap, effects);
+    after_commit(svc, &point.snapshot, point.effects);
     Ok(())
 }
 
-/// Runs a microflow's invoke at once, without an outbox entry.
+/// Runs a microflow's (or atomic scope's) invoke at once, without an outbox entry.
 async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u64) -> Result<String, Fault> {
-    let i = m
-        .effects
-        .iter()
-        .position(|e| matches!(e, Effect::Invoke { call_id: c, .. } if *c == call_id))
-        .ok_or_else(|| Fault::new("cairn.internal", "the invoke to run is not among the pending effects"))?;
-    let Effect::Invoke { target, operation, input, idempotency_key, policy, .. } = m.effects.remove(i) else {
-        unreachable!()
+    let Some(Effect::Invoke { target, operation, input, idempotency_key, policy, .. }) = m.take_invoke(call_id) else {
+        return Err(Fault::new("cairn.internal", "the invoke to run is not among the pending effects"));
     };
     let result = svc.call_with_policy(id, &target, &operation, &input, &idempotency_key, &policy, 1).await;
     crate::failpoint::hit("inline-call");
@@ -315,47 +304,78 @@ async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u6
 }
 
 /// Writes one persistence point: the snapshot, its history entry and every
-/// effect since the last one, in one batch; then hands the effects to dispatch.
-async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, committed: &mut Committed) -> Result<()> {
-    let effects = m.take_effects();
-    let id = m.snap.id.clone();
-    let based_on = m.snap.fence;
-    m.snap.fence += 1;
-    let fence = m.snap.fence;
-    let mut b = Batch::default();
+/// effect since the last one, in one batch; then hands the effects on.
+async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, sent: &mut HashSet<u64>) -> Result<()> {
+    let PersistencePoint { snapshot, based_on, effects, reason, path, at_ms } = m.persistence_point(reason, now_ms());
+    let id = snapshot.id.clone();
+    let fence = snapshot.fence;
+    let mut b = WriteBatch::new();
     b.fence(&id, based_on, fence);
-    b.put(Cf::Instances, id.as_bytes(), serde_json::to_vec(&m.snap)?);
-    let path = match (reason, &m.snap.fault) {
-        (Reason::CommitBefore | Reason::CommitAfter | Reason::Dispatch | Reason::ScopeCompleted | Reason::Compensated, _) => {
-            std::mem::take(&mut m.persist_path)
-        }
-        (_, Some(f)) => f.path.clone(),
-        _ => m.snap.path(m.def),
-    };
-    let entry = HistoryEntry { fence, at_ms: now_ms(), reason, status: m.snap.status, path };
-    b.put(Cf::History, keys::instance_scoped(&id, fence), serde_json::to_vec(&entry)?);
-    let keep = svc.config.history_limit.max(1);
+    let entry = HistoryEntry { fence, at_ms, reason, status: snapshot.status, path };
+    b.push(Write::History { instance: id.clone(), entry });
+    let keep = svc.history_limit().max(1);
     if fence > keep {
-        b.ops.push(crate::store::Op::DeleteRange(
-            Cf::History,
-            keys::instance_scoped(&id, 0),
-            keys::instance_scoped(&id, fence - keep + 1),
-        ));
+        b.push(Write::HistoryPrune { instance: id.clone(), below: fence - keep + 1 });
     }
     for e in &effects {
-        svc.effect_ops(&m.snap, e, &mut b);
+        effect_writes(&snapshot, e, &mut b);
     }
+    b.push(Write::Instance(Box::new(snapshot.clone())));
     crate::failpoint::hit("before-commit");
     svc.store.commit(b).await.map_err(|e| anyhow!("{e}"))?;
     if reason == Reason::Compensated {
         crate::failpoint::hit("after-compensation-step");
     }
-    committed.stack = m.snap.stack.clone();
-    committed.status = m.snap.status;
-    committed.sent.extend(effects.iter().filter_map(|e| match e {
+    sent.extend(effects.iter().filter_map(|e| match e {
         Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => Some(*call_id),
         _ => None,
     }));
-    svc.after_commit(&m.snap, effects);
+    after_commit(svc, &snapshot, effects);
     Ok(())
+}
+
+/// The writes that record `effect` in its persistence point.
+fn effect_writes(snap: &Snapshot, effect: &Effect, b: &mut WriteBatch) {
+    let instance = snap.id.clone();
+    let correlation = |set: &str, values: &str| CorrelationKey { process: snap.process.clone(), set: set.to_string(), values: values.to_string() };
+    match effect {
+        Effect::ConsumeMessage { seq } => b.push(Write::InboxRemove { instance, seq: *seq }),
+        Effect::Correlate { set, values } => b.push(Write::Correlation { key: correlation(set, values), instance }),
+        Effect::Uncorrelate { set, values } => b.push(Write::CorrelationRemove(correlation(set, values))),
+        Effect::SetTimer { timer_id, due_ms } => b.push(Write::Timer(TimerKey { due_ms: *due_ms, instance, timer_id: *timer_id })),
+        Effect::ClearTimer { timer_id, due_ms } => {
+            b.push(Write::TimerRemove(TimerKey { due_ms: *due_ms, instance, timer_id: *timer_id }))
+        }
+        Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => {
+            b.push(Write::Outbox { instance, call_id: *call_id, effect: Box::new(effect.clone()) })
+        }
+        Effect::InvokeDone { call_id } => {
+            b.push(Write::OutboxRemove { instance: instance.clone(), call_id: *call_id });
+            b.push(Write::InTransitRemove { instance, call_id: *call_id });
+        }
+        Effect::Reply { message_id, body, fault } => {
+            let reply = Reply { body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null), fault: fault.clone() };
+            b.push(Write::Reply { message_id: message_id.clone(), reply })
+        }
+    }
+}
+
+/// Carries out a committed batch's effects: timers into the timer set,
+/// replies to their waiters, activity calls and sends to dispatch.
+fn after_commit(svc: &Service, snap: &Snapshot, effects: Vec<Effect>) {
+    for effect in effects {
+        match effect {
+            Effect::SetTimer { timer_id, due_ms } => svc.timers.set(TimerKey { due_ms, instance: snap.id.clone(), timer_id }),
+            Effect::ClearTimer { timer_id, due_ms } => svc.timers.clear(&TimerKey { due_ms, instance: snap.id.clone(), timer_id }),
+            Effect::Reply { message_id, body, fault } => {
+                let reply = Reply { body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null), fault };
+                svc.replies.answer(&message_id, reply);
+            }
+            e @ (Effect::Invoke { .. } | Effect::Send { .. }) => {
+                crate::failpoint::hit("after-commit-dispatch");
+                svc.dispatch(&snap.id, e, 1)
+            }
+            Effect::ConsumeMessage { .. } | Effect::Correlate { .. } | Effect::Uncorrelate { .. } | Effect::InvokeDone { .. } => {}
+        }
+    }
 }

@@ -1,0 +1,271 @@
+//! Calls: activity calls and sends carried out after their persistence
+//! point commits, with retries, timeouts, and held calls.
+//!
+//! Owns the set of outbox entries being carried out now (one mutex, held
+//! briefly), so that no two drivers of an instance send the same entry twice.
+//!
+//! Architecture invariant: nothing here runs before the batch holding the
+//! effect is durable. Invokes and sends stay in the outbox until their result
+//! is consumed (invoke) or their message is accepted (send), so a crash in
+//! between dispatches them again with the same idempotency key or message id.
+//!
+//! Vocabulary: an *activity call* is an invoke or send to a target (an
+//! activity component or a process); a *handler call* runs a process's own
+//! guest code (`driver.rs`). A *held call* is a non-idempotent activity call
+//! found in flight after a crash: an operator *resubmits* or *abandons* it.
+
+use super::{Error, ErrorKind, MessageIn, Service, Wake};
+use crate::runtime::{LogContext, Loaded};
+use cairn_engine::definition::InvokePolicy;
+use cairn_engine::{Effect, Fault, Target};
+use cairn_store::{ComponentKind, InTransit, InTransitState, Write, WriteBatch};
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+#[derive(Default)]
+pub struct Calls {
+    /// Outbox entries being carried out now, as (instance, call id).
+    in_flight: Mutex<HashSet<(String, u64)>>,
+}
+
+impl Calls {
+    fn is_in_flight(&self, instance: &str, call_id: u64) -> bool {
+        self.in_flight.lock().unwrap().contains(&(instance.to_string(), call_id))
+    }
+}
+
+impl Service {
+    /// Sends an outbox entry on its way, numbering attempts from
+    /// `first_attempt`. Its outcome comes back as a wake (invoke) or removes
+    /// the entry (send). An invoke retries by its policy.
+    pub fn dispatch(&self, instance: &str, effect: Effect, first_attempt: u32) {
+        if self.is_shutting_down() {
+            return;
+        }
+        let call_id = match &effect {
+            Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => *call_id,
+            _ => return,
+        };
+        if !self.calls.in_flight.lock().unwrap().insert((instance.to_string(), call_id)) {
+            return;
+        }
+        let svc = self.clone();
+        let instance = instance.to_string();
+        tokio::spawn(async move {
+            svc.carry_out(&instance, effect, first_attempt).await;
+            svc.calls.in_flight.lock().unwrap().remove(&(instance, call_id));
+        });
+    }
+
+    async fn carry_out(&self, instance: &str, effect: Effect, first_attempt: u32) {
+        match effect {
+            Effect::Invoke { call_id, target, operation, input, idempotency_key, policy } => {
+                let result = self.call_with_policy(instance, &target, &operation, &input, &idempotency_key, &policy, first_attempt).await;
+                crate::failpoint::hit("mid-dispatch");
+                self.drivers.deliver(instance, Wake::CallResult { call_id, result });
+            }
+            Effect::Send { call_id, target, operation, body, message_id, start } => {
+                match target {
+                    Target::Process(process) => {
+                        // The intake batch that accepts the message removes the outbox entry.
+                        let sent_by = Some((instance.to_string(), call_id));
+                        let m = MessageIn { id: Some(message_id.clone()), create_only: start, sent_by, ..MessageIn::new(operation.clone(), body) };
+                        match self.accept_message(m, Some(&process)).await {
+                            Ok(a) if !a.duplicate => return,
+                            Ok(_) => {}
+                            Err(e) => eprintln!(
+                                "cairn: instance {instance}: send of '{operation}' to process '{process}' was rejected: {}",
+                                e.message
+                            ),
+                        }
+                    }
+                    Target::Activity(name) => {
+                        let key = format!("{instance}/send/{call_id}");
+                        let target = Target::Activity(name.clone());
+                        if let Err(f) = self.activity_call(instance, &target, &operation, &body, &key, None).await {
+                            eprintln!(
+                                "cairn: instance {instance}: one-way call of '{operation}' on activity '{name}' faulted: {}: {}",
+                                f.name, f.message
+                            );
+                        }
+                    }
+                }
+                let mut done = WriteBatch::new();
+                done.push(Write::OutboxRemove { instance: instance.to_string(), call_id });
+                if let Err(e) = self.store.commit(done).await {
+                    eprintln!("cairn: instance {instance}: clearing a delivered send: {e}");
+                }
+            }
+            other => eprintln!("cairn: instance {instance}: {other:?} is not dispatchable"),
+        }
+    }
+
+    /// Performs an activity call, retrying by its policy; attempt numbers
+    /// (from `first_attempt`) end its idempotency key.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call_with_policy(
+        &self,
+        instance: &str,
+        target: &Target,
+        operation: &str,
+        input: &str,
+        idempotency_key: &str,
+        policy: &InvokePolicy,
+        first_attempt: u32,
+    ) -> Result<String, Fault> {
+        let mut attempt = first_attempt;
+        loop {
+            let key = format!("{idempotency_key}/{attempt}");
+            let result = self.activity_call(instance, target, operation, input, &key, policy.timeout_ms).await;
+            let retry_in = match (&result, &policy.retry) {
+                (Err(f), Some(retry)) => retry.backoff(attempt - first_attempt + 2, &f.name),
+                _ => None,
+            };
+            match retry_in {
+                Some(ms) if !self.is_shutting_down() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    attempt += 1;
+                }
+                _ => return result,
+            }
+        }
+    }
+
+    /// Performs one activity call: an activity component in a fresh
+    /// sandbox, or a process started with a request-response message whose
+    /// reply is the result.
+    pub async fn activity_call(
+        &self,
+        instance: &str,
+        target: &Target,
+        operation: &str,
+        input: &str,
+        idempotency_key: &str,
+        timeout_ms: Option<u64>,
+    ) -> Result<String, Fault> {
+        let timeout = timeout_ms.map(std::time::Duration::from_millis);
+        let detail = serde_json::json!({ "target": target, "operation": operation, "input": input, "idempotency_key": idempotency_key });
+        self.record_isolated_effect(instance, "call", detail);
+        match target {
+            Target::Activity(name) => {
+                let deployed = self.registry.latest(ComponentKind::Activity, name).ok_or_else(|| {
+                    Fault::new("cairn.unknown-activity", format!("no activity component named '{name}' is deployed"))
+                })?;
+                let Loaded::Activity(component) = &deployed.component else { unreachable!() };
+                let component = component.clone();
+                let log = LogContext { sink: self.guest_log(), source: name.clone(), instance: instance.to_string(), at: idempotency_key.to_string() };
+                let svc = self.clone();
+                let (op, inp) = (operation.to_string(), input.to_string());
+                tokio::task::spawn_blocking(move || svc.runtime.invoke(&component, &op, &inp, log, timeout))
+                    .await
+                    .unwrap_or_else(|e| Err(Fault::new("cairn.internal", format!("activity task failed: {e}"))))
+            }
+            Target::Process(process) => {
+                // The idempotency key is the message id: a call dispatched
+                // again after a crash finds the same callee instance.
+                let m = MessageIn { id: Some(idempotency_key.to_string()), ..MessageIn::new(operation, input) };
+                self.accept_message(m, Some(process)).await.map_err(|e| Fault::new("cairn.call-rejected", e.message))?;
+                let limit = timeout.unwrap_or(std::time::Duration::from_secs(u64::MAX / 4));
+                let reply = self.await_reply(idempotency_key, limit).await.map_err(|e| match timeout {
+                    Some(t) => Fault::new("cairn.timeout", format!("process '{process}' did not reply within {t:?}")),
+                    None => Fault::new("cairn.call-failed", e.message),
+                })?;
+                match reply.fault {
+                    Some(f) => Err(f),
+                    None => Ok(reply.body.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Held calls, of one instance or of all.
+    pub async fn in_transit(&self, instance: Option<&str>) -> Result<Vec<InTransit>, Error> {
+        Ok(self.store.in_transit(instance).await?)
+    }
+
+    async fn put_in_transit(&self, record: InTransit) -> Result<(), cairn_store::StoreError> {
+        let mut b = WriteBatch::new();
+        b.push(Write::InTransit(Box::new(record)));
+        self.store.commit(b).await
+    }
+
+    /// Sends again what the outbox holds for `instance` that this driver has
+    /// not sent. Sends and idempotent calls go at once, with the same message
+    /// id and idempotency key; a non-idempotent call found in flight is held
+    /// for an operator, unless it says `retry_on_recovery` or an operator has
+    /// resubmitted it; an abandoned one is answered with a fault.
+    pub(super) async fn resend_outbox(
+        &self,
+        instance: &str,
+        sent: &mut HashSet<u64>,
+        results: &mut HashMap<u64, Result<String, Fault>>,
+    ) -> anyhow::Result<()> {
+        for effect in self.store.outbox(instance).await? {
+            let call_id = match &effect {
+                Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => *call_id,
+                _ => continue,
+            };
+            if sent.contains(&call_id) || self.calls.is_in_flight(instance, call_id) {
+                continue;
+            }
+            let Effect::Invoke { policy, target, operation, idempotency_key, .. } = &effect else {
+                sent.insert(call_id);
+                self.dispatch(instance, effect, 1);
+                continue;
+            };
+            if !policy.held_on_recovery() {
+                sent.insert(call_id);
+                self.dispatch(instance, effect, 1);
+                continue;
+            }
+            match self.store.in_transit_call(instance, call_id).await?.map(|r| r.state) {
+                None => {
+                    let record = InTransit {
+                        instance: instance.to_string(),
+                        call_id,
+                        state: InTransitState::Held,
+                        since_ms: crate::now_ms(),
+                        target: target.clone(),
+                        operation: operation.clone(),
+                        idempotency_key: idempotency_key.clone(),
+                    };
+                    self.put_in_transit(record).await?;
+                    eprintln!(
+                        "cairn: instance {instance}: non-idempotent call {call_id} ('{operation}' on {target}) was in flight: held for an operator (cairn in-transit ls)"
+                    );
+                }
+                Some(InTransitState::Held) => {}
+                Some(InTransitState::Resubmitted) => {
+                    sent.insert(call_id);
+                    let next = policy.retry.as_ref().map_or(1, |r| r.max_attempts) + 1;
+                    self.dispatch(instance, effect, next);
+                }
+                Some(InTransitState::Abandoned) => {
+                    sent.insert(call_id);
+                    let fault = Fault::new("cairn.abandoned", format!("an operator abandoned call {call_id} ('{operation}' on {target})"));
+                    results.insert(call_id, Err(fault));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An operator resolves a held call: resubmit it, or abandon it.
+    pub async fn resolve_in_transit(&self, id: &str, state: InTransitState) -> Result<InTransit, Error> {
+        let bad = || Error::new(ErrorKind::BadInput, format!("'{id}' is not an in-transit call id (INSTANCE:CALL, as `cairn in-transit ls` shows)"));
+        let (instance, call) = id.rsplit_once(':').ok_or_else(bad)?;
+        let call_id: u64 = call.parse().map_err(|_| bad())?;
+        let mut record = self
+            .store
+            .in_transit_call(instance, call_id)
+            .await?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no in-transit call '{id}'")))?;
+        if record.state != InTransitState::Held {
+            return Err(Error::new(ErrorKind::Conflict, format!("call '{id}' is already {:?}", record.state).to_lowercase()));
+        }
+        record.state = state;
+        self.put_in_transit(record.clone()).await?;
+        self.wake(instance);
+        Ok(record)
+    }
+}

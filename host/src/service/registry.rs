@@ -1,0 +1,202 @@
+//! The registry: every deployed component version, loaded and ready to run.
+//!
+//! Owns the in-memory map of versions (one `RwLock`, never held across an
+//! await or while taking another lock). Deploy compiles and checks a
+//! component, stores its record and bytes in one batch, then publishes it
+//! here; nothing is stored unless every check passes.
+
+use super::{hex, Error, ErrorKind};
+use crate::now_ms;
+use crate::runtime::{Loaded, Runtime};
+use cairn_engine::Definition;
+use cairn_store::{ComponentKind, DeployedRecord, Store, Write, WriteBatch};
+use sha2::Digest;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+pub struct Deployed {
+    pub record: DeployedRecord,
+    pub component: Loaded,
+}
+
+impl Deployed {
+    /// The definition of a process version.
+    pub fn definition(&self) -> Option<&Definition> {
+        self.record.definition.as_ref()
+    }
+}
+
+#[derive(Default)]
+struct Versions {
+    by_version: HashMap<String, Arc<Deployed>>,
+    /// (kind, name) -> newest version.
+    latest: HashMap<(ComponentKind, String), String>,
+}
+
+impl Versions {
+    fn insert(&mut self, d: Arc<Deployed>) {
+        let key = (d.record.kind, d.record.name.clone());
+        let newer = match self.latest.get(&key).and_then(|v| self.by_version.get(v)) {
+            Some(cur) => d.record.deployed_ms >= cur.record.deployed_ms,
+            None => true,
+        };
+        if newer {
+            self.latest.insert(key, d.record.version.clone());
+        }
+        self.by_version.insert(d.record.version.clone(), d);
+    }
+
+    fn latest(&self, kind: ComponentKind, name: &str) -> Option<Arc<Deployed>> {
+        let v = self.latest.get(&(kind, name.to_string()))?;
+        self.by_version.get(v).cloned()
+    }
+}
+
+pub struct Registry {
+    versions: RwLock<Versions>,
+}
+
+impl Registry {
+    /// Loads and compiles every stored version.
+    pub async fn load(store: &Store, runtime: &Runtime) -> anyhow::Result<Registry> {
+        let mut versions = Versions::default();
+        for record in store.definitions().await? {
+            let bytes = store
+                .component(&record.version)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("component bytes of {} {} are missing", record.name, record.version))?;
+            let component = runtime.load(&record.version, &bytes)?;
+            versions.insert(Arc::new(Deployed { record, component }));
+        }
+        Ok(Registry { versions: RwLock::new(versions) })
+    }
+
+    pub fn deployed(&self, version: &str) -> Option<Arc<Deployed>> {
+        self.versions.read().unwrap().by_version.get(version).cloned()
+    }
+
+    pub fn latest(&self, kind: ComponentKind, name: &str) -> Option<Arc<Deployed>> {
+        self.versions.read().unwrap().latest(kind, name)
+    }
+
+    /// Every deployed process version.
+    pub fn processes(&self) -> Vec<Arc<Deployed>> {
+        let v = self.versions.read().unwrap();
+        v.by_version.values().filter(|d| d.record.kind == ComponentKind::Process).cloned().collect()
+    }
+
+    /// Whether `d` is the newest version of its name.
+    pub fn is_latest(&self, d: &Deployed) -> bool {
+        let v = self.versions.read().unwrap();
+        v.latest.get(&(d.record.kind, d.record.name.clone())) == Some(&d.record.version)
+    }
+
+    /// Every deployed version, newest first, and whether it is the newest of its name.
+    pub fn definitions(&self) -> Vec<(DeployedRecord, bool)> {
+        let v = self.versions.read().unwrap();
+        let mut out: Vec<(DeployedRecord, bool)> = v
+            .by_version
+            .values()
+            .map(|d| {
+                let latest = v.latest.get(&(d.record.kind, d.record.name.clone())) == Some(&d.record.version);
+                (d.record.clone(), latest)
+            })
+            .collect();
+        out.sort_by(|a, b| b.0.deployed_ms.cmp(&a.0.deployed_ms).then(a.0.name.cmp(&b.0.name)));
+        out
+    }
+
+    /// Deploys a component: compiles it, checks its world, and for a process
+    /// reads and validates its definition. Nothing is stored unless all pass.
+    pub async fn deploy(
+        &self,
+        store: &Store,
+        runtime: &Arc<Runtime>,
+        bytes: Vec<u8>,
+        name: Option<String>,
+    ) -> Result<(DeployedRecord, bool), Error> {
+        let version = hex(&sha2::Sha256::digest(&bytes))[..16].to_string();
+        if let Some(existing) = self.deployed(&version) {
+            return Ok((existing.record.clone(), false));
+        }
+        let rt = runtime.clone();
+        let v = version.clone();
+        let (record, component, bytes) = tokio::task::spawn_blocking(move || compile_and_check(&rt, &v, bytes, name))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("deploy task failed: {e}")))??;
+        if let Some(def) = &record.definition {
+            self.check_creation_conflicts(def)?;
+        }
+        let mut b = WriteBatch::new();
+        b.push(Write::Definition { record: Box::new(record.clone()), component: bytes });
+        store.commit(b).await?;
+        self.versions.write().unwrap().insert(Arc::new(Deployed { record: record.clone(), component }));
+        Ok((record, true))
+    }
+
+    /// One process name may create instances on an operation: otherwise a
+    /// message would not know which process to start.
+    fn check_creation_conflicts(&self, def: &Definition) -> Result<(), Error> {
+        let v = self.versions.read().unwrap();
+        for sub in def.subscriptions().into_iter().filter(|s| s.creates_instance) {
+            for d in v.by_version.values() {
+                let Some(other) = &d.record.definition else { continue };
+                if other.name == def.name {
+                    continue;
+                }
+                if other.subscriptions().iter().any(|s| s.creates_instance && s.operation == sub.operation) {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "process '{}' already creates instances on operation '{}'; one process per operation may",
+                            other.name, sub.operation
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn compile_and_check(
+    runtime: &Runtime,
+    version: &str,
+    bytes: Vec<u8>,
+    name: Option<String>,
+) -> Result<(DeployedRecord, Loaded, Vec<u8>), Error> {
+    let loaded = runtime.load(version, &bytes).map_err(|e| Error::new(ErrorKind::BadInput, format!("{e:#}")))?;
+    let size = bytes.len() as u64;
+    let (name, kind, definition) = match &loaded {
+        Loaded::Process(p) => {
+            let def = runtime
+                .describe(p)
+                .map_err(|f| Error::new(ErrorKind::Invalid, format!("describe failed: {}: {}", f.name, f.message)))?;
+            def.validate()
+                .map_err(|e| Error::new(ErrorKind::Invalid, format!("invalid definition of process '{}': {e}", def.name)))?;
+            // A process names itself; `name` only names activity components.
+            (def.name.clone(), ComponentKind::Process, Some(def))
+        }
+        Loaded::Activity(_) => {
+            let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
+                Error::new(ErrorKind::BadInput, "an activity component needs a name: pass ?name=NAME (the CLI uses the file name)")
+            })?;
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(Error::new(
+                    ErrorKind::BadInput,
+                    format!("activity name '{name}' may use only letters, digits, '-', '_' and '.'"),
+                ));
+            }
+            (name, ComponentKind::Activity, None)
+        }
+    };
+    let record = DeployedRecord { name, version: version.to_string(), kind, deployed_ms: now_ms(), size, definition };
+    Ok((record, loaded, bytes))
+}
+
+impl super::Service {
+    /// Deploys a component (see `Registry::deploy`).
+    pub async fn deploy(&self, bytes: Vec<u8>, name: Option<String>) -> Result<(DeployedRecord, bool), Error> {
+        self.registry.deploy(&self.store, &self.runtime, bytes, name).await
+    }
+}

@@ -1,0 +1,48 @@
+//! Replies: callers waiting for the reply to a request-response message.
+//!
+//! Owns the waiters by message id (one mutex, held briefly). A reply is
+//! stored in the persistence point that decides it; waiters are answered
+//! after that commit, and a late waiter finds it in the store.
+
+use super::{Error, ErrorKind, Service};
+use cairn_store::Reply;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+#[derive(Default)]
+pub struct Replies {
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Reply>>>>,
+}
+
+impl Replies {
+    /// Answers everyone waiting for the reply to `message_id`.
+    pub fn answer(&self, message_id: &str, reply: Reply) {
+        for waiter in self.waiters.lock().unwrap().remove(message_id).unwrap_or_default() {
+            let _ = waiter.send(reply.clone());
+        }
+    }
+
+    fn register(&self, message_id: &str) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap().entry(message_id.to_string()).or_default().push(tx);
+        rx
+    }
+}
+
+impl Service {
+    /// Waits for the reply to a request-response message.
+    pub async fn await_reply(&self, message_id: &str, timeout: std::time::Duration) -> Result<Reply, Error> {
+        let rx = self.replies.register(message_id);
+        if let Some(stored) = self.store.reply(message_id).await? {
+            return Ok(stored);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            _ => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("no reply to message {message_id} within {timeout:?}; the message was accepted and the reply may still come"),
+            )),
+        }
+    }
+}

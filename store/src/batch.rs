@@ -1,0 +1,71 @@
+//! The typed write batch: the unit of atomicity. A persistence point, an
+//! intake, a deploy or an operator's decision is one `WriteBatch`, written
+//! all or nothing, and only if every fence it names still holds.
+
+use crate::records::{CorrelationKey, DeployedRecord, HistoryEntry, InTransit, IntakeRecord, Reply, TimerKey};
+use cairn_engine::{Delivery, Effect, Snapshot};
+
+/// One write to one table. Keys and encodings are the backend's business.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// A deployed version: its record and its component bytes.
+    Definition { record: Box<DeployedRecord>, component: Vec<u8> },
+    Instance(Box<Snapshot>),
+    /// Removes an instance's snapshot and its whole history (a microflow that keeps no final state).
+    InstanceRemove { id: String },
+    Inbox { instance: String, delivery: Delivery },
+    InboxRemove { instance: String, seq: u64 },
+    /// An invoke's or a send's outbox entry: its in-transit record.
+    Outbox { instance: String, call_id: u64, effect: Box<Effect> },
+    OutboxRemove { instance: String, call_id: u64 },
+    Timer(TimerKey),
+    TimerRemove(TimerKey),
+    Correlation { key: CorrelationKey, instance: String },
+    CorrelationRemove(CorrelationKey),
+    Message { id: String, record: IntakeRecord },
+    History { instance: String, entry: HistoryEntry },
+    /// Removes the history entries of `instance` whose fence is below `below`.
+    HistoryPrune { instance: String, below: u64 },
+    Reply { message_id: String, reply: Reply },
+    InTransit(Box<InTransit>),
+    InTransitRemove { instance: String, call_id: u64 },
+    Breakpoint { process: String, path: String, set: bool },
+    /// Deferred recovery keeps a parked instance unloaded until it is resubmitted.
+    Parked { instance: String, parked: bool },
+    /// Written at the end of a controlled shutdown, removed at start.
+    CleanShutdown(bool),
+}
+
+/// A fence condition: the write is based on `based_on` and moves it to `becomes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub instance: String,
+    pub based_on: u64,
+    pub becomes: u64,
+}
+
+/// Writes committed together, under fences.
+#[derive(Debug, Default, Clone)]
+pub struct WriteBatch {
+    pub writes: Vec<Write>,
+    pub fences: Vec<Fence>,
+}
+
+impl WriteBatch {
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    pub fn push(&mut self, write: Write) {
+        self.writes.push(write);
+    }
+
+    /// The batch commits only if the stored fence of `instance` is `based_on`; it then becomes `becomes`.
+    pub fn fence(&mut self, instance: &str, based_on: u64, becomes: u64) {
+        self.fences.push(Fence { instance: instance.to_string(), based_on, becomes });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.fences.is_empty()
+    }
+}

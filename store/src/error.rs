@@ -1,0 +1,30 @@
+//! Store errors: a stale fence, a record that does not decode, or a storage failure.
+
+/// What went wrong in the store, with the context to act on it.
+#[derive(Debug, Clone)]
+pub enum StoreError {
+    /// The batch was based on a fence that is no longer current; nothing was written.
+    Stale { instance: String, expected: u64, found: u64 },
+    /// A stored record does not decode: damaged data, or a format this host does not know.
+    Integrity { table: &'static str, key: String, reason: String },
+    /// The backend failed (I/O, connection, the committer stopped).
+    Storage(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Stale { instance, expected, found } => {
+                write!(f, "stale write to instance {instance}: based on fence {expected}, but the store holds {found}")
+            }
+            StoreError::Integrity { table, key, reason } => {
+                write!(f, "integrity error: the record '{key}' of table {table} does not decode: {reason}")
+            }
+            StoreError::Storage(e) => write!(f, "storage error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

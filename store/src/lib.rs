@@ -1,0 +1,127 @@
+//! The store: Cairn's durable state as typed tables, behind one interface
+//! with two backends — RocksDB in the data directory (the default) and
+//! PostgreSQL (`cairn serve --store postgres://…`).
+//!
+//! Tables: definitions (deployed versions and their component bytes),
+//! instances (snapshots), fences, inbox, outbox, timers, correlations,
+//! messages (intake records), history, replies, in-transit (held calls) and
+//! meta (breakpoints, parked instances, the clean-shutdown mark).
+//!
+//! Architecture invariants:
+//! - Every write goes through `Store::commit` as one `WriteBatch`: all of it
+//!   or nothing. A batch names the fences it is based on, and the backend
+//!   rejects it whole (`StoreError::Stale`) if any stored fence differs.
+//! - Concurrent batches are grouped: RocksDB merges them into one write with
+//!   one fsync; PostgreSQL into one transaction.
+//! - Keys and encodings live inside the backends. Every record carries a
+//!   format version (`codec`); one that does not decode is a
+//!   `StoreError::Integrity` naming its table and key.
+
+pub mod batch;
+pub mod codec;
+pub mod error;
+pub mod failpoint;
+mod postgres;
+mod provision;
+pub mod records;
+mod rocks;
+
+pub use batch::{Fence, Write, WriteBatch};
+pub use error::{Result, StoreError};
+pub use provision::fresh_postgres_database;
+pub use records::{
+    CommitStats, ComponentKind, CorrelationKey, DeployedRecord, HistoryEntry, InTransit, InTransitState, InstanceFilter,
+    IntakeRecord, Reply, TimerKey,
+};
+
+use cairn_engine::{Delivery, Effect, Snapshot, Status};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The typed tables, as one backend implements them.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Commits one batch atomically; resolves once it is durable.
+    async fn commit(&self, batch: WriteBatch) -> Result<()>;
+
+    // definitions
+    async fn definitions(&self) -> Result<Vec<DeployedRecord>>;
+    async fn component(&self, version: &str) -> Result<Option<Vec<u8>>>;
+
+    // instances
+    async fn instance(&self, id: &str) -> Result<Option<Snapshot>>;
+    /// Instances matching `filter`, in id order (oldest first), at most `limit`.
+    async fn instances(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<Snapshot>>;
+    async fn count_instances(&self, status: Status) -> Result<u64>;
+
+    // inbox and outbox
+    async fn inbox(&self, instance: &str) -> Result<Vec<Delivery>>;
+    /// Instances with at least one message in their inbox.
+    async fn inbox_owners(&self) -> Result<Vec<String>>;
+    async fn outbox(&self, instance: &str) -> Result<Vec<Effect>>;
+    /// Every outbox entry of every instance.
+    async fn all_outbox(&self) -> Result<Vec<(String, Effect)>>;
+
+    // timers, correlations, messages, replies, history
+    async fn timers(&self) -> Result<Vec<TimerKey>>;
+    async fn correlation(&self, key: &CorrelationKey) -> Result<Option<String>>;
+    async fn message(&self, id: &str) -> Result<Option<IntakeRecord>>;
+    async fn reply(&self, message_id: &str) -> Result<Option<Reply>>;
+    async fn history(&self, instance: &str) -> Result<Vec<HistoryEntry>>;
+
+    // held calls
+    async fn in_transit(&self, instance: Option<&str>) -> Result<Vec<InTransit>>;
+    async fn in_transit_call(&self, instance: &str, call_id: u64) -> Result<Option<InTransit>>;
+
+    // meta
+    /// Every breakpoint as (process, activity path).
+    async fn breakpoints(&self) -> Result<Vec<(String, String)>>;
+    async fn parked(&self) -> Result<Vec<String>>;
+    async fn clean_shutdown(&self) -> Result<bool>;
+
+    /// Writes an online, consistent copy of the whole store into `dir`, as a
+    /// data directory `cairn serve --data` (and `cairn restore`) opens.
+    async fn backup(&self, dir: &Path) -> Result<()>;
+    /// Makes what is committed durable on disk (a controlled shutdown).
+    async fn flush(&self) -> Result<()>;
+    /// Stops the committer after what is queued.
+    async fn close(&self);
+    fn commit_stats(&self) -> CommitStats;
+    /// `rocksdb` or `postgres`.
+    fn kind(&self) -> &'static str;
+}
+
+/// Where the store lives.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// RocksDB under `DATA/db`.
+    Embedded { data_dir: std::path::PathBuf },
+    /// A PostgreSQL database, by connection URL.
+    Postgres { url: String },
+}
+
+impl Location {
+    /// `--store` as given (a `postgres://` or `postgresql://` URL), or the embedded store in `data_dir`.
+    pub fn parse(store: Option<&str>, data_dir: &Path) -> std::result::Result<Location, String> {
+        match store {
+            None | Some("") | Some("rocksdb") => Ok(Location::Embedded { data_dir: data_dir.to_path_buf() }),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Location::Postgres { url: url.to_string() })
+            }
+            Some(other) => Err(format!(
+                "--store '{other}' is not a store: use a postgres://USER@HOST:PORT/DATABASE URL, or leave it out for the embedded RocksDB store"
+            )),
+        }
+    }
+}
+
+/// The store: a shared handle on one backend.
+pub type Store = Arc<dyn Backend>;
+
+/// Opens the store at `location`; `fsync` makes every commit durable before it resolves.
+pub async fn open(location: &Location, fsync: bool) -> Result<Store> {
+    match location {
+        Location::Embedded { data_dir } => Ok(Arc::new(rocks::RocksStore::open(data_dir, fsync)?)),
+        Location::Postgres { url } => postgres::open(url, fsync).await,
+    }
+}

@@ -1,0 +1,116 @@
+//! The records the store keeps besides snapshots: what each table holds.
+//!
+//! These are stored formats. Renaming a Rust item here is free; renaming a
+//! serialized name is a data migration and needs `#[serde(rename = ...)]`
+//! to keep the stored one. Every record is written with a format version
+//! (see `codec`), so a later change can tell old records from new.
+
+use cairn_engine::{Definition, Fault, Reason, Status, Target};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComponentKind {
+    Process,
+    Activity,
+}
+
+/// What the store keeps about a deployed component version (its bytes are
+/// kept beside it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeployedRecord {
+    pub name: String,
+    pub version: String,
+    pub kind: ComponentKind,
+    pub deployed_ms: u64,
+    pub size: u64,
+    pub definition: Option<Definition>,
+}
+
+/// One persistence point in an instance's history.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub fence: u64,
+    pub at_ms: u64,
+    pub reason: Reason,
+    pub status: Status,
+    pub path: String,
+}
+
+/// The reply to a request-response message.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub body: serde_json::Value,
+    pub fault: Option<Fault>,
+}
+
+/// An accepted message id: which instance took it. Intake is exactly once by it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IntakeRecord {
+    pub instance: String,
+    pub operation: String,
+    pub accepted_ms: u64,
+}
+
+/// What an operator decided about a non-idempotent call found in flight
+/// after a crash (a *held call*).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InTransitState {
+    /// Waiting for an operator: not sent again.
+    Held,
+    /// Sent again by an operator.
+    Resubmitted,
+    /// Given up by an operator: the instance gets a `cairn.abandoned` fault.
+    Abandoned,
+}
+
+/// A non-idempotent activity call found in flight after a crash.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InTransit {
+    pub instance: String,
+    pub call_id: u64,
+    pub state: InTransitState,
+    pub since_ms: u64,
+    pub target: Target,
+    pub operation: String,
+    pub idempotency_key: String,
+}
+
+/// A durable timer: due time, instance, and the instance's timer id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerKey {
+    pub due_ms: u64,
+    pub instance: String,
+    pub timer_id: u64,
+}
+
+/// A correlation: values of a process's correlation set (JSON text) that
+/// route messages to one instance.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CorrelationKey {
+    pub process: String,
+    pub set: String,
+    pub values: String,
+}
+
+/// Which instances a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceFilter {
+    pub status: Option<Status>,
+    pub process: Option<String>,
+}
+
+impl InstanceFilter {
+    pub fn matches(&self, s: &cairn_engine::Snapshot) -> bool {
+        self.status.is_none_or(|st| s.status == st) && self.process.as_deref().is_none_or(|p| s.process == p)
+    }
+}
+
+/// Group-commit statistics, for the benchmark: batches asked for, and the
+/// writes (RocksDB write batches or PostgreSQL transactions) that carried them.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct CommitStats {
+    pub batches: u64,
+    pub writes: u64,
+}

@@ -1,0 +1,549 @@
+//! The embedded backend: RocksDB column families under `DATA/db`, and the
+//! group committer.
+//!
+//! This module owns the key layouts (one column family per table; a retired
+//! family is never reused). Values are `codec` records unless noted:
+//! - `definitions`  version -> `DeployedRecord`
+//! - `components`   version -> component bytes (raw)
+//! - `instances`    instance id -> `Snapshot`
+//! - `fences`       instance id -> fence (u64 BE, raw)
+//! - `inbox`        instance id, 0, seq (u64 BE) -> `Delivery`
+//! - `outbox`       instance id, 0, call id (u64 BE) -> `Effect`
+//! - `timers`       due ms (u64 BE), instance id, 0, timer id (u64 BE) -> empty
+//! - `correlations` process, 0, set, 0, values JSON -> instance id (raw)
+//! - `messages`     message id -> `IntakeRecord`
+//! - `history`      instance id, 0, fence (u64 BE) -> `HistoryEntry`
+//! - `replies`      message id -> `Reply`
+//! - `meta`         `breakpoint\0PROCESS\0PATH`, `parked\0ID`, `clean-shutdown`
+//!   (empty values) and `store-format` (one byte)
+//! - `in_transit`   instance id, 0, call id (u64 BE) -> `InTransit`
+//!
+//! The committer thread is the only writer, so its check-then-write of
+//! fences is atomic. It drains what is queued, checks each batch's fences
+//! (against the store and the batches before it in the group), and writes
+//! the accepted ones as one RocksDB `WriteBatch` with one fsync.
+
+use crate::batch::{Write, WriteBatch};
+use crate::codec::{self, decode, encode};
+use crate::error::{Result, StoreError};
+use crate::records::*;
+use cairn_engine::{Delivery, Effect, Snapshot, Status};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteOptions, DB};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Cf {
+    Definitions,
+    Components,
+    Instances,
+    Fences,
+    Inbox,
+    Outbox,
+    Timers,
+    Correlations,
+    Messages,
+    History,
+    Replies,
+    Meta,
+    InTransit,
+}
+
+impl Cf {
+    const ALL: [Cf; 13] = [
+        Cf::Definitions,
+        Cf::Components,
+        Cf::Instances,
+        Cf::Fences,
+        Cf::Inbox,
+        Cf::Outbox,
+        Cf::Timers,
+        Cf::Correlations,
+        Cf::Messages,
+        Cf::History,
+        Cf::Replies,
+        Cf::Meta,
+        Cf::InTransit,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Cf::Definitions => "definitions",
+            Cf::Components => "components",
+            Cf::Instances => "instances",
+            Cf::Fences => "fences",
+            Cf::Inbox => "inbox",
+            Cf::Outbox => "outbox",
+            Cf::Timers => "timers",
+            Cf::Correlations => "correlations",
+            Cf::Messages => "messages",
+            Cf::History => "history",
+            Cf::Replies => "replies",
+            Cf::Meta => "meta",
+            Cf::InTransit => "in_transit",
+        }
+    }
+}
+
+/// Key builders: the only place key layouts are spelled out.
+mod keys {
+    use crate::records::{CorrelationKey, TimerKey};
+
+    pub fn instance_scoped(instance: &str, n: u64) -> Vec<u8> {
+        let mut k = instance_prefix(instance);
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    }
+    pub fn instance_prefix(instance: &str) -> Vec<u8> {
+        let mut k = instance.as_bytes().to_vec();
+        k.push(0);
+        k
+    }
+    /// The trailing u64 of an instance-scoped key.
+    pub fn trailing_u64(key: &[u8]) -> u64 {
+        let mut b = [0u8; 8];
+        if key.len() >= 8 {
+            b.copy_from_slice(&key[key.len() - 8..]);
+        }
+        u64::from_be_bytes(b)
+    }
+    /// The instance id of an instance-scoped key.
+    pub fn scoped_instance(key: &[u8]) -> String {
+        String::from_utf8_lossy(&key[..key.len().saturating_sub(9)]).into_owned()
+    }
+    pub fn timer(t: &TimerKey) -> Vec<u8> {
+        let mut k = t.due_ms.to_be_bytes().to_vec();
+        k.extend_from_slice(t.instance.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&t.timer_id.to_be_bytes());
+        k
+    }
+    pub fn parse_timer(key: &[u8]) -> Option<TimerKey> {
+        if key.len() < 17 {
+            return None;
+        }
+        let due_ms = u64::from_be_bytes(key[..8].try_into().ok()?);
+        let instance = std::str::from_utf8(&key[8..key.len() - 9]).ok()?.to_string();
+        Some(TimerKey { due_ms, instance, timer_id: trailing_u64(key) })
+    }
+    pub fn correlation(c: &CorrelationKey) -> Vec<u8> {
+        let mut k = c.process.as_bytes().to_vec();
+        k.push(0);
+        k.extend_from_slice(c.set.as_bytes());
+        k.push(0);
+        k.extend_from_slice(c.values.as_bytes());
+        k
+    }
+    pub const BREAKPOINT: &[u8] = b"breakpoint\0";
+    pub const PARKED: &[u8] = b"parked\0";
+    pub const CLEAN_SHUTDOWN: &[u8] = b"clean-shutdown";
+    pub const STORE_FORMAT: &[u8] = b"store-format";
+    pub fn breakpoint(process: &str, path: &str) -> Vec<u8> {
+        [BREAKPOINT, process.as_bytes(), b"\0", path.as_bytes()].concat()
+    }
+    pub fn parked(instance: &str) -> Vec<u8> {
+        [PARKED, instance.as_bytes()].concat()
+    }
+}
+
+/// A readable rendering of a key for error messages.
+fn show_key(key: &[u8]) -> String {
+    key.iter()
+        .map(|&b| if b.is_ascii_graphic() { (b as char).to_string() } else { format!("\\x{b:02x}") })
+        .collect()
+}
+
+enum Request {
+    Commit(WriteBatch, tokio::sync::oneshot::Sender<Result<()>>),
+    /// Stop the committer once everything queued before is written.
+    Close,
+}
+
+pub struct RocksStore {
+    db: Arc<DB>,
+    queue: mpsc::Sender<Request>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
+    batches: AtomicU64,
+    writes: AtomicU64,
+}
+
+fn storage(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(format!("{what}: {e}"))
+}
+
+impl RocksStore {
+    pub fn open(dir: &Path, fsync: bool) -> Result<RocksStore> {
+        std::fs::create_dir_all(dir).map_err(|e| storage(&format!("creating data directory {}", dir.display()), e))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        // Memory is bounded by these caches, not by the number of instances:
+        // all memtables together flush at 64 MiB, and reads share one block cache.
+        opts.set_db_write_buffer_size(64 << 20);
+        let cache = rocksdb::Cache::new_lru_cache(32 << 20);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_write_buffer_size(16 << 20);
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            // Index and filter blocks grow with the data: keep them inside the cache's bound.
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            cf_opts.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
+        });
+        let path = dir.join("db");
+        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| storage(&format!("opening the store at {}", path.display()), e))?;
+        let db = Arc::new(db);
+        check_format(&db)?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        let stats = Arc::new(Stats::default());
+        let (committer_db, committer_stats) = (db.clone(), stats.clone());
+        let handle = std::thread::Builder::new()
+            .name("cairn-commit".into())
+            .spawn(move || committer(committer_db, rx, fsync, committer_stats))
+            .map_err(|e| storage("starting the committer", e))?;
+        Ok(RocksStore { db, queue: tx, committer: Mutex::new(Some(handle)), stats })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(cf.name()).expect("column family opened at start")
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf), key).map_err(|e| storage(&format!("reading {}", cf.name()), e))
+    }
+
+    fn get_record<T: serde::de::DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>> {
+        match self.get(cf, key)? {
+            Some(v) => decode(cf.name(), &show_key(key), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Visits the entries whose key starts with `prefix`, in key order, until `f` returns false.
+    fn scan(&self, cf: Cf, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| storage(&format!("scanning {}", cf.name()), e))?;
+            if !k.starts_with(prefix) || !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn records<T: serde::de::DeserializeOwned>(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        self.scan(cf, prefix, |k, v| {
+            out.push(decode(cf.name(), &show_key(k), v)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+}
+
+/// Refuses a store written by a newer format; stamps an older one (written
+/// before format versions, whose records decode as they are).
+fn check_format(db: &DB) -> Result<()> {
+    let meta = db.cf_handle(Cf::Meta.name()).expect("column family opened at start");
+    match db.get_cf(meta, keys::STORE_FORMAT).map_err(|e| storage("reading the store format", e))? {
+        Some(v) if v.first().copied().unwrap_or(0) > codec::FORMAT => Err(StoreError::Storage(format!(
+            "this store was written in format {} by a newer cairn; this cairn reads format {} and older: run the newer cairn, or `cairn backup` it with that version and restore into a new data directory",
+            v[0],
+            codec::FORMAT
+        ))),
+        Some(_) => Ok(()),
+        None => db.put_cf(meta, keys::STORE_FORMAT, [codec::FORMAT]).map_err(|e| storage("stamping the store format", e)),
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::Backend for RocksStore {
+    async fn commit(&self, batch: WriteBatch) -> Result<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::Storage("the committer has stopped".into());
+        self.queue.send(Request::Commit(batch, done)).map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
+    }
+
+    async fn definitions(&self) -> Result<Vec<DeployedRecord>> {
+        self.records(Cf::Definitions, b"")
+    }
+
+    async fn component(&self, version: &str) -> Result<Option<Vec<u8>>> {
+        self.get(Cf::Components, version.as_bytes())
+    }
+
+    async fn instance(&self, id: &str) -> Result<Option<Snapshot>> {
+        self.get_record(Cf::Instances, id.as_bytes())
+    }
+
+    async fn instances(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.scan(Cf::Instances, b"", |k, v| {
+            let s: Snapshot = decode(Cf::Instances.name(), &show_key(k), v)?;
+            if filter.matches(&s) {
+                out.push(s);
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    async fn count_instances(&self, status: Status) -> Result<u64> {
+        #[derive(serde::Deserialize)]
+        struct StatusOnly {
+            status: Status,
+        }
+        let mut n = 0;
+        self.scan(Cf::Instances, b"", |k, v| {
+            let s: StatusOnly = decode(Cf::Instances.name(), &show_key(k), v)?;
+            if s.status == status {
+                n += 1;
+            }
+            Ok(true)
+        })?;
+        Ok(n)
+    }
+
+    async fn inbox(&self, instance: &str) -> Result<Vec<Delivery>> {
+        self.records(Cf::Inbox, &keys::instance_prefix(instance))
+    }
+
+    async fn inbox_owners(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        self.scan(Cf::Inbox, b"", |k, _| {
+            let id = keys::scoped_instance(k);
+            if out.last() != Some(&id) {
+                out.push(id);
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    async fn outbox(&self, instance: &str) -> Result<Vec<Effect>> {
+        self.records(Cf::Outbox, &keys::instance_prefix(instance))
+    }
+
+    async fn all_outbox(&self) -> Result<Vec<(String, Effect)>> {
+        let mut out = Vec::new();
+        self.scan(Cf::Outbox, b"", |k, v| {
+            out.push((keys::scoped_instance(k), decode(Cf::Outbox.name(), &show_key(k), v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    async fn timers(&self) -> Result<Vec<TimerKey>> {
+        let mut out = Vec::new();
+        self.scan(Cf::Timers, b"", |k, _| {
+            let t = keys::parse_timer(k).ok_or_else(|| StoreError::Integrity {
+                table: "timers",
+                key: show_key(k),
+                reason: "not a timer key (due, instance, timer id)".into(),
+            })?;
+            out.push(t);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    async fn correlation(&self, key: &CorrelationKey) -> Result<Option<String>> {
+        Ok(self.get(Cf::Correlations, &keys::correlation(key))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    async fn message(&self, id: &str) -> Result<Option<IntakeRecord>> {
+        self.get_record(Cf::Messages, id.as_bytes())
+    }
+
+    async fn reply(&self, message_id: &str) -> Result<Option<Reply>> {
+        self.get_record(Cf::Replies, message_id.as_bytes())
+    }
+
+    async fn history(&self, instance: &str) -> Result<Vec<HistoryEntry>> {
+        self.records(Cf::History, &keys::instance_prefix(instance))
+    }
+
+    async fn in_transit(&self, instance: Option<&str>) -> Result<Vec<InTransit>> {
+        self.records(Cf::InTransit, &instance.map(keys::instance_prefix).unwrap_or_default())
+    }
+
+    async fn in_transit_call(&self, instance: &str, call_id: u64) -> Result<Option<InTransit>> {
+        self.get_record(Cf::InTransit, &keys::instance_scoped(instance, call_id))
+    }
+
+    async fn breakpoints(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        self.scan(Cf::Meta, keys::BREAKPOINT, |k, _| {
+            let rest = String::from_utf8_lossy(&k[keys::BREAKPOINT.len()..]).into_owned();
+            if let Some((process, path)) = rest.split_once('\0') {
+                out.push((process.to_string(), path.to_string()));
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    async fn parked(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.scan(Cf::Meta, keys::PARKED, |k, _| {
+            out.push(String::from_utf8_lossy(&k[keys::PARKED.len()..]).into_owned());
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    async fn clean_shutdown(&self) -> Result<bool> {
+        Ok(self.get(Cf::Meta, keys::CLEAN_SHUTDOWN)?.is_some())
+    }
+
+    async fn backup(&self, dir: &Path) -> Result<()> {
+        if dir.exists() {
+            return Err(StoreError::Storage(format!("{} already exists: a backup goes into a new directory", dir.display())));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| storage(&format!("creating {}", dir.display()), e))?;
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| storage("starting a checkpoint", e))?;
+        cp.create_checkpoint(dir.join("db")).map_err(|e| storage(&format!("writing the checkpoint to {}", dir.display()), e))
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(|e| storage("flushing the WAL", e))?;
+        for cf in Cf::ALL {
+            self.db.flush_cf(self.cf(cf)).map_err(|e| storage(&format!("flushing {}", cf.name()), e))?;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let _ = self.queue.send(Request::Close);
+        let handle = self.committer.lock().unwrap().take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+
+    fn commit_stats(&self) -> CommitStats {
+        CommitStats { batches: self.stats.batches.load(Relaxed), writes: self.stats.writes.load(Relaxed) }
+    }
+
+    fn kind(&self) -> &'static str {
+        "rocksdb"
+    }
+}
+
+/// Adds one typed write to a RocksDB write batch.
+fn put_write(db: &DB, wb: &mut rocksdb::WriteBatch, write: &Write) {
+    let cf = |c: Cf| db.cf_handle(c.name()).expect("column family opened at start");
+    match write {
+        Write::Definition { record, component } => {
+            wb.put_cf(cf(Cf::Components), record.version.as_bytes(), component);
+            wb.put_cf(cf(Cf::Definitions), record.version.as_bytes(), encode(record));
+        }
+        Write::Instance(snap) => wb.put_cf(cf(Cf::Instances), snap.id.as_bytes(), encode(snap)),
+        Write::InstanceRemove { id } => {
+            wb.delete_cf(cf(Cf::Instances), id.as_bytes());
+            wb.delete_range_cf(cf(Cf::History), keys::instance_scoped(id, 0), keys::instance_scoped(id, u64::MAX));
+        }
+        Write::Inbox { instance, delivery } => {
+            wb.put_cf(cf(Cf::Inbox), keys::instance_scoped(instance, delivery.seq), encode(delivery))
+        }
+        Write::InboxRemove { instance, seq } => wb.delete_cf(cf(Cf::Inbox), keys::instance_scoped(instance, *seq)),
+        Write::Outbox { instance, call_id, effect } => {
+            wb.put_cf(cf(Cf::Outbox), keys::instance_scoped(instance, *call_id), encode(effect))
+        }
+        Write::OutboxRemove { instance, call_id } => wb.delete_cf(cf(Cf::Outbox), keys::instance_scoped(instance, *call_id)),
+        Write::Timer(t) => wb.put_cf(cf(Cf::Timers), keys::timer(t), []),
+        Write::TimerRemove(t) => wb.delete_cf(cf(Cf::Timers), keys::timer(t)),
+        Write::Correlation { key, instance } => wb.put_cf(cf(Cf::Correlations), keys::correlation(key), instance.as_bytes()),
+        Write::CorrelationRemove(key) => wb.delete_cf(cf(Cf::Correlations), keys::correlation(key)),
+        Write::Message { id, record } => wb.put_cf(cf(Cf::Messages), id.as_bytes(), encode(record)),
+        Write::History { instance, entry } => wb.put_cf(cf(Cf::History), keys::instance_scoped(instance, entry.fence), encode(entry)),
+        Write::HistoryPrune { instance, below } => {
+            wb.delete_range_cf(cf(Cf::History), keys::instance_scoped(instance, 0), keys::instance_scoped(instance, *below))
+        }
+        Write::Reply { message_id, reply } => wb.put_cf(cf(Cf::Replies), message_id.as_bytes(), encode(reply)),
+        Write::InTransit(t) => wb.put_cf(cf(Cf::InTransit), keys::instance_scoped(&t.instance, t.call_id), encode(t)),
+        Write::InTransitRemove { instance, call_id } => {
+            wb.delete_cf(cf(Cf::InTransit), keys::instance_scoped(instance, *call_id))
+        }
+        Write::Breakpoint { process, path, set: true } => wb.put_cf(cf(Cf::Meta), keys::breakpoint(process, path), []),
+        Write::Breakpoint { process, path, set: false } => wb.delete_cf(cf(Cf::Meta), keys::breakpoint(process, path)),
+        Write::Parked { instance, parked: true } => wb.put_cf(cf(Cf::Meta), keys::parked(instance), []),
+        Write::Parked { instance, parked: false } => wb.delete_cf(cf(Cf::Meta), keys::parked(instance)),
+        Write::CleanShutdown(true) => wb.put_cf(cf(Cf::Meta), keys::CLEAN_SHUTDOWN, []),
+        Write::CleanShutdown(false) => wb.delete_cf(cf(Cf::Meta), keys::CLEAN_SHUTDOWN),
+    }
+}
+
+fn committer(db: Arc<DB>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Arc<Stats>) {
+    let mut write_opts = WriteOptions::default();
+    write_opts.set_sync(fsync);
+    let fences_cf = db.cf_handle(Cf::Fences.name()).expect("column family opened at start");
+    let mut closing = false;
+    while !closing {
+        let Ok(Request::Commit(first, done)) = queue.recv() else { break };
+        let mut group = vec![(first, done)];
+        while group.len() < 1024 {
+            match queue.try_recv() {
+                Ok(Request::Commit(b, d)) => group.push((b, d)),
+                Ok(Request::Close) => {
+                    closing = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut wb = rocksdb::WriteBatch::default();
+        // Fences as this group leaves them, so later batches see earlier ones.
+        let mut fences: HashMap<String, u64> = HashMap::new();
+        let mut accepted = Vec::with_capacity(group.len());
+        'batches: for (batch, done) in group {
+            for f in &batch.fences {
+                let found = match fences.get(&f.instance) {
+                    Some(v) => *v,
+                    None => match db.get_cf(fences_cf, f.instance.as_bytes()) {
+                        Ok(v) => v.map(|b| keys::trailing_u64(&b)).unwrap_or(0),
+                        Err(e) => {
+                            let _ = done.send(Err(storage("reading a fence", e)));
+                            continue 'batches;
+                        }
+                    },
+                };
+                if found != f.based_on {
+                    let _ = done.send(Err(StoreError::Stale { instance: f.instance.clone(), expected: f.based_on, found }));
+                    continue 'batches;
+                }
+            }
+            for f in &batch.fences {
+                fences.insert(f.instance.clone(), f.becomes);
+                wb.put_cf(fences_cf, f.instance.as_bytes(), f.becomes.to_be_bytes());
+            }
+            for w in &batch.writes {
+                put_write(&db, &mut wb, w);
+            }
+            accepted.push(done);
+        }
+        if accepted.is_empty() {
+            continue;
+        }
+        let result = db.write_opt(wb, &write_opts).map_err(|e| storage("writing a batch", e));
+        stats.batches.fetch_add(accepted.len() as u64, Relaxed);
+        stats.writes.fetch_add(1, Relaxed);
+        crate::failpoint::hit("after-commit");
+        for done in accepted {
+            let _ = done.send(result.clone());
+        }
+    }
+}
