@@ -49,7 +49,7 @@ impl GuestLog {
             let _ = f.lock().unwrap().write_all(line.as_bytes());
         }
         if self.echo {
-            eprint!("guest {level} [{} {}] {message} {}\n", ctx.source, ctx.at, record["fields"]);
+            eprintln!("guest {level} [{} {}] {message} {}", ctx.source, ctx.at, record["fields"]);
         }
     }
 }
