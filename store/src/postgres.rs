@@ -292,7 +292,8 @@ impl Endpoint {
         }
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
-            Some(other) => format!("{other:?}"),
+            #[cfg(unix)]
+            Some(Host::Unix(dir)) => dir.display().to_string(),
             None => "localhost".to_string(),
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
@@ -435,23 +436,29 @@ type Call<'a, T> = Pin<Box<dyn Future<Output = std::result::Result<T, tokio_post
 /// for all.
 async fn pipeline<'a, T>(mut calls: Vec<Call<'a, T>>) -> Vec<std::result::Result<T, tokio_postgres::Error>> {
     let mut out: Vec<Option<_>> = calls.iter().map(|_| None).collect();
+    let mut sent = false;
     let mut unfinished = 0;
     std::future::poll_fn(|cx| {
-        for (call, slot) in calls.iter_mut().zip(out.iter_mut()).skip(unfinished) {
-            if slot.is_none() {
+        if !sent {
+            sent = true;
+            for (call, slot) in calls.iter_mut().zip(out.iter_mut()) {
                 if let Poll::Ready(result) = call.as_mut().poll(cx) {
                     *slot = Some(result);
                 }
             }
         }
-        while out.get(unfinished).is_some_and(Option::is_some) {
+        // Responses come back in order: wait on the first unfinished call
+        // (every pending one holds this task's waker).
+        while unfinished < calls.len() {
+            if out[unfinished].is_none() {
+                match calls[unfinished].as_mut().poll(cx) {
+                    Poll::Ready(result) => out[unfinished] = Some(result),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
             unfinished += 1;
         }
-        if unfinished == out.len() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        Poll::Ready(())
     })
     .await;
     out.into_iter().map(|r| r.expect("every call finished")).collect()
@@ -923,15 +930,21 @@ impl Backend for PgStore {
             return Err(StoreError::Storage(format!("{} already exists: a backup goes into a new directory", dir.display())));
         }
         let client = self.endpoint.connect().await?;
-        let copy = RocksStore::open(dir, false)?;
-        let result = async {
-            copy_store(&client, &copy).await?;
-            copy.flush().await
-        }
-        .await;
-        copy.close().await;
-        drop(copy);
+        // Written without a sync per chunk; `flush` makes the whole copy durable.
+        let result = match RocksStore::open(dir, false) {
+            Ok(copy) => {
+                let result = async {
+                    copy_store(&client, &copy).await?;
+                    copy.flush().await
+                }
+                .await;
+                copy.close().await;
+                result
+            }
+            Err(e) => Err(e),
+        };
         if result.is_err() {
+            // Not a backup: leave nothing that looks like one.
             let _ = std::fs::remove_dir_all(dir);
         }
         result

@@ -1,0 +1,82 @@
+//! The embedded RocksDB backend against the store's specification (`spec`),
+//! plus reopening, damaged records and backups.
+
+mod spec;
+
+use cairn_store::{InstanceFilter, Location, Store, Write};
+use spec::Scratch;
+use std::path::Path;
+
+async fn open(dir: &Path) -> Store {
+    cairn_store::open(&Location::Embedded { data_dir: dir.to_path_buf() }, true).await.expect("the store opens")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rocksdb_store_conforms_to_the_specification() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    spec::conforms(|| {
+        let dir = Scratch::new("rocks-spec");
+        let path = dir.0.clone();
+        dirs.lock().unwrap().push(dir);
+        async move { open(&path).await }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_record_is_an_integrity_error_naming_table_and_key() {
+    let dir = Scratch::new("rocks-damage");
+    let store = open(&dir.0).await;
+    spec::commit(
+        &store,
+        vec![Write::Instance(Box::new(spec::snapshot("i-bad", "orders", cairn_engine::Status::Waiting, 1)))],
+    )
+    .await;
+    store.close().await;
+    drop(store);
+    {
+        // Under the store: the column families as rocks.rs lays them out.
+        let cfs = [
+            "definitions", "components", "instances", "fences", "inbox", "outbox", "timers", "correlations", "messages",
+            "history", "replies", "meta", "in_transit",
+        ];
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.0.join("db"), cfs).expect("opens raw");
+        db.put_cf(db.cf_handle("instances").unwrap(), b"i-bad", [9u8]).unwrap();
+    }
+    let store = open(&dir.0).await;
+    spec::assert_integrity(store.instance("i-bad").await, "instances", "i-bad");
+    spec::assert_integrity(store.instances(&InstanceFilter::default(), 10).await, "instances", "i-bad");
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reopened_store_keeps_its_data() {
+    let dir = Scratch::new("rocks-reopen");
+    let store = open(&dir.0).await;
+    spec::tables(&store).await;
+    store.close().await;
+    drop(store);
+    let again = open(&dir.0).await;
+    let backup = Scratch::new("rocks-reopen-copy");
+    again.backup(&backup.0).await.unwrap();
+    let copy = open(&backup.0).await;
+    spec::same_contents(&again, &copy).await;
+    copy.close().await;
+    again.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_is_a_data_directory_the_embedded_store_opens() {
+    let dir = Scratch::new("rocks-live");
+    let store = open(&dir.0).await;
+    assert_eq!(store.kind(), "rocksdb");
+    spec::tables(&store).await;
+    let backup = Scratch::new("rocks-backup");
+    store.backup(&backup.0).await.expect("the backup is written");
+    let e = store.backup(&backup.0).await.unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    let copy = open(&backup.0).await;
+    spec::same_contents(&store, &copy).await;
+    copy.close().await;
+    store.close().await;
+}
