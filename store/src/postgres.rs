@@ -290,6 +290,15 @@ impl Endpoint {
         if config.get_application_name().is_none() {
             config.application_name("cairn");
         }
+        // A server that stops answering is an error after a while, never a
+        // committer that hangs forever (and a shutdown behind it).
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        config.keepalives(true).keepalives_idle(std::time::Duration::from_secs(30));
+        if config.get_options().is_none() {
+            config.options("-c statement_timeout=60000");
+        }
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]

@@ -88,6 +88,9 @@ impl Service {
         serde_json::from_str::<serde_json::Value>(&m.body)
             .map_err(|e| Error::new(ErrorKind::BadInput, format!("message body is not valid JSON: {e}")))?;
         let message_id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(new_id);
+        if message_id.contains('\0') {
+            return Err(Error::new(ErrorKind::BadInput, "the message id contains a NUL character"));
+        }
 
         // Decide under the lock, commit outside it: reservations make the
         // decision visible to concurrent intakes until the commit lands.
@@ -113,17 +116,26 @@ impl Service {
             res.message_ids.insert(message_id.clone(), instance.clone());
             (route, instance, reserved)
         };
-        let result = self.commit_intake(&m, &message_id, &route, &instance).await;
-        {
-            let mut res = self.intake.reservations.lock().await;
-            res.message_ids.remove(&message_id);
+        // The commit and the release of the reservations run to the end even
+        // if the caller goes away (a client that disconnects drops this future).
+        let svc = self.clone();
+        let (mid, inst) = (message_id.clone(), instance.clone());
+        let created = matches!(route, Route::Create { .. });
+        let tail = tokio::spawn(async move {
+            let result = svc.commit_intake(&m, &mid, &route, &inst).await;
+            let mut res = svc.intake.reservations.lock().await;
+            res.message_ids.remove(&mid);
             if let Some(k) = reserved {
                 res.correlations.remove(&k);
             }
-        }
-        result?;
-        self.wake(&instance);
-        Ok(Accepted { message_id, instance, created: matches!(route, Route::Create { .. }), duplicate: false })
+            drop(res);
+            if result.is_ok() {
+                svc.wake(&inst);
+            }
+            result
+        });
+        tail.await.map_err(|e| Error::new(ErrorKind::Internal, format!("intake task failed: {e}")))??;
+        Ok(Accepted { message_id, instance, created, duplicate: false })
     }
 
     async fn route(&self, m: &MessageIn, process: Option<&str>, res: &Reservations) -> Result<Route, Error> {

@@ -46,8 +46,11 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
             b.push(Write::Parked { instance: id.clone(), parked: true });
             resume.remove(id);
         }
-        svc.store.commit(b).await?;
+        // Parked in memory first, so that no timer or message loads one meanwhile.
         svc.operator.park(park);
+        if let Err(e) = svc.store.commit(b).await {
+            eprintln!("cairn: recording parked instances (they stay parked until this host stops): {e}");
+        }
     }
     if !resume.is_empty() {
         eprintln!("cairn: resuming {} instances", resume.len());
