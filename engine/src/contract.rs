@@ -7,7 +7,7 @@
 //! - `Yield::Call` must be answered with `Input::Handler` before anything
 //!   else: no persistence point falls between a call and its result.
 //! - At `Yield::Persist` and `Yield::Finished`, and at a `Yield::Await` or
-//!   `Yield::Suspended` the driver parks on when `Machine::needs_persistence`,
+//!   `Yield::Suspended` the driver idles on when `Machine::needs_persistence`,
 //!   take a `Machine::persistence_point` and commit it (snapshot, history
 //!   entry and effects) in one write batch. Effects never leave before that
 //!   commit.
@@ -62,7 +62,7 @@ pub enum Yield {
     /// with `Input::Continue`.
     Persist(Reason),
     /// The instance needs this before it can go on. If it is not at hand, the
-    /// driver commits (reason `Waiting`, or `Dispatch` is already done) and parks.
+    /// driver commits (reason `Waiting`, or `Dispatch` is already done) and idles (then dehydrates).
     Await(Wait),
     /// Terminal: commit a persistence point with this reason; nothing follows.
     Finished(Reason),

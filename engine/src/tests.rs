@@ -1086,7 +1086,7 @@ fn needs_persistence_tells_whether_the_instance_moved_since_the_last_point() {
     assert!(m.needs_persistence(), "the timer is set and the instance now waits");
     let stored = m.persistence_point(Reason::Waiting, 0).snapshot;
 
-    // Woken before the timer is due, it parks again where it was: nothing to commit.
+    // Woken before the timer is due, it waits again where it was: nothing to commit.
     let mut m = Machine::new(&def, stored);
     assert!(matches!(m.step(Input::Continue, 100), Yield::Await(Wait::Timer { .. })));
     assert!(!m.needs_persistence());

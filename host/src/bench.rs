@@ -368,7 +368,7 @@ async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
     settle(Status::Completed).await?;
     let finished = t.elapsed();
     println!(
-        "| {n} instances waiting at a receive (fsync off) | RSS {rss_start:.0} MiB at start, {rss_waiting:.0} MiB with all waiting; {} in memory; created and parked in {:.1} s ({:.0}/s) |",
+        "| {n} instances waiting at a receive (fsync off) | RSS {rss_start:.0} MiB at start, {rss_waiting:.0} MiB with all waiting; {} in memory; created and dehydrated in {:.1} s ({:.0}/s) |",
         svc.drivers.count(),
         created.as_secs_f64(),
         n as f64 / created.as_secs_f64()

@@ -3,9 +3,9 @@
 //!
 //! Rules:
 //! - One branch runs at a time: the active branch's frames are on the stack
-//!   above the flow frame; the others are parked in `Phase::Flow`, ready,
+//!   above the flow frame; the others are set aside in `Phase::Flow`, ready,
 //!   waiting or done.
-//! - A branch that must wait is parked (`Machine::await_`) and the flow goes
+//! - A branch that must wait is set aside (`Machine::await_`) and the flow goes
 //!   on with another; only when no branch can go on does the flow yield
 //!   `Wait::Many` with what every waiting branch waits for.
 //! - An input (a message, an activity result) first makes the branch that
@@ -26,7 +26,7 @@ impl Machine<'_> {
         self.top_mut().phase = Phase::Flow { branches };
     }
 
-    /// A wait of the running branch: park it and let the flow go on with
+    /// A wait of the running branch: set it aside and let the flow go on with
     /// another; outside a flow, the wait goes to the driver.
     pub(super) fn await_(&mut self, wait: Wait) -> Yield {
         let Some(f) = self.enclosing_flow() else { return Yield::Await(wait) };
@@ -89,7 +89,7 @@ impl Machine<'_> {
     }
 }
 
-/// Whether a parked branch has something to do now: a due timer at its top,
+/// Whether a set-aside branch has something to do now: a due timer at its top,
 /// or a scope deadline passed anywhere in it.
 fn stack_ready(stack: &[Frame], now: u64) -> bool {
     if stack.iter().any(|f| f.deadline.is_some_and(|d| d.due_ms <= now)) {
@@ -104,7 +104,7 @@ fn stack_ready(stack: &[Frame], now: u64) -> bool {
     }
 }
 
-/// What a parked branch waits for.
+/// What a set-aside branch waits for.
 fn stack_waits(stack: &[Frame], def: &Definition) -> Vec<Wait> {
     let Some(top) = stack.last() else { return Vec::new() };
     match &top.phase {
@@ -124,7 +124,7 @@ fn stack_waits(stack: &[Frame], def: &Definition) -> Vec<Wait> {
     }
 }
 
-/// Whether a parked branch waits for this message or call result.
+/// Whether a set-aside branch waits for this message or call result.
 fn stack_takes(stack: &[Frame], input: &Input, def: &Definition) -> bool {
     stack_waits(stack, def).iter().any(|w| match (w, input) {
         (Wait::Message { operation, .. }, Input::Message(d)) => *operation == d.operation,

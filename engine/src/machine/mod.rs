@@ -458,7 +458,7 @@ impl<'d> Machine<'d> {
         }
     }
 
-    /// Withdraws what a frame (and, for a flow, its parked branches) waits for.
+    /// Withdraws what a frame (and, for a flow, its set-aside branches) waits for.
     fn withdraw(&mut self, f: Frame) {
         match f.phase {
             Phase::Flow { branches } => {

@@ -117,11 +117,15 @@ impl Service {
             (route, instance, reserved)
         };
         // The commit and the release of the reservations run to the end even
-        // if the caller goes away (a client that disconnects drops this future).
+        // if the caller goes away (a client that disconnects drops this
+        // future); then whoever is still there wakes the instance: the caller
+        // (so that it answers before the instance runs), or the task if the
+        // caller is gone.
         let svc = self.clone();
         let (mid, inst) = (message_id.clone(), instance.clone());
         let created = matches!(route, Route::Create { .. });
-        let tail = tokio::spawn(async move {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
             let result = svc.commit_intake(&m, &mid, &route, &inst).await;
             let mut res = svc.intake.reservations.lock().await;
             res.message_ids.remove(&mid);
@@ -129,12 +133,13 @@ impl Service {
                 res.correlations.remove(&k);
             }
             drop(res);
-            if result.is_ok() {
+            let committed = result.is_ok();
+            if done.send(result).is_err() && committed {
                 svc.wake(&inst);
             }
-            result
         });
-        tail.await.map_err(|e| Error::new(ErrorKind::Internal, format!("intake task failed: {e}")))??;
+        outcome.await.map_err(|_| Error::new(ErrorKind::Internal, "the intake task ended without an answer"))??;
+        self.wake(&instance);
         Ok(Accepted { message_id, instance, created, duplicate: false })
     }
 

@@ -35,7 +35,7 @@ impl Operator {
         self.parked.lock().unwrap().contains(id)
     }
 
-    /// Marks instances parked (already stored as parked by the caller).
+    /// Marks instances parked (the caller records them in the store).
     pub fn park(&self, ids: impl IntoIterator<Item = String>) {
         self.parked.lock().unwrap().extend(ids);
     }
