@@ -85,6 +85,7 @@ async fn config(dir: &Path, fsync: bool) -> anyhow::Result<Config> {
         echo_guest_log: false,
         idle: Duration::ZERO,
         isolated: false,
+        http: Default::default(),
     })
 }
 
@@ -158,7 +159,7 @@ async fn service(tag: &str, fsync: bool) -> anyhow::Result<(Scratch, Service)> {
 
 async fn deploy(svc: &Service, dir: &Path, file: &str, name: Option<&str>) -> anyhow::Result<String> {
     let (record, _) = svc
-        .deploy(read_guest(dir, file)?, name.map(str::to_string))
+        .deploy(read_guest(dir, file)?, name.map(str::to_string), Vec::new())
         .await
         .map_err(|e| anyhow::anyhow!("deploying {file}: {}", e.message))?;
     Ok(record.version)

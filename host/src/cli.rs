@@ -12,6 +12,48 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Outbound HTTP of activity components: the host's ceiling, stand-ins for
+/// an isolated environment, and limits per activity call.
+#[derive(clap::Args, Clone, Debug)]
+struct HttpArgs {
+    /// Let activities call URLs under PREFIX (scheme://host[:port][/path]) over
+    /// HTTP, if their deployment grants it too (`deploy --allow-http`); repeatable.
+    /// Without it, no activity reaches anything.
+    #[arg(long = "allow-http", value_name = "PREFIX")]
+    allow_http: Vec<String>,
+    /// In an isolated environment, answer requests under PREFIX from URL (a
+    /// test double of the partner) instead of a synthetic response; repeatable.
+    #[arg(long = "stand-in", value_name = "PREFIX=URL")]
+    stand_in: Vec<String>,
+    /// Connect timeout of one outbound request, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    http_connect_timeout_ms: u64,
+    /// Total time of one outbound request, in milliseconds (never beyond the call's deadline).
+    #[arg(long, default_value_t = 30_000)]
+    http_timeout_ms: u64,
+    /// Largest response body an activity may receive, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    http_max_response_bytes: u64,
+    /// Most outbound requests in one activity call.
+    #[arg(long, default_value_t = 16)]
+    http_max_requests: u32,
+}
+
+impl From<HttpArgs> for crate::service::HttpConfig {
+    fn from(a: HttpArgs) -> Self {
+        crate::service::HttpConfig {
+            allow_http: a.allow_http,
+            stand_ins: a.stand_in,
+            limits: crate::outbound::HttpLimits {
+                connect_timeout: Duration::from_millis(a.http_connect_timeout_ms),
+                total: Duration::from_millis(a.http_timeout_ms),
+                max_response_bytes: a.http_max_response_bytes,
+                max_requests: a.http_max_requests,
+            },
+        }
+    }
+}
+
 pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNREACHABLE: i32 = 3;
@@ -60,9 +102,12 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         idle_ms: u64,
         /// Run as an isolated environment (a restored backup): every outbound
-        /// effect is recorded in DATA/isolated-effects.jsonl and printed.
+        /// effect is recorded in DATA/isolated-effects.jsonl and printed. The
+        /// store remembers it: only `cairn promote` ends isolation.
         #[arg(long)]
         isolated: bool,
+        #[command(flatten)]
+        http: HttpArgs,
     },
     /// Write an online, consistent backup of definitions and instances to DIR (on the server's machine).
     Backup {
@@ -82,6 +127,22 @@ enum Command {
         listen: String,
         #[arg(long)]
         quiet_guests: bool,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+    /// End the isolation of a restored environment: its outbound effects reach the world again.
+    ///
+    /// Run it on a stopped host's data directory (or store). The environment
+    /// becomes a primary: calls its instances make will reach real partners.
+    Promote {
+        /// The data directory of the isolated environment.
+        data: PathBuf,
+        /// Its PostgreSQL store, if it is not the embedded one in DATA.
+        #[arg(long, env = "CAIRN_STORE")]
+        store: Option<String>,
+        /// Confirm: without it, nothing changes.
+        #[arg(long)]
+        yes: bool,
     },
     /// Deploy a process or activity component (.wasm).
     Deploy {
@@ -89,6 +150,11 @@ enum Command {
         /// Name of an activity component (default: the file name without .wasm, '_' as '-').
         #[arg(long)]
         name: Option<String>,
+        /// Grant an activity component outbound HTTP to URLs under PREFIX
+        /// (scheme://host[:port][/path]); repeatable. The host's own
+        /// `serve --allow-http` must allow them too.
+        #[arg(long = "allow-http", value_name = "PREFIX")]
+        allow_http: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -186,6 +252,8 @@ enum Command {
     InTransit(InTransitCommand),
     /// Run the benchmarks in-process on a temporary data directory.
     Bench(crate::bench::Args),
+    /// Run a small local HTTP partner that records every request it receives (for demos and tests).
+    Partner(crate::partner::Args),
 }
 
 #[derive(Subcommand)]
@@ -246,7 +314,7 @@ pub fn main() -> i32 {
     };
     let client = Client::new(&cli.server);
     let result = match cli.command {
-        Command::Restore { backup, data, listen, quiet_guests } => {
+        Command::Restore { backup, data, listen, quiet_guests, http } => {
             if let Err(e) = copy_dir(&backup, &data) {
                 eprintln!("error: restoring {} into {}: {e}", backup.display(), data.display());
                 return EXIT_USAGE;
@@ -262,6 +330,7 @@ pub fn main() -> i32 {
                 echo_guest_log: !quiet_guests,
                 idle: Duration::ZERO,
                 isolated: true,
+                http: http.into(),
             };
             return match serve(config, &listen) {
                 Ok(()) => 0,
@@ -272,7 +341,7 @@ pub fn main() -> i32 {
             };
         }
         Command::Backup { dir, json } => backup(&client, &dir, json),
-        Command::Serve { data, store, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests, idle_ms, isolated } => {
+        Command::Serve { data, store, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests, idle_ms, isolated, http } => {
             let store = match cairn_store::Location::parse(store.as_deref(), &data) {
                 Ok(s) => s,
                 Err(e) => {
@@ -292,6 +361,7 @@ pub fn main() -> i32 {
                 echo_guest_log: !quiet_guests,
                 idle: Duration::from_millis(idle_ms),
                 isolated,
+                http: http.into(),
             };
             return match serve(config, &listen) {
                 Ok(()) => 0,
@@ -301,7 +371,7 @@ pub fn main() -> i32 {
                 }
             };
         }
-        Command::Deploy { file, name, json } => deploy(&client, &file, name, json),
+        Command::Deploy { file, name, allow_http, json } => deploy(&client, &file, name, &allow_http, json),
         Command::Definitions { json } => definitions(&client, json),
         Command::Start { process, input, wait, timeout, json } => start(&client, &process, input, wait, timeout, json),
         Command::Send { operation, body, id, wait_reply, json } => send(&client, &operation, &body, id, wait_reply, json),
@@ -316,6 +386,8 @@ pub fn main() -> i32 {
         Command::InTransit(cmd) => in_transit(&client, cmd),
         Command::Break(cmd) => breakpoints(&client, cmd),
         Command::Bench(args) => return crate::bench::run(args),
+        Command::Partner(args) => return crate::partner::run(args),
+        Command::Promote { data, store, yes } => return promote(&data, store.as_deref(), yes),
     };
     match result {
         Ok(code) => code,
@@ -436,17 +508,24 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
-fn deploy(client: &Client, file: &PathBuf, name: Option<String>, json_out: bool) -> Result<i32, CliError> {
+fn deploy(client: &Client, file: &PathBuf, name: Option<String>, allow_http: &[String], json_out: bool) -> Result<i32, CliError> {
     let bytes = std::fs::read(file).map_err(|e| CliError(EXIT_USAGE, format!("cannot read {}: {e}", file.display())))?;
     let name = name.unwrap_or_else(|| {
         file.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default()
     });
-    let v = client.post_bytes(&format!("/v1/definitions?name={}", query_escape(&name)), &bytes)?;
+    let mut path = format!("/v1/definitions?name={}", query_escape(&name));
+    for prefix in allow_http {
+        path.push_str(&format!("&allow_http={}", query_escape(prefix)));
+    }
+    let v = client.post_bytes(&path, &bytes)?;
     if json_out {
         print_json(&v);
     } else {
         let verb = if v["created"].as_bool() == Some(true) { "deployed" } else { "already deployed" };
         println!("{verb} {} {} {}", v["kind"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
+        for prefix in v["allow_http"].as_array().into_iter().flatten() {
+            println!("  may call {}", prefix.as_str().unwrap_or(""));
+        }
     }
     Ok(0)
 }
@@ -467,6 +546,9 @@ fn definitions(client: &Client, json_out: bool) -> Result<i32, CliError> {
             if d["latest"].as_bool() == Some(true) { "yes" } else { "" },
             d["size"]
         );
+        for prefix in d["allow_http"].as_array().into_iter().flatten() {
+            println!("{:<10} may call {}", "", prefix.as_str().unwrap_or(""));
+        }
     }
     Ok(0)
 }
@@ -741,4 +823,56 @@ fn copy_dir_all(from: &std::path::Path, to: &std::path::Path) -> std::io::Result
         }
     }
     Ok(())
+}
+
+/// `cairn promote DATA --yes`: removes the store's isolated mark.
+fn promote(data: &std::path::Path, store: Option<&str>, yes: bool) -> i32 {
+    if !yes {
+        eprintln!(
+            "error: promoting {} makes it a primary: its instances' calls will reach real partners. Run again with --yes to do it",
+            data.display()
+        );
+        return EXIT_USAGE;
+    }
+    let location = match cairn_store::Location::parse(store, data) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if matches!(location, cairn_store::Location::Embedded { .. }) && !data.join("db").exists() {
+        eprintln!("error: {} holds no store (no db directory): nothing to promote", data.display());
+        return EXIT_USAGE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async {
+        let store = cairn_store::open(&location, true).await?;
+        let was = store.isolated().await?;
+        let mut b = cairn_store::WriteBatch::new();
+        b.push(cairn_store::Write::Isolated(false));
+        store.commit(b).await?;
+        store.close().await;
+        Ok::<bool, cairn_store::StoreError>(was)
+    });
+    match result {
+        Ok(true) => {
+            println!("promoted {}: it is no longer isolated; `cairn serve` on it sends outbound calls for real", data.display());
+            0
+        }
+        Ok(false) => {
+            println!("{} was not isolated: nothing changed", data.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: promoting {}: {e} (is a host still serving it? stop it first)", data.display());
+            1
+        }
+    }
 }

@@ -10,6 +10,9 @@ pub mod bench;
 pub mod cli;
 pub use cairn_store::failpoint;
 pub mod guestlog;
+pub mod isolated;
+pub mod outbound;
+pub mod partner;
 pub mod runtime;
 pub mod service;
 

@@ -5,18 +5,25 @@
 //! new `Store` and instance from a pre-instantiated component, bounded by an
 //! epoch deadline (wall time) and a memory cap; a guest that traps, runs out
 //! of time or exceeds its memory becomes a `Fault`, never a host error.
-//! Guests get WASI p2 with an empty context (no files, network, environment)
-//! plus `cairn:log/logging`, and nothing else.
+//! Guests get WASI p2 with an empty context (no files, sockets, environment)
+//! plus `cairn:log/logging`. Activity components may also import
+//! `wasi:http/types` and `wasi:http/outgoing-handler`, every request passing
+//! the policy hooks of `outbound.rs`; process components may not (process
+//! handlers decide, activities act), so there are two linkers and a
+//! component is linked by the world its exports tell, and refused at load
+//! if a process imports wasi:http.
 
+use crate::outbound::{self, OutboundCall};
 use cairn_engine::{self as engine, HandlerOutput};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 mod bindings {
     pub mod process {
@@ -68,11 +75,21 @@ struct GuestState {
     table: ResourceTable,
     limiter: Limiter,
     log: Option<LogContext>,
+    /// Reached only by activity components (only their linker has wasi:http).
+    http: WasiHttpCtx,
+    /// The outbound policy of this call, and what its requests met.
+    hooks: outbound::Hooks,
 }
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 
@@ -139,7 +156,10 @@ pub enum Loaded {
 
 pub struct Runtime {
     engine: Engine,
-    linker: Linker<GuestState>,
+    /// WASI p2 and cairn:log: what process components may import.
+    process_linker: Linker<GuestState>,
+    /// The same plus wasi:http types and outgoing-handler: activities.
+    activity_linker: Linker<GuestState>,
     limits: Limits,
     /// Compiled components are cached here by digest; `None` disables the cache.
     cache_dir: Option<PathBuf>,
@@ -157,10 +177,17 @@ impl Runtime {
             // that is refused, fall back to allocating on demand.
             Err(_) => Engine::new(&config(false, &limits)).map_err(|e| anyhow!("creating the wasmtime engine: {e:#}"))?,
         };
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
-        logging::add_to_linker::<GuestState, wasmtime::component::HasSelf<GuestState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow!("linking cairn:log: {e:#}"))?;
+        let base = || -> Result<Linker<GuestState>> {
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
+            logging::add_to_linker::<GuestState, wasmtime::component::HasSelf<GuestState>>(&mut linker, |s| s)
+                .map_err(|e| anyhow!("linking cairn:log: {e:#}"))?;
+            Ok(linker)
+        };
+        let process_linker = base()?;
+        let mut activity_linker = base()?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut activity_linker)
+            .map_err(|e| anyhow!("linking wasi:http: {e:#}"))?;
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -172,7 +199,7 @@ impl Runtime {
                 e.increment_epoch();
             }
         })?;
-        Ok(Runtime { engine, linker, limits, cache_dir, ticker_stop })
+        Ok(Runtime { engine, process_linker, activity_linker, limits, cache_dir, ticker_stop })
     }
 
     /// Compiles (or loads from the cache) and links a component, and tells
@@ -182,14 +209,25 @@ impl Runtime {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let has = |n: &str| exports.iter().any(|e| e == n);
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
+        let is_process = has("describe") && has("call");
+        if is_process {
+            let http: Vec<&str> = imports.iter().map(String::as_str).filter(|i| i.starts_with("wasi:http/")).collect();
+            if !http.is_empty() {
+                bail!(
+                    "this process component imports {}, which process components may not: process handlers decide, activities act. Make the HTTP request in an activity component and invoke it from the process",
+                    http.join(" and ")
+                );
+            }
+        }
+        let linker = if is_process { &self.process_linker } else { &self.activity_linker };
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
-                "the component imports something Cairn does not grant ({e:#}); it imports: {}. Guests may import WASI p2 and cairn:log/logging only",
+                "the component imports something Cairn does not grant ({e:#}); it imports: {}. Processes may import WASI p2 and cairn:log/logging only; activities may also import wasi:http/types and wasi:http/outgoing-handler",
                 imports.join(", ")
             )
         })?;
-        if has("describe") && has("call") {
+        if is_process {
             let pre = bindings::process::ProcessPre::new(pre)
                 .map_err(|e| anyhow!("the component exports describe/call with the wrong types for world cairn:process/process: {e:#}"))?;
             Ok(Loaded::Process(ProcessComponent { pre }))
@@ -235,13 +273,15 @@ impl Runtime {
         Ok(component)
     }
 
-    fn store(&self, log: Option<LogContext>) -> (Store<GuestState>, Arc<AtomicBool>) {
+    fn store(&self, log: Option<LogContext>, hooks: outbound::Hooks) -> (Store<GuestState>, Arc<AtomicBool>) {
         let refused = Arc::new(AtomicBool::new(false));
         let state = GuestState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limiter: Limiter { max_memory: self.limits.memory_bytes, refused: refused.clone() },
             log,
+            http: WasiHttpCtx::new(),
+            hooks,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -256,7 +296,7 @@ impl Runtime {
 
     /// Reads a process component's definition.
     pub fn describe(&self, component: &ProcessComponent) -> Result<engine::Definition, engine::Fault> {
-        let (mut store, refused) = self.store(None);
+        let (mut store, refused) = self.store(None, no_outbound());
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
         let def = instance.call_describe(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
         Ok(definition_from_wit(def))
@@ -279,7 +319,7 @@ impl Runtime {
     /// A process instance that lives for several calls: an atomic scope's.
     /// Guest memory (the SDK's scope state) lives as long as the session.
     pub fn session(&self, component: &ProcessComponent) -> Result<Session, engine::Fault> {
-        let (mut store, refused) = self.store(None);
+        let (mut store, refused) = self.store(None, no_outbound());
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
         Ok(Session { store, instance, refused })
     }
@@ -304,7 +344,10 @@ impl Runtime {
     }
 
     /// Performs one activity call in a fresh instance, within `timeout` if
-    /// given (else the configured call timeout).
+    /// given (else the configured call timeout). `http` is what the call may
+    /// reach with wasi:http (`None`: nothing). A call that fails after an
+    /// outbound request was refused or failed ends with the host's fault for
+    /// it (`outbound::Hooks::fault_instead`).
     pub fn invoke(
         &self,
         component: &ActivityComponent,
@@ -312,17 +355,24 @@ impl Runtime {
         input: &str,
         log: LogContext,
         timeout: Option<Duration>,
+        http: Option<OutboundCall>,
     ) -> Result<String, engine::Fault> {
-        let (mut store, refused) = self.store(Some(log));
-        if let Some(t) = timeout {
-            store.set_epoch_deadline((t.as_millis() / TICK.as_millis()).max(1) as u64);
+        let budget = timeout.unwrap_or(self.limits.call_timeout);
+        let hooks = outbound::Hooks::new(http, Instant::now() + budget);
+        let (mut store, refused) = self.store(Some(log), hooks);
+        if timeout.is_some() {
+            store.set_epoch_deadline((budget.as_millis() / TICK.as_millis()).max(1) as u64);
         }
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
-        match instance.call_invoke(&mut store, operation, input) {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(f)) => Err(engine::Fault { name: f.name, message: f.message, data: f.data }),
-            Err(e) => Err(self.trap_fault(e, &refused)),
+        let fault = match instance.call_invoke(&mut store, operation, input) {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(f)) => engine::Fault { name: f.name, message: f.message, data: f.data },
+            Err(e) => self.trap_fault(e, &refused),
+        };
+        if fault.name == "cairn.memory-limit" {
+            return Err(fault);
         }
+        Err(store.data().hooks.fault_instead(fault))
     }
 
     /// Guest misbehaviour becomes a system fault recorded in the instance.
@@ -345,6 +395,12 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Hooks for stores that make no outbound requests (process components,
+/// whose linker has no wasi:http): every request would be denied.
+fn no_outbound() -> outbound::Hooks {
+    outbound::Hooks::new(None, Instant::now())
 }
 
 fn config(pooling: bool, limits: &Limits) -> wasmtime::Config {

@@ -34,6 +34,9 @@ pub enum Write {
     Parked { instance: String, parked: bool },
     /// Written at the end of a controlled shutdown, removed at start.
     CleanShutdown(bool),
+    /// An isolated environment (a restored backup): every outbound effect is
+    /// intercepted, whatever the host's flags, until `cairn promote`.
+    Isolated(bool),
 }
 
 /// A fence condition: the write is based on `based_on` and moves it to `becomes`.

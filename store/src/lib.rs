@@ -5,7 +5,7 @@
 //! Tables: definitions (deployed versions and their component bytes),
 //! instances (snapshots), fences, inbox, outbox, timers, correlations,
 //! messages (intake records), history, replies, in-transit (held calls) and
-//! meta (breakpoints, parked instances, the clean-shutdown mark).
+//! meta (breakpoints, parked instances, the clean-shutdown and isolated marks).
 //!
 //! Architecture invariants:
 //! - Every write goes through `Store::commit` as one `WriteBatch`: all of it
@@ -78,6 +78,8 @@ pub trait Backend: Send + Sync {
     async fn breakpoints(&self) -> Result<Vec<(String, String)>>;
     async fn parked(&self) -> Result<Vec<String>>;
     async fn clean_shutdown(&self) -> Result<bool>;
+    /// Whether this store is an isolated environment (`Write::Isolated`).
+    async fn isolated(&self) -> Result<bool>;
 
     /// Writes an online, consistent copy of the whole store into `dir`, as a
     /// data directory `cairn serve --data` (and `cairn restore`) opens.

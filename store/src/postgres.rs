@@ -22,7 +22,7 @@
 //! - `replies`      message id -> `Reply`
 //! - `in_transit`   (instance, call id) -> `InTransit`
 //! - `breakpoints`  (process, path); `parked` (instance)
-//! - `meta`         `clean-shutdown` (empty) and `store-format` (one byte)
+//! - `meta`         `clean-shutdown` and `isolated` (empty) and `store-format` (one byte)
 //!
 //! u64 values are stored in `bigint` columns as their i64 bit pattern.
 //!
@@ -152,6 +152,7 @@ const BACKUP_CHUNK_BYTES: usize = 32 << 20;
 /// The advisory lock key that serializes migrations ("cairn").
 const MIGRATION_LOCK: i64 = 0x63_6169_726e;
 const CLEAN_SHUTDOWN: &str = "clean-shutdown";
+const ISOLATED: &str = "isolated";
 const STORE_FORMAT: &str = "store-format";
 
 fn storage(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -602,6 +603,8 @@ fn plan_write<'a>(st: &'a Statements, write: &'a Write, ops: &mut Vec<Op<'a>>) {
         Write::Parked { instance, parked: false } => op("parked", &st.delete_parked, params![instance.as_str()]),
         Write::CleanShutdown(true) => op("meta", &st.put_meta, params![CLEAN_SHUTDOWN, Vec::<u8>::new()]),
         Write::CleanShutdown(false) => op("meta", &st.delete_meta, params![CLEAN_SHUTDOWN]),
+        Write::Isolated(true) => op("meta", &st.put_meta, params![ISOLATED, Vec::<u8>::new()]),
+        Write::Isolated(false) => op("meta", &st.delete_meta, params![ISOLATED]),
     }
 }
 
@@ -934,6 +937,10 @@ impl Backend for PgStore {
         Ok(self.query_opt("reading the clean-shutdown mark", |s| &s.meta, &[&CLEAN_SHUTDOWN]).await?.is_some())
     }
 
+    async fn isolated(&self) -> Result<bool> {
+        Ok(self.query_opt("reading the isolated mark", |s| &s.meta, &[&ISOLATED]).await?.is_some())
+    }
+
     async fn backup(&self, dir: &Path) -> Result<()> {
         if dir.exists() {
             return Err(StoreError::Storage(format!("{} already exists: a backup goes into a new directory", dir.display())));
@@ -1160,13 +1167,15 @@ async fn copy_store(client: &Client, to: &RocksStore) -> Result<()> {
             out.write(Write::Parked { instance: r.get(0), parked: true }, 0).await?;
         }
     }
-    // Of the meta table only the clean-shutdown mark carries over; the copy
+    // Of the meta table the clean-shutdown and isolated marks carry over; the copy
     // stamps its own store format.
     let mut c = Cursor::open(client, "meta", "SELECT name FROM meta", 100).await?;
     while let Some(rows) = c.next().await? {
         for r in rows {
-            if r.get::<_, &str>(0) == CLEAN_SHUTDOWN {
-                out.write(Write::CleanShutdown(true), 0).await?;
+            match r.get::<_, &str>(0) {
+                CLEAN_SHUTDOWN => out.write(Write::CleanShutdown(true), 0).await?,
+                ISOLATED => out.write(Write::Isolated(true), 0).await?,
+                _ => {}
             }
         }
     }

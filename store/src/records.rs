@@ -25,6 +25,10 @@ pub struct DeployedRecord {
     pub deployed_ms: u64,
     pub size: u64,
     pub definition: Option<Definition>,
+    /// URL prefixes an activity component may call over HTTP (its deploy
+    /// grant; the host's ceiling applies too). Part of the version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_http: Vec<String>,
 }
 
 /// One persistence point in an instance's history.
@@ -59,8 +63,11 @@ pub struct IntakeRecord {
 pub enum InTransitState {
     /// Waiting for an operator: not sent again.
     Held,
-    /// Sent again by an operator.
+    /// An operator resubmitted it; the next driver sends it once.
     Resubmitted,
+    /// Sent again after a resubmit. Found so after another crash, it is held
+    /// again: one resubmit, at most one more execution.
+    Resent,
     /// Given up by an operator: the instance gets a `cairn.abandoned` fault.
     Abandoned,
 }

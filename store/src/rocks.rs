@@ -14,7 +14,7 @@
 //! - `messages`     message id -> `IntakeRecord`
 //! - `history`      instance id, 0, fence (u64 BE) -> `HistoryEntry`
 //! - `replies`      message id -> `Reply`
-//! - `meta`         `breakpoint\0PROCESS\0PATH`, `parked\0ID`, `clean-shutdown`
+//! - `meta`         `breakpoint\0PROCESS\0PATH`, `parked\0ID`, `clean-shutdown`, `isolated`
 //!   (empty values) and `store-format` (one byte)
 //! - `in_transit`   instance id, 0, call id (u64 BE) -> `InTransit`
 //!
@@ -139,6 +139,7 @@ mod keys {
     pub const BREAKPOINT: &[u8] = b"breakpoint\0";
     pub const PARKED: &[u8] = b"parked\0";
     pub const CLEAN_SHUTDOWN: &[u8] = b"clean-shutdown";
+    pub const ISOLATED: &[u8] = b"isolated";
     pub const STORE_FORMAT: &[u8] = b"store-format";
     pub fn breakpoint(process: &str, path: &str) -> Vec<u8> {
         [BREAKPOINT, process.as_bytes(), b"\0", path.as_bytes()].concat()
@@ -409,6 +410,10 @@ impl crate::Backend for RocksStore {
         Ok(self.get(Cf::Meta, keys::CLEAN_SHUTDOWN)?.is_some())
     }
 
+    async fn isolated(&self) -> Result<bool> {
+        Ok(self.get(Cf::Meta, keys::ISOLATED)?.is_some())
+    }
+
     async fn backup(&self, dir: &Path) -> Result<()> {
         if dir.exists() {
             return Err(StoreError::Storage(format!("{} already exists: a backup goes into a new directory", dir.display())));
@@ -484,6 +489,8 @@ fn put_write(db: &DB, wb: &mut rocksdb::WriteBatch, write: &Write) {
         Write::Parked { instance, parked: false } => wb.delete_cf(cf(Cf::Meta), keys::parked(instance)),
         Write::CleanShutdown(true) => wb.put_cf(cf(Cf::Meta), keys::CLEAN_SHUTDOWN, []),
         Write::CleanShutdown(false) => wb.delete_cf(cf(Cf::Meta), keys::CLEAN_SHUTDOWN),
+        Write::Isolated(true) => wb.put_cf(cf(Cf::Meta), keys::ISOLATED, []),
+        Write::Isolated(false) => wb.delete_cf(cf(Cf::Meta), keys::ISOLATED),
     }
 }
 

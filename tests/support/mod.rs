@@ -144,7 +144,14 @@ impl Host {
 
     /// `cairn restore BACKUP --data DATA/store`: an isolated environment.
     pub fn restore(backup: &Path, data: &Path) -> Host {
-        Host::launch(data, &["restore", backup.to_str().unwrap()], &["--quiet-guests"], &[])
+        Host::restore_with(backup, data, &[])
+    }
+
+    /// `cairn restore` with extra flags (`--stand-in PREFIX=URL`, say).
+    pub fn restore_with(backup: &Path, data: &Path, flags: &[&str]) -> Host {
+        let mut all = vec!["--quiet-guests"];
+        all.extend_from_slice(flags);
+        Host::launch(data, &["restore", backup.to_str().unwrap()], &all, &[])
     }
 
     fn launch(data: &Path, command: &[&str], flags: &[&str], env: &[(&str, &str)]) -> Host {
@@ -308,5 +315,66 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A running `cairn partner`: a local HTTP partner that records every
+/// request it receives. Killed when dropped.
+pub struct Partner {
+    child: Child,
+    pub url: String,
+    agent: ureq::Agent,
+}
+
+impl Partner {
+    /// Starts `cairn partner` on a free loopback port, logging to `DIR/partner-PORT.jsonl`.
+    pub fn start(dir: &Path) -> Partner {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log = dir.join(format!("partner-{port}.jsonl"));
+        let out = std::fs::File::create(dir.join(format!("partner-{port}.out"))).unwrap();
+        let child = Command::new(cairn_bin())
+            .args(["partner", "--listen", &format!("127.0.0.1:{port}"), "--log"])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn cairn partner");
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().into();
+        let partner = Partner { child, url, agent };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while partner.try_requests().is_none() {
+            assert!(Instant::now() < deadline, "cairn partner did not answer within 30s");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        partner
+    }
+
+    fn try_requests(&self) -> Option<Vec<Value>> {
+        let mut r = self.agent.get(format!("{}/_requests", self.url)).call().ok()?;
+        r.body_mut().read_json::<Vec<Value>>().ok()
+    }
+
+    /// Every request received so far, oldest first (method, path, headers, body, …).
+    pub fn requests(&self) -> Vec<Value> {
+        self.try_requests().expect("cairn partner answers /_requests")
+    }
+
+    /// The `idempotency-key` headers of the requests whose path starts with `path`.
+    pub fn keys(&self, path: &str) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(path)))
+            .map(|r| r["headers"]["idempotency-key"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+impl Drop for Partner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

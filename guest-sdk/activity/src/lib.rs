@@ -21,6 +21,11 @@
 //!
 //! cairn_activity::export_activity!(operations);
 //! ```
+//!
+//! An activity may call partners over HTTP with [`http`] (`wasi:http`,
+//! checked against the host's grants).
+
+pub mod http;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -12,7 +12,7 @@ use types::*;
 use crate::service::{Error, ErrorKind, MessageIn, Service};
 use cairn_store::{InTransitState, InstanceFilter};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -66,21 +66,28 @@ async fn health(State(svc): State<Service>) -> Response {
     Json(json!({ "ok": true, "live_instances": svc.drivers.count() })).into_response()
 }
 
-#[derive(Deserialize)]
-struct DeployQuery {
-    name: Option<String>,
-}
-
-async fn deploy(State(svc): State<Service>, Query(q): Query<DeployQuery>, body: Bytes) -> Response {
+/// `?name=NAME&allow_http=PREFIX&allow_http=…` (`allow_http` repeats).
+async fn deploy(State(svc): State<Service>, RawQuery(query): RawQuery, body: Bytes) -> Response {
     respond(async {
         if body.is_empty() {
             return Err(Error::new(ErrorKind::BadInput, "the request body is empty: send the component's bytes"));
         }
-        let (record, created) = svc.deploy(body.to_vec(), q.name).await?;
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|e| Error::new(ErrorKind::BadInput, format!("the query string is not valid: {e}")))?;
+        let mut name = None;
+        let mut allow_http = Vec::new();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "name" => name = Some(value),
+                "allow_http" => allow_http.push(value),
+                other => return Err(Error::new(ErrorKind::BadInput, format!("unknown query parameter '{other}': use name and allow_http"))),
+            }
+        }
+        let (record, created) = svc.deploy(body.to_vec(), name, allow_http).await?;
         let status = if created { StatusCode::CREATED } else { StatusCode::OK };
         Ok((
             status,
-            json!({ "name": record.name, "version": record.version, "kind": kind_name(record.kind), "created": created }),
+            json!({ "name": record.name, "version": record.version, "kind": kind_name(record.kind), "created": created, "allow_http": record.allow_http }),
         ))
     }
     .await)

@@ -250,7 +250,7 @@ pub struct HeldCallView {
     pub id: String,
     pub instance: String,
     pub call_id: u64,
-    /// `held`, `resubmitted` or `abandoned`.
+    /// `held`, `resubmitted` (to be sent again), `resent` (sent again) or `abandoned`.
     pub state: &'static str,
     pub since_ms: u64,
     pub target: TargetView,
@@ -267,6 +267,7 @@ impl From<&InTransit> for HeldCallView {
             state: match t.state {
                 InTransitState::Held => "held",
                 InTransitState::Resubmitted => "resubmitted",
+                InTransitState::Resent => "resent",
                 InTransitState::Abandoned => "abandoned",
             },
             since_ms: t.since_ms,
@@ -313,6 +314,8 @@ pub struct DefinitionView {
     pub size: u64,
     /// `long-running` or `microflow`, for a process.
     pub process_kind: Option<&'static str>,
+    /// URL prefixes an activity component is granted over HTTP.
+    pub allow_http: Vec<String>,
 }
 
 pub fn kind_name(k: ComponentKind) -> &'static str {
@@ -335,6 +338,7 @@ impl DefinitionView {
                 cairn_engine::ProcessKind::LongRunning => "long-running",
                 cairn_engine::ProcessKind::Microflow => "microflow",
             }),
+            allow_http: r.allow_http.clone(),
         }
     }
 }

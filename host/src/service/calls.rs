@@ -15,6 +15,7 @@
 //! found in flight after a crash: an operator *resubmits* or *abandons* it.
 
 use super::{Error, ErrorKind, MessageIn, Service, Wake};
+use crate::outbound::OutboundCall;
 use crate::runtime::{LogContext, Loaded};
 use cairn_engine::definition::InvokePolicy;
 use cairn_engine::{Effect, Fault, Target};
@@ -153,10 +154,17 @@ impl Service {
                 })?;
                 let Loaded::Activity(component) = &deployed.component else { unreachable!() };
                 let component = component.clone();
+                let http = OutboundCall {
+                    policy: self.http.clone(),
+                    grant: deployed.http_grant.clone(),
+                    idempotency_key: idempotency_key.to_string(),
+                    instance: instance.to_string(),
+                    at: idempotency_key.to_string(),
+                };
                 let log = LogContext { sink: self.guest_log(), source: name.clone(), instance: instance.to_string(), at: idempotency_key.to_string() };
                 let svc = self.clone();
                 let (op, inp) = (operation.to_string(), input.to_string());
-                tokio::task::spawn_blocking(move || svc.runtime.invoke(&component, &op, &inp, log, timeout))
+                tokio::task::spawn_blocking(move || svc.runtime.invoke(&component, &op, &inp, log, timeout, Some(http)))
                     .await
                     .unwrap_or_else(|e| Err(Fault::new("cairn.internal", format!("activity task failed: {e}"))))
             }
@@ -218,8 +226,11 @@ impl Service {
                 self.dispatch(instance, effect, 1);
                 continue;
             }
-            match self.store.in_transit_call(instance, call_id).await?.map(|r| r.state) {
-                None => {
+            let record = self.store.in_transit_call(instance, call_id).await?;
+            match record.as_ref().map(|r| r.state) {
+                // Found in flight for the first time, or again after a resubmit
+                // was sent and another crash cut it: held for an operator.
+                None | Some(InTransitState::Resent) => {
                     let record = InTransit {
                         instance: instance.to_string(),
                         call_id,
@@ -236,6 +247,11 @@ impl Service {
                 }
                 Some(InTransitState::Held) => {}
                 Some(InTransitState::Resubmitted) => {
+                    // Recorded as sent before it leaves: a crash from here on holds it again.
+                    let mut resent = record.expect("matched Some");
+                    resent.state = InTransitState::Resent;
+                    resent.since_ms = crate::now_ms();
+                    self.put_in_transit(resent).await?;
                     sent.insert(call_id);
                     let next = policy.retry.as_ref().map_or(1, |r| r.max_attempts) + 1;
                     self.dispatch(instance, effect, next);

@@ -44,13 +44,14 @@ pub use replies::Replies;
 pub use timers::Timers;
 
 use crate::guestlog::GuestLog;
-use crate::now_ms;
+use crate::isolated::IsolatedEffects;
+use crate::outbound::{HttpPolicy, UrlPrefix};
 use crate::runtime::{Limits, Runtime};
 use cairn_engine::{self as engine, Fault, Snapshot};
 use cairn_store::{Location, Store, StoreError, Write, WriteBatch};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 pub struct Config {
@@ -67,9 +68,44 @@ pub struct Config {
     /// How long an instance waiting for a message or timer stays in memory
     /// before it is dehydrated (zero: at once).
     pub idle: std::time::Duration,
-    /// An isolated environment (a restored backup): every outbound effect is
-    /// recorded in DATA/isolated-effects.jsonl and printed.
+    /// Make this store an isolated environment (a restored backup): every
+    /// outbound effect is recorded in DATA/isolated-effects.jsonl and printed.
+    /// A store once marked stays isolated whatever this flag says, until
+    /// `cairn promote`.
     pub isolated: bool,
+    /// Outbound HTTP of activity components.
+    pub http: HttpConfig,
+}
+
+/// Outbound HTTP as `cairn serve` configures it (see `crate::outbound`).
+#[derive(Clone, Debug, Default)]
+pub struct HttpConfig {
+    /// The host's ceiling: URL prefixes activities may reach (with a grant).
+    pub allow_http: Vec<String>,
+    /// `PREFIX=URL`: in an isolated environment, who answers requests under PREFIX.
+    pub stand_ins: Vec<String>,
+    pub limits: crate::outbound::HttpLimits,
+}
+
+impl HttpConfig {
+    /// The host-wide policy, recording intercepted requests in `isolated` when there is one.
+    fn policy(&self, isolated: Option<Arc<IsolatedEffects>>) -> anyhow::Result<HttpPolicy> {
+        let prefix = |flag: &str, p: &str| UrlPrefix::parse(p).map_err(|e| anyhow::anyhow!("{flag} '{p}': {e}"));
+        let ceiling = self.allow_http.iter().map(|p| prefix("--allow-http", p)).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut stand_ins = Vec::new();
+        for s in &self.stand_ins {
+            let (p, url) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--stand-in '{s}': write PREFIX=URL"))?;
+            stand_ins.push((prefix("--stand-in", p)?, url.to_string()));
+        }
+        let record: Arc<dyn Fn(serde_json::Value) + Send + Sync> = match isolated.clone() {
+            Some(effects) => Arc::new(move |detail: serde_json::Value| {
+                let instance = detail["instance"].as_str().unwrap_or("").to_string();
+                effects.record(&instance, "http", detail)
+            }),
+            None => Arc::new(|_| {}),
+        };
+        Ok(HttpPolicy { ceiling, stand_ins, limits: self.limits.clone(), isolated: isolated.is_some(), record })
+    }
 }
 
 /// An error for the API: what went wrong, and what kind of wrong it is.
@@ -139,8 +175,11 @@ pub struct Inner {
     /// Whether the previous run of the host ended with a controlled shutdown.
     clean_start: AtomicBool,
     shutting_down: AtomicBool,
-    /// Serializes lines of the isolated-effects file.
-    isolated_effects: Mutex<()>,
+    /// An isolated environment (marked so in the store, or made so at this
+    /// start): where its outbound effects are recorded instead of sent.
+    isolated: Option<Arc<IsolatedEffects>>,
+    /// The host's outbound HTTP policy, shared by every activity call.
+    pub http: Arc<HttpPolicy>,
 }
 
 /// The wiring: a cheap handle on every component.
@@ -165,6 +204,14 @@ impl Service {
         let registry = Registry::load(&store, &runtime).await?;
         let timers = Timers::load(&store).await?;
         let operator = Operator::load(&store).await?;
+        let isolated = store.isolated().await?;
+        if config.isolated && !isolated {
+            let mut b = WriteBatch::new();
+            b.push(Write::Isolated(true));
+            store.commit(b).await?;
+        }
+        let isolated = (isolated || config.isolated).then(|| Arc::new(IsolatedEffects::new(config.data_dir.join("isolated-effects.jsonl"))));
+        let http = Arc::new(config.http.policy(isolated.clone())?);
         let svc = Service(Arc::new(Inner {
             store,
             runtime,
@@ -179,7 +226,8 @@ impl Service {
             guest_log,
             clean_start: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-            isolated_effects: Mutex::new(()),
+            isolated,
+            http,
         }));
         // Whether the last run stopped under control; this run has not, yet.
         let clean = svc.store.clean_shutdown().await?;
@@ -204,22 +252,13 @@ impl Service {
 
     /// In an isolated environment, records and prints an outbound effect.
     pub fn record_isolated_effect(&self, instance: &str, what: &str, detail: serde_json::Value) {
-        if !self.config.isolated {
-            return;
-        }
-        let record = serde_json::json!({ "ts_ms": now_ms(), "instance": instance, "effect": what, "detail": detail });
-        println!("[isolated] {record}");
-        // One write of a whole line, under a lock: concurrent calls never interleave.
-        use std::io::Write;
-        let _guard = self.isolated_effects.lock().unwrap();
-        let path = self.config.data_dir.join("isolated-effects.jsonl");
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = f.write_all(format!("{record}\n").as_bytes());
+        if let Some(effects) = &self.isolated {
+            effects.record(instance, what, detail);
         }
     }
 
     pub fn is_isolated(&self) -> bool {
-        self.config.isolated
+        self.isolated.is_some()
     }
 
     pub fn idle(&self) -> std::time::Duration {

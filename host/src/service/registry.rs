@@ -7,6 +7,7 @@
 
 use super::{hex, Error, ErrorKind};
 use crate::now_ms;
+use crate::outbound::UrlPrefix;
 use crate::runtime::{Loaded, Runtime};
 use cairn_engine::Definition;
 use cairn_store::{ComponentKind, DeployedRecord, Store, Write, WriteBatch};
@@ -17,9 +18,16 @@ use std::sync::{Arc, RwLock};
 pub struct Deployed {
     pub record: DeployedRecord,
     pub component: Loaded,
+    /// The deployment's outbound HTTP grant, parsed from `record.allow_http`.
+    pub http_grant: Vec<UrlPrefix>,
 }
 
 impl Deployed {
+    fn new(record: DeployedRecord, component: Loaded) -> Result<Deployed, String> {
+        let http_grant = record.allow_http.iter().map(|p| UrlPrefix::parse(p).map_err(|e| format!("'{p}': {e}"))).collect::<Result<_, _>>()?;
+        Ok(Deployed { record, component, http_grant })
+    }
+
     /// The definition of a process version.
     pub fn definition(&self) -> Option<&Definition> {
         self.record.definition.as_ref()
@@ -66,7 +74,9 @@ impl Registry {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("component bytes of {} {} are missing", record.name, record.version))?;
             let component = runtime.load(&record.version, &bytes)?;
-            versions.insert(Arc::new(Deployed { record, component }));
+            let what = format!("{} {}", record.name, record.version);
+            let deployed = Deployed::new(record, component).map_err(|e| anyhow::anyhow!("the HTTP grant of {what}: {e}"))?;
+            versions.insert(Arc::new(deployed));
         }
         Ok(Registry { versions: RwLock::new(versions) })
     }
@@ -114,23 +124,43 @@ impl Registry {
         runtime: &Arc<Runtime>,
         bytes: Vec<u8>,
         name: Option<String>,
+        allow_http: Vec<String>,
     ) -> Result<(DeployedRecord, bool), Error> {
-        let version = hex(&sha2::Sha256::digest(&bytes))[..16].to_string();
+        for prefix in &allow_http {
+            crate::outbound::UrlPrefix::parse(prefix)
+                .map_err(|e| Error::new(ErrorKind::BadInput, format!("--allow-http '{prefix}': {e}")))?;
+        }
+        // The grant is part of the version: the same bytes with another grant
+        // are another version (the newest of its name).
+        let mut digest = sha2::Sha256::new();
+        digest.update(&bytes);
+        if !allow_http.is_empty() {
+            digest.update(format!("\0allow-http\0{}", allow_http.join("\0")).as_bytes());
+        }
+        let version = hex(&digest.finalize())[..16].to_string();
         if let Some(existing) = self.deployed(&version) {
             return Ok((existing.record.clone(), false));
         }
         let rt = runtime.clone();
         let v = version.clone();
-        let (record, component, bytes) = tokio::task::spawn_blocking(move || compile_and_check(&rt, &v, bytes, name))
+        let (mut record, component, bytes) = tokio::task::spawn_blocking(move || compile_and_check(&rt, &v, bytes, name))
             .await
             .map_err(|e| Error::new(ErrorKind::Internal, format!("deploy task failed: {e}")))??;
         if let Some(def) = &record.definition {
             self.check_creation_conflicts(def)?;
+            if !allow_http.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::BadInput,
+                    format!("process '{}' cannot be granted outbound HTTP: process handlers decide, activities act; grant it to an activity component", def.name),
+                ));
+            }
         }
+        record.allow_http = allow_http;
         let mut b = WriteBatch::new();
         b.push(Write::Definition { record: Box::new(record.clone()), component: bytes });
+        let deployed = Deployed::new(record.clone(), component).map_err(|e| Error::new(ErrorKind::BadInput, format!("--allow-http {e}")))?;
         store.commit(b).await?;
-        self.versions.write().unwrap().insert(Arc::new(Deployed { record: record.clone(), component }));
+        self.versions.write().unwrap().insert(Arc::new(deployed));
         Ok((record, true))
     }
 
@@ -190,13 +220,13 @@ fn compile_and_check(
             (name, ComponentKind::Activity, None)
         }
     };
-    let record = DeployedRecord { name, version: version.to_string(), kind, deployed_ms: now_ms(), size, definition };
+    let record = DeployedRecord { name, version: version.to_string(), kind, deployed_ms: now_ms(), size, definition, allow_http: Vec::new() };
     Ok((record, loaded, bytes))
 }
 
 impl super::Service {
     /// Deploys a component (see `Registry::deploy`).
-    pub async fn deploy(&self, bytes: Vec<u8>, name: Option<String>) -> Result<(DeployedRecord, bool), Error> {
-        self.registry.deploy(&self.store, &self.runtime, bytes, name).await
+    pub async fn deploy(&self, bytes: Vec<u8>, name: Option<String>, allow_http: Vec<String>) -> Result<(DeployedRecord, bool), Error> {
+        self.registry.deploy(&self.store, &self.runtime, bytes, name, allow_http).await
     }
 }

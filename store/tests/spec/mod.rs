@@ -409,6 +409,11 @@ pub async fn tables(store: &Store) {
     assert!(store.clean_shutdown().await.unwrap());
     commit(store, vec![Write::CleanShutdown(false)]).await;
     assert!(!store.clean_shutdown().await.unwrap());
+    assert!(!store.isolated().await.unwrap());
+    commit(store, vec![Write::Isolated(true)]).await;
+    assert!(store.isolated().await.unwrap());
+    commit(store, vec![Write::Isolated(false)]).await;
+    assert!(!store.isolated().await.unwrap());
     commit(store, vec![Write::CleanShutdown(true)]).await;
 
     // fences, for the copy
