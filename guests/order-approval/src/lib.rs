@@ -5,7 +5,8 @@
 //! gets the quote as the reply. Orders above the approval limit then wait for
 //! an `approve` message for the same order id, for at most the order's
 //! approval window; an approved order is confirmed, anything else is rejected
-//! and the `notifier` activity is told, one way.
+//! and the `notifier` activity is told, one way. An order that names a
+//! `webhook` URL has the notifier POST the rejection there over HTTP.
 
 use cairn_guest::{log, Activity, Fault, Process};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ struct Order {
     approved: Option<bool>,
     approver: Option<String>,
     status: String,
+    /// Where the notifier posts a rejection (a partner's URL), if anywhere.
+    #[serde(default)]
+    webhook: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -39,6 +43,8 @@ struct Submit {
     lines: Vec<Line>,
     #[serde(default = "default_window_ms")]
     approval_window_ms: u64,
+    #[serde(default)]
+    webhook: Option<String>,
 }
 
 fn default_window_ms() -> u64 {
@@ -65,6 +71,7 @@ fn define(p: &mut Process<Order>) -> Activity {
             v.order_id = m.order_id;
             v.customer = m.customer;
             v.lines = m.lines;
+            v.webhook = m.webhook;
             v.approval_due_ms = (now + Duration::from_millis(m.approval_window_ms)).as_millis() as u64;
             v.status = "received".into();
             Ok(())
@@ -136,7 +143,7 @@ fn define(p: &mut Process<Order>) -> Activity {
         Ok(())
     });
     let notify = p.send_activity("notify-rejection", "notifier", "order-rejected", |v| {
-        Ok(serde_json::json!({ "order_id": v.order_id, "customer": v.customer, "by": v.approver }))
+        Ok(serde_json::json!({ "order_id": v.order_id, "customer": v.customer, "by": v.approver, "webhook": v.webhook }))
     });
     let rejected = p.sequence("rejected", vec![mark_rejected, notify]);
     let outcome = p.if_else("approved", |v| v.approved == Some(true), confirm, Some(rejected));
