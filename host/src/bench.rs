@@ -18,7 +18,7 @@ pub struct Args {
     /// Directory holding the built guest components (default: $CARGO_TARGET_DIR/wasm32-wasip2/release).
     #[arg(long)]
     guests: Option<PathBuf>,
-    /// Which benchmarks: all, call, commit, throughput, atomic, memory.
+    /// Which benchmarks: all, call, commit, throughput, atomic, http, memory.
     #[arg(long, default_value = "all")]
     only: String,
     /// Instances for the memory benchmark.
@@ -144,6 +144,10 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     if want("atomic") {
         bench_atomic(&dir, true).await?;
         bench_atomic(&dir, false).await?;
+    }
+    if want("http") {
+        bench_http(&dir, 1, 200).await?;
+        bench_http(&dir, 32, 2000).await?;
     }
     if want("memory") {
         bench_memory(&dir, args.instances).await?;
@@ -381,5 +385,104 @@ async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
         rss_mib()
     );
     svc.shutdown().await;
+    Ok(())
+}
+
+/// CPU time this process has used (user + system), from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / per_second)
+}
+
+/// A `cairn partner` child process on a free loopback port, killed when dropped.
+struct PartnerProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PartnerProcess {
+    fn start() -> anyhow::Result<PartnerProcess> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["partner", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "cairn partner did not listen within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(PartnerProcess { child, url: format!("http://127.0.0.1:{port}") })
+    }
+}
+
+impl Drop for PartnerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Completed instances per second of a process making three HTTP calls (three
+/// invokes of an activity that POSTs to a local partner, a `cairn partner`
+/// process), fsync on; and the host's CPU per outbound call.
+async fn bench_http(dir: &Path, concurrency: usize, total: usize) -> anyhow::Result<()> {
+    let partner = PartnerProcess::start()?;
+    let scratch = Scratch::new(&format!("http-{concurrency}"));
+    let mut config = config(&scratch.0, true).await?;
+    config.http.allow_http = vec![partner.url.clone()];
+    let svc = Service::start(config).await?;
+    svc.deploy(read_guest(dir, "t_http")?, Some("t-http".into()), vec![partner.url.clone()])
+        .await
+        .map_err(|e| anyhow::anyhow!("deploying t_http: {}", e.message))?;
+    deploy(&svc, dir, "t_http_flow", None).await?;
+    let url = format!("{}/bench", partner.url);
+    let run_one = |svc: Service, n: usize, url: String| async move {
+        let m = MessageIn::new("http-start", serde_json::json!({ "key": format!("k{n}"), "url": url, "mode": "three" }).to_string());
+        let a = svc.accept_message(m, None).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        let reply = svc.await_reply(&a.message_id, Duration::from_secs(60)).await.map_err(|e| anyhow::anyhow!(e.message))?;
+        anyhow::ensure!(reply.body["fault"].is_null(), "an HTTP call failed: {}", reply.body);
+        anyhow::Ok(())
+    };
+    for n in 0..10 {
+        run_one(svc.clone(), n, url.clone()).await?;
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let (t, cpu) = (Instant::now(), cpu_time());
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (svc, next, url) = (svc.clone(), next.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    return anyhow::Ok(());
+                }
+                run_one(svc.clone(), n, url.clone()).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let (elapsed, cpu) = (t.elapsed(), cpu_time() - cpu);
+    println!(
+        "| three HTTP calls to a local partner (three invokes), fsync on, concurrency {concurrency}, {total} instances | {:.0} instances/s ({:.0} calls/s); host CPU {:.2} ms per instance, {:.2} ms per outbound call |",
+        total as f64 / elapsed.as_secs_f64(),
+        3.0 * total as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1000.0 / total as f64,
+        cpu.as_secs_f64() * 1000.0 / (3 * total) as f64
+    );
+    svc.shutdown().await;
+    drop(partner);
     Ok(())
 }
