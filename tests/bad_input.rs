@@ -121,7 +121,7 @@ fn the_cli_says_when_the_server_cannot_be_reached() {
 
 #[test]
 fn trapping_looping_and_hoarding_guests_fault_only_their_instance() {
-    let (_dir, h) = setup("misbehave", &["--quiet-guests", "--call-timeout-ms", "500", "--memory-limit-mb", "256"]);
+    let (_dir, h) = setup("misbehave", &["--quiet-guests", "--call-timeout-ms", "2000", "--memory-limit-mb", "256"]);
     h.deploy("t_misbehave", None);
     let mut ids = Vec::new();
     for mode in ["trap", "loop", "alloc"] {

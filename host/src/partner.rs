@@ -41,6 +41,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// The longest `/slow/{ms}` waits.
 const MAX_SLOW: Duration = Duration::from_secs(600);
@@ -72,7 +73,8 @@ struct Partner {
 }
 
 /// Serves until SIGINT or SIGTERM; returns the process exit code (0 after a
-/// signal, 1 if it cannot listen, 2 if the log file cannot be opened).
+/// signal, 1 if it cannot listen or handle signals, 2 if the log file
+/// cannot be opened).
 ///
 /// ```no_run
 /// let code = cairn::partner::run(cairn::partner::Args { listen: "127.0.0.1:0".into(), log: None });
@@ -100,6 +102,22 @@ pub fn run(args: Args) -> i32 {
 }
 
 async fn serve(listen: String, partner: Arc<Partner>) -> i32 {
+    // Registered before anything else, so that a signal sent as soon as the
+    // first line is printed already stops the partner cleanly.
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    let (mut term, mut interrupt) = match signals {
+        (Ok(term), Ok(interrupt)) => (term, interrupt),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: cannot handle SIGTERM and SIGINT: {e}");
+            return 1;
+        }
+    };
+    let stopped = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -110,34 +128,13 @@ async fn serve(listen: String, partner: Arc<Partner>) -> i32 {
     let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or(listen);
     say(&format!("listening on http://{bound}"));
     let app = Router::new().fallback(answer).layer(DefaultBodyLimit::max(MAX_REQUEST_BODY)).with_state(partner);
-    match axum::serve(listener, app).with_graceful_shutdown(stop_signal()).await {
+    match axum::serve(listener, app).with_graceful_shutdown(stopped).await {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: serving on {bound}: {e}");
             1
         }
     }
-}
-
-/// Resolves at SIGINT or SIGTERM.
-async fn stop_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }
 
 /// Prints one line to stdout and flushes it (stdout may be a pipe).

@@ -247,9 +247,11 @@ pub async fn tables(store: &Store) {
         deployed_ms: 42,
         size: COMPONENT.len() as u64,
         definition: None,
+        allow_http: Vec::new(),
     };
     let mut activity = record.clone();
     activity.name = "charge".into();
+    activity.allow_http = vec!["https://bank.example/v1".into()];
     activity.version = "charge@v1".into();
     activity.kind = ComponentKind::Activity;
     commit(store, vec![Write::Definition { record: Box::new(record.clone()), component: COMPONENT.to_vec() }]).await;
