@@ -27,7 +27,9 @@ pub enum Input {
     Continue,
     Handler(Result<HandlerOutput, Fault>),
     Message(Delivery),
-    InvokeResult { call_id: u64, result: Result<String, Fault> },
+    /// An activity call's result, with the resource reads and writes the
+    /// call made (they become `Effect::ResourceWrites` if it succeeded).
+    InvokeResult { call_id: u64, result: Result<String, Fault>, resources: ResourceAccesses },
     /// An operator verb.
     Control(Control),
 }
@@ -136,6 +138,41 @@ pub enum Effect {
     /// The answer to a request-response receive: a body, or the fault that
     /// ended the instance before it replied.
     Reply { message_id: String, body: String, fault: Option<Fault> },
+    /// What a successful activity call read and wrote in resources: its
+    /// writes commit with this persistence point, and only if what it read
+    /// is still what the store holds. Like every effect, an atomic scope's
+    /// rollback drops it.
+    ResourceWrites { call_id: u64, accesses: ResourceAccesses },
+}
+
+/// Resource reads and writes of one activity call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceAccesses {
+    /// Keys the call read or wrote, with the version it saw (0: absent).
+    pub reads: Vec<ResourceRead>,
+    /// Its writes, in order; a `None` value deletes the key.
+    pub writes: Vec<ResourceWrite>,
+}
+
+impl ResourceAccesses {
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.writes.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRead {
+    pub table: String,
+    pub key: String,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceWrite {
+    pub table: String,
+    pub key: String,
+    /// JSON text, or `None` to delete.
+    pub value: Option<String>,
 }
 
 /// Why a persistence point was taken; recorded in the instance history.

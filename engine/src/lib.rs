@@ -18,7 +18,10 @@ pub mod definition;
 pub mod machine;
 pub mod snapshot;
 
-pub use contract::{Control, Delivery, Effect, HandlerCall, HandlerOutput, Input, PersistencePoint, Reason, Wait, Yield};
+pub use contract::{
+    Control, Delivery, Effect, HandlerCall, HandlerOutput, Input, PersistencePoint, Reason, ResourceAccesses, ResourceRead, ResourceWrite, Wait,
+    Yield,
+};
 pub use definition::{Activity, CorrelationSet, Definition, Node, NodeId, ProcessKind, Target, Transaction, WaitFor};
 pub use machine::{correlation_values, Machine};
 pub use snapshot::{Fault, FaultRecord, Frame, Phase, Snapshot, Status};

@@ -119,7 +119,7 @@ fn drive_from(def: &Definition, snap: Snapshot) -> (Vec<String>, Snapshot) {
                 now = due_ms;
                 Input::Continue
             }
-            Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
+            Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()), resources: Default::default() },
             Yield::Sleep(_) => Input::Continue,
             Yield::Await(Wait::Pick { operations }) => Input::Message(Delivery {
                 seq: 1,
@@ -386,7 +386,7 @@ fn every_persisted_snapshot_resumes_to_the_same_outcome() {
                 now = due_ms;
                 Input::Continue
             }
-            Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()) },
+            Yield::Await(Wait::Invoke { call_id }) => Input::InvokeResult { call_id, result: Ok("{}".into()), resources: Default::default() },
             Yield::Sleep(_) => Input::Continue,
             Yield::Await(Wait::Pick { operations }) => Input::Message(Delivery {
                 seq: 1,
@@ -1105,9 +1105,32 @@ fn a_microflow_takes_its_invoke_out_to_run_inline_so_it_never_reaches_the_outbox
     assert!(m.awaits_call());
     assert!(matches!(m.take_invoke(1), Some(Effect::Invoke { call_id: 1, .. })));
     assert_eq!(m.take_invoke(1), None, "taken once");
-    let y = m.step(Input::InvokeResult { call_id: 1, result: Ok("{}".into()) }, 0);
+    let y = m.step(Input::InvokeResult { call_id: 1, result: Ok("{}".into()), resources: Default::default() }, 0);
     assert_eq!(y, Yield::Finished(Reason::Completed));
     assert_eq!(m.persistence_point(Reason::Completed, 0).effects, [Effect::InvokeDone { call_id: 1 }]);
+}
+
+#[test]
+fn a_successful_call_s_resource_writes_commit_with_its_persistence_point_and_a_failed_call_s_are_dropped() {
+    use crate::contract::{ResourceAccesses, ResourceRead, ResourceWrite};
+    let accesses = ResourceAccesses {
+        reads: vec![ResourceRead { table: "counters".into(), key: "k".into(), version: 3 }],
+        writes: vec![ResourceWrite { table: "counters".into(), key: "k".into(), value: Some("4".into()) }],
+    };
+    for ok in [true, false] {
+        let mut t = Tree::new();
+        let i = t.invoke("count");
+        let def = t.seq(vec![i], ProcessKind::Microflow);
+        let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+        m.step(Input::Continue, 0);
+        m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: None })), 0);
+        m.take_invoke(1);
+        let result = if ok { Ok("{}".into()) } else { Err(Fault::new("count-failed", "no")) };
+        m.step(Input::InvokeResult { call_id: 1, result, resources: accesses.clone() }, 0);
+        let effects = m.persistence_point(Reason::Completed, 0).effects;
+        let wrote = effects.iter().any(|e| matches!(e, Effect::ResourceWrites { call_id: 1, accesses: a } if *a == accesses));
+        assert_eq!(wrote, ok, "{effects:?}");
+    }
 }
 
 /// The stored forms, byte for byte: existing data directories hold them.

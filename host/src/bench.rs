@@ -163,7 +163,7 @@ async fn service(tag: &str, fsync: bool) -> anyhow::Result<(Scratch, Service)> {
 
 async fn deploy(svc: &Service, dir: &Path, file: &str, name: Option<&str>) -> anyhow::Result<String> {
     let (record, _) = svc
-        .deploy(read_guest(dir, file)?, name.map(str::to_string), Vec::new())
+        .deploy(read_guest(dir, file)?, name.map(str::to_string), Vec::new(), Vec::new())
         .await
         .map_err(|e| anyhow::anyhow!("deploying {file}: {}", e.message))?;
     Ok(record.version)
@@ -216,7 +216,7 @@ async fn bench_commit(fsync: bool) -> anyhow::Result<()> {
         }))?;
         let mut b = WriteBatch::new();
         b.fence(&id, fence, fence + 1);
-        let entry = HistoryEntry { fence: fence + 1, at_ms: 0, reason: cairn_engine::Reason::Waiting, status: snapshot.status, path: "main/wait".into() };
+        let entry = HistoryEntry { fence: fence + 1, at_ms: 0, reason: cairn_engine::Reason::Waiting, status: snapshot.status, path: "main/wait".into(), resource_conflicts: 0 };
         b.push(Write::History { instance: id.clone(), entry });
         b.push(Write::Instance(Box::new(snapshot)));
         let t = Instant::now();
@@ -441,7 +441,7 @@ async fn bench_http(dir: &Path, concurrency: usize, total: usize) -> anyhow::Res
     let mut config = config(&scratch.0, true).await?;
     config.http.allow_http = vec![partner.url.clone()];
     let svc = Service::start(config).await?;
-    svc.deploy(read_guest(dir, "t_http")?, Some("t-http".into()), vec![partner.url.clone()])
+    svc.deploy(read_guest(dir, "t_http")?, Some("t-http".into()), vec![partner.url.clone()], Vec::new())
         .await
         .map_err(|e| anyhow::anyhow!("deploying t_http: {}", e.message))?;
     deploy(&svc, dir, "t_http_flow", None).await?;

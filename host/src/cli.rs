@@ -155,6 +155,10 @@ enum Command {
         /// `serve --allow-http` must allow them too.
         #[arg(long = "allow-http", value_name = "PREFIX")]
         allow_http: Vec<String>,
+        /// Grant an activity component a resource: NAME (read and write),
+        /// NAME:read or NAME:write; repeatable. The resource must exist.
+        #[arg(long = "resource", value_name = "NAME[:read|write]")]
+        resources: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -250,6 +254,10 @@ enum Command {
     /// Non-idempotent calls found in flight after a crash, held for an operator.
     #[command(name = "in-transit", subcommand)]
     InTransit(InTransitCommand),
+    /// Resources: named tables of JSON documents that activities read and
+    /// write in the same persistence point as the instance that calls them.
+    #[command(subcommand)]
+    Resource(ResourceCommand),
     /// Run the benchmarks in-process on a temporary data directory.
     Bench(crate::bench::Args),
     /// Run a small local HTTP partner that records every request it receives (for demos and tests).
@@ -275,6 +283,43 @@ enum VarsCommand {
     Set {
         instance: String,
         variables: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ResourceCommand {
+    /// Create a resource (nothing changes if it exists).
+    Create {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List resources.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key of a resource: its version and value.
+    Get {
+        name: String,
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys of a resource in key order.
+    Scan {
+        name: String,
+        /// Only keys that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only keys after this one (paging: pass the last key shown).
+        #[arg(long)]
+        after: Option<String>,
+        /// At most this many rows (the server caps it at 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         #[arg(long)]
         json: bool,
     },
@@ -371,7 +416,7 @@ pub fn main() -> i32 {
                 }
             };
         }
-        Command::Deploy { file, name, allow_http, json } => deploy(&client, &file, name, &allow_http, json),
+        Command::Deploy { file, name, allow_http, resources, json } => deploy(&client, &file, name, &allow_http, &resources, json),
         Command::Definitions { json } => definitions(&client, json),
         Command::Start { process, input, wait, timeout, json } => start(&client, &process, input, wait, timeout, json),
         Command::Send { operation, body, id, wait_reply, json } => send(&client, &operation, &body, id, wait_reply, json),
@@ -384,6 +429,7 @@ pub fn main() -> i32 {
         Command::History { instance, json } => history(&client, &instance, json),
         Command::Vars(VarsCommand::Set { instance, variables, json }) => set_vars(&client, &instance, &variables, json),
         Command::InTransit(cmd) => in_transit(&client, cmd),
+        Command::Resource(cmd) => resource(&client, cmd),
         Command::Break(cmd) => breakpoints(&client, cmd),
         Command::Bench(args) => return crate::bench::run(args),
         Command::Partner(args) => return crate::partner::run(args),
@@ -508,7 +554,14 @@ fn query_escape(s: &str) -> String {
         .collect()
 }
 
-fn deploy(client: &Client, file: &PathBuf, name: Option<String>, allow_http: &[String], json_out: bool) -> Result<i32, CliError> {
+fn deploy(
+    client: &Client,
+    file: &PathBuf,
+    name: Option<String>,
+    allow_http: &[String],
+    resources: &[String],
+    json_out: bool,
+) -> Result<i32, CliError> {
     let bytes = std::fs::read(file).map_err(|e| CliError(EXIT_USAGE, format!("cannot read {}: {e}", file.display())))?;
     let name = name.unwrap_or_else(|| {
         file.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default()
@@ -516,6 +569,9 @@ fn deploy(client: &Client, file: &PathBuf, name: Option<String>, allow_http: &[S
     let mut path = format!("/v1/definitions?name={}", query_escape(&name));
     for prefix in allow_http {
         path.push_str(&format!("&allow_http={}", query_escape(prefix)));
+    }
+    for grant in resources {
+        path.push_str(&format!("&resource={}", query_escape(grant)));
     }
     let v = client.post_bytes(&path, &bytes)?;
     if json_out {
@@ -525,6 +581,9 @@ fn deploy(client: &Client, file: &PathBuf, name: Option<String>, allow_http: &[S
         println!("{verb} {} {} {}", v["kind"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
         for prefix in v["allow_http"].as_array().into_iter().flatten() {
             println!("  may call {}", prefix.as_str().unwrap_or(""));
+        }
+        for grant in v["resources"].as_array().into_iter().flatten() {
+            println!("  may use resource {}", grant.as_str().unwrap_or(""));
         }
     }
     Ok(0)
@@ -875,4 +934,58 @@ fn promote(data: &std::path::Path, store: Option<&str>, yes: bool) -> i32 {
             1
         }
     }
+}
+
+fn resource(client: &Client, cmd: ResourceCommand) -> Result<i32, CliError> {
+    match cmd {
+        ResourceCommand::Create { name, json } => {
+            let v = client.post_json("/v1/resources", &json!({ "name": name }))?;
+            if json {
+                print_json(&v);
+            } else if v["created"] == true {
+                println!("created resource {name}");
+            } else {
+                println!("resource {name} already exists");
+            }
+        }
+        ResourceCommand::Ls { json } => {
+            let v = client.get("/v1/resources")?;
+            if json {
+                print_json(&v);
+            } else {
+                for r in v["resources"].as_array().into_iter().flatten() {
+                    println!("{}", r["name"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        ResourceCommand::Get { name, key, json } => {
+            let v = client.get(&format!("/v1/resources/{}/keys/{}", query_escape(&name), query_escape(&key)))?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{} (version {})", v["value"], v["version"]);
+            }
+        }
+        ResourceCommand::Scan { name, prefix, after, limit, json } => {
+            let mut path = format!("/v1/resources/{}?prefix={}&limit={limit}", query_escape(&name), query_escape(&prefix));
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={}", query_escape(after)));
+            }
+            let v = client.get(&path)?;
+            if json {
+                print_json(&v);
+            } else {
+                let rows = v["rows"].as_array().cloned().unwrap_or_default();
+                let width = rows.iter().filter_map(|r| r["key"].as_str()).map(str::len).max().unwrap_or(3).max(3);
+                println!("{:<width$}  {:>7}  VALUE", "KEY", "VERSION");
+                for r in &rows {
+                    println!("{:<width$}  {:>7}  {}", r["key"].as_str().unwrap_or(""), r["version"], r["value"]);
+                }
+                if let Some(next) = v["next_after"].as_str() {
+                    println!("(more: --after {next})");
+                }
+            }
+        }
+    }
+    Ok(0)
 }

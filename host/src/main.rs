@@ -13,6 +13,7 @@ pub mod guestlog;
 pub mod isolated;
 pub mod outbound;
 pub mod partner;
+pub mod resources;
 pub mod runtime;
 pub mod service;
 

@@ -8,12 +8,14 @@
 //! Guests get WASI p2 with an empty context (no files, sockets, environment)
 //! plus `cairn:log/logging`. Activity components may also import
 //! `wasi:http/types` and `wasi:http/outgoing-handler`, every request passing
-//! the policy hooks of `outbound.rs`; process components may not (process
-//! handlers decide, activities act), so there are two linkers and a
-//! component is linked by the world its exports tell, and refused at load
-//! if a process imports wasi:http.
+//! the policy hooks of `outbound.rs`, and `cairn:resource/tables`, every
+//! operation going to the call's `ResourceAccess` (`resources.rs`); process
+//! components may not (process handlers decide, activities act), so there
+//! are two linkers and a component is linked by the world its exports tell,
+//! and refused at load if a process imports wasi:http.
 
 use crate::outbound::{self, OutboundCall};
+use crate::resources::{self, ResourceCall};
 use cairn_engine::{self as engine, HandlerOutput};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::PathBuf;
@@ -25,7 +27,9 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-mod bindings {
+/// The `bindgen!` output of the two worlds; `resources.rs` implements the
+/// host side of `cairn:resource/tables` from here.
+pub(crate) mod bindings {
     pub mod process {
         wasmtime::component::bindgen!({
             world: "cairn:process/process",
@@ -79,6 +83,9 @@ struct GuestState {
     http: WasiHttpCtx,
     /// The outbound policy of this call, and what its requests met.
     hooks: outbound::Hooks,
+    /// The resource access of this call, and the errors it gave. Reached
+    /// only by activity components (only their linker has cairn:resource).
+    resources: ResourceCall,
 }
 
 impl WasiView for GuestState {
@@ -158,7 +165,8 @@ pub struct Runtime {
     engine: Engine,
     /// WASI p2 and cairn:log: what process components may import.
     process_linker: Linker<GuestState>,
-    /// The same plus wasi:http types and outgoing-handler: activities.
+    /// The same plus wasi:http types and outgoing-handler and
+    /// cairn:resource/tables: activities.
     activity_linker: Linker<GuestState>,
     limits: Limits,
     /// Compiled components are cached here by digest; `None` disables the cache.
@@ -188,6 +196,11 @@ impl Runtime {
         let mut activity_linker = base()?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut activity_linker)
             .map_err(|e| anyhow!("linking wasi:http: {e:#}"))?;
+        bindings::activity::cairn::resource::tables::add_to_linker::<GuestState, wasmtime::component::HasSelf<ResourceCall>>(
+            &mut activity_linker,
+            |s| &mut s.resources,
+        )
+        .map_err(|e| anyhow!("linking cairn:resource: {e:#}"))?;
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -223,7 +236,7 @@ impl Runtime {
         let linker = if is_process { &self.process_linker } else { &self.activity_linker };
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
-                "the component imports something Cairn does not grant ({e:#}); it imports: {}. Processes may import WASI p2 and cairn:log/logging only; activities may also import wasi:http/types and wasi:http/outgoing-handler",
+                "the component imports something Cairn does not grant ({e:#}); it imports: {}. Processes may import WASI p2 and cairn:log/logging only; activities may also import wasi:http/types, wasi:http/outgoing-handler and cairn:resource/tables",
                 imports.join(", ")
             )
         })?;
@@ -273,7 +286,7 @@ impl Runtime {
         Ok(component)
     }
 
-    fn store(&self, log: Option<LogContext>, hooks: outbound::Hooks) -> (Store<GuestState>, Arc<AtomicBool>) {
+    fn store(&self, log: Option<LogContext>, hooks: outbound::Hooks, resources: ResourceCall) -> (Store<GuestState>, Arc<AtomicBool>) {
         let refused = Arc::new(AtomicBool::new(false));
         let state = GuestState {
             wasi: WasiCtx::builder().build(),
@@ -282,6 +295,7 @@ impl Runtime {
             log,
             http: WasiHttpCtx::new(),
             hooks,
+            resources,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -296,7 +310,7 @@ impl Runtime {
 
     /// Reads a process component's definition.
     pub fn describe(&self, component: &ProcessComponent) -> Result<engine::Definition, engine::Fault> {
-        let (mut store, refused) = self.store(None, no_outbound());
+        let (mut store, refused) = self.store(None, no_outbound(), ResourceCall::default());
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
         let def = instance.call_describe(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
         Ok(definition_from_wit(def))
@@ -319,7 +333,7 @@ impl Runtime {
     /// A process instance that lives for several calls: an atomic scope's.
     /// Guest memory (the SDK's scope state) lives as long as the session.
     pub fn session(&self, component: &ProcessComponent) -> Result<Session, engine::Fault> {
-        let (mut store, refused) = self.store(None, no_outbound());
+        let (mut store, refused) = self.store(None, no_outbound(), ResourceCall::default());
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
         Ok(Session { store, instance, refused })
     }
@@ -345,9 +359,16 @@ impl Runtime {
 
     /// Performs one activity call in a fresh instance, within `timeout` if
     /// given (else the configured call timeout). `http` is what the call may
-    /// reach with wasi:http (`None`: nothing). A call that fails after an
-    /// outbound request was refused or failed ends with the host's fault for
-    /// it (`outbound::Hooks::fault_instead`).
+    /// reach with wasi:http (`None`: nothing); `resources` is what it may do
+    /// with cairn:resource (`None`: every operation denied), the caller
+    /// keeping a clone to take the buffered writes out afterwards. A call
+    /// that fails after a resource operation got a named error (a denial)
+    /// ends with the host's fault for it (`ResourceCall::fault_instead`);
+    /// else, after an outbound request was refused or failed, with the
+    /// host's fault for that (`outbound::Hooks::fault_instead`).
+    // One argument per thing the call is given; the service's only call
+    // site names each.
+    #[allow(clippy::too_many_arguments)]
     pub fn invoke(
         &self,
         component: &ActivityComponent,
@@ -356,10 +377,11 @@ impl Runtime {
         log: LogContext,
         timeout: Option<Duration>,
         http: Option<OutboundCall>,
+        resources: Option<resources::Access>,
     ) -> Result<String, engine::Fault> {
         let budget = timeout.unwrap_or(self.limits.call_timeout);
         let hooks = outbound::Hooks::new(http, Instant::now() + budget);
-        let (mut store, refused) = self.store(Some(log), hooks);
+        let (mut store, refused) = self.store(Some(log), hooks, ResourceCall::new(resources));
         if timeout.is_some() {
             store.set_epoch_deadline((budget.as_millis() / TICK.as_millis()).max(1) as u64);
         }
@@ -372,7 +394,11 @@ impl Runtime {
         if fault.name == "cairn.memory-limit" {
             return Err(fault);
         }
-        Err(store.data().hooks.fault_instead(fault))
+        let state = store.data();
+        if state.resources.has_account() {
+            return Err(state.resources.fault_instead(fault));
+        }
+        Err(state.hooks.fault_instead(fault))
     }
 
     /// Guest misbehaviour becomes a system fault recorded in the instance.

@@ -1,8 +1,18 @@
 //! The typed write batch: the unit of atomicity. A persistence point, an
 //! intake, a deploy or an operator's decision is one `WriteBatch`, written
-//! all or nothing, and only if every fence it names still holds.
+//! all or nothing, and only if every fence and every resource check it names
+//! still holds.
+//!
+//! Resource versions: each key of a resource has a version, 0 while it was
+//! never written, one more on every `ResourcePut` and `ResourceDelete` of it
+//! (a delete leaves a tombstone that keeps the version, so versions never go
+//! back). A `ResourceCheck` holds if the stored version (after the batches
+//! before it in its group) is the one it names; the checks of a batch are
+//! compared before any of its writes.
 
-use crate::records::{CorrelationKey, DeployedRecord, HistoryEntry, InTransit, IntakeRecord, Reply, TimerKey};
+use crate::records::{
+    CorrelationKey, DeployedRecord, HistoryEntry, InTransit, IntakeRecord, Reply, ResourceCheck, ResourceInfo, TimerKey,
+};
 use cairn_engine::{Delivery, Effect, Snapshot};
 
 /// One write to one table. Keys and encodings are the backend's business.
@@ -37,6 +47,17 @@ pub enum Write {
     /// An isolated environment (a restored backup): every outbound effect is
     /// intercepted, whatever the host's flags, until `cairn promote`.
     Isolated(bool),
+    /// Creates a resource, or overwrites the info of an existing one (its rows stay).
+    ResourceCreate(ResourceInfo),
+    /// Sets `key` of resource `name` to `value` (JSON text); its version goes up by one.
+    /// The store does not check that the resource exists: that is the caller's job.
+    ResourcePut { name: String, key: String, value: String },
+    /// Removes `key` of resource `name`, leaving a tombstone; its version goes up by one.
+    ResourceDelete { name: String, key: String },
+    /// Writes a row as it is, with its version (`None`: a tombstone). Only for
+    /// copying a store (`backup`): anything else moves versions with
+    /// `ResourcePut` and `ResourceDelete`.
+    ResourceRestore { name: String, key: String, version: u64, value: Option<String> },
 }
 
 /// A fence condition: the write is based on `based_on` and moves it to `becomes`.
@@ -47,11 +68,14 @@ pub struct Fence {
     pub becomes: u64,
 }
 
-/// Writes committed together, under fences.
+/// Writes committed together, under fences and resource checks.
 #[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     pub writes: Vec<Write>,
     pub fences: Vec<Fence>,
+    /// Resource versions the batch is based on; one that no longer holds
+    /// rejects the batch whole (`StoreError::Conflict`).
+    pub checks: Vec<ResourceCheck>,
 }
 
 impl WriteBatch {
@@ -68,7 +92,12 @@ impl WriteBatch {
         self.fences.push(Fence { instance: instance.to_string(), based_on, becomes });
     }
 
+    /// The batch commits only if `key` of resource `name` is still at `version` (0 = never written).
+    pub fn check(&mut self, name: &str, key: &str, version: u64) {
+        self.checks.push(ResourceCheck { name: name.to_string(), key: key.to_string(), version });
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.fences.is_empty()
+        self.writes.is_empty() && self.fences.is_empty() && self.checks.is_empty()
     }
 }

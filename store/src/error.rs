@@ -1,10 +1,13 @@
-//! Store errors: a stale fence, a record that does not decode, or a storage failure.
+//! Store errors: a stale fence, a resource conflict, a record that does not decode, or a storage failure.
 
 /// What went wrong in the store, with the context to act on it.
 #[derive(Debug, Clone)]
 pub enum StoreError {
     /// The batch was based on a fence that is no longer current; nothing was written.
     Stale { instance: String, expected: u64, found: u64 },
+    /// The batch was based on a version of a resource key that is no longer
+    /// current (`WriteBatch::check`); nothing was written.
+    Conflict { resource: String, key: String, expected: u64, found: u64 },
     /// A stored record does not decode: damaged data, or a format this host does not know.
     Integrity { table: &'static str, key: String, reason: String },
     /// The backend failed (I/O, connection, the committer stopped).
@@ -16,6 +19,9 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Stale { instance, expected, found } => {
                 write!(f, "stale write to instance {instance}: based on fence {expected}, but the store holds {found}")
+            }
+            StoreError::Conflict { resource, key, expected, found } => {
+                write!(f, "conflict on resource {resource} key {key}: read at version {expected}, now {found}")
             }
             StoreError::Integrity { table, key, reason } => {
                 write!(f, "integrity error: the record '{key}' of table {table} does not decode: {reason}")

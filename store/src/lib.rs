@@ -5,12 +5,15 @@
 //! Tables: definitions (deployed versions and their component bytes),
 //! instances (snapshots), fences, inbox, outbox, timers, correlations,
 //! messages (intake records), history, replies, in-transit (held calls) and
-//! meta (breakpoints, parked instances, the clean-shutdown and isolated marks).
+//! meta (breakpoints, parked instances, the clean-shutdown and isolated marks),
+//! and resources (named tables of JSON documents by key, with versions).
 //!
 //! Architecture invariants:
 //! - Every write goes through `Store::commit` as one `WriteBatch`: all of it
 //!   or nothing. A batch names the fences it is based on, and the backend
-//!   rejects it whole (`StoreError::Stale`) if any stored fence differs.
+//!   rejects it whole (`StoreError::Stale`) if any stored fence differs. It
+//!   also names the resource versions it is based on (`WriteBatch::check`),
+//!   and is rejected whole (`StoreError::Conflict`) if any differs.
 //! - Concurrent batches are grouped: RocksDB merges them into one write with
 //!   one fsync; PostgreSQL into one transaction.
 //! - Keys and encodings live inside the backends. Every record carries a
@@ -31,7 +34,7 @@ pub use error::{Result, StoreError};
 pub use provision::fresh_postgres_database;
 pub use records::{
     CommitStats, ComponentKind, CorrelationKey, DeployedRecord, HistoryEntry, InTransit, InTransitState, InstanceFilter,
-    IntakeRecord, Reply, TimerKey,
+    IntakeRecord, Reply, ResourceCheck, ResourceInfo, ResourceRow, TimerKey,
 };
 
 use cairn_engine::{Delivery, Effect, Snapshot, Status};
@@ -80,6 +83,17 @@ pub trait Backend: Send + Sync {
     async fn clean_shutdown(&self) -> Result<bool>;
     /// Whether this store is an isolated environment (`Write::Isolated`).
     async fn isolated(&self) -> Result<bool>;
+
+    // resources
+    /// Every resource, by name.
+    async fn resources(&self) -> Result<Vec<ResourceInfo>>;
+    /// The version of `key` in resource `name` and its value (JSON text);
+    /// `None` if it was never written (version 0) or was deleted (the
+    /// tombstone's version).
+    async fn resource_get(&self, name: &str, key: &str) -> Result<(u64, Option<String>)>;
+    /// The live rows of resource `name` whose key starts with `prefix` and
+    /// comes after `after`, in key (byte) order, at most `limit`.
+    async fn resource_scan(&self, name: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<ResourceRow>>;
 
     /// Writes an online, consistent copy of the whole store into `dir`, as a
     /// data directory `cairn serve --data` (and `cairn restore`) opens.

@@ -23,6 +23,11 @@
 //! - `in_transit`   (instance, call id) -> `InTransit`
 //! - `breakpoints`  (process, path); `parked` (instance)
 //! - `meta`         `clean-shutdown` and `isolated` (empty) and `store-format` (one byte)
+//! - `resource_names` name -> `ResourceInfo` (schema version 2)
+//! - `resource_rows`  (name, key) -> version and the value (a `String`
+//!   record of its JSON text), NULL for a tombstone. A row at version 0
+//!   with a NULL value is a key that was checked while absent (see below):
+//!   it reads as absent, and a backup leaves it out.
 //!
 //! u64 values are stored in `bigint` columns as their i64 bit pattern.
 //!
@@ -32,6 +37,12 @@
 //!   `UPDATE fences SET fence = becomes WHERE fence = based_on` (or an insert
 //!   when based on 0): a batch based on a stale fence changes nothing, and
 //!   another host writing the same database is held to the same fences.
+//! - Its resource checks likewise: a check of version v > 0 is `SELECT … FOR
+//!   UPDATE` of the row at that version (locked, so that a concurrent writer
+//!   waits and is then held to the version it finds), a check of 0 inserts a
+//!   placeholder row at version 0 unless a row above 0 is there. A put or
+//!   delete is an upsert to version + 1 (1 for a new row); within the group
+//!   transaction each batch sees the versions the batches before it left.
 //! - Concurrent batches share one transaction (one WAL flush). The group is
 //!   first sent as one pipeline without savepoints; if any fence fails or
 //!   any statement errors, it is rolled back and replayed with a savepoint
@@ -137,6 +148,18 @@ CREATE TABLE meta (
     name  text COLLATE "C" PRIMARY KEY,
     value bytea NOT NULL
 );
+"#, r#"
+CREATE TABLE resource_names (
+    name text COLLATE "C" PRIMARY KEY,
+    info bytea NOT NULL
+);
+CREATE TABLE resource_rows (
+    name    text COLLATE "C" NOT NULL,
+    key     text COLLATE "C" NOT NULL,
+    version bigint NOT NULL,
+    value   bytea,
+    PRIMARY KEY (name, key)
+);
 "#];
 
 /// Read connections beside the committer's.
@@ -167,6 +190,11 @@ fn int(v: u64) -> i64 {
 /// A bigint column read back as the u64 it holds.
 fn uint(row: &Row, i: usize) -> u64 {
     row.get::<_, i64>(i) as u64
+}
+
+/// The key of a resource row, for error messages.
+fn row_key(name: &str, key: &str) -> String {
+    format!("{name}/{key}")
 }
 
 /// The key of an instance-scoped record, for error messages.
@@ -270,6 +298,25 @@ statements! {
     meta = "SELECT value FROM meta WHERE name = $1";
     put_meta = "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
     delete_meta = "DELETE FROM meta WHERE name = $1";
+    // resources
+    resources = "SELECT name, info FROM resource_names ORDER BY name";
+    put_resource_name = "INSERT INTO resource_names (name, info) VALUES ($1, $2)
+                         ON CONFLICT (name) DO UPDATE SET info = EXCLUDED.info";
+    resource_get = "SELECT version, value FROM resource_rows WHERE name = $1 AND key = $2";
+    resource_scan = "SELECT key, version, value FROM resource_rows
+                     WHERE name = $1 AND key >= $2 AND starts_with(key, $2) AND ($3::text IS NULL OR key > $3::text)
+                       AND value IS NOT NULL
+                     ORDER BY key LIMIT $4";
+    resource_version = "SELECT version FROM resource_rows WHERE name = $1 AND key = $2";
+    resource_check = "SELECT 1 FROM resource_rows WHERE name = $1 AND key = $2 AND version = $3 FOR UPDATE";
+    resource_check_absent = "INSERT INTO resource_rows (name, key, version, value) VALUES ($1, $2, 0, NULL)
+                             ON CONFLICT (name, key) DO UPDATE SET version = 0 WHERE resource_rows.version = 0";
+    put_resource_row = "INSERT INTO resource_rows (name, key, version, value) VALUES ($1, $2, 1, $3)
+                        ON CONFLICT (name, key) DO UPDATE SET version = resource_rows.version + 1, value = EXCLUDED.value";
+    delete_resource_row = "INSERT INTO resource_rows (name, key, version, value) VALUES ($1, $2, 1, NULL)
+                           ON CONFLICT (name, key) DO UPDATE SET version = resource_rows.version + 1, value = NULL";
+    restore_resource_row = "INSERT INTO resource_rows (name, key, version, value) VALUES ($1, $2, $3, $4)
+                            ON CONFLICT (name, key) DO UPDATE SET version = EXCLUDED.version, value = EXCLUDED.value";
 }
 
 // ---------------------------------------------------------------------------
@@ -496,6 +543,8 @@ struct Op<'a> {
 enum OpKind {
     /// Moves the batch's fence at this index; holds only if it changes one row.
     Fence(usize),
+    /// The batch's resource check at this index; holds only if it finds (or inserts) one row.
+    Check(usize),
     /// Writes this table.
     Write(&'static str),
 }
@@ -508,16 +557,17 @@ impl<'a> Op<'a> {
     /// Whether the statement's result lets the batch commit.
     fn held(&self, result: &std::result::Result<u64, tokio_postgres::Error>) -> bool {
         match (self.kind, result) {
-            (OpKind::Fence(_), Ok(rows)) => *rows == 1,
+            (OpKind::Fence(_) | OpKind::Check(_), Ok(rows)) => *rows == 1,
             (OpKind::Write(_), Ok(_)) => true,
             (_, Err(_)) => false,
         }
     }
 }
 
-/// The statements of one batch: its fences first, then its writes in order.
+/// The statements of one batch: its fences first, then its resource checks,
+/// then its writes in order.
 fn plan<'a>(st: &'a Statements, batch: &'a WriteBatch) -> Vec<Op<'a>> {
-    let mut ops = Vec::with_capacity(batch.fences.len() + batch.writes.len() + 1);
+    let mut ops = Vec::with_capacity(batch.fences.len() + batch.checks.len() + batch.writes.len() + 1);
     for (i, f) in batch.fences.iter().enumerate() {
         let (stmt, params) = if f.based_on == 0 {
             // Absent counts as 0, as in RocksDB.
@@ -526,6 +576,14 @@ fn plan<'a>(st: &'a Statements, batch: &'a WriteBatch) -> Vec<Op<'a>> {
             (&st.fence_next, params![f.instance.as_str(), int(f.based_on), int(f.becomes)])
         };
         ops.push(Op { stmt, params, kind: OpKind::Fence(i) });
+    }
+    for (i, c) in batch.checks.iter().enumerate() {
+        let (stmt, params) = if c.version == 0 {
+            (&st.resource_check_absent, params![c.name.as_str(), c.key.as_str()])
+        } else {
+            (&st.resource_check, params![c.name.as_str(), c.key.as_str(), int(c.version)])
+        };
+        ops.push(Op { stmt, params, kind: OpKind::Check(i) });
     }
     for w in &batch.writes {
         plan_write(st, w, &mut ops);
@@ -605,6 +663,20 @@ fn plan_write<'a>(st: &'a Statements, write: &'a Write, ops: &mut Vec<Op<'a>>) {
         Write::CleanShutdown(false) => op("meta", &st.delete_meta, params![CLEAN_SHUTDOWN]),
         Write::Isolated(true) => op("meta", &st.put_meta, params![ISOLATED, Vec::<u8>::new()]),
         Write::Isolated(false) => op("meta", &st.delete_meta, params![ISOLATED]),
+        Write::ResourceCreate(info) => {
+            op("resource_names", &st.put_resource_name, params![info.name.as_str(), encode(info)])
+        }
+        Write::ResourcePut { name, key, value } => {
+            op("resource_rows", &st.put_resource_row, params![name.as_str(), key.as_str(), encode(value)])
+        }
+        Write::ResourceDelete { name, key } => {
+            op("resource_rows", &st.delete_resource_row, params![name.as_str(), key.as_str()])
+        }
+        Write::ResourceRestore { name, key, version, value } => op(
+            "resource_rows",
+            &st.restore_resource_row,
+            params![name.as_str(), key.as_str(), int(*version), value.as_ref().map(encode)],
+        ),
     }
 }
 
@@ -758,6 +830,19 @@ async fn one_by_one(conn: &Conn, batches: &[WriteBatch], plans: &[Vec<Op<'_>>]) 
                 StoreError::Stale { instance: f.instance.clone(), expected: f.based_on, found }
             }
             (OpKind::Fence(i), Err(e)) => storage(&format!("checking the fence of instance {}", batch.fences[i].instance), e),
+            (OpKind::Check(i), Ok(_)) => {
+                let c = &batch.checks[i];
+                let found = client
+                    .query_opt(&conn.st.resource_version, &[&c.name, &c.key])
+                    .await
+                    .map_err(|e| Broken(storage("reading a resource version", e)))?
+                    .map_or(0, |row| uint(&row, 0));
+                StoreError::Conflict { resource: c.name.clone(), key: c.key.clone(), expected: c.version, found }
+            }
+            (OpKind::Check(i), Err(e)) => {
+                let c = &batch.checks[i];
+                storage(&format!("checking the version of resource {} key {}", c.name, c.key), e)
+            }
             (OpKind::Write(table), Err(e)) => storage(&format!("writing {table}"), e),
             (OpKind::Write(_), Ok(_)) => unreachable!("a write that succeeded holds"),
         }));
@@ -939,6 +1024,36 @@ impl Backend for PgStore {
 
     async fn isolated(&self) -> Result<bool> {
         Ok(self.query_opt("reading the isolated mark", |s| &s.meta, &[&ISOLATED]).await?.is_some())
+    }
+
+    async fn resources(&self) -> Result<Vec<ResourceInfo>> {
+        let rows = self.query("reading resources", |s| &s.resources, &[]).await?;
+        rows.iter().map(|r| decode("resource_names", &r.get::<_, &str>(0), r.get(1))).collect()
+    }
+
+    async fn resource_get(&self, name: &str, key: &str) -> Result<(u64, Option<String>)> {
+        match self.query_opt("reading a resource", |s| &s.resource_get, &[&name, &key]).await? {
+            Some(r) => {
+                let value = r.get::<_, Option<&[u8]>>(1).map(|v| decode("resource_rows", &row_key(name, key), v)).transpose()?;
+                Ok((uint(&r, 0), value))
+            }
+            None => Ok((0, None)),
+        }
+    }
+
+    async fn resource_scan(&self, name: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<ResourceRow>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.query("scanning a resource", |s| &s.resource_scan, &[&name, &prefix, &after, &limit]).await?;
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let value = decode("resource_rows", &row_key(name, &key), r.get(2))?;
+                Ok(ResourceRow { key, version: uint(r, 1), value })
+            })
+            .collect()
     }
 
     async fn backup(&self, dir: &Path) -> Result<()> {
@@ -1177,6 +1292,27 @@ async fn copy_store(client: &Client, to: &RocksStore) -> Result<()> {
                 ISOLATED => out.write(Write::Isolated(true), 0).await?,
                 _ => {}
             }
+        }
+    }
+    let mut c = Cursor::open(client, "resource_names", "SELECT name, info FROM resource_names", 1000).await?;
+    while let Some(rows) = c.next().await? {
+        for r in rows {
+            let body: &[u8] = r.get(1);
+            let info = decode("resource_names", &r.get::<_, &str>(0), body)?;
+            out.write(Write::ResourceCreate(info), body.len()).await?;
+        }
+    }
+    // Every row with its version, tombstones too, so that the copy's versions
+    // are the original's; placeholders of checked absent keys (version 0) read
+    // as absent either way and stay behind.
+    let sql = "SELECT name, key, version, value FROM resource_rows WHERE version > 0";
+    let mut c = Cursor::open(client, "resource_rows", sql, 1000).await?;
+    while let Some(rows) = c.next().await? {
+        for r in rows {
+            let (name, key, version, body): (String, String, u64, Option<&[u8]>) = (r.get(0), r.get(1), uint(&r, 2), r.get(3));
+            let bytes = body.map_or(0, <[u8]>::len);
+            let value = body.map(|v| decode("resource_rows", &row_key(&name, &key), v)).transpose()?;
+            out.write(Write::ResourceRestore { name, key, version, value }, bytes).await?;
         }
     }
     out.commit().await?;

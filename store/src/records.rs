@@ -29,6 +29,10 @@ pub struct DeployedRecord {
     /// grant; the host's ceiling applies too). Part of the version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_http: Vec<String>,
+    /// Resources an activity component may use (`NAME`, `NAME:read`,
+    /// `NAME:write`; its deploy grant). Part of the version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
 }
 
 /// One persistence point in an instance's history.
@@ -39,6 +43,14 @@ pub struct HistoryEntry {
     pub reason: Reason,
     pub status: Status,
     pub path: String,
+    /// Times this point's batch was rejected for a resource conflict and its
+    /// calls ran again before it committed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resource_conflicts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The reply to a request-response message.
@@ -99,6 +111,32 @@ pub struct CorrelationKey {
     pub process: String,
     pub set: String,
     pub values: String,
+}
+
+/// A resource: a named table of JSON documents by key, written in the same
+/// batches as the persistence points of instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceInfo {
+    pub name: String,
+    pub created_ms: u64,
+}
+
+/// A live row of a resource: its key, its version and its value (JSON text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceRow {
+    pub key: String,
+    pub version: u64,
+    pub value: String,
+}
+
+/// An optimistic check: the batch commits only if the key `key` of resource
+/// `name` is still at `version` (the version a call read, or based a write
+/// on; 0 = never written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceCheck {
+    pub name: String,
+    pub key: String,
+    pub version: u64,
 }
 
 /// Which instances a listing wants.

@@ -17,11 +17,19 @@
 //! - `meta`         `breakpoint\0PROCESS\0PATH`, `parked\0ID`, `clean-shutdown`, `isolated`
 //!   (empty values) and `store-format` (one byte)
 //! - `in_transit`   instance id, 0, call id (u64 BE) -> `InTransit`
+//! - `resources`    resource name, 0, key -> version (u64 BE), then an
+//!   `Option<String>` record: the value's JSON text, `None` for a tombstone
+//! - `resource_names` resource name -> `ResourceInfo`
+//!
+//! Resource names hold no NUL (neither do PostgreSQL's text columns), so
+//! `name, 0` prefixes exactly the rows of one resource.
 //!
 //! The committer thread is the only writer, so its check-then-write of
-//! fences is atomic. It drains what is queued, checks each batch's fences
-//! (against the store and the batches before it in the group), and writes
-//! the accepted ones as one RocksDB `WriteBatch` with one fsync.
+//! fences and resource versions is atomic. It drains what is queued, checks
+//! each batch's fences and resource checks (against the store and the
+//! batches before it in the group), gives each resource write its new
+//! version (likewise), and writes the accepted batches as one RocksDB
+//! `WriteBatch` with one fsync.
 
 use crate::batch::{Write, WriteBatch};
 use crate::codec::{self, decode, encode};
@@ -49,10 +57,12 @@ enum Cf {
     Replies,
     Meta,
     InTransit,
+    Resources,
+    ResourceNames,
 }
 
 impl Cf {
-    const ALL: [Cf; 13] = [
+    const ALL: [Cf; 15] = [
         Cf::Definitions,
         Cf::Components,
         Cf::Instances,
@@ -66,6 +76,8 @@ impl Cf {
         Cf::Replies,
         Cf::Meta,
         Cf::InTransit,
+        Cf::Resources,
+        Cf::ResourceNames,
     ];
 
     fn name(self) -> &'static str {
@@ -83,6 +95,8 @@ impl Cf {
             Cf::Replies => "replies",
             Cf::Meta => "meta",
             Cf::InTransit => "in_transit",
+            Cf::Resources => "resources",
+            Cf::ResourceNames => "resource_names",
         }
     }
 }
@@ -147,6 +161,28 @@ mod keys {
     pub fn parked(instance: &str) -> Vec<u8> {
         [PARKED, instance.as_bytes()].concat()
     }
+    /// A row of a resource; with a partial key, the prefix of the rows whose keys start with it.
+    pub fn resource(name: &str, key: &str) -> Vec<u8> {
+        [name.as_bytes(), b"\0", key.as_bytes()].concat()
+    }
+}
+
+/// A resource row's stored value: its version, then the value or `None` (a tombstone).
+fn resource_value(version: u64, value: Option<&str>) -> Vec<u8> {
+    let mut out = version.to_be_bytes().to_vec();
+    out.extend_from_slice(&encode(&value));
+    out
+}
+
+/// The version and value of the resource row `name`/`key` stored as `bytes`.
+fn parse_resource(name: &str, key: &str, bytes: &[u8]) -> Result<(u64, Option<String>)> {
+    let shown = format!("{name}/{key}");
+    if bytes.len() < 9 {
+        let reason = "shorter than a version and a record".into();
+        return Err(StoreError::Integrity { table: Cf::Resources.name(), key: shown, reason });
+    }
+    let version = keys::trailing_u64(&bytes[..8]);
+    Ok((version, decode(Cf::Resources.name(), &shown, &bytes[8..])?))
 }
 
 /// A readable rendering of a key for error messages.
@@ -414,6 +450,47 @@ impl crate::Backend for RocksStore {
         Ok(self.get(Cf::Meta, keys::ISOLATED)?.is_some())
     }
 
+    async fn resources(&self) -> Result<Vec<ResourceInfo>> {
+        self.records(Cf::ResourceNames, b"")
+    }
+
+    async fn resource_get(&self, name: &str, key: &str) -> Result<(u64, Option<String>)> {
+        match self.get(Cf::Resources, &keys::resource(name, key))? {
+            Some(v) => parse_resource(name, key, &v),
+            None => Ok((0, None)),
+        }
+    }
+
+    async fn resource_scan(&self, name: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<ResourceRow>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let rows = keys::resource(name, prefix);
+        let start = match after {
+            Some(after) => rows.clone().max(keys::resource(name, after)),
+            None => rows.clone(),
+        };
+        let key_at = name.len() + 1;
+        for item in self.db.iterator_cf(self.cf(Cf::Resources), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| storage("scanning resources", e))?;
+            if !k.starts_with(&rows) {
+                break;
+            }
+            let key = String::from_utf8_lossy(&k[key_at..]);
+            if after == Some(&*key) {
+                continue;
+            }
+            if let (version, Some(value)) = parse_resource(name, &key, &v)? {
+                out.push(ResourceRow { key: key.into_owned(), version, value });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn backup(&self, dir: &Path) -> Result<()> {
         if dir.exists() {
             return Err(StoreError::Storage(format!("{} already exists: a backup goes into a new directory", dir.display())));
@@ -448,8 +525,9 @@ impl crate::Backend for RocksStore {
     }
 }
 
-/// Adds one typed write to a RocksDB write batch.
-fn put_write(db: &DB, wb: &mut rocksdb::WriteBatch, write: &Write) {
+/// Adds one typed write to a RocksDB write batch. `version` is the version a
+/// resource row write gives its key (see `resolve`); other writes ignore it.
+fn put_write(db: &DB, wb: &mut rocksdb::WriteBatch, write: &Write, version: u64) {
     let cf = |c: Cf| db.cf_handle(c.name()).expect("column family opened at start");
     match write {
         Write::Definition { record, component } => {
@@ -491,7 +569,68 @@ fn put_write(db: &DB, wb: &mut rocksdb::WriteBatch, write: &Write) {
         Write::CleanShutdown(false) => wb.delete_cf(cf(Cf::Meta), keys::CLEAN_SHUTDOWN),
         Write::Isolated(true) => wb.put_cf(cf(Cf::Meta), keys::ISOLATED, []),
         Write::Isolated(false) => wb.delete_cf(cf(Cf::Meta), keys::ISOLATED),
+        Write::ResourceCreate(info) => wb.put_cf(cf(Cf::ResourceNames), info.name.as_bytes(), encode(info)),
+        Write::ResourcePut { name, key, value } => {
+            wb.put_cf(cf(Cf::Resources), keys::resource(name, key), resource_value(version, Some(value.as_str())))
+        }
+        Write::ResourceDelete { name, key } => {
+            wb.put_cf(cf(Cf::Resources), keys::resource(name, key), resource_value(version, None))
+        }
+        Write::ResourceRestore { name, key, value, .. } => {
+            wb.put_cf(cf(Cf::Resources), keys::resource(name, key), resource_value(version, value.as_deref()))
+        }
     }
+}
+
+/// A resource row: (resource name, key).
+type RowKey = (String, String);
+
+/// The version of a resource row as the group leaves it so far: written by
+/// an earlier batch of the group, or stored.
+fn row_version(db: &DB, group: &HashMap<RowKey, u64>, name: &str, key: &str) -> Result<u64> {
+    if let Some(v) = group.get(&(name.to_string(), key.to_string())) {
+        return Ok(*v);
+    }
+    let cf = db.cf_handle(Cf::Resources.name()).expect("column family opened at start");
+    match db.get_pinned_cf(cf, keys::resource(name, key)).map_err(|e| storage("reading a resource version", e))? {
+        Some(v) => Ok(parse_resource(name, key, &v)?.0),
+        None => Ok(0),
+    }
+}
+
+/// Checks a batch's resource checks against the group so far, and gives each
+/// of its writes the version it leaves its resource row at (0 for writes
+/// that are not resource rows). Also returns the rows the batch moves, to
+/// merge into the group's once it is accepted.
+fn resolve(db: &DB, group: &HashMap<RowKey, u64>, batch: &WriteBatch) -> Result<(Vec<u64>, HashMap<RowKey, u64>)> {
+    for c in &batch.checks {
+        let found = row_version(db, group, &c.name, &c.key)?;
+        if found != c.version {
+            return Err(StoreError::Conflict { resource: c.name.clone(), key: c.key.clone(), expected: c.version, found });
+        }
+    }
+    let mut moved: HashMap<RowKey, u64> = HashMap::new();
+    let mut versions = Vec::with_capacity(batch.writes.len());
+    for w in &batch.writes {
+        let version = match w {
+            Write::ResourcePut { name, key, .. } | Write::ResourceDelete { name, key } => {
+                let row = (name.clone(), key.clone());
+                let current = match moved.get(&row) {
+                    Some(v) => *v,
+                    None => row_version(db, group, name, key)?,
+                };
+                moved.insert(row, current + 1);
+                current + 1
+            }
+            Write::ResourceRestore { name, key, version, .. } => {
+                moved.insert((name.clone(), key.clone()), *version);
+                *version
+            }
+            _ => 0,
+        };
+        versions.push(version);
+    }
+    Ok((versions, moved))
 }
 
 fn committer(db: Arc<DB>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Arc<Stats>) {
@@ -513,8 +652,10 @@ fn committer(db: Arc<DB>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Ar
             }
         }
         let mut wb = rocksdb::WriteBatch::default();
-        // Fences as this group leaves them, so later batches see earlier ones.
+        // Fences and resource versions as this group leaves them, so later
+        // batches see earlier ones.
         let mut fences: HashMap<String, u64> = HashMap::new();
+        let mut rows: HashMap<RowKey, u64> = HashMap::new();
         let mut accepted = Vec::with_capacity(group.len());
         'batches: for (batch, done) in group {
             for f in &batch.fences {
@@ -533,12 +674,20 @@ fn committer(db: Arc<DB>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Ar
                     continue 'batches;
                 }
             }
+            let (versions, moved) = match resolve(&db, &rows, &batch) {
+                Ok(resolved) => resolved,
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                    continue 'batches;
+                }
+            };
+            rows.extend(moved);
             for f in &batch.fences {
                 fences.insert(f.instance.clone(), f.becomes);
                 wb.put_cf(fences_cf, f.instance.as_bytes(), f.becomes.to_be_bytes());
             }
-            for w in &batch.writes {
-                put_write(&db, &mut wb, w);
+            for (w, version) in batch.writes.iter().zip(versions) {
+                put_write(&db, &mut wb, w, version);
             }
             accepted.push(done);
         }

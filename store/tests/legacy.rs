@@ -83,6 +83,15 @@ async fn a_directory_written_before_format_versions_is_served_as_it_is() {
     b.push(cairn_store::Write::Instance(Box::new(next)));
     store.commit(b).await.unwrap();
     assert_eq!(store.instance("i-1").await.unwrap().unwrap().fence, 4);
+    // Families added since (resources) are created on open.
+    assert!(store.resources().await.unwrap().is_empty());
+    assert_eq!(store.resource_get("stock", "w").await.unwrap(), (0, None));
+    let mut b = cairn_store::WriteBatch::new();
+    b.push(cairn_store::Write::ResourceCreate(cairn_store::ResourceInfo { name: "stock".into(), created_ms: 1 }));
+    b.push(cairn_store::Write::ResourcePut { name: "stock".into(), key: "w".into(), value: "1".into() });
+    b.check("stock", "w", 0);
+    store.commit(b).await.unwrap();
+    assert_eq!(store.resource_get("stock", "w").await.unwrap(), (1, Some("1".into())));
     store.close().await;
 }
 

@@ -96,11 +96,78 @@ async fn a_reopened_store_keeps_its_data_and_does_not_migrate_again() {
 
     let again = open(&url).await;
     let version: i32 = sql(&url).await.query_one("SELECT version FROM cairn_schema_version", &[]).await.unwrap().get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let twice = open(&url).await;
     spec::same_contents(&again, &twice).await;
     again.close().await;
     twice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_at_schema_version_1_migrates_to_resources_keeping_its_data() {
+    let Some(server) = server("a_database_at_schema_version_1_migrates_to_resources_keeping_its_data") else { return };
+    let url = fresh_url(&server).await;
+    let store = open(&url).await;
+    spec::commit(&store, vec![Write::Parked { instance: "p1".into(), parked: true }]).await;
+    store.close().await;
+    drop(store);
+    // As a cairn before resources left it.
+    sql(&url)
+        .await
+        .batch_execute("DROP TABLE resource_rows, resource_names; UPDATE cairn_schema_version SET version = 1")
+        .await
+        .unwrap();
+    let store = open(&url).await;
+    let version: i32 = sql(&url).await.query_one("SELECT version FROM cairn_schema_version", &[]).await.unwrap().get(0);
+    assert_eq!(version, 2);
+    assert_eq!(store.parked().await.unwrap(), ["p1"]);
+    assert!(store.resources().await.unwrap().is_empty());
+    let mut b = spec::batch(vec![Write::ResourceCreate(spec::info("stock", 1)), spec::put_row("stock", "w", "1")]);
+    b.check("stock", "w", 0);
+    store.commit(b).await.unwrap();
+    assert_eq!(spec::get(&store, "stock", "w").await, (1, Some("1".into())));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_resource_row_is_an_integrity_error_naming_table_and_key() {
+    let Some(server) = server("a_damaged_resource_row_is_an_integrity_error_naming_table_and_key") else { return };
+    let url = fresh_url(&server).await;
+    let store = open(&url).await;
+    spec::commit(&store, vec![spec::put_row("stock", "w", "1")]).await;
+    sql(&url).await.batch_execute(r"UPDATE resource_rows SET value = '\x017b' WHERE key = 'w'").await.unwrap();
+    spec::assert_integrity(store.resource_get("stock", "w").await, "resource_rows", "stock/w");
+    spec::assert_integrity(store.resource_scan("stock", "", None, 10).await, "resource_rows", "stock/w");
+    store.close().await;
+}
+
+/// Two hosts on one database are held to the same resource versions: a
+/// batch based on a version another host's commit moved is rejected.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_on_one_database_are_held_to_the_same_resource_versions() {
+    let Some(server) = server("two_hosts_on_one_database_are_held_to_the_same_resource_versions") else { return };
+    let url = fresh_url(&server).await;
+    let (one, two) = (open(&url).await, open(&url).await);
+    spec::commit(&one, vec![spec::put_row("stock", "w", "1")]).await;
+    for round in 0..20u64 {
+        let mut a = spec::batch(vec![spec::put_row("stock", "w", "\"one\"")]);
+        a.check("stock", "w", round + 1);
+        let mut b = spec::batch(vec![spec::put_row("stock", "w", "\"two\"")]);
+        b.check("stock", "w", round + 1);
+        let key = format!("new{round}");
+        let mut c = spec::batch(vec![spec::put_row("stock", &key, "1")]);
+        c.check("stock", &key, 0);
+        let mut d = c.clone();
+        d.writes = vec![spec::put_row("stock", &key, "2")];
+        let results = spec::in_order(vec![one.commit(a), two.commit(b), one.commit(c), two.commit(d)]).await;
+        assert_eq!(results[..2].iter().filter(|r| r.is_ok()).count(), 1, "round {round}: {results:?}");
+        assert_eq!(results[2..].iter().filter(|r| r.is_ok()).count(), 1, "round {round}: {results:?}");
+        assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(StoreError::Conflict { .. }))), "{results:?}");
+        assert_eq!(spec::get(&one, "stock", "w").await.0, round + 2);
+        assert_eq!(spec::get(&two, "stock", &key).await.0, 1);
+    }
+    one.close().await;
+    two.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -38,14 +38,26 @@ async fn a_damaged_record_is_an_integrity_error_naming_table_and_key() {
         // Under the store: the column families as rocks.rs lays them out.
         let cfs = [
             "definitions", "components", "instances", "fences", "inbox", "outbox", "timers", "correlations", "messages",
-            "history", "replies", "meta", "in_transit",
+            "history", "replies", "meta", "in_transit", "resources", "resource_names",
         ];
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.0.join("db"), cfs).expect("opens raw");
         db.put_cf(db.cf_handle("instances").unwrap(), b"i-bad", [9u8]).unwrap();
+        let resources = db.cf_handle("resources").unwrap();
+        db.put_cf(resources, b"stock\0short", [0u8, 1]).unwrap();
+        db.put_cf(resources, b"stock\0bad", [0u8, 0, 0, 0, 0, 0, 0, 1, 1, b'{']).unwrap();
     }
     let store = open(&dir.0).await;
     spec::assert_integrity(store.instance("i-bad").await, "instances", "i-bad");
     spec::assert_integrity(store.instances(&InstanceFilter::default(), 10).await, "instances", "i-bad");
+    spec::assert_integrity(store.resource_get("stock", "short").await, "resources", "stock/short");
+    spec::assert_integrity(store.resource_get("stock", "bad").await, "resources", "stock/bad");
+    spec::assert_integrity(store.resource_scan("stock", "", None, 10).await, "resources", "stock/bad");
+    let mut b = spec::batch(vec![spec::put_row("stock", "bad", "1")]);
+    b.check("stock", "bad", 1);
+    let e = store.commit(b).await;
+    assert!(matches!(e, Err(cairn_store::StoreError::Integrity { table: "resources", .. })), "{e:?}");
+    spec::commit(&store, vec![spec::put_row("stock", "fine", "1")]).await;
+    assert_eq!(spec::get(&store, "stock", "fine").await, (1, Some("1".into())), "the committer goes on");
     store.close().await;
 }
 

@@ -4,7 +4,7 @@
 //! persistence point of its own (reason `Dispatch`).
 
 use super::{Expect, Machine};
-use crate::contract::{Effect, Reason, Yield};
+use crate::contract::{Effect, Reason, ResourceAccesses, Yield};
 use crate::definition::{Activity, Node, Target};
 use crate::snapshot::{Fault, Phase};
 
@@ -45,13 +45,17 @@ impl Machine<'_> {
 
     /// An invoke's result arrived: its outbox entry goes, and its output
     /// handler (if any) reads the result. A fault result is raised here.
-    pub(super) fn invoke_result(&mut self, call_id: u64, result: Result<String, Fault>) -> Option<Yield> {
+    pub(super) fn invoke_result(&mut self, call_id: u64, result: Result<String, Fault>, resources: ResourceAccesses) -> Option<Yield> {
         let top = self.snap.stack.last().expect("invoke result for a finished instance");
         assert_eq!(top.phase, Phase::AwaitInvoke { call_id }, "result for a call not awaited");
         let Activity::Invoke { output, .. } = &self.def.node(top.node).activity else {
             unreachable!("AwaitInvoke on a node that is not an invoke")
         };
         self.effects.push(Effect::InvokeDone { call_id });
+        // A failed call's resource writes are dropped with it.
+        if result.is_ok() && !resources.is_empty() {
+            self.effects.push(Effect::ResourceWrites { call_id, accesses: resources });
+        }
         match result {
             Err(fault) => Some(self.raise(fault)),
             Ok(out) => match output {

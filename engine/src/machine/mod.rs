@@ -163,6 +163,19 @@ impl<'d> Machine<'d> {
         }
     }
 
+    /// The resource writes decided since the last persistence point, in
+    /// order (an atomic scope's or microflow's earlier calls): a later call
+    /// of the same transaction reads them.
+    pub fn pending_resource_writes(&self) -> Vec<crate::contract::ResourceWrite> {
+        self.effects
+            .iter()
+            .flat_map(|e| match e {
+                Effect::ResourceWrites { accesses, .. } => accesses.writes.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
     /// Removes and returns the pending `Effect::Invoke` with this call id (a
     /// microflow or atomic scope runs it inline, never through the outbox).
     pub fn take_invoke(&mut self, call_id: u64) -> Option<Effect> {
@@ -242,7 +255,7 @@ impl<'d> Machine<'d> {
                 }
             }
             Input::Message(delivery) => self.message_arrived(delivery),
-            Input::InvokeResult { call_id, result } => self.invoke_result(call_id, result),
+            Input::InvokeResult { call_id, result, resources } => self.invoke_result(call_id, result, resources),
         }
     }
 

@@ -23,9 +23,12 @@
 //! ```
 //!
 //! An activity may call partners over HTTP with [`http`] (`wasi:http`,
-//! checked against the host's grants).
+//! checked against the host's grants), and read and write resources, tables
+//! of JSON documents kept by Cairn, with [`resource`] (`cairn:resource`,
+//! granted per table; writes commit with the calling instance).
 
 pub mod http;
+pub mod resource;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -33,6 +33,9 @@ pub fn router(svc: Service) -> Router {
         .route("/v1/messages", post(send_message))
         .route("/v1/backup", post(backup))
         .route("/v1/breakpoints", get(list_breakpoints).post(set_breakpoint).delete(clear_breakpoint))
+        .route("/v1/resources", get(list_resources).post(create_resource))
+        .route("/v1/resources/{name}", get(scan_resource))
+        .route("/v1/resources/{name}/keys/{key}", get(get_resource_key))
         .route("/v1/in-transit", get(list_in_transit))
         .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
         .fallback(|| async { error(Error::new(ErrorKind::NotFound, "no such route; see the README's HTTP reference")) })
@@ -76,18 +79,22 @@ async fn deploy(State(svc): State<Service>, RawQuery(query): RawQuery, body: Byt
             .map_err(|e| Error::new(ErrorKind::BadInput, format!("the query string is not valid: {e}")))?;
         let mut name = None;
         let mut allow_http = Vec::new();
+        let mut resources = Vec::new();
         for (key, value) in pairs {
             match key.as_str() {
                 "name" => name = Some(value),
                 "allow_http" => allow_http.push(value),
-                other => return Err(Error::new(ErrorKind::BadInput, format!("unknown query parameter '{other}': use name and allow_http"))),
+                "resource" => resources.push(value),
+                other => {
+                    return Err(Error::new(ErrorKind::BadInput, format!("unknown query parameter '{other}': use name, allow_http and resource")))
+                }
             }
         }
-        let (record, created) = svc.deploy(body.to_vec(), name, allow_http).await?;
+        let (record, created) = svc.deploy(body.to_vec(), name, allow_http, resources).await?;
         let status = if created { StatusCode::CREATED } else { StatusCode::OK };
         Ok((
             status,
-            json!({ "name": record.name, "version": record.version, "kind": kind_name(record.kind), "created": created, "allow_http": record.allow_http }),
+            json!({ "name": record.name, "version": record.version, "kind": kind_name(record.kind), "created": created, "allow_http": record.allow_http, "resources": record.resources }),
         ))
     }
     .await)
@@ -304,6 +311,65 @@ async fn backup(State(svc): State<Service>, body: Bytes) -> Response {
         let req: BackupRequest = parse_json(&body)?;
         svc.backup(std::path::Path::new(&req.dir)).await?;
         Ok((StatusCode::CREATED, json!({ "dir": req.dir })))
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+struct CreateResource {
+    name: String,
+}
+
+async fn create_resource(State(svc): State<Service>, body: Bytes) -> Response {
+    respond(async {
+        let req: CreateResource = parse_json(&body)?;
+        let (info, created) = svc.create_resource(&req.name).await?;
+        let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+        Ok((status, json!({ "name": info.name, "created_ms": info.created_ms, "created": created })))
+    }
+    .await)
+}
+
+async fn list_resources(State(svc): State<Service>) -> Response {
+    respond(async {
+        let list: Vec<Value> = svc.store.resources().await?.iter().map(|r| json!({ "name": r.name, "created_ms": r.created_ms })).collect();
+        Ok((StatusCode::OK, json!({ "resources": list })))
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+struct ScanQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn scan_resource(State(svc): State<Service>, Path(name): Path<String>, Query(q): Query<ScanQuery>) -> Response {
+    respond(async {
+        svc.resource(&name).await?;
+        let limit = q.limit.unwrap_or(100).min(1000);
+        let rows = svc.store.resource_scan(&name, q.prefix.as_deref().unwrap_or(""), q.after.as_deref(), limit).await?;
+        let next_after = (rows.len() == limit).then(|| rows.last().map(|r| r.key.clone())).flatten();
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({ "key": r.key, "version": r.version, "value": serde_json::from_str::<Value>(&r.value).unwrap_or(Value::Null) }))
+            .collect();
+        Ok((StatusCode::OK, json!({ "name": name, "count": rows.len(), "rows": rows, "next_after": next_after })))
+    }
+    .await)
+}
+
+async fn get_resource_key(State(svc): State<Service>, Path((name, key)): Path<(String, String)>) -> Response {
+    respond(async {
+        svc.resource(&name).await?;
+        match svc.store.resource_get(&name, &key).await? {
+            (version, Some(value)) => {
+                let value = serde_json::from_str::<Value>(&value).unwrap_or(Value::Null);
+                Ok((StatusCode::OK, json!({ "name": name, "key": key, "version": version, "value": value })))
+            }
+            (_, None) => Err(Error::new(ErrorKind::NotFound, format!("resource '{name}' has no key '{key}'"))),
+        }
     }
     .await)
 }

@@ -214,11 +214,25 @@ pub struct HistoryView {
     pub reason: &'static str,
     pub status: InstanceStatus,
     pub path: String,
+    /// Times this point lost a resource conflict and its calls ran again (absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resource_conflicts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl From<&HistoryEntry> for HistoryView {
     fn from(h: &HistoryEntry) -> HistoryView {
-        HistoryView { fence: h.fence, at_ms: h.at_ms, reason: reason_name(h.reason), status: h.status.into(), path: h.path.clone() }
+        HistoryView {
+            fence: h.fence,
+            at_ms: h.at_ms,
+            reason: reason_name(h.reason),
+            status: h.status.into(),
+            path: h.path.clone(),
+            resource_conflicts: h.resource_conflicts,
+        }
     }
 }
 

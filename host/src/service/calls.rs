@@ -18,18 +18,34 @@ use super::{Error, ErrorKind, MessageIn, Service, Wake};
 use crate::outbound::OutboundCall;
 use crate::runtime::{LogContext, Loaded};
 use cairn_engine::definition::InvokePolicy;
-use cairn_engine::{Effect, Fault, Target};
-use cairn_store::{ComponentKind, InTransit, InTransitState, Write, WriteBatch};
+use cairn_engine::{Effect, Fault, ResourceAccesses, ResourceWrite, Target};
+use super::resources::CallResources;
+use cairn_store::{ComponentKind, InTransit, InTransitState, StoreError, Write, WriteBatch};
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// How often a one-way call that conflicts on its resources runs again.
+const SEND_CONFLICT_RETRIES: usize = 5;
 
 #[derive(Default)]
 pub struct Calls {
     /// Outbox entries being carried out now, as (instance, call id).
     in_flight: Mutex<HashSet<(String, u64)>>,
+    /// Calls whose persistence point lost a resource conflict: they run
+    /// again whatever their idempotency (the first run's result never committed).
+    reruns: Mutex<HashSet<(String, u64)>>,
 }
 
 impl Calls {
+    /// Marks calls of `instance` to run again after a resource conflict.
+    pub fn rerun(&self, instance: &str, call_ids: impl IntoIterator<Item = u64>) {
+        self.reruns.lock().unwrap().extend(call_ids.into_iter().map(|c| (instance.to_string(), c)));
+    }
+
+    fn take_rerun(&self, instance: &str, call_id: u64) -> bool {
+        self.reruns.lock().unwrap().remove(&(instance.to_string(), call_id))
+    }
+
     fn is_in_flight(&self, instance: &str, call_id: u64) -> bool {
         self.in_flight.lock().unwrap().contains(&(instance.to_string(), call_id))
     }
@@ -61,9 +77,10 @@ impl Service {
     async fn carry_out(&self, instance: &str, effect: Effect, first_attempt: u32) {
         match effect {
             Effect::Invoke { call_id, target, operation, input, idempotency_key, policy } => {
-                let result = self.call_with_policy(instance, &target, &operation, &input, &idempotency_key, &policy, first_attempt).await;
+                let (result, resources) =
+                    self.call_with_policy(instance, &target, &operation, &input, &idempotency_key, &policy, first_attempt, Vec::new()).await;
                 crate::failpoint::hit("mid-dispatch");
-                self.drivers.deliver(instance, Wake::CallResult { call_id, result });
+                self.drivers.deliver(instance, Wake::CallResult { call_id, result, resources });
             }
             Effect::Send { call_id, target, operation, body, message_id, start } => {
                 match target {
@@ -81,14 +98,30 @@ impl Service {
                         }
                     }
                     Target::Activity(name) => {
+                        // A one-way call's resource writes commit with the
+                        // removal of its outbox entry; on a conflict it runs again.
                         let key = format!("{instance}/send/{call_id}");
                         let target = Target::Activity(name.clone());
-                        if let Err(f) = self.activity_call(instance, &target, &operation, &body, &key, None).await {
-                            eprintln!(
-                                "cairn: instance {instance}: one-way call of '{operation}' on activity '{name}' faulted: {}: {}",
-                                f.name, f.message
-                            );
+                        for _ in 0..SEND_CONFLICT_RETRIES {
+                            let (result, resources) = self.activity_call(instance, &target, &operation, &body, &key, None, Vec::new()).await;
+                            let mut done = WriteBatch::new();
+                            done.push(Write::OutboxRemove { instance: instance.to_string(), call_id });
+                            match result {
+                                Ok(_) => super::resources::accesses_into(&resources, &mut done),
+                                Err(f) => eprintln!(
+                                    "cairn: instance {instance}: one-way call of '{operation}' on activity '{name}' faulted: {}: {}",
+                                    f.name, f.message
+                                ),
+                            }
+                            match self.store.commit(done).await {
+                                Err(StoreError::Conflict { .. }) => continue,
+                                Err(e) => eprintln!("cairn: instance {instance}: clearing a delivered send: {e}"),
+                                Ok(()) => {}
+                            }
+                            return;
                         }
+                        eprintln!("cairn: instance {instance}: one-way call of '{operation}' on activity '{name}' kept conflicting on its resources; it stays in the outbox");
+                        return;
                     }
                 }
                 let mut done = WriteBatch::new();
@@ -113,11 +146,12 @@ impl Service {
         idempotency_key: &str,
         policy: &InvokePolicy,
         first_attempt: u32,
-    ) -> Result<String, Fault> {
+        earlier: Vec<ResourceWrite>,
+    ) -> (Result<String, Fault>, ResourceAccesses) {
         let mut attempt = first_attempt;
         loop {
             let key = format!("{idempotency_key}/{attempt}");
-            let result = self.activity_call(instance, target, operation, input, &key, policy.timeout_ms).await;
+            let (result, resources) = self.activity_call(instance, target, operation, input, &key, policy.timeout_ms, earlier.clone()).await;
             let retry_in = match (&result, &policy.retry) {
                 (Err(f), Some(retry)) => retry.backoff(attempt - first_attempt + 2, &f.name),
                 _ => None,
@@ -127,14 +161,16 @@ impl Service {
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     attempt += 1;
                 }
-                _ => return result,
+                _ => return (result, resources),
             }
         }
     }
 
     /// Performs one activity call: an activity component in a fresh
     /// sandbox, or a process started with a request-response message whose
-    /// reply is the result.
+    /// reply is the result. Also hands back what the call read and wrote in
+    /// resources (nothing of it is committed yet).
+    #[allow(clippy::too_many_arguments)]
     pub async fn activity_call(
         &self,
         instance: &str,
@@ -143,15 +179,17 @@ impl Service {
         input: &str,
         idempotency_key: &str,
         timeout_ms: Option<u64>,
-    ) -> Result<String, Fault> {
+        earlier: Vec<ResourceWrite>,
+    ) -> (Result<String, Fault>, ResourceAccesses) {
         let timeout = timeout_ms.map(std::time::Duration::from_millis);
         let detail = serde_json::json!({ "target": target, "operation": operation, "input": input, "idempotency_key": idempotency_key });
         self.record_isolated_effect(instance, "call", detail);
         match target {
             Target::Activity(name) => {
-                let deployed = self.registry.latest(ComponentKind::Activity, name).ok_or_else(|| {
-                    Fault::new("cairn.unknown-activity", format!("no activity component named '{name}' is deployed"))
-                })?;
+                let Some(deployed) = self.registry.latest(ComponentKind::Activity, name) else {
+                    let fault = Fault::new("cairn.unknown-activity", format!("no activity component named '{name}' is deployed"));
+                    return (Err(fault), ResourceAccesses::default());
+                };
                 let Loaded::Activity(component) = &deployed.component else { unreachable!() };
                 let component = component.clone();
                 let http = OutboundCall {
@@ -161,28 +199,47 @@ impl Service {
                     instance: instance.to_string(),
                     at: idempotency_key.to_string(),
                 };
+                let resources = Arc::new(Mutex::new(CallResources::new(
+                    self.store.clone(),
+                    tokio::runtime::Handle::current(),
+                    deployed.resource_grants.clone(),
+                    earlier,
+                )));
+                let access: crate::resources::Access = resources.clone();
                 let log = LogContext { sink: self.guest_log(), source: name.clone(), instance: instance.to_string(), at: idempotency_key.to_string() };
                 let svc = self.clone();
                 let (op, inp) = (operation.to_string(), input.to_string());
-                tokio::task::spawn_blocking(move || svc.runtime.invoke(&component, &op, &inp, log, timeout, Some(http)))
+                let result = tokio::task::spawn_blocking(move || svc.runtime.invoke(&component, &op, &inp, log, timeout, Some(http), Some(access)))
                     .await
-                    .unwrap_or_else(|e| Err(Fault::new("cairn.internal", format!("activity task failed: {e}"))))
+                    .unwrap_or_else(|e| Err(Fault::new("cairn.internal", format!("activity task failed: {e}"))));
+                let accesses = resources.lock().unwrap().take();
+                (result, accesses)
             }
-            Target::Process(process) => {
-                // The idempotency key is the message id: a call dispatched
-                // again after a crash finds the same callee instance.
-                let m = MessageIn { id: Some(idempotency_key.to_string()), ..MessageIn::new(operation, input) };
-                self.accept_message(m, Some(process)).await.map_err(|e| Fault::new("cairn.call-rejected", e.message))?;
-                let limit = timeout.unwrap_or(std::time::Duration::from_secs(u64::MAX / 4));
-                let reply = self.await_reply(idempotency_key, limit).await.map_err(|e| match timeout {
-                    Some(t) => Fault::new("cairn.timeout", format!("process '{process}' did not reply within {t:?}")),
-                    None => Fault::new("cairn.call-failed", e.message),
-                })?;
-                match reply.fault {
-                    Some(f) => Err(f),
-                    None => Ok(reply.body.to_string()),
-                }
-            }
+            Target::Process(process) => (self.process_call(process, operation, input, idempotency_key, timeout).await, ResourceAccesses::default()),
+        }
+    }
+
+    /// A call of a process: a request-response message, and its reply.
+    async fn process_call(
+        &self,
+        process: &str,
+        operation: &str,
+        input: &str,
+        idempotency_key: &str,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<String, Fault> {
+        // The idempotency key is the message id: a call dispatched
+        // again after a crash finds the same callee instance.
+        let m = MessageIn { id: Some(idempotency_key.to_string()), ..MessageIn::new(operation, input) };
+        self.accept_message(m, Some(process)).await.map_err(|e| Fault::new("cairn.call-rejected", e.message))?;
+        let limit = timeout.unwrap_or(std::time::Duration::from_secs(u64::MAX / 4));
+        let reply = self.await_reply(idempotency_key, limit).await.map_err(|e| match timeout {
+            Some(t) => Fault::new("cairn.timeout", format!("process '{process}' did not reply within {t:?}")),
+            None => Fault::new("cairn.call-failed", e.message),
+        })?;
+        match reply.fault {
+            Some(f) => Err(f),
+            None => Ok(reply.body.to_string()),
         }
     }
 
@@ -206,7 +263,7 @@ impl Service {
         &self,
         instance: &str,
         sent: &mut HashSet<u64>,
-        results: &mut HashMap<u64, Result<String, Fault>>,
+        results: &mut HashMap<u64, (Result<String, Fault>, ResourceAccesses)>,
     ) -> anyhow::Result<()> {
         for effect in self.store.outbox(instance).await? {
             let call_id = match &effect {
@@ -221,7 +278,7 @@ impl Service {
                 self.dispatch(instance, effect, 1);
                 continue;
             };
-            if !policy.held_on_recovery() {
+            if !policy.held_on_recovery() || self.calls.take_rerun(instance, call_id) {
                 sent.insert(call_id);
                 self.dispatch(instance, effect, 1);
                 continue;
@@ -259,7 +316,7 @@ impl Service {
                 Some(InTransitState::Abandoned) => {
                     sent.insert(call_id);
                     let fault = Fault::new("cairn.abandoned", format!("an operator abandoned call {call_id} ('{operation}' on {target})"));
-                    results.insert(call_id, Err(fault));
+                    results.insert(call_id, (Err(fault), ResourceAccesses::default()));
                 }
             }
         }

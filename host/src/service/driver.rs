@@ -18,20 +18,66 @@
 use super::{Service, Wake};
 use crate::now_ms;
 use crate::runtime::{LogContext, Loaded, Session};
-use cairn_engine::{Control, Delivery, Effect, Fault, Input, Machine, PersistencePoint, ProcessKind, Reason, Snapshot, Status, Wait, Yield};
+use cairn_engine::{
+    Control, Delivery, Effect, Fault, Input, Machine, PersistencePoint, ProcessKind, Reason, ResourceAccesses, Snapshot, Status, Wait, Yield,
+};
 use cairn_store::{CorrelationKey, HistoryEntry, Reply, TimerKey, Write, WriteBatch};
 use anyhow::{anyhow, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: UnboundedReceiver<Wake>) {
-    if let Err(e) = drive(&svc, &id, &mut rx).await {
-        eprintln!("cairn: instance {id} stopped: {e:#}");
+    // Persistence points rejected for a resource conflict since the last one
+    // that committed: the instance goes on from its last persistence point,
+    // and the calls run again.
+    let mut conflicts: u32 = 0;
+    loop {
+        match drive(&svc, &id, &mut rx, &mut conflicts).await {
+            Err(e) if e.is::<ResourceConflict>() => {
+                conflicts += 1;
+                // A little later each time, so that contenders spread out.
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(conflicts.min(50)) * (1 + now_ms() % 3))).await;
+            }
+            Err(e) => {
+                eprintln!("cairn: instance {id} stopped: {e:#}");
+                break;
+            }
+            Ok(()) => break,
+        }
     }
     svc.drivers.ended(&id, generation);
 }
 
-async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Result<()> {
+/// A persistence point lost a resource conflict: nothing of it was written.
+#[derive(Debug)]
+struct ResourceConflict(cairn_store::StoreError);
+
+impl std::fmt::Display for ResourceConflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ResourceConflict {}
+
+/// Commits a persistence point's batch; a resource conflict marks the
+/// point's dispatched calls to run again and becomes `ResourceConflict`.
+async fn commit_batch(svc: &Service, id: &str, b: WriteBatch, effects: &[Effect]) -> Result<()> {
+    match svc.store.commit(b).await {
+        Ok(()) => Ok(()),
+        Err(e @ cairn_store::StoreError::Conflict { .. }) => {
+            let calls = effects.iter().filter_map(|e| match e {
+                Effect::ResourceWrites { call_id, .. } => Some(*call_id),
+                _ => None,
+            });
+            svc.calls.rerun(id, calls);
+            Err(ResourceConflict(e).into())
+        }
+        Err(e) => Err(anyhow!("{e}")),
+    }
+}
+
+async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, conflicts: &mut u32) -> Result<()> {
     let Some(snap) = svc.load_snapshot(id).await? else { return Ok(()) };
     if snap.status.is_terminal() {
         return Ok(());
@@ -50,7 +96,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
     m.set_breakpoints(svc.operator.breakpoints_of(&def.name));
     let mut consumed: HashSet<u64> = HashSet::new();
     let mut inbox = svc.store.inbox(id).await?;
-    let mut results: HashMap<u64, Result<String, Fault>> = HashMap::new();
+    let mut results: HashMap<u64, (Result<String, Fault>, ResourceAccesses)> = HashMap::new();
 
     // Calls and sends left in the outbox by an earlier run go out again,
     // with the same idempotency keys and message ids, or are held.
@@ -85,7 +131,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
             if m.in_atomic().is_some() {
                 return Ok(());
             }
-            commit(svc, &mut m, Reason::Shutdown, &mut sent).await?;
+            commit(svc, &mut m, Reason::Shutdown, &mut sent, conflicts).await?;
             return Ok(());
         }
         let y = m.step(input, now_ms());
@@ -121,13 +167,13 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
             }
             Yield::Persist(reason) => {
                 session = None;
-                commit(svc, &mut m, reason, &mut sent).await?;
+                commit(svc, &mut m, reason, &mut sent, conflicts).await?;
                 tell(&mut told);
                 Input::Continue
             }
             Yield::Suspended => {
                 if m.needs_persistence() {
-                    commit(svc, &mut m, Reason::Suspended, &mut sent).await?;
+                    commit(svc, &mut m, Reason::Suspended, &mut sent, conflicts).await?;
                 }
                 tell(&mut told);
                 // A call in flight keeps the driver, so that its result is not lost.
@@ -148,7 +194,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                 if def.kind == ProcessKind::Microflow && !def.keep_final_state && m.snapshot().status == Status::Completed {
                     discard(svc, &mut m).await?;
                 } else {
-                    commit(svc, &mut m, reason, &mut sent).await?;
+                    commit(svc, &mut m, reason, &mut sent, conflicts).await?;
                 }
                 tell(&mut told);
                 for (_, responder) in controls.drain(..) {
@@ -167,11 +213,11 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>) -> Res
                     let Some(call_id) = first_invoke(&wait) else {
                         return Err(anyhow!("a transaction waits for {wait:?}, which deploy validation forbids"));
                     };
-                    let result = invoke_inline(svc, &mut m, id, call_id).await;
-                    Input::InvokeResult { call_id, result }
+                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id).await;
+                    Input::InvokeResult { call_id, result, resources }
                 } else {
                     if m.needs_persistence() {
-                        commit(svc, &mut m, Reason::Waiting, &mut sent).await?;
+                        commit(svc, &mut m, Reason::Waiting, &mut sent, conflicts).await?;
                     }
                     tell(&mut told);
                     let Some(wakes) = idle(svc, id, rx, first_invoke(&wait).is_some(), svc.idle()).await else {
@@ -218,7 +264,7 @@ async fn absorb(
     id: &str,
     wake: Wake,
     inbox: &mut Vec<Delivery>,
-    results: &mut HashMap<u64, Result<String, Fault>>,
+    results: &mut HashMap<u64, (Result<String, Fault>, ResourceAccesses)>,
     sent: &mut HashSet<u64>,
     controls: &mut VecDeque<(Control, Responder)>,
 ) -> Result<()> {
@@ -227,8 +273,8 @@ async fn absorb(
             *inbox = svc.store.inbox(id).await?;
             svc.resend_outbox(id, sent, results).await?;
         }
-        Wake::CallResult { call_id, result } => {
-            results.insert(call_id, result);
+        Wake::CallResult { call_id, result, resources } => {
+            results.insert(call_id, (result, resources));
         }
         Wake::Control(c, responder) => controls.push_back((c, responder)),
         Wake::Shutdown => {}
@@ -248,7 +294,7 @@ fn at_hand(
     wait: &Wait,
     inbox: &mut Vec<Delivery>,
     consumed: &HashSet<u64>,
-    results: &mut HashMap<u64, Result<String, Fault>>,
+    results: &mut HashMap<u64, (Result<String, Fault>, ResourceAccesses)>,
 ) -> Option<Input> {
     match wait {
         Wait::Message { operation, .. } => {
@@ -256,8 +302,8 @@ fn at_hand(
             Some(Input::Message(inbox.remove(i)))
         }
         Wait::Invoke { call_id } => {
-            let result = results.remove(call_id)?;
-            Some(Input::InvokeResult { call_id: *call_id, result })
+            let (result, resources) = results.remove(call_id)?;
+            Some(Input::InvokeResult { call_id: *call_id, result, resources })
         }
         Wait::Pick { operations } => {
             let i = inbox.iter().position(|d| operations.contains(&d.operation) && !consumed.contains(&d.seq))?;
@@ -288,30 +334,31 @@ async fn discard(svc: &Service, m: &mut Machine<'_>) -> Result<()> {
     for e in &point.effects {
         effect_writes(&point.snapshot, e, &mut b);
     }
-    svc.store.commit(b).await.map_err(|e| anyhow!("{e}"))?;
+    commit_batch(svc, &point.snapshot.id, b, &point.effects).await?;
     after_commit(svc, &point.snapshot, point.effects);
     Ok(())
 }
 
 /// Runs a microflow's (or atomic scope's) invoke at once, without an outbox entry.
-async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u64) -> Result<String, Fault> {
+async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u64) -> (Result<String, Fault>, ResourceAccesses) {
     let Some(Effect::Invoke { target, operation, input, idempotency_key, policy, .. }) = m.take_invoke(call_id) else {
-        return Err(Fault::new("cairn.internal", "the invoke to run is not among the pending effects"));
+        return (Err(Fault::new("cairn.internal", "the invoke to run is not among the pending effects")), ResourceAccesses::default());
     };
-    let result = svc.call_with_policy(id, &target, &operation, &input, &idempotency_key, &policy, 1).await;
+    let earlier = m.pending_resource_writes();
+    let result = svc.call_with_policy(id, &target, &operation, &input, &idempotency_key, &policy, 1, earlier).await;
     crate::failpoint::hit("inline-call");
     result
 }
 
 /// Writes one persistence point: the snapshot, its history entry and every
 /// effect since the last one, in one batch; then hands the effects on.
-async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, sent: &mut HashSet<u64>) -> Result<()> {
+async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, sent: &mut HashSet<u64>, conflicts: &mut u32) -> Result<()> {
     let PersistencePoint { snapshot, based_on, effects, reason, path, at_ms } = m.persistence_point(reason, now_ms());
     let id = snapshot.id.clone();
     let fence = snapshot.fence;
     let mut b = WriteBatch::new();
     b.fence(&id, based_on, fence);
-    let entry = HistoryEntry { fence, at_ms, reason, status: snapshot.status, path };
+    let entry = HistoryEntry { fence, at_ms, reason, status: snapshot.status, path, resource_conflicts: *conflicts };
     b.push(Write::History { instance: id.clone(), entry });
     let keep = svc.history_limit().max(1);
     if fence > keep {
@@ -322,7 +369,8 @@ async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, sent: &mut H
     }
     b.push(Write::Instance(Box::new(snapshot.clone())));
     crate::failpoint::hit("before-commit");
-    svc.store.commit(b).await.map_err(|e| anyhow!("{e}"))?;
+    commit_batch(svc, &id, b, &effects).await?;
+    *conflicts = 0;
     if reason == Reason::Compensated {
         crate::failpoint::hit("after-compensation-step");
     }
@@ -357,6 +405,7 @@ fn effect_writes(snap: &Snapshot, effect: &Effect, b: &mut WriteBatch) {
             let reply = Reply { body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null), fault: fault.clone() };
             b.push(Write::Reply { message_id: message_id.clone(), reply })
         }
+        Effect::ResourceWrites { accesses, .. } => super::resources::accesses_into(accesses, b),
     }
 }
 
@@ -375,7 +424,11 @@ fn after_commit(svc: &Service, snap: &Snapshot, effects: Vec<Effect>) {
                 crate::failpoint::hit("after-commit-dispatch");
                 svc.dispatch(&snap.id, e, 1)
             }
-            Effect::ConsumeMessage { .. } | Effect::Correlate { .. } | Effect::Uncorrelate { .. } | Effect::InvokeDone { .. } => {}
+            Effect::ConsumeMessage { .. }
+            | Effect::Correlate { .. }
+            | Effect::Uncorrelate { .. }
+            | Effect::InvokeDone { .. }
+            | Effect::ResourceWrites { .. } => {}
         }
     }
 }

@@ -291,7 +291,7 @@ impl Service {
 fn put_new_instance(b: &mut WriteBatch, mut snap: Snapshot) {
     snap.fence = 1;
     b.fence(&snap.id, 0, 1);
-    let entry = HistoryEntry { fence: 1, at_ms: snap.created_ms, reason: engine::Reason::Created, status: snap.status, path: String::new() };
+    let entry = HistoryEntry { fence: 1, at_ms: snap.created_ms, reason: engine::Reason::Created, status: snap.status, path: String::new(), resource_conflicts: 0 };
     b.push(Write::History { instance: snap.id.clone(), entry });
     b.push(Write::Instance(Box::new(snap)));
 }

@@ -33,6 +33,7 @@ mod operator;
 mod recovery;
 mod registry;
 mod replies;
+mod resources;
 mod timers;
 
 pub use calls::Calls;
@@ -41,6 +42,7 @@ pub use intake::{Accepted, Intake, MessageIn};
 pub use operator::Operator;
 pub use registry::{Deployed, Registry};
 pub use replies::Replies;
+pub use resources::{CallResources, ResourceGrant};
 pub use timers::Timers;
 
 use crate::guestlog::GuestLog;
@@ -154,7 +156,7 @@ pub enum Wake {
     /// Look again: a message arrived, a timer is due, or recovery resumes it.
     Resume,
     /// An activity call's result.
-    CallResult { call_id: u64, result: Result<String, Fault> },
+    CallResult { call_id: u64, result: Result<String, Fault>, resources: cairn_engine::ResourceAccesses },
     /// An operator verb, and who to tell once it is committed.
     Control(engine::Control, oneshot::Sender<Result<(), String>>),
     Shutdown,

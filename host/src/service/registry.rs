@@ -7,6 +7,7 @@
 
 use super::{hex, Error, ErrorKind};
 use crate::now_ms;
+use super::resources::ResourceGrant;
 use crate::outbound::UrlPrefix;
 use crate::runtime::{Loaded, Runtime};
 use cairn_engine::Definition;
@@ -20,12 +21,15 @@ pub struct Deployed {
     pub component: Loaded,
     /// The deployment's outbound HTTP grant, parsed from `record.allow_http`.
     pub http_grant: Vec<UrlPrefix>,
+    /// The deployment's resource grant, parsed from `record.resources`.
+    pub resource_grants: Vec<ResourceGrant>,
 }
 
 impl Deployed {
     fn new(record: DeployedRecord, component: Loaded) -> Result<Deployed, String> {
         let http_grant = record.allow_http.iter().map(|p| UrlPrefix::parse(p).map_err(|e| format!("'{p}': {e}"))).collect::<Result<_, _>>()?;
-        Ok(Deployed { record, component, http_grant })
+        let resource_grants = record.resources.iter().map(|g| ResourceGrant::parse(g)).collect::<Result<_, _>>()?;
+        Ok(Deployed { record, component, http_grant, resource_grants })
     }
 
     /// The definition of a process version.
@@ -125,6 +129,7 @@ impl Registry {
         bytes: Vec<u8>,
         name: Option<String>,
         allow_http: Vec<String>,
+        resources: Vec<String>,
     ) -> Result<(DeployedRecord, bool), Error> {
         for prefix in &allow_http {
             crate::outbound::UrlPrefix::parse(prefix)
@@ -137,6 +142,9 @@ impl Registry {
         if !allow_http.is_empty() {
             digest.update(format!("\0allow-http\0{}", allow_http.join("\0")).as_bytes());
         }
+        if !resources.is_empty() {
+            digest.update(format!("\0resources\0{}", resources.join("\0")).as_bytes());
+        }
         let version = hex(&digest.finalize())[..16].to_string();
         if let Some(existing) = self.deployed(&version) {
             return Ok((existing.record.clone(), false));
@@ -148,17 +156,18 @@ impl Registry {
             .map_err(|e| Error::new(ErrorKind::Internal, format!("deploy task failed: {e}")))??;
         if let Some(def) = &record.definition {
             self.check_creation_conflicts(def)?;
-            if !allow_http.is_empty() {
+            if !allow_http.is_empty() || !resources.is_empty() {
                 return Err(Error::new(
                     ErrorKind::BadInput,
-                    format!("process '{}' cannot be granted outbound HTTP: process handlers decide, activities act; grant it to an activity component", def.name),
+                    format!("process '{}' cannot be granted outbound HTTP or resources: process handlers decide, activities act; grant them to an activity component", def.name),
                 ));
             }
         }
         record.allow_http = allow_http;
+        record.resources = resources;
         let mut b = WriteBatch::new();
         b.push(Write::Definition { record: Box::new(record.clone()), component: bytes });
-        let deployed = Deployed::new(record.clone(), component).map_err(|e| Error::new(ErrorKind::BadInput, format!("--allow-http {e}")))?;
+        let deployed = Deployed::new(record.clone(), component).map_err(|e| Error::new(ErrorKind::BadInput, format!("grant {e}")))?;
         store.commit(b).await?;
         self.versions.write().unwrap().insert(Arc::new(deployed));
         Ok((record, true))
@@ -220,13 +229,21 @@ fn compile_and_check(
             (name, ComponentKind::Activity, None)
         }
     };
-    let record = DeployedRecord { name, version: version.to_string(), kind, deployed_ms: now_ms(), size, definition, allow_http: Vec::new() };
+    let record =
+        DeployedRecord { name, version: version.to_string(), kind, deployed_ms: now_ms(), size, definition, allow_http: Vec::new(), resources: Vec::new() };
     Ok((record, loaded, bytes))
 }
 
 impl super::Service {
     /// Deploys a component (see `Registry::deploy`).
-    pub async fn deploy(&self, bytes: Vec<u8>, name: Option<String>, allow_http: Vec<String>) -> Result<(DeployedRecord, bool), Error> {
-        self.registry.deploy(&self.store, &self.runtime, bytes, name, allow_http).await
+    pub async fn deploy(
+        &self,
+        bytes: Vec<u8>,
+        name: Option<String>,
+        allow_http: Vec<String>,
+        resources: Vec<String>,
+    ) -> Result<(DeployedRecord, bool), Error> {
+        self.check_resource_grants(&resources).await?;
+        self.registry.deploy(&self.store, &self.runtime, bytes, name, allow_http, resources).await
     }
 }

@@ -1,6 +1,6 @@
 //! The store's specification, written once and held against every backend
-//! (`tests/rocks.rs`, `tests/postgres.rs`): fences, group commit, and what
-//! each table reads back after a write.
+//! (`tests/rocks.rs`, `tests/postgres.rs`): fences, group commit, resources
+//! and their versions, and what each table reads back after a write.
 //!
 //! Each `check_*` function takes a fresh, empty store. `tables` leaves its
 //! data in place so that `same_contents` can compare a copy (a backup) with
@@ -11,7 +11,7 @@
 use cairn_engine::{Delivery, Effect, Fault, Reason, Snapshot, Status, Target};
 use cairn_store::{
     ComponentKind, CorrelationKey, DeployedRecord, HistoryEntry, InTransit, InTransitState, InstanceFilter, IntakeRecord,
-    Reply, Store, StoreError, TimerKey, Write, WriteBatch,
+    Reply, ResourceInfo, ResourceRow, Store, StoreError, TimerKey, Write, WriteBatch,
 };
 use serde::Serialize;
 use std::future::Future;
@@ -36,7 +36,7 @@ pub fn delivery(seq: u64) -> Delivery {
 }
 
 pub fn entry(fence: u64) -> HistoryEntry {
-    HistoryEntry { fence, at_ms: 100 + fence, reason: Reason::Waiting, status: Status::Waiting, path: "main/wait".into() }
+    HistoryEntry { fence, at_ms: 100 + fence, reason: Reason::Waiting, status: Status::Waiting, path: "main/wait".into(), resource_conflicts: 0 }
 }
 
 pub fn held(instance: &str, call_id: u64) -> InTransit {
@@ -65,7 +65,7 @@ pub fn json<T: Serialize>(v: &T) -> serde_json::Value {
 }
 
 pub fn batch(writes: Vec<Write>) -> WriteBatch {
-    WriteBatch { writes, fences: Vec::new() }
+    WriteBatch { writes, ..WriteBatch::default() }
 }
 
 pub async fn commit(store: &Store, writes: Vec<Write>) {
@@ -99,6 +99,17 @@ pub fn assert_stale(result: Result<(), StoreError>, instance: &str, expected: u6
             assert_eq!((i.as_str(), e, f), (instance, expected, found), "the stale error names the fence")
         }
         other => panic!("expected a stale fence on {instance} (based on {expected}, store holds {found}), got {other:?}"),
+    }
+}
+
+pub fn assert_conflict(result: Result<(), StoreError>, resource: &str, key: &str, expected: u64, found: u64) {
+    match result {
+        Err(StoreError::Conflict { resource: r, key: k, expected: e, found: f }) => assert_eq!(
+            (r.as_str(), k.as_str(), e, f),
+            (resource, key, expected, found),
+            "the conflict names the resource, the key and both versions"
+        ),
+        other => panic!("expected a conflict on {resource}/{key} (read at {expected}, now {found}), got {other:?}"),
     }
 }
 
@@ -232,6 +243,227 @@ pub async fn check_group_commit(store: &Store) {
 }
 
 // ---------------------------------------------------------------------------
+// Resources
+
+pub fn info(name: &str, created_ms: u64) -> ResourceInfo {
+    ResourceInfo { name: name.into(), created_ms }
+}
+
+pub fn put_row(name: &str, key: &str, value: &str) -> Write {
+    Write::ResourcePut { name: name.into(), key: key.into(), value: value.into() }
+}
+
+pub fn delete_row(name: &str, key: &str) -> Write {
+    Write::ResourceDelete { name: name.into(), key: key.into() }
+}
+
+pub fn row(key: &str, version: u64, value: &str) -> ResourceRow {
+    ResourceRow { key: key.into(), version, value: value.into() }
+}
+
+pub async fn get(store: &Store, name: &str, key: &str) -> (u64, Option<String>) {
+    store.resource_get(name, key).await.expect("the resource row reads")
+}
+
+fn at(version: u64, value: &str) -> (u64, Option<String>) {
+    (version, Some(value.to_string()))
+}
+
+/// Resources: created and listed by name; every put or delete of a key moves
+/// its version by one; a delete leaves a tombstone that reads as absent but
+/// keeps its version; scans give live rows in key order by prefix, after a
+/// key, up to a limit.
+pub async fn check_resources(store: &Store) {
+    assert!(store.resources().await.unwrap().is_empty());
+    commit(store, vec![Write::ResourceCreate(info("orders", 5)), Write::ResourceCreate(info("customers", 7))]).await;
+    commit(store, vec![Write::ResourceCreate(info("customers", 8))]).await;
+    assert_eq!(
+        store.resources().await.unwrap(),
+        [info("customers", 8), info("orders", 5)],
+        "by name; creating an existing one overwrites its info"
+    );
+
+    // versions
+    assert_eq!(get(store, "orders", "o-1").await, (0, None), "never written: version 0");
+    commit(store, vec![put_row("orders", "o-1", r#"{"n":1}"#)]).await;
+    assert_eq!(get(store, "orders", "o-1").await, at(1, r#"{"n":1}"#));
+    commit(store, vec![put_row("orders", "o-1", r#"{"n":2}"#)]).await;
+    assert_eq!(get(store, "orders", "o-1").await, at(2, r#"{"n":2}"#));
+    commit(store, vec![put_row("orders", "o-2", "\"a\""), put_row("orders", "o-2", "\"b\"")]).await;
+    assert_eq!(get(store, "orders", "o-2").await, at(2, "\"b\""), "each write of a batch moves the version");
+    assert_eq!(get(store, "customers", "o-1").await, (0, None), "a key is per resource");
+
+    // a delete leaves a tombstone with its version; a put after it goes on from there
+    commit(store, vec![delete_row("orders", "o-1")]).await;
+    assert_eq!(get(store, "orders", "o-1").await, (3, None), "a tombstone reads as absent, at its version");
+    assert_eq!(store.resource_scan("orders", "", None, 10).await.unwrap(), [row("o-2", 2, "\"b\"")], "a scan skips it");
+    commit(store, vec![put_row("orders", "o-1", "[]")]).await;
+    assert_eq!(get(store, "orders", "o-1").await, at(4, "[]"));
+    commit(store, vec![delete_row("orders", "o-9")]).await;
+    assert_eq!(get(store, "orders", "o-9").await, (1, None), "deleting an absent key moves its version too");
+    commit(store, vec![put_row("orders", "o-3", "1"), delete_row("orders", "o-3")]).await;
+    assert_eq!(get(store, "orders", "o-3").await, (2, None));
+    let big = format!("{{\"text\":\"{}\"}}", "x".repeat(100_000));
+    commit(store, vec![put_row("orders", "o-big", &big)]).await;
+    assert_eq!(get(store, "orders", "o-big").await, at(1, &big));
+
+    // scans: byte order of keys, prefix, after, limit; live rows only
+    commit(store, vec![Write::ResourceCreate(info("scan", 1)), Write::ResourceCreate(info("scan-more", 1))]).await;
+    for key in ["b/1", "a/2", "a", "é", "a/10", "ab", "a/1", "b", "a/3", "z"] {
+        commit(store, vec![put_row("scan", key, &format!("\"{key}\""))]).await;
+    }
+    commit(store, vec![put_row("scan", "a/1", "\"a/1\"")]).await;
+    commit(store, vec![delete_row("scan", "a/3")]).await;
+    commit(store, vec![put_row("scan-more", "a/1", "0"), put_row("sca", "n", "0")]).await;
+    let keys = |rows: Vec<ResourceRow>| rows.into_iter().map(|r| r.key).collect::<Vec<_>>();
+    let scan = |prefix: &'static str, after: Option<&'static str>, limit: usize| async move {
+        keys(store.resource_scan("scan", prefix, after, limit).await.unwrap())
+    };
+    assert_eq!(scan("", None, 100).await, ["a", "a/1", "a/10", "a/2", "ab", "b", "b/1", "z", "é"]);
+    assert_eq!(
+        store.resource_scan("scan", "a/", None, 100).await.unwrap(),
+        [row("a/1", 2, "\"a/1\""), row("a/10", 1, "\"a/10\""), row("a/2", 1, "\"a/2\"")],
+        "rows with their versions"
+    );
+    assert_eq!(scan("a/", Some("a/1"), 100).await, ["a/10", "a/2"], "after is exclusive");
+    assert_eq!(scan("a/", Some("a/10"), 1).await, ["a/2"]);
+    assert!(scan("a/", Some("a/2"), 100).await.is_empty(), "the tombstone after it is skipped");
+    assert_eq!(scan("a", Some("0"), 100).await, ["a", "a/1", "a/10", "a/2", "ab"], "after before the prefix");
+    assert_eq!(scan("", Some("a/2"), 1).await, ["ab"], "the limit counts live rows");
+    assert_eq!(scan("", Some("ab"), 2).await, ["b", "b/1"]);
+    assert_eq!(scan("", Some("a/25"), 1).await, ["ab"], "after need not be a key");
+    assert!(scan("", Some("éé"), 10).await.is_empty());
+    assert!(scan("", None, 0).await.is_empty());
+    assert!(scan("c", None, 10).await.is_empty());
+    assert_eq!(scan("b/1", None, 10).await, ["b/1"], "a key is its own prefix");
+    assert!(store.resource_scan("nope", "", None, 10).await.unwrap().is_empty());
+    assert_eq!(keys(store.resource_scan("scan-more", "", None, 10).await.unwrap()), ["a/1"], "a resource's rows are its own");
+}
+
+/// Resource checks: a batch commits only if every version it names is still
+/// current, otherwise it is rejected whole with a conflict.
+pub async fn check_resource_checks(store: &Store) {
+    commit(store, vec![Write::ResourceCreate(info("stock", 1))]).await;
+    let mut b = batch(vec![put_row("stock", "w", "1")]);
+    b.check("stock", "w", 0);
+    store.commit(b).await.expect("a batch based on the absent key (0) commits");
+    let mut b = batch(vec![put_row("stock", "w", "2")]);
+    b.check("stock", "w", 1);
+    store.commit(b).await.expect("a batch based on the current version commits");
+    assert_eq!(get(store, "stock", "w").await, at(2, "2"));
+
+    // A stale check: nothing of the batch is written, its fence does not move.
+    let mut b = batch(vec![
+        put_row("stock", "w", "3"),
+        put_row("stock", "x", "1"),
+        Write::Parked { instance: "stock-i".into(), parked: true },
+    ]);
+    b.check("stock", "w", 1);
+    b.fence("stock-i", 0, 1);
+    let e = store.commit(b).await;
+    assert_eq!(
+        e.as_ref().unwrap_err().to_string(),
+        "conflict on resource stock key w: read at version 1, now 2"
+    );
+    assert_conflict(e, "stock", "w", 1, 2);
+    assert_eq!(get(store, "stock", "w").await, at(2, "2"), "nothing of a conflicting batch is written");
+    assert_eq!(get(store, "stock", "x").await, (0, None), "nothing of a conflicting batch is written");
+    assert!(store.parked().await.unwrap().is_empty(), "nothing of a conflicting batch is written");
+    let mut b = WriteBatch::new();
+    b.fence("stock-i", 0, 1);
+    store.commit(b).await.expect("the fence of the rejected batch did not move");
+
+    // Absent (0) does not hold for a key that exists, nor for a tombstone.
+    let mut b = batch(vec![put_row("stock", "w", "9")]);
+    b.check("stock", "w", 0);
+    assert_conflict(store.commit(b).await, "stock", "w", 0, 2);
+    commit(store, vec![delete_row("stock", "w")]).await;
+    let mut b = batch(vec![put_row("stock", "w", "9")]);
+    b.check("stock", "w", 0);
+    assert_conflict(store.commit(b).await, "stock", "w", 0, 3);
+    let mut b = batch(vec![put_row("stock", "w", "4")]);
+    b.check("stock", "w", 3);
+    store.commit(b).await.expect("a batch based on the tombstone's version commits");
+    assert_eq!(get(store, "stock", "w").await, at(4, "4"));
+
+    // Checks alone (what a call only read) commit and change nothing,
+    // also for a key that was never written.
+    let mut b = WriteBatch::new();
+    b.check("stock", "w", 4);
+    b.check("stock", "never", 0);
+    b.check("elsewhere", "never", 0);
+    store.commit(b).await.expect("checks that hold commit");
+    assert_eq!(get(store, "stock", "w").await, at(4, "4"));
+    assert_eq!(get(store, "stock", "never").await, (0, None));
+    assert_eq!(keys_of(store, "stock").await, ["w"]);
+    commit(store, vec![put_row("stock", "never", "1")]).await;
+    assert_eq!(get(store, "stock", "never").await, at(1, "1"), "a checked absent key starts at version 1 all the same");
+
+    // The second check stale: the batch is rejected, naming it.
+    let mut b = batch(vec![put_row("stock", "w", "5")]);
+    b.check("stock", "w", 4);
+    b.check("stock", "never", 7);
+    assert_conflict(store.commit(b).await, "stock", "never", 7, 1);
+    assert_eq!(get(store, "stock", "w").await, at(4, "4"));
+    // A check is compared before the batch's own writes.
+    let mut b = batch(vec![put_row("stock", "w", "5"), put_row("stock", "w", "6")]);
+    b.check("stock", "w", 4);
+    store.commit(b).await.expect("checked before its writes");
+    assert_eq!(get(store, "stock", "w").await, at(6, "6"));
+}
+
+async fn keys_of(store: &Store, name: &str) -> Vec<String> {
+    store.resource_scan(name, "", None, 100).await.unwrap().into_iter().map(|r| r.key).collect()
+}
+
+/// Concurrent batches on resources: a batch whose check an earlier batch of
+/// its group made stale is rejected alone (lost-update prevention), while the
+/// others commit and later batches see the versions earlier ones produced.
+pub async fn check_resource_group(store: &Store) {
+    commit(store, vec![Write::ResourceCreate(info("acct", 1)), put_row("acct", "a", "100"), put_row("acct", "b", "0")]).await;
+    let checked = |writes: Vec<Write>, checks: &[(&str, u64)]| {
+        let mut b = batch(writes);
+        for (key, version) in checks {
+            b.check("acct", key, *version);
+        }
+        b
+    };
+    let mut batches = vec![
+        // Both based on a@1: the first commits, the second is rejected.
+        checked(vec![put_row("acct", "a", "90")], &[("a", 1)]),
+        checked(vec![put_row("acct", "a", "80"), put_row("acct", "b", "x")], &[("a", 1)]),
+        // Independent of them.
+        checked(vec![put_row("acct", "b", "y")], &[("b", 1)]),
+        // Based on what the first made a.
+        checked(vec![put_row("acct", "a", "70")], &[("a", 2)]),
+        // c is absent; the first based on that commits, the second is rejected.
+        checked(vec![put_row("acct", "c", "1")], &[("c", 0)]),
+        checked(vec![put_row("acct", "c", "2")], &[("c", 0)]),
+        // A delete an earlier batch did moves the version a later one sees.
+        checked(vec![delete_row("acct", "c")], &[("c", 1)]),
+        checked(vec![put_row("acct", "c", "3")], &[("c", 2)]),
+    ];
+    for i in 0..30 {
+        let key = format!("k{i}");
+        batches.push(checked(vec![put_row("acct", &key, "1")], &[(&key, 0)]));
+    }
+    let results = in_order(batches.into_iter().map(|b| store.commit(b)).collect()).await;
+    for (i, r) in results.into_iter().enumerate() {
+        match i {
+            1 => assert_conflict(r, "acct", "a", 1, 2),
+            5 => assert_conflict(r, "acct", "c", 0, 1),
+            _ => r.unwrap_or_else(|e| panic!("batch {i} commits: {e}")),
+        }
+    }
+    assert_eq!(get(store, "acct", "a").await, at(3, "70"));
+    assert_eq!(get(store, "acct", "b").await, at(2, "y"), "the rejected batch wrote nothing");
+    assert_eq!(get(store, "acct", "c").await, at(3, "3"));
+    for i in 0..30 {
+        assert_eq!(get(store, "acct", &format!("k{i}")).await, at(1, "1"));
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Tables
 
 pub const COMPONENT: &[u8] = &[0, 1, 2, 254, 255];
@@ -248,6 +480,7 @@ pub async fn tables(store: &Store) {
         size: COMPONENT.len() as u64,
         definition: None,
         allow_http: Vec::new(),
+        resources: Vec::new(),
     };
     let mut activity = record.clone();
     activity.name = "charge".into();
@@ -418,6 +651,20 @@ pub async fn tables(store: &Store) {
     assert!(!store.isolated().await.unwrap());
     commit(store, vec![Write::CleanShutdown(true)]).await;
 
+    // resources, for the copy: versions and tombstones
+    commit(store, vec![Write::ResourceCreate(info("orders", 5)), Write::ResourceCreate(info("empty", 6))]).await;
+    commit(store, vec![put_row("orders", "o-1", "1")]).await;
+    commit(store, vec![put_row("orders", "o-1", "{\"n\":2}")]).await;
+    commit(store, vec![put_row("orders", "o-2", "true"), delete_row("orders", "o-2")]).await;
+    commit(store, vec![put_row("orders", "o-3", "\"three\"")]).await;
+    let mut b = WriteBatch::new();
+    b.check("orders", "o-4", 0);
+    store.commit(b).await.unwrap();
+    assert_eq!(
+        store.resource_scan("orders", "", None, 10).await.unwrap(),
+        [row("o-1", 2, "{\"n\":2}"), row("o-3", 1, "\"three\"")]
+    );
+
     // fences, for the copy
     let mut b = WriteBatch::new();
     b.fence("i-a", 0, 3);
@@ -455,6 +702,24 @@ pub async fn same_contents(a: &Store, b: &Store) {
     assert_eq!(a.breakpoints().await.unwrap(), b.breakpoints().await.unwrap());
     assert_eq!(a.parked().await.unwrap(), b.parked().await.unwrap());
     assert_eq!(a.clean_shutdown().await.unwrap(), b.clean_shutdown().await.unwrap());
+    // Resources with their versions, tombstones too.
+    assert_eq!(b.resources().await.unwrap(), [info("empty", 6), info("orders", 5)]);
+    assert_eq!(a.resources().await.unwrap(), b.resources().await.unwrap());
+    assert_eq!(get(b, "orders", "o-1").await, at(2, "{\"n\":2}"));
+    assert_eq!(get(b, "orders", "o-2").await, (2, None), "the tombstone came along with its version");
+    assert_eq!(get(b, "orders", "o-4").await, (0, None));
+    for key in ["o-1", "o-2", "o-3", "o-4"] {
+        assert_eq!(get(a, "orders", key).await, get(b, "orders", key).await);
+    }
+    assert_eq!(a.resource_scan("orders", "", None, 10).await.unwrap(), b.resource_scan("orders", "", None, 10).await.unwrap());
+    assert_eq!(keys_of(b, "orders").await, ["o-1", "o-3"]);
+    let mut stale = WriteBatch::new();
+    stale.check("orders", "o-2", 0);
+    assert_conflict(b.commit(stale).await, "orders", "o-2", 0, 2);
+    let mut next = batch(vec![put_row("orders", "o-2", "null")]);
+    next.check("orders", "o-2", 2);
+    b.commit(next).await.expect("the copy's versions are the original's");
+    assert_eq!(get(b, "orders", "o-2").await, at(3, "null"));
     // The fences came along: the copy accepts exactly what the original would.
     let mut stale = WriteBatch::new();
     stale.fence("i-a", 2, 3);
@@ -479,5 +744,14 @@ where
     store.close().await;
     let store = fresh().await;
     tables(&store).await;
+    store.close().await;
+    let store = fresh().await;
+    check_resources(&store).await;
+    store.close().await;
+    let store = fresh().await;
+    check_resource_checks(&store).await;
+    store.close().await;
+    let store = fresh().await;
+    check_resource_group(&store).await;
     store.close().await;
 }
