@@ -2,7 +2,8 @@
 //! with CheckCustomerAccountStatus (started asynchronously), the
 //! UpdateOrderDatabase microflow (sent one way), and, on a bad account,
 //! CancelOrderAndSendNotification (a microflow with a one-way notification).
-//! Every order's outcome and effects are checked.
+//! Every order's outcome and effects are checked, and the order database
+//! (the resource `orders`) agrees with the orders, also after a restore.
 
 use cairn_tests::{Host, TempDir};
 use serde_json::{json, Value};
@@ -24,16 +25,56 @@ fn count_by_order(log: &[Value], message: &str) -> BTreeMap<String, usize> {
     out
 }
 
-#[test]
-fn orders_with_good_and_bad_accounts_each_end_as_the_scenario_says() {
-    let dir = TempDir::new("reference");
-    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
-    for (file, name) in [("account_service", "account-service"), ("order_db", "order-db"), ("notifier", "notifier")] {
+/// The order database is the resource `orders`, written by `order-db` (granted it).
+fn deploy_scenario(h: &Host) {
+    h.ok_json(&["resource", "create", "orders"]);
+    let order_db = cairn_tests::guest("order_db");
+    let out = h.cairn(&["deploy", order_db.to_str().unwrap(), "--name", "order-db", "--resource", "orders"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    for (file, name) in [("account_service", "account-service"), ("notifier", "notifier")] {
         h.deploy(file, Some(name));
     }
     for file in ["check_customer_account_status", "update_order_database", "cancel_order_and_send_notification", "order_handling"] {
         h.deploy(file, None);
     }
+}
+
+/// Waits until every order's row in the `orders` resource agrees with its
+/// instance (accepted: recorded; cancelled: cancelled) and no row is
+/// without an instance; returns the number of orders.
+fn rows_agree_with_instances(h: &Host) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let orders = h.instances("order-handling");
+        let rows = h.ok_json(&["resource", "scan", "orders", "--limit", "1000"])["rows"].as_array().cloned().unwrap_or_default();
+        let rows: BTreeMap<String, String> = rows
+            .iter()
+            .map(|r| (r["key"].as_str().unwrap().to_string(), r["value"]["status"].as_str().unwrap_or("").to_string()))
+            .collect();
+        let mut agree = orders.iter().all(|o| o["status"] == "completed") && rows.len() == orders.len();
+        for o in &orders {
+            let v = h.instance(o["id"].as_str().unwrap());
+            assert_eq!(v["variables"]["previous_status"], Value::Null, "a new order: the lookup found no row");
+            let want = match v["variables"]["status"].as_str() {
+                Some("accepted") => "recorded",
+                Some("cancelled") => "cancelled",
+                _ => "?",
+            };
+            agree &= rows.get(v["variables"]["order_id"].as_str().unwrap()).map(String::as_str) == Some(want);
+        }
+        if agree {
+            return orders.len();
+        }
+        assert!(Instant::now() < deadline, "order rows do not agree with the orders: {rows:?}\n{}", h.server_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn orders_with_good_and_bad_accounts_each_end_as_the_scenario_says() {
+    let dir = TempDir::new("reference");
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    deploy_scenario(&h);
     for i in 0..ORDERS {
         let customer = if is_bad(i) { format!("bad-customer-{i}") } else { format!("customer-{i}") };
         let body = json!({ "order_id": format!("o-{i:03}"), "customer": customer, "amount": 10.0 * i as f64 });
@@ -82,6 +123,7 @@ fn orders_with_good_and_bad_accounts_each_end_as_the_scenario_says() {
         assert!(Instant::now() < deadline, "effects incomplete: {} rows, {notified}/{bad} notices, {} cancels", written.len(), cancels.len());
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(rows_agree_with_instances(&h), ORDERS);
 }
 
 /// DESIGN.md section 8's procedure: load the host, take a backup while
@@ -91,12 +133,7 @@ fn orders_with_good_and_bad_accounts_each_end_as_the_scenario_says() {
 fn orders_in_flight_in_a_backup_finish_in_the_isolated_environment() {
     let primary_dir = TempDir::new("reference-primary");
     let primary = Host::start(primary_dir.path(), &["--quiet-guests"], &[]);
-    for (file, name) in [("account_service", "account-service"), ("order_db", "order-db"), ("notifier", "notifier")] {
-        primary.deploy(file, Some(name));
-    }
-    for file in ["check_customer_account_status", "update_order_database", "cancel_order_and_send_notification", "order_handling"] {
-        primary.deploy(file, None);
-    }
+    deploy_scenario(&primary);
     let backup_dir = TempDir::new("reference-backup");
     let backup = backup_dir.path().join("b");
     // Orders keep arriving while the backup is taken.
@@ -129,6 +166,10 @@ fn orders_in_flight_in_a_backup_finish_in_the_isolated_environment() {
         assert!(Instant::now() < deadline, "orders in the backup did not finish: {all:#?}\n{}", restored.server_log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The order database came with the instances: in both environments,
+    // once every order has finished, each row agrees with its order.
+    rows_agree_with_instances(&restored);
+    rows_agree_with_instances(&primary);
     if in_flight > 0 {
         let effects = std::fs::read_to_string(restored_dir.path().join("store").join("isolated-effects.jsonl")).unwrap_or_default();
         assert!(effects.lines().count() > 0, "{in_flight} orders continued there, and their calls are recorded there");

@@ -3,6 +3,9 @@
 //! correlated by order id), starts CheckCustomerAccountStatus asynchronously,
 //! sends the order to UpdateOrderDatabase one way, and waits for the account
 //! report. On a bad account it sends CancelOrderAndSendNotification one way.
+//! First it looks the order up in the order database (the `orders`
+//! resource, through the `order-db` activity): an order id seen before is
+//! noted in `previous_status`.
 
 use cairn_guest::{log, Activity, Process};
 use serde::{Deserialize, Serialize};
@@ -14,6 +17,8 @@ struct Order {
     amount: f64,
     account_ok: Option<bool>,
     status: String,
+    /// The order database's row status for this order id when it arrived (None: a new order).
+    previous_status: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +45,16 @@ fn define(p: &mut Process<Order>) -> Activity {
         })
         .creates_instance()
         .correlate("order");
+    let lookup = p.invoke_activity(
+        "look-up",
+        "order-db",
+        "lookup",
+        |v| Ok(serde_json::json!({ "order_id": v.order_id })),
+        |v, row: serde_json::Value| {
+            v.previous_status = row["status"].as_str().map(str::to_string);
+            Ok(())
+        },
+    );
     let check = p.start_process("check-account", "check-customer-account-status", "check-account", |v| {
         Ok(serde_json::json!({ "order_id": v.order_id, "customer": v.customer }))
     });
@@ -67,7 +82,7 @@ fn define(p: &mut Process<Order>) -> Activity {
     });
     let cancelled = p.sequence("cancelled", vec![cancel_mark, cancel]);
     let decide = p.if_else("account-ok", |v| v.account_ok == Some(true), accept, Some(cancelled));
-    p.sequence("main", vec![take, check, record, report, decide])
+    p.sequence("main", vec![take, lookup, check, record, report, decide])
 }
 
 cairn_guest::export_process!("order-handling", Order, define);
