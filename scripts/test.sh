@@ -28,9 +28,9 @@ echo "==> running tests (store: RocksDB)" >&2
 # shellcheck disable=SC2086
 cargo test --release $host_packages -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
 
-echo "==> running the end-to-end, crash and bad-input tests again (store: PostgreSQL)" >&2
+echo "==> running the end-to-end, crash, bad-input, partner and resource tests again (store: PostgreSQL)" >&2
 if ensure_postgres && start_postgres; then
-    CAIRN_TEST_STORE=postgres cargo test --release -p cairn-tests --test e2e --test crash --test bad_input \
+    CAIRN_TEST_STORE=postgres cargo test --release -p cairn-tests --test e2e --test crash --test bad_input --test partners --test resources \
         -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
     # The store's table specification, on PostgreSQL (CAIRN_TEST_PG is set).
     cargo test --release -p cairn-store --test postgres 2>&1 | tee -a "$log" || status=$?

@@ -225,7 +225,7 @@ fn an_isolated_environment_sends_nothing_and_the_stand_in_answers() {
 
     // Without a stand-in, a synthetic answer; the store stays isolated whatever the flags.
     drop(r);
-    let r = Host::start(restored.path(), &["--quiet-guests", "--allow-http", &partner.url], &[]);
+    let r = Host::start_embedded(restored.path(), &["--quiet-guests", "--allow-http", &partner.url], &[]);
     assert!(r.server_log().contains("ISOLATED"), "{}", r.server_log());
     let v = run(&r, "i2", &format!("{}/orders", partner.url), "idempotent");
     assert_eq!(v["reply"]["body"]["results"][0]["status"], 200, "{v:#}");
@@ -240,7 +240,7 @@ fn an_isolated_environment_sends_nothing_and_the_stand_in_answers() {
     assert_eq!(out.status.code(), Some(2), "refused without --yes");
     let out = std::process::Command::new(cairn_tests::cairn_bin()).args(["promote", data.to_str().unwrap(), "--yes"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = Host::start(restored.path(), &["--quiet-guests", "--allow-http", &partner.url], &[]);
+    let r = Host::start_embedded(restored.path(), &["--quiet-guests", "--allow-http", &partner.url], &[]);
     let v = run(&r, "i3", &format!("{}/orders", partner.url), "idempotent");
     assert_eq!(v["reply"]["body"]["fault"], Value::Null, "{v:#}");
     assert_eq!(partner.keys("/orders").len(), 1, "a promoted environment reaches the partner");

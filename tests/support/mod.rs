@@ -142,6 +142,12 @@ impl Host {
         Host::launch(data, &["serve"], flags, env)
     }
 
+    /// `cairn serve` on the embedded store of DATA/store whatever the test's
+    /// store: a restored environment lives there.
+    pub fn start_embedded(data: &Path, flags: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::launch(data, &["serve", "--store", "rocksdb"], flags, env)
+    }
+
     /// `cairn restore BACKUP --data DATA/store`: an isolated environment.
     pub fn restore(backup: &Path, data: &Path) -> Host {
         Host::restore_with(backup, data, &[])
@@ -161,7 +167,7 @@ impl Host {
         let mut cmd = Command::new(cairn_bin());
         cmd.args(command).arg("--data").arg(data.join("store"));
         // Only `serve` takes another store; `restore` stays on RocksDB.
-        if command.first() == Some(&"serve") {
+        if command == ["serve"] {
             if let Some(url) = postgres_store(&data.join("store")) {
                 cmd.arg("--store").arg(url);
             }
