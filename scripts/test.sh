@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every check: clippy on the host-side packages, then engine unit tests,
-# end-to-end, bad-input, crash and tidy tests against the real cairn binary and
-# real guest components on the RocksDB store, then the end-to-end, crash and
-# bad-input tests again on PostgreSQL (a throwaway cluster, see env.sh).
+# Runs every check: clippy on the host-side packages, then the engine and
+# store unit tests and every test against the real cairn binary and real
+# guest components on the RocksDB store, then the end-to-end, crash,
+# bad-input, partner and resource tests and the store specification again on
+# PostgreSQL (a throwaway cluster, see env.sh).
 # Every step runs even if an earlier one failed; the exit status is non-zero
 # if any failed.
 cd "$(dirname "$0")/.."
