@@ -27,11 +27,12 @@ fn a_backup_restored_into_an_isolated_environment_finishes_the_running_instances
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let backup_dir = TempDir::new("backup");
-    let backup = backup_dir.path().join("b");
-    let out = primary.ok_json(&["backup", backup.to_str().unwrap()]);
-    assert_eq!(out["dir"], backup.to_str().unwrap());
-    let again = primary.cairn(&["backup", backup.to_str().unwrap()]);
+    // A backup goes under the server's backup root, DATA/backups by default.
+    let backup = primary.data.join("store").join("backups").join("b");
+    let out = primary.ok_json(&["backup", "b"]);
+    assert_eq!(out["name"], "b");
+    assert_eq!(Some(std::path::PathBuf::from(out["dir"].as_str().unwrap())), backup.canonicalize().ok(), "{out}");
+    let again = primary.cairn(&["backup", "b"]);
     assert_eq!(again.code, 1, "a backup never overwrites");
 
     let restored_dir = TempDir::new("restored");

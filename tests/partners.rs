@@ -206,8 +206,8 @@ fn an_isolated_environment_sends_nothing_and_the_stand_in_answers() {
     // A call in flight (the partner takes 3 s) while the backup is taken.
     let id = start(&h, "i1", &format!("{}/slow/3000", partner.url), "idempotent");
     eventually("the call reached the partner", || partner.keys("/slow").len() == 1);
-    let backup = dir.path().join("backup");
-    h.ok_json(&["backup", backup.to_str().unwrap()]);
+    h.ok_json(&["backup", "backup"]);
+    let backup = h.data.join("store").join("backups").join("backup");
     h.wait_status(&id, "completed", WAIT);
     let sent = partner.requests().len();
 

@@ -214,8 +214,7 @@ fn a_restore_mid_flight_has_resources_that_agree_with_its_instances() {
     for i in 0..N {
         start(&h, &format!("k{}", i % 5), "one");
         if i == N / 2 {
-            let backup = dir.path().join("backup");
-            h.ok_json(&["backup", backup.to_str().unwrap()]);
+            h.ok_json(&["backup", "backup"]);
         }
     }
     let agree = |h: &Host, n: usize| {
@@ -238,7 +237,7 @@ fn a_restore_mid_flight_has_resources_that_agree_with_its_instances() {
     assert_eq!(agree(&h, N), N as u64);
 
     let restored = TempDir::new("res-restored");
-    let r = Host::restore(&dir.path().join("backup"), restored.path());
+    let r = Host::restore(&h.data.join("store").join("backups").join("backup"), restored.path());
     let in_backup = agree(&r, 1);
     assert!(in_backup <= N as u64 && in_backup > 0, "the backup held part of the load: {in_backup}");
 }

@@ -54,6 +54,26 @@ impl From<HttpArgs> for crate::service::HttpConfig {
     }
 }
 
+/// What the API takes: request size limits, and where backups go.
+#[derive(clap::Args, Clone, Debug)]
+struct ApiArgs {
+    /// Where `cairn backup NAME` writes (BACKUP_DIR/NAME); created on demand. Default: DATA/backups.
+    #[arg(long, value_name = "DIR")]
+    backup_dir: Option<PathBuf>,
+    /// Largest component `cairn deploy` may send, in bytes (default 64 MiB).
+    #[arg(long, default_value_t = crate::api::DEFAULT_MAX_COMPONENT_BYTES)]
+    max_component_bytes: usize,
+    /// Largest request body of every other route, in bytes (default 4 MiB).
+    #[arg(long, default_value_t = crate::api::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+}
+
+impl From<ApiArgs> for crate::api::ApiConfig {
+    fn from(a: ApiArgs) -> Self {
+        crate::api::ApiConfig { max_component_bytes: a.max_component_bytes, max_body_bytes: a.max_body_bytes, backup_dir: a.backup_dir }
+    }
+}
+
 pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNREACHABLE: i32 = 3;
@@ -92,6 +112,12 @@ enum Command {
         /// Memory limit of one guest instance, in MiB.
         #[arg(long, default_value_t = 128)]
         memory_limit_mb: usize,
+        /// Largest variables (or message) a handler call may leave, in bytes; more faults it with cairn.too-large.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_variables_bytes: usize,
+        /// Guest log bytes one handler or activity call may write; records beyond are dropped, with one notice.
+        #[arg(long, default_value_t = 1 << 20)]
+        guest_log_max_bytes_per_call: usize,
         /// History entries kept per instance.
         #[arg(long, default_value_t = 1000)]
         history_limit: u64,
@@ -108,10 +134,15 @@ enum Command {
         isolated: bool,
         #[command(flatten)]
         http: HttpArgs,
+        #[command(flatten)]
+        api: ApiArgs,
     },
-    /// Write an online, consistent backup of definitions and instances to DIR (on the server's machine).
+    /// Write an online, consistent backup of definitions and instances to
+    /// NAME under the server's backup root (`serve --backup-dir`, default
+    /// DATA/backups, on the server's machine); prints where it went.
     Backup {
-        dir: PathBuf,
+        /// A plain name (no '/', '..' or absolute path).
+        name: String,
         #[arg(long)]
         json: bool,
     },
@@ -129,6 +160,8 @@ enum Command {
         quiet_guests: bool,
         #[command(flatten)]
         http: HttpArgs,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// End the isolation of a restored environment: its outbound effects reach the world again.
     ///
@@ -359,7 +392,7 @@ pub fn main() -> i32 {
     };
     let client = Client::new(&cli.server);
     let result = match cli.command {
-        Command::Restore { backup, data, listen, quiet_guests, http } => {
+        Command::Restore { backup, data, listen, quiet_guests, http, api } => {
             if let Err(e) = copy_dir(&backup, &data) {
                 eprintln!("error: restoring {} into {}: {e}", backup.display(), data.display());
                 return EXIT_USAGE;
@@ -377,7 +410,7 @@ pub fn main() -> i32 {
                 isolated: true,
                 http: http.into(),
             };
-            return match serve(config, &listen) {
+            return match serve(config, api.into(), &listen) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cairn restore: {e:#}");
@@ -385,8 +418,8 @@ pub fn main() -> i32 {
                 }
             };
         }
-        Command::Backup { dir, json } => backup(&client, &dir, json),
-        Command::Serve { data, store, listen, no_fsync, call_timeout_ms, memory_limit_mb, history_limit, quiet_guests, idle_ms, isolated, http } => {
+        Command::Backup { name, json } => backup(&client, &name, json),
+        Command::Serve { data, store, listen, no_fsync, call_timeout_ms, memory_limit_mb, max_variables_bytes, guest_log_max_bytes_per_call, history_limit, quiet_guests, idle_ms, isolated, http, api } => {
             let store = match cairn_store::Location::parse(store.as_deref(), &data) {
                 Ok(s) => s,
                 Err(e) => {
@@ -401,6 +434,8 @@ pub fn main() -> i32 {
                 limits: Limits {
                     memory_bytes: memory_limit_mb << 20,
                     call_timeout: Duration::from_millis(call_timeout_ms),
+                    max_variables_bytes,
+                    guest_log_bytes_per_call: guest_log_max_bytes_per_call,
                 },
                 history_limit,
                 echo_guest_log: !quiet_guests,
@@ -408,7 +443,7 @@ pub fn main() -> i32 {
                 isolated,
                 http: http.into(),
             };
-            return match serve(config, &listen) {
+            return match serve(config, api.into(), &listen) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cairn serve: {e:#}");
@@ -444,7 +479,7 @@ pub fn main() -> i32 {
     }
 }
 
-fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
+fn serve(config: Config, api: crate::api::ApiConfig, listen: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let data = config.data_dir.display().to_string();
@@ -454,7 +489,7 @@ fn serve(config: Config, listen: &str) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         let isolated = if svc.is_isolated() { " as an ISOLATED environment: outbound effects are recorded and printed" } else { "" };
         eprintln!("cairn: serving http://{} (data in {data}){isolated}", listener.local_addr()?);
-        axum::serve(listener, crate::api::router(svc.clone())).with_graceful_shutdown(shutdown_signal()).await?;
+        axum::serve(listener, crate::api::router_with(svc.clone(), api)).with_graceful_shutdown(shutdown_signal()).await?;
         eprintln!("cairn: shutting down: persisting live instances");
         svc.shutdown().await;
         eprintln!("cairn: stopped");
@@ -848,13 +883,13 @@ fn breakpoints(client: &Client, cmd: BreakCommand) -> Result<i32, CliError> {
     Ok(0)
 }
 
-fn backup(client: &Client, dir: &std::path::Path, json_out: bool) -> Result<i32, CliError> {
-    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let v = client.post_json("/v1/backup", &json!({ "dir": dir.display().to_string() }))?;
+fn backup(client: &Client, name: &str, json_out: bool) -> Result<i32, CliError> {
+    let v = client.post_json("/v1/backup", &json!({ "name": name }))?;
     if json_out {
         print_json(&v);
     } else {
-        println!("backup written to {} (restore it with: cairn restore {} --data NEW_DIR)", dir.display(), dir.display());
+        let dir = v["dir"].as_str().unwrap_or(name);
+        println!("backup written to {dir} on the server's machine (restore it there with: cairn restore {dir} --data NEW_DIR)");
     }
     Ok(0)
 }

@@ -13,6 +13,15 @@
 //! components may not (process handlers decide, activities act), so there
 //! are two linkers and a component is linked by the world its exports tell,
 //! and refused at load if a process imports wasi:http.
+//!
+//! The deadline also bounds WASI sleeps and polls, which epochs cannot
+//! interrupt (`bound_sleeps`); each call's guest log is bounded by a quota
+//! (`guestlog::Quota`). Compiled components are cached as
+//! `DATA/compiled/<digest>.cwasm`, each file with a header holding the
+//! engine configuration's fingerprint and the sha256 of the compiled bytes;
+//! a file that does not match, cannot be read or does not deserialize is
+//! compiled again from the stored component, so damaged machine code is
+//! never executed.
 
 use crate::outbound::{self, OutboundCall};
 use crate::resources::{self, ResourceCall};
@@ -55,11 +64,22 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Wall-clock budget of one call.
     pub call_timeout: Duration,
+    /// Largest variables (and handler output) a handler call may leave, in
+    /// bytes; more faults the call with `cairn.too-large` (the driver checks).
+    pub max_variables_bytes: usize,
+    /// Guest log bytes one handler or activity call may write; records
+    /// beyond are dropped and one notice says how many.
+    pub guest_log_bytes_per_call: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { memory_bytes: 128 << 20, call_timeout: Duration::from_secs(10) }
+        Limits {
+            memory_bytes: 128 << 20,
+            call_timeout: Duration::from_secs(10),
+            max_variables_bytes: 1 << 20,
+            guest_log_bytes_per_call: 1 << 20,
+        }
     }
 }
 
@@ -79,6 +99,10 @@ struct GuestState {
     table: ResourceTable,
     limiter: Limiter,
     log: Option<LogContext>,
+    /// When the running call's budget ends: WASI sleeps and polls end by it.
+    deadline: Instant,
+    /// What is left of this call's guest log quota.
+    log_quota: crate::guestlog::Quota,
     /// Reached only by activity components (only their linker has wasi:http).
     http: WasiHttpCtx,
     /// The outbound policy of this call, and what its requests met.
@@ -110,7 +134,18 @@ impl logging::Host for GuestState {
                 logging::Level::Warn => "warn",
                 logging::Level::Error => "error",
             };
-            ctx.sink.write(ctx, level, &message, &fields);
+            ctx.sink.write_within(ctx, level, &message, &fields, &mut self.log_quota);
+        }
+    }
+}
+
+impl GuestState {
+    /// Ends a call's guest log: one notice if records were dropped, and a
+    /// fresh quota for the next call (of a session).
+    fn end_call_log(&mut self, quota: usize) {
+        let used = std::mem::replace(&mut self.log_quota, crate::guestlog::Quota::new(quota));
+        if let Some(ctx) = &self.log {
+            ctx.sink.notice_dropped(ctx, &used);
         }
     }
 }
@@ -171,6 +206,8 @@ pub struct Runtime {
     limits: Limits,
     /// Compiled components are cached here by digest; `None` disables the cache.
     cache_dir: Option<PathBuf>,
+    /// The engine configuration compiled code in the cache must come from.
+    fingerprint: String,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -179,15 +216,17 @@ const TICK: Duration = Duration::from_millis(10);
 
 impl Runtime {
     pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Runtime> {
-        let engine = match Engine::new(&config(true, &limits)) {
-            Ok(e) => e,
+        let (engine, pooling) = match Engine::new(&config(true, &limits)) {
+            Ok(e) => (e, true),
             // The pooling allocator reserves address space up front; where
             // that is refused, fall back to allocating on demand.
-            Err(_) => Engine::new(&config(false, &limits)).map_err(|e| anyhow!("creating the wasmtime engine: {e:#}"))?,
+            Err(_) => (Engine::new(&config(false, &limits)).map_err(|e| anyhow!("creating the wasmtime engine: {e:#}"))?, false),
         };
+        let fingerprint = fingerprint(&engine, pooling, &limits);
         let base = || -> Result<Linker<GuestState>> {
             let mut linker = Linker::new(&engine);
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
+            bound_sleeps(&mut linker).map_err(|e| anyhow!("linking WASI clocks and poll: {e:#}"))?;
             logging::add_to_linker::<GuestState, wasmtime::component::HasSelf<GuestState>>(&mut linker, |s| s)
                 .map_err(|e| anyhow!("linking cairn:log: {e:#}"))?;
             Ok(linker)
@@ -212,7 +251,7 @@ impl Runtime {
                 e.increment_epoch();
             }
         })?;
-        Ok(Runtime { engine, process_linker, activity_linker, limits, cache_dir, ticker_stop })
+        Ok(Runtime { engine, process_linker, activity_linker, limits, cache_dir, fingerprint, ticker_stop })
     }
 
     /// Compiles (or loads from the cache) and links a component, and tells
@@ -256,12 +295,16 @@ impl Runtime {
         }
     }
 
+    /// Loads the component from the cache if its file is whole and was made
+    /// by this engine configuration; else compiles it from `bytes` and
+    /// rewrites the cache file.
     fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Component> {
         let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{digest}.cwasm")));
         if let Some(path) = &cached {
             if path.exists() {
-                if let Ok(c) = deserialize_cached(&self.engine, path) {
-                    return Ok(c);
+                match load_cached(&self.engine, &self.fingerprint, path) {
+                    Ok(c) => return Ok(c),
+                    Err(e) => eprintln!("cairn: compiled cache {} not used, compiling again: {e:#}", path.display()),
                 }
             }
         }
@@ -278,7 +321,7 @@ impl Runtime {
         if let Some(path) = &cached {
             if let Ok(serialized) = component.serialize() {
                 let tmp = path.with_extension("tmp");
-                if std::fs::write(&tmp, serialized).is_ok() {
+                if std::fs::write(&tmp, cache_file(&self.fingerprint, &serialized)).is_ok() {
                     let _ = std::fs::rename(&tmp, path);
                 }
             }
@@ -293,6 +336,8 @@ impl Runtime {
             table: ResourceTable::new(),
             limiter: Limiter { max_memory: self.limits.memory_bytes, refused: refused.clone() },
             log,
+            deadline: Instant::now() + self.limits.call_timeout,
+            log_quota: crate::guestlog::Quota::new(self.limits.guest_log_bytes_per_call),
             http: WasiHttpCtx::new(),
             hooks,
             resources,
@@ -348,9 +393,14 @@ impl Runtime {
         item: Option<&str>,
         log: LogContext,
     ) -> Result<HandlerOutput, engine::Fault> {
-        session.store.data_mut().log = Some(log);
+        let state = session.store.data_mut();
+        state.log = Some(log);
+        state.deadline = Instant::now() + self.limits.call_timeout;
+        state.log_quota = crate::guestlog::Quota::new(self.limits.guest_log_bytes_per_call);
         session.store.set_epoch_deadline(self.deadline_ticks());
-        match session.instance.call_call(&mut session.store, handler, variables, message, item) {
+        let result = session.instance.call_call(&mut session.store, handler, variables, message, item);
+        session.store.data_mut().end_call_log(self.limits.guest_log_bytes_per_call);
+        match result {
             Ok(Ok(out)) => Ok(HandlerOutput { variables: out.variables, output: out.output }),
             Ok(Err(f)) => Err(engine::Fault { name: f.name, message: f.message, data: f.data }),
             Err(e) => Err(self.trap_fault(e, &session.refused)),
@@ -384,9 +434,12 @@ impl Runtime {
         let (mut store, refused) = self.store(Some(log), hooks, ResourceCall::new(resources));
         if timeout.is_some() {
             store.set_epoch_deadline((budget.as_millis() / TICK.as_millis()).max(1) as u64);
+            store.data_mut().deadline = Instant::now() + budget;
         }
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
-        let fault = match instance.call_invoke(&mut store, operation, input) {
+        let result = instance.call_invoke(&mut store, operation, input);
+        store.data_mut().end_call_log(self.limits.guest_log_bytes_per_call);
+        let fault = match result {
             Ok(Ok(out)) => return Ok(out),
             Ok(Err(f)) => engine::Fault { name: f.name, message: f.message, data: f.data },
             Err(e) => self.trap_fault(e, &refused),
@@ -421,6 +474,60 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The version of the WASI p2 interfaces wasmtime-wasi defines (its
+/// `p2/wit/deps`); components importing any 0.2.x version link to them.
+const WASI_P2: &str = "0.2.12";
+
+/// Epoch interruption cannot stop a guest blocked in a host call, so a WASI
+/// sleep would outlast the call deadline. This shadows the functions a guest
+/// waits with: a clock subscription ends by the call's deadline at the
+/// latest, and a `poll` or `block` that returns at or past the deadline
+/// traps as an interrupt (`cairn.timeout`).
+fn bound_sleeps(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime::StoreContextMut;
+    use wasmtime_wasi::clocks::WasiClocksView;
+    use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+    use wasmtime_wasi::p2::bindings::sync::io::poll;
+    use wasmtime_wasi::p2::DynPollable;
+
+    /// A subscription for `nanos`, cut at the call's deadline.
+    fn subscribe(state: &mut GuestState, nanos: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        let left = state.deadline.saturating_duration_since(Instant::now());
+        let nanos = nanos.min(u64::try_from(left.as_nanos()).unwrap_or(u64::MAX));
+        monotonic_clock::Host::subscribe_duration(&mut state.clocks(), nanos)
+    }
+    fn past_deadline(state: &GuestState) -> wasmtime::Result<()> {
+        if Instant::now() >= state.deadline {
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        Ok(())
+    }
+
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(&format!("wasi:clocks/monotonic-clock@{WASI_P2}"))?;
+    clock.func_wrap("subscribe-duration", |mut cx: StoreContextMut<'_, GuestState>, (nanos,): (u64,)| {
+        Ok((subscribe(cx.data_mut(), nanos)?,))
+    })?;
+    clock.func_wrap("subscribe-instant", |mut cx: StoreContextMut<'_, GuestState>, (when,): (u64,)| {
+        let state = cx.data_mut();
+        let now = monotonic_clock::Host::now(&mut state.clocks())?;
+        Ok((subscribe(state, when.saturating_sub(now))?,))
+    })?;
+    let mut io = linker.instance(&format!("wasi:io/poll@{WASI_P2}"))?;
+    io.func_wrap("poll", |mut cx: StoreContextMut<'_, GuestState>, (list,): (Vec<Resource<DynPollable>>,)| {
+        let ready = poll::Host::poll(&mut cx.data_mut().table, list)?;
+        past_deadline(cx.data())?;
+        Ok((ready,))
+    })?;
+    io.func_wrap("[method]pollable.block", |mut cx: StoreContextMut<'_, GuestState>, (p,): (Resource<DynPollable>,)| {
+        poll::HostPollable::block(&mut cx.data_mut().table, p)?;
+        past_deadline(cx.data())
+    })?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Hooks for stores that make no outbound requests (process components,
@@ -458,12 +565,82 @@ fn wasmparser_says_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[4..8] == [1, 0, 0, 0]
 }
 
+/// The first line of a compiled cache file; the header ends with an empty line.
+const CACHE_MAGIC: &str = "cairn-compiled 1";
+
+/// The engine configuration as text: wasmtime's own compatibility hash
+/// (its version, target, compiler flags, tunables, features) plus Cairn's
+/// choices. Compiled code from any other configuration is not loaded.
+fn fingerprint(engine: &Engine, pooling: bool, limits: &Limits) -> String {
+    use sha2::Digest;
+    use std::hash::Hash;
+    /// A `Hasher` that feeds sha256, so that the hash is stable across runs.
+    struct Sha(sha2::Sha256);
+    impl std::hash::Hasher for Sha {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+        fn finish(&self) -> u64 {
+            0
+        }
+    }
+    let mut h = Sha(sha2::Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    format!(
+        "wasmtime-48 {} component-model epoch-interruption pooling={pooling} max-memory={} cairn-{}",
+        crate::service::hex(&h.0.finalize()),
+        limits.memory_bytes,
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// A cache file: the header (magic, engine fingerprint, sha256 of the
+/// compiled bytes, an empty line), then the compiled bytes.
+fn cache_file(fingerprint: &str, compiled: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let sum = crate::service::hex(&sha2::Sha256::digest(compiled));
+    let mut out = format!("{CACHE_MAGIC}\nengine {fingerprint}\nsha256 {sum}\n\n").into_bytes();
+    out.extend_from_slice(compiled);
+    out
+}
+
+/// The compiled bytes of a cache file, if its header is whole, names this
+/// engine's fingerprint and the sha256 of what follows.
+fn cached_bytes<'a>(fingerprint: &str, file: &'a [u8]) -> Result<&'a [u8]> {
+    use sha2::Digest;
+    let end = file.windows(2).take(4096).position(|w| w == b"\n\n").ok_or_else(|| anyhow!("no header"))?;
+    let header = std::str::from_utf8(&file[..end]).map_err(|_| anyhow!("the header is not text"))?;
+    let body = &file[end + 2..];
+    let mut lines = header.lines();
+    if lines.next() != Some(CACHE_MAGIC) {
+        bail!("not a cache file of this host");
+    }
+    let engine = lines.next().and_then(|l| l.strip_prefix("engine ")).ok_or_else(|| anyhow!("no engine line"))?;
+    if engine != fingerprint {
+        bail!("compiled by another engine configuration ({engine}; this one is {fingerprint})");
+    }
+    let sum = lines.next().and_then(|l| l.strip_prefix("sha256 ")).ok_or_else(|| anyhow!("no sha256 line"))?;
+    let actual = crate::service::hex(&sha2::Sha256::digest(body));
+    if sum != actual {
+        bail!("damaged: sha256 {actual}, expected {sum}");
+    }
+    Ok(body)
+}
+
+fn load_cached(engine: &Engine, fingerprint: &str, path: &std::path::Path) -> Result<Component> {
+    let file = std::fs::read(path).map_err(|e| anyhow!("reading it: {e}"))?;
+    let compiled = cached_bytes(fingerprint, &file)?;
+    deserialize_checked(engine, compiled)
+}
+
 #[allow(unsafe_code)]
-fn deserialize_cached(engine: &Engine, path: &std::path::Path) -> Result<Component> {
-    // SAFETY: the file was written by `Component::serialize` of this host
-    // into its own data directory; wasmtime checks that it was compiled by
-    // a compatible engine and configuration, and we recompile on any error.
-    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| anyhow!("{e:#}"))
+fn deserialize_checked(engine: &Engine, compiled: &[u8]) -> Result<Component> {
+    // SAFETY: `compiled` is, byte for byte, what `Component::serialize` of
+    // an engine with this configuration wrote: its sha256 and the engine's
+    // fingerprint were checked against the header (`cached_bytes`) on the
+    // bytes in memory, so the file cannot change in between; wasmtime checks
+    // compatibility again, and we recompile on any error.
+    unsafe { Component::deserialize(engine, compiled) }.map_err(|e| anyhow!("deserializing: {e:#}"))
 }
 
 fn definition_from_wit(d: wit::Definition) -> engine::Definition {

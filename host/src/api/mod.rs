@@ -9,22 +9,52 @@ pub mod types;
 
 use cairn_engine::{Control, Snapshot, Status};
 use types::*;
-use crate::service::{Error, ErrorKind, MessageIn, Service};
+use crate::service::{BackupTarget, Error, ErrorKind, MessageIn, Service};
 use cairn_store::{InTransitState, InstanceFilter};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, RawQuery, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Extension, FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::{header, request::Parts, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+/// The largest component `POST /v1/definitions` takes by default (`cairn serve --max-component-bytes`).
+pub const DEFAULT_MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// The largest request body of every other route by default (`cairn serve --max-body-bytes`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+/// The longest message id, process name, operation name and definition name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// What `cairn serve` configures of the API.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub max_component_bytes: usize,
+    pub max_body_bytes: usize,
+    /// Where `POST /v1/backup` writes (None: DATA/backups).
+    pub backup_dir: Option<PathBuf>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig { max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES, max_body_bytes: DEFAULT_MAX_BODY_BYTES, backup_dir: None }
+    }
+}
+
 pub fn router(svc: Service) -> Router {
+    router_with(svc, ApiConfig::default())
+}
+
+pub fn router_with(svc: Service, config: ApiConfig) -> Router {
+    let config = Arc::new(config);
     Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/definitions", post(deploy).get(list_definitions))
+        .route("/v1/definitions", post(deploy).layer(DefaultBodyLimit::max(config.max_component_bytes)).get(list_definitions))
         .route("/v1/instances", post(start).get(list_instances))
         .route("/v1/instances/{id}", get(show_instance))
         .route("/v1/instances/{id}/history", get(instance_history))
@@ -39,7 +69,78 @@ pub fn router(svc: Service) -> Router {
         .route("/v1/in-transit", get(list_in_transit))
         .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
         .fallback(|| async { error(Error::new(ErrorKind::NotFound, "no such route; see the README's HTTP reference")) })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(Extension(config.clone()))
+        .layer(axum::middleware::from_fn_with_state(config, json_errors))
         .with_state(svc)
+}
+
+/// Every error is `{"error": "…"}`: this turns axum's own plain-text
+/// rejections (405, 413, a bad query string or path) into that form.
+async fn json_errors(State(config): State<Arc<ApiConfig>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            let (limit, what, flag) = if method == Method::POST && path == "/v1/definitions" {
+                (config.max_component_bytes, "a component", "--max-component-bytes")
+            } else {
+                (config.max_body_bytes, "a request body", "--max-body-bytes")
+            };
+            format!("the request body is too large: {what} may be at most {limit} bytes (cairn serve {flag})")
+        }
+        // axum adds the Allow header, naming the methods the route takes, after this layer.
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("method {method} is not allowed on {path}: the Allow header lists the methods it takes (see the README's HTTP reference)")
+        }
+        _ => {
+            let body = axum::body::to_bytes(response.into_body(), 64 << 10).await.unwrap_or_default();
+            let text = String::from_utf8_lossy(&body).trim().to_string();
+            match text.strip_prefix("Failed to deserialize query string: ") {
+                Some(rest) => format!("the query string is not valid: {rest}"),
+                None if text.is_empty() => status.canonical_reason().unwrap_or("error").to_string(),
+                None => text,
+            }
+        }
+    };
+    let mut out = (status, Json(json!({ "error": message }))).into_response();
+    if let Some(allow) = allow {
+        out.headers_mut().insert(header::ALLOW, allow);
+    }
+    out
+}
+
+/// axum's `Query`, with its rejection an API error (400, JSON).
+struct Query<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(error(Error::new(ErrorKind::BadInput, format!("the query string is not valid: {}", e.body_text().trim_start_matches("Failed to deserialize query string: "))))),
+        }
+    }
+}
+
+/// Refuses a name or id longer than `MAX_NAME_BYTES`.
+fn check_len(what: &str, value: &str) -> Result<(), Error> {
+    if value.len() > MAX_NAME_BYTES {
+        return Err(Error::new(ErrorKind::BadInput, format!("{what} is {} bytes long: at most {MAX_NAME_BYTES} bytes are allowed", value.len())));
+    }
+    Ok(())
 }
 
 fn error(e: Error) -> Response {
@@ -90,6 +191,9 @@ async fn deploy(State(svc): State<Service>, RawQuery(query): RawQuery, body: Byt
                 }
             }
         }
+        if let Some(name) = &name {
+            check_len("the definition name", name)?;
+        }
         let (record, created) = svc.deploy(body.to_vec(), name, allow_http, resources).await?;
         let status = if created { StatusCode::CREATED } else { StatusCode::OK };
         Ok((
@@ -114,6 +218,7 @@ struct StartRequest {
 async fn start(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: StartRequest = parse_json(&body)?;
+        check_len("the process name", &req.process)?;
         let a = svc.start_instance(&req.process, req.input).await?;
         let version = svc.load_snapshot(&a.instance).await?.map(|s| s.version).unwrap_or_default();
         Ok((StatusCode::CREATED, json!({ "id": a.instance, "process": req.process, "version": version })))
@@ -195,6 +300,10 @@ struct SendRequest {
 async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: SendRequest = parse_json(&body)?;
+        check_len("the operation name", &req.operation)?;
+        if let Some(id) = &req.id {
+            check_len("the message id", id)?;
+        }
         let m = MessageIn { id: req.id, ..MessageIn::new(req.operation, req.body.to_string()) };
         let accepted = svc.accept_message(m, None).await?;
         let mut out = json!(accepted);
@@ -301,16 +410,25 @@ async fn clear_breakpoint(State(svc): State<Service>, body: Bytes) -> Response {
     .await)
 }
 
+/// `{"name": NAME}`: a backup in BACKUP_ROOT/NAME. `{"dir": DIR}` (the older
+/// form) is taken only when DIR resolves inside the backup root.
 #[derive(Deserialize)]
 struct BackupRequest {
-    dir: String,
+    name: Option<String>,
+    dir: Option<String>,
 }
 
-async fn backup(State(svc): State<Service>, body: Bytes) -> Response {
+async fn backup(State(svc): State<Service>, Extension(config): Extension<Arc<ApiConfig>>, body: Bytes) -> Response {
     respond(async {
         let req: BackupRequest = parse_json(&body)?;
-        svc.backup(std::path::Path::new(&req.dir)).await?;
-        Ok((StatusCode::CREATED, json!({ "dir": req.dir })))
+        let target = match (&req.name, &req.dir) {
+            (Some(name), None) => BackupTarget::Name(name),
+            (None, Some(dir)) => BackupTarget::Dir(dir),
+            _ => return Err(Error::new(ErrorKind::BadInput, "give {\"name\": NAME}: the backup goes into NAME under the backup root")),
+        };
+        let dir = svc.backup(config.backup_dir.as_deref(), target).await?;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok((StatusCode::CREATED, json!({ "name": name, "dir": dir.display().to_string() })))
     }
     .await)
 }

@@ -19,7 +19,7 @@ use super::{Service, Wake};
 use crate::now_ms;
 use crate::runtime::{LogContext, Loaded, Session};
 use cairn_engine::{
-    Control, Delivery, Effect, Fault, Input, Machine, PersistencePoint, ProcessKind, Reason, ResourceAccesses, Snapshot, Status, Wait, Yield,
+    Control, Delivery, Effect, Fault, HandlerOutput, Input, Machine, PersistencePoint, ProcessKind, Reason, ResourceAccesses, Snapshot, Status, Wait, Yield,
 };
 use cairn_store::{CorrelationKey, HistoryEntry, Reply, TimerKey, Write, WriteBatch};
 use anyhow::{anyhow, Result};
@@ -145,10 +145,13 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                 };
                 let variables = m.snapshot().variables.clone();
                 let atomic = m.in_atomic();
+                let cap = svc.config.limits.max_variables_bytes;
                 let result = tokio::task::block_in_place(|| match atomic {
                     None => {
                         session = None;
-                        svc.runtime.call(component, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log)
+                        svc.runtime
+                            .call(component, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log)
+                            .and_then(|out| within_cap(out, cap))
                     }
                     Some(key) => {
                         crate::failpoint::hit("atomic-call");
@@ -156,7 +159,10 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                             session = Some((key, svc.runtime.session(component)?));
                         }
                         let (_, s) = session.as_mut().unwrap();
-                        let r = svc.runtime.call_in(s, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log);
+                        let r = svc
+                            .runtime
+                            .call_in(s, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log)
+                            .and_then(|out| within_cap(out, cap));
                         if r.as_ref().is_err_and(|f| f.name.starts_with("cairn.")) {
                             session = None;
                         }
@@ -230,6 +236,22 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                 }
             }
         };
+    }
+}
+
+/// A handler's output whose variables (or output) exceed the cap faults
+/// the call with `cairn.too-large`, like any handler fault: the engine
+/// never takes them in, so the last persistence point stays as it was.
+fn within_cap(out: HandlerOutput, cap: usize) -> Result<HandlerOutput, Fault> {
+    let too_large = |what: &str, len: usize| {
+        Fault::new("cairn.too-large", format!("the handler's {what} {len} bytes, more than the cap of {cap} bytes (--max-variables-bytes)"))
+    };
+    if out.variables.len() > cap {
+        return Err(too_large("variables are", out.variables.len()));
+    }
+    match &out.output {
+        Some(o) if o.len() > cap => Err(too_large("output (a message or call input) is", o.len())),
+        _ => Ok(out),
     }
 }
 

@@ -110,6 +110,14 @@ impl HttpConfig {
     }
 }
 
+/// Where `Service::backup` writes: a name under the backup root, or (the
+/// older form) a directory that must resolve inside it.
+#[derive(Debug, Clone, Copy)]
+pub enum BackupTarget<'a> {
+    Name(&'a str),
+    Dir(&'a str),
+}
+
 /// An error for the API: what went wrong, and what kind of wrong it is.
 #[derive(Debug)]
 pub struct Error {
@@ -247,9 +255,54 @@ impl Service {
         Ok(svc)
     }
 
-    /// Writes an online, consistent backup of definitions and instances to `dir`.
-    pub async fn backup(&self, dir: &std::path::Path) -> Result<(), Error> {
-        self.store.backup(dir).await.map_err(|e| Error::new(ErrorKind::BadInput, e.to_string()))
+    /// Writes an online, consistent backup of definitions and instances under
+    /// the backup root (`root`, or DATA/backups; created on demand) and
+    /// returns where it went. A name is one path component; a directory
+    /// (the older form) must resolve inside the root. Nothing resolves
+    /// outside the root, through `..` or a symlink.
+    pub async fn backup(&self, root: Option<&std::path::Path>, target: BackupTarget<'_>) -> Result<PathBuf, Error> {
+        use std::path::{Component, Path};
+        let bad = |m: String| Error::new(ErrorKind::BadInput, m);
+        let root = root.map(Path::to_path_buf).unwrap_or_else(|| self.config.data_dir.join("backups"));
+        std::fs::create_dir_all(&root).map_err(|e| Error::new(ErrorKind::Internal, format!("creating the backup root {}: {e}", root.display())))?;
+        let root = root.canonicalize().map_err(|e| Error::new(ErrorKind::Internal, format!("the backup root {}: {e}", root.display())))?;
+        let dir = match target {
+            BackupTarget::Name(name) => {
+                let mut parts = Path::new(name).components();
+                let one = matches!((parts.next(), parts.next()), (Some(Component::Normal(_)), None));
+                if !one || name.contains(['/', '\\', '\0']) {
+                    return Err(bad(format!(
+                        "backup name '{name}' is not a plain name: give one name (no '/', '..' or absolute path); the backup goes under the backup root {}",
+                        root.display()
+                    )));
+                }
+                root.join(name)
+            }
+            BackupTarget::Dir(dir) => {
+                let outside = || {
+                    bad(format!(
+                        "'{dir}' is not inside the backup root {}: give {{\"name\": NAME}} for a backup under the backup root",
+                        root.display()
+                    ))
+                };
+                let path = Path::new(dir);
+                let (Some(parent), Some(Component::Normal(last))) = (path.parent(), path.components().next_back()) else {
+                    return Err(outside());
+                };
+                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                let parent = parent.canonicalize().map_err(|_| outside())?;
+                let resolved = parent.join(last);
+                if !parent.starts_with(&root) || resolved == root {
+                    return Err(outside());
+                }
+                resolved
+            }
+        };
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(bad(format!("{} is a symlink: a backup goes into a new directory under the backup root {}", dir.display(), root.display())));
+        }
+        self.store.backup(&dir).await.map_err(|e| Error::new(ErrorKind::BadInput, e.to_string()))?;
+        Ok(dir)
     }
 
     /// In an isolated environment, records and prints an outbound effect.
