@@ -70,7 +70,12 @@ struct ApiArgs {
 
 impl From<ApiArgs> for crate::api::ApiConfig {
     fn from(a: ApiArgs) -> Self {
-        crate::api::ApiConfig { max_component_bytes: a.max_component_bytes, max_body_bytes: a.max_body_bytes, backup_dir: a.backup_dir }
+        crate::api::ApiConfig {
+            max_component_bytes: a.max_component_bytes,
+            max_body_bytes: a.max_body_bytes,
+            backup_dir: a.backup_dir,
+            require_token: false,
+        }
     }
 }
 
@@ -85,6 +90,9 @@ struct Cli {
     /// URL of the Cairn server the client commands talk to.
     #[arg(long, global = true, env = "CAIRN_SERVER", default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// Bearer token sent with every request (`cairn token create` makes one).
+    #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -291,6 +299,10 @@ enum Command {
     /// write in the same persistence point as the instance that calls them.
     #[command(subcommand)]
     Resource(ResourceCommand),
+    /// API bearer tokens (admin): create, list, revoke. Through the server,
+    /// or offline on a stopped host's store with --data DIR [--store URL].
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Run the benchmarks in-process on a temporary data directory.
     Bench(crate::bench::Args),
     /// Run a small local HTTP partner that records every request it receives (for demos and tests).
@@ -358,6 +370,49 @@ enum ResourceCommand {
     },
 }
 
+/// Where a token command works: through the server, or offline on a store.
+#[derive(clap::Args, Clone, Debug)]
+struct OfflineStore {
+    /// Work offline on this (stopped) host's data directory instead of through the server.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// With --data: the host's PostgreSQL store, if it is not the embedded one in DATA.
+    #[arg(long)]
+    store: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once (only its hash is kept).
+    Create {
+        /// reader (lists and shows), operator (also deploys, starts, sends, operator verbs) or admin (also backups and tokens).
+        #[arg(long)]
+        role: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        offline: OfflineStore,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (ids and roles, never the tokens).
+    Ls {
+        #[command(flatten)]
+        offline: OfflineStore,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        offline: OfflineStore,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum InTransitCommand {
     /// List held calls.
@@ -390,7 +445,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let client = Client::new(&cli.server);
+    let client = Client::new(&cli.server, cli.token.as_deref());
     let result = match cli.command {
         Command::Restore { backup, data, listen, quiet_guests, http, api } => {
             if let Err(e) = copy_dir(&backup, &data) {
@@ -410,7 +465,9 @@ pub fn main() -> i32 {
                 isolated: true,
                 http: http.into(),
             };
-            return match serve(config, api.into(), &listen) {
+            let mut api: crate::api::ApiConfig = api.into();
+            api.require_token = !is_loopback(&listen);
+            return match serve(config, api, &listen) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cairn restore: {e:#}");
@@ -443,7 +500,9 @@ pub fn main() -> i32 {
                 isolated,
                 http: http.into(),
             };
-            return match serve(config, api.into(), &listen) {
+            let mut api: crate::api::ApiConfig = api.into();
+            api.require_token = !is_loopback(&listen);
+            return match serve(config, api, &listen) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cairn serve: {e:#}");
@@ -465,6 +524,7 @@ pub fn main() -> i32 {
         Command::Vars(VarsCommand::Set { instance, variables, json }) => set_vars(&client, &instance, &variables, json),
         Command::InTransit(cmd) => in_transit(&client, cmd),
         Command::Resource(cmd) => resource(&client, cmd),
+        Command::Token(cmd) => token(&client, cmd),
         Command::Break(cmd) => breakpoints(&client, cmd),
         Command::Bench(args) => return crate::bench::run(args),
         Command::Partner(args) => return crate::partner::run(args),
@@ -484,6 +544,13 @@ fn serve(config: Config, api: crate::api::ApiConfig, listen: &str) -> anyhow::Re
     rt.block_on(async {
         let data = config.data_dir.display().to_string();
         let svc = Service::start(config).await?;
+        // Beyond loopback, a token is required: refuse to start, before binding, while none exists.
+        if api.require_token && svc.store.tokens().await?.is_empty() {
+            svc.shutdown().await;
+            anyhow::bail!(
+                "refusing to listen on {listen}, beyond loopback, while the store holds no API token: anyone who can reach it could use the API. Create the first token offline with `cairn token create --role admin --data {data}` (add --store URL for PostgreSQL), then start again (`cairn serve --data {data}`) and send it with --token / CAIRN_TOKEN; or listen on 127.0.0.1"
+            );
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -495,6 +562,18 @@ fn serve(config: Config, api: crate::api::ApiConfig, listen: &str) -> anyhow::Re
         eprintln!("cairn: stopped");
         Ok(())
     })
+}
+
+/// Whether every address `listen` resolves to is a loopback address.
+fn is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
 }
 
 async fn shutdown_signal() {
@@ -510,16 +589,26 @@ struct CliError(i32, String);
 struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization: Bearer …`, sent with every request.
+    authorization: Option<String>,
 }
 
 impl Client {
-    fn new(base: &str) -> Client {
+    fn new(base: &str, token: Option<&str>) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(600)))
             .build()
             .into();
-        Client { base: base.trim_end_matches('/').to_string(), agent }
+        let authorization = token.map(str::trim).filter(|t| !t.is_empty()).map(|t| format!("Bearer {t}"));
+        Client { base: base.trim_end_matches('/').to_string(), agent, authorization }
+    }
+
+    fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.authorization {
+            Some(a) => r.header("authorization", a),
+            None => r,
+        }
     }
 
     fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, CliError> {
@@ -539,13 +628,12 @@ impl Client {
     }
 
     fn get(&self, path: &str) -> Result<Value, CliError> {
-        self.finish(self.agent.get(format!("{}{path}", self.base)).call())
+        self.finish(self.auth(self.agent.get(format!("{}{path}", self.base))).call())
     }
 
     fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.finish(
-            self.agent
-                .post(format!("{}{path}", self.base))
+            self.auth(self.agent.post(format!("{}{path}", self.base)))
                 .header("content-type", "application/json")
                 .send(body.to_string().as_bytes()),
         )
@@ -553,8 +641,7 @@ impl Client {
 
     fn put_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.finish(
-            self.agent
-                .put(format!("{}{path}", self.base))
+            self.auth(self.agent.put(format!("{}{path}", self.base)))
                 .header("content-type", "application/json")
                 .send(body.to_string().as_bytes()),
         )
@@ -562,8 +649,7 @@ impl Client {
 
     fn delete_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.finish(
-            self.agent
-                .delete(format!("{}{path}", self.base))
+            self.auth(self.agent.delete(format!("{}{path}", self.base)))
                 .force_send_body()
                 .header("content-type", "application/json")
                 .send(body.to_string().as_bytes()),
@@ -571,7 +657,7 @@ impl Client {
     }
 
     fn post_bytes(&self, path: &str, bytes: &[u8]) -> Result<Value, CliError> {
-        self.finish(self.agent.post(format!("{}{path}", self.base)).header("content-type", "application/wasm").send(bytes))
+        self.finish(self.auth(self.agent.post(format!("{}{path}", self.base))).header("content-type", "application/wasm").send(bytes))
     }
 }
 
@@ -1023,4 +1109,97 @@ fn resource(client: &Client, cmd: ResourceCommand) -> Result<i32, CliError> {
         }
     }
     Ok(0)
+}
+
+/// `cairn token …`: through the server (admin), or offline on a stopped host's store.
+fn token(client: &Client, cmd: TokenCommand) -> Result<i32, CliError> {
+    let (offline, json_out) = match &cmd {
+        TokenCommand::Create { offline, json, .. } | TokenCommand::Ls { offline, json } | TokenCommand::Revoke { offline, json, .. } => {
+            (offline.clone(), *json)
+        }
+    };
+    let v = if offline.data.is_some() || offline.store.is_some() {
+        token_offline(&offline, cmd)?
+    } else {
+        match cmd {
+            TokenCommand::Create { role, note, .. } => client.post_json("/v1/tokens", &json!({ "role": role, "note": note }))?,
+            TokenCommand::Ls { .. } => client.get("/v1/tokens")?,
+            TokenCommand::Revoke { id, .. } => client.delete_json(&format!("/v1/tokens/{}", query_escape(&id)), &json!({}))?,
+        }
+    };
+    if json_out {
+        print_json(&v);
+    } else if let Some(token) = v["token"].as_str() {
+        println!("{token}");
+        eprintln!(
+            "created token {} (role {}): it is shown only this once; send it with --token or CAIRN_TOKEN",
+            v["id"].as_str().unwrap_or(""),
+            v["role"].as_str().unwrap_or("")
+        );
+    } else if let Some(list) = v["tokens"].as_array() {
+        println!("{:<18} {:<9} {:<15} NOTE", "ID", "ROLE", "CREATED (ms)");
+        for t in list {
+            println!("{:<18} {:<9} {:<15} {}", t["id"].as_str().unwrap_or(""), t["role"].as_str().unwrap_or(""), t["created_ms"], t["note"].as_str().unwrap_or(""));
+        }
+    } else {
+        println!("revoked token {}", v["id"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+/// A token command on the store itself (the host must be stopped; a
+/// running host sees the change only after a restart).
+fn token_offline(offline: &OfflineStore, cmd: TokenCommand) -> Result<Value, CliError> {
+    let data = offline.data.clone().unwrap_or_else(|| PathBuf::from("."));
+    let location = cairn_store::Location::parse(offline.store.as_deref(), &data).map_err(|e| CliError(EXIT_USAGE, e))?;
+    if matches!(location, cairn_store::Location::Embedded { .. }) && !data.is_dir() {
+        return Err(CliError(EXIT_USAGE, format!("{} is not a data directory", data.display())));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CliError(EXIT_REFUSED, e.to_string()))?;
+    let result = rt.block_on(async {
+        let store = cairn_store::open(&location, true).await?;
+        let out: Result<Result<Value, String>, cairn_store::StoreError> = async {
+            match cmd {
+                TokenCommand::Create { role, note, .. } => {
+                    let Some(role) = cairn_store::Role::parse(&role) else {
+                        return Ok(Err(format!("unknown role '{role}': use reader, operator or admin")));
+                    };
+                    let (token, record) = crate::api::auth::new_token(role, &note, crate::now_ms());
+                    let mut b = cairn_store::WriteBatch::new();
+                    b.push(cairn_store::Write::Token(record.clone()));
+                    store.commit(b).await?;
+                    Ok(Ok(json!({ "id": record.id, "role": role.name(), "created_ms": record.created_ms, "note": record.note, "token": token })))
+                }
+                TokenCommand::Ls { .. } => {
+                    let list: Vec<Value> = store
+                        .tokens()
+                        .await?
+                        .iter()
+                        .map(|t| json!({ "id": t.id, "role": t.role.name(), "created_ms": t.created_ms, "note": t.note }))
+                        .collect();
+                    Ok(Ok(json!({ "tokens": list })))
+                }
+                TokenCommand::Revoke { id, .. } => {
+                    if !store.tokens().await?.iter().any(|t| t.id == id) {
+                        return Ok(Err(format!("no token with id '{id}'")));
+                    }
+                    let mut b = cairn_store::WriteBatch::new();
+                    b.push(cairn_store::Write::TokenRevoke { id: id.clone() });
+                    store.commit(b).await?;
+                    Ok(Ok(json!({ "id": id, "revoked": true })))
+                }
+            }
+        }
+        .await;
+        store.close().await;
+        out
+    });
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(message)) => Err(CliError(EXIT_REFUSED, message)),
+        Err(e) => Err(CliError(
+            EXIT_REFUSED,
+            format!("opening the store of {}: {e} (is a host still serving it? stop it first, or give the server and --token instead)", data.display()),
+        )),
+    }
 }

@@ -12,6 +12,7 @@
 
 use crate::records::{
     CorrelationKey, DeployedRecord, HistoryEntry, InTransit, IntakeRecord, Reply, ResourceCheck, ResourceInfo, TimerKey,
+    TokenRecord,
 };
 use cairn_engine::{Delivery, Effect, Snapshot};
 
@@ -58,6 +59,10 @@ pub enum Write {
     /// copying a store (`backup`): anything else moves versions with
     /// `ResourcePut` and `ResourceDelete`.
     ResourceRestore { name: String, key: String, version: u64, value: Option<String> },
+    /// Adds (or overwrites) an API bearer token, by id.
+    Token(TokenRecord),
+    /// Removes the token `id` (nothing if there is none).
+    TokenRevoke { id: String },
 }
 
 /// A fence condition: the write is based on `based_on` and moves it to `becomes`.

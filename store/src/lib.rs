@@ -6,7 +6,8 @@
 //! instances (snapshots), fences, inbox, outbox, timers, correlations,
 //! messages (intake records), history, replies, in-transit (held calls) and
 //! meta (breakpoints, parked instances, the clean-shutdown and isolated marks),
-//! and resources (named tables of JSON documents by key, with versions).
+//! resources (named tables of JSON documents by key, with versions) and
+//! tokens (the API's bearer tokens, hashed).
 //!
 //! Architecture invariants:
 //! - Every write goes through `Store::commit` as one `WriteBatch`: all of it
@@ -34,7 +35,7 @@ pub use error::{Result, StoreError};
 pub use provision::fresh_postgres_database;
 pub use records::{
     CommitStats, ComponentKind, CorrelationKey, DeployedRecord, HistoryEntry, InTransit, InTransitState, InstanceFilter,
-    IntakeRecord, Reply, ResourceCheck, ResourceInfo, ResourceRow, TimerKey,
+    IntakeRecord, Reply, ResourceCheck, ResourceInfo, ResourceRow, Role, TimerKey, TokenRecord,
 };
 
 use cairn_engine::{Delivery, Effect, Snapshot, Status};
@@ -94,6 +95,10 @@ pub trait Backend: Send + Sync {
     /// The live rows of resource `name` whose key starts with `prefix` and
     /// comes after `after`, in key (byte) order, at most `limit`.
     async fn resource_scan(&self, name: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<ResourceRow>>;
+
+    // tokens
+    /// Every API bearer token (hashed), by id.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>>;
 
     /// Writes an online, consistent copy of the whole store into `dir`, as a
     /// data directory `cairn serve --data` (and `cairn restore`) opens.

@@ -24,6 +24,7 @@
 //! - `breakpoints`  (process, path); `parked` (instance)
 //! - `meta`         `clean-shutdown` and `isolated` (empty) and `store-format` (one byte)
 //! - `resource_names` name -> `ResourceInfo` (schema version 2)
+//! - `tokens`     id -> `TokenRecord` (schema version 3)
 //! - `resource_rows`  (name, key) -> version and the value (a `String`
 //!   record of its JSON text), NULL for a tombstone. A row at version 0
 //!   with a NULL value is a key that was checked while absent (see below):
@@ -159,6 +160,11 @@ CREATE TABLE resource_rows (
     version bigint NOT NULL,
     value   bytea,
     PRIMARY KEY (name, key)
+);
+"#, r#"
+CREATE TABLE tokens (
+    id     text COLLATE "C" PRIMARY KEY,
+    record bytea NOT NULL
 );
 "#];
 
@@ -299,6 +305,9 @@ statements! {
     put_meta = "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value";
     delete_meta = "DELETE FROM meta WHERE name = $1";
     // resources
+    tokens = "SELECT id, record FROM tokens ORDER BY id";
+    put_token = "INSERT INTO tokens (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record";
+    delete_token = "DELETE FROM tokens WHERE id = $1";
     resources = "SELECT name, info FROM resource_names ORDER BY name";
     put_resource_name = "INSERT INTO resource_names (name, info) VALUES ($1, $2)
                          ON CONFLICT (name) DO UPDATE SET info = EXCLUDED.info";
@@ -666,6 +675,8 @@ fn plan_write<'a>(st: &'a Statements, write: &'a Write, ops: &mut Vec<Op<'a>>) {
         Write::ResourceCreate(info) => {
             op("resource_names", &st.put_resource_name, params![info.name.as_str(), encode(info)])
         }
+        Write::Token(t) => op("tokens", &st.put_token, params![t.id.as_str(), encode(t)]),
+        Write::TokenRevoke { id } => op("tokens", &st.delete_token, params![id.as_str()]),
         Write::ResourcePut { name, key, value } => {
             op("resource_rows", &st.put_resource_row, params![name.as_str(), key.as_str(), encode(value)])
         }
@@ -1026,6 +1037,11 @@ impl Backend for PgStore {
         Ok(self.query_opt("reading the isolated mark", |s| &s.meta, &[&ISOLATED]).await?.is_some())
     }
 
+    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        let rows = self.query("reading tokens", |s| &s.tokens, &[]).await?;
+        rows.iter().map(|r| decode("tokens", &r.get::<_, &str>(0), r.get(1))).collect()
+    }
+
     async fn resources(&self) -> Result<Vec<ResourceInfo>> {
         let rows = self.query("reading resources", |s| &s.resources, &[]).await?;
         rows.iter().map(|r| decode("resource_names", &r.get::<_, &str>(0), r.get(1))).collect()
@@ -1292,6 +1308,14 @@ async fn copy_store(client: &Client, to: &RocksStore) -> Result<()> {
                 ISOLATED => out.write(Write::Isolated(true), 0).await?,
                 _ => {}
             }
+        }
+    }
+    let mut c = Cursor::open(client, "tokens", "SELECT id, record FROM tokens", 1000).await?;
+    while let Some(rows) = c.next().await? {
+        for r in rows {
+            let body: &[u8] = r.get(1);
+            let token = decode("tokens", &r.get::<_, &str>(0), body)?;
+            out.write(Write::Token(token), body.len()).await?;
         }
     }
     let mut c = Cursor::open(client, "resource_names", "SELECT name, info FROM resource_names", 1000).await?;

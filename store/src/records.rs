@@ -121,6 +121,48 @@ pub struct ResourceInfo {
     pub created_ms: u64,
 }
 
+/// What a bearer token may do: each role includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Lists and shows.
+    Reader,
+    /// Also deploys, starts, sends, and uses the operator verbs.
+    Operator,
+    /// Also backs up and manages tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "reader" => Some(Role::Reader),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A bearer token of the API: only the hex sha256 of the token is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub role: Role,
+    pub hash: String,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub note: String,
+}
+
 /// A live row of a resource: its key, its version and its value (JSON text).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceRow {

@@ -20,6 +20,7 @@
 //! - `resources`    resource name, 0, key -> version (u64 BE), then an
 //!   `Option<String>` record: the value's JSON text, `None` for a tombstone
 //! - `resource_names` resource name -> `ResourceInfo`
+//! - `tokens`       token id -> `TokenRecord`
 //!
 //! Resource names hold no NUL (neither do PostgreSQL's text columns), so
 //! `name, 0` prefixes exactly the rows of one resource.
@@ -59,10 +60,11 @@ enum Cf {
     InTransit,
     Resources,
     ResourceNames,
+    Tokens,
 }
 
 impl Cf {
-    const ALL: [Cf; 15] = [
+    const ALL: [Cf; 16] = [
         Cf::Definitions,
         Cf::Components,
         Cf::Instances,
@@ -78,6 +80,7 @@ impl Cf {
         Cf::InTransit,
         Cf::Resources,
         Cf::ResourceNames,
+        Cf::Tokens,
     ];
 
     fn name(self) -> &'static str {
@@ -97,6 +100,7 @@ impl Cf {
             Cf::InTransit => "in_transit",
             Cf::Resources => "resources",
             Cf::ResourceNames => "resource_names",
+            Cf::Tokens => "tokens",
         }
     }
 }
@@ -491,6 +495,10 @@ impl crate::Backend for RocksStore {
         Ok(out)
     }
 
+    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.records(Cf::Tokens, b"")
+    }
+
     async fn backup(&self, dir: &Path) -> Result<()> {
         if dir.exists() {
             return Err(StoreError::Storage(format!("{} already exists: a backup goes into a new directory", dir.display())));
@@ -570,6 +578,8 @@ fn put_write(db: &DB, wb: &mut rocksdb::WriteBatch, write: &Write, version: u64)
         Write::Isolated(true) => wb.put_cf(cf(Cf::Meta), keys::ISOLATED, []),
         Write::Isolated(false) => wb.delete_cf(cf(Cf::Meta), keys::ISOLATED),
         Write::ResourceCreate(info) => wb.put_cf(cf(Cf::ResourceNames), info.name.as_bytes(), encode(info)),
+        Write::Token(t) => wb.put_cf(cf(Cf::Tokens), t.id.as_bytes(), encode(t)),
+        Write::TokenRevoke { id } => wb.delete_cf(cf(Cf::Tokens), id.as_bytes()),
         Write::ResourcePut { name, key, value } => {
             wb.put_cf(cf(Cf::Resources), keys::resource(name, key), resource_value(version, Some(value.as_str())))
         }

@@ -96,7 +96,7 @@ async fn a_reopened_store_keeps_its_data_and_does_not_migrate_again() {
 
     let again = open(&url).await;
     let version: i32 = sql(&url).await.query_one("SELECT version FROM cairn_schema_version", &[]).await.unwrap().get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let twice = open(&url).await;
     spec::same_contents(&again, &twice).await;
     again.close().await;
@@ -114,18 +114,38 @@ async fn a_database_at_schema_version_1_migrates_to_resources_keeping_its_data()
     // As a cairn before resources left it.
     sql(&url)
         .await
-        .batch_execute("DROP TABLE resource_rows, resource_names; UPDATE cairn_schema_version SET version = 1")
+        .batch_execute("DROP TABLE tokens, resource_rows, resource_names; UPDATE cairn_schema_version SET version = 1")
         .await
         .unwrap();
     let store = open(&url).await;
     let version: i32 = sql(&url).await.query_one("SELECT version FROM cairn_schema_version", &[]).await.unwrap().get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     assert_eq!(store.parked().await.unwrap(), ["p1"]);
     assert!(store.resources().await.unwrap().is_empty());
     let mut b = spec::batch(vec![Write::ResourceCreate(spec::info("stock", 1)), spec::put_row("stock", "w", "1")]);
     b.check("stock", "w", 0);
     store.commit(b).await.unwrap();
     assert_eq!(spec::get(&store, "stock", "w").await, (1, Some("1".into())));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_at_schema_version_2_migrates_to_tokens_keeping_its_data() {
+    let Some(server) = server("a_database_at_schema_version_2_migrates_to_tokens_keeping_its_data") else { return };
+    let url = fresh_url(&server).await;
+    let store = open(&url).await;
+    spec::commit(&store, vec![Write::ResourceCreate(spec::info("stock", 1))]).await;
+    store.close().await;
+    drop(store);
+    // As a cairn before tokens left it.
+    sql(&url).await.batch_execute("DROP TABLE tokens; UPDATE cairn_schema_version SET version = 2").await.unwrap();
+    let store = open(&url).await;
+    let version: i32 = sql(&url).await.query_one("SELECT version FROM cairn_schema_version", &[]).await.unwrap().get(0);
+    assert_eq!(version, 3);
+    assert_eq!(store.resources().await.unwrap(), [spec::info("stock", 1)]);
+    assert!(store.tokens().await.unwrap().is_empty());
+    spec::commit(&store, vec![Write::Token(spec::token("t-1", cairn_store::Role::Operator))]).await;
+    assert_eq!(store.tokens().await.unwrap(), [spec::token("t-1", cairn_store::Role::Operator)]);
     store.close().await;
 }
 

@@ -38,7 +38,7 @@ async fn a_damaged_record_is_an_integrity_error_naming_table_and_key() {
         // Under the store: the column families as rocks.rs lays them out.
         let cfs = [
             "definitions", "components", "instances", "fences", "inbox", "outbox", "timers", "correlations", "messages",
-            "history", "replies", "meta", "in_transit", "resources", "resource_names",
+            "history", "replies", "meta", "in_transit", "resources", "resource_names", "tokens",
         ];
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.0.join("db"), cfs).expect("opens raw");
         db.put_cf(db.cf_handle("instances").unwrap(), b"i-bad", [9u8]).unwrap();

@@ -133,6 +133,9 @@ pub struct Host {
     pub url: String,
     pub data: PathBuf,
     agent: ureq::Agent,
+    /// A bearer token `cairn()`, `get()` and `post()` send (`CAIRN_TOKEN`,
+    /// `Authorization: Bearer …`); None sends none.
+    pub token: Option<String>,
 }
 
 impl Host {
@@ -187,7 +190,7 @@ impl Host {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let mut host = Host { child: Some(child), url, data: data.to_path_buf(), agent };
+        let mut host = Host { child: Some(child), url, data: data.to_path_buf(), agent, token: None };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if host.get("/v1/health").0 == 200 {
@@ -207,7 +210,12 @@ impl Host {
 
     /// Runs `cairn ARGS` against this host.
     pub fn cairn(&self, args: &[&str]) -> Out {
-        let out = Command::new(cairn_bin()).args(args).env("CAIRN_SERVER", &self.url).output().expect("run cairn");
+        let mut cmd = Command::new(cairn_bin());
+        cmd.args(args).env("CAIRN_SERVER", &self.url);
+        if let Some(token) = &self.token {
+            cmd.env("CAIRN_TOKEN", token);
+        }
+        let out = cmd.output().expect("run cairn");
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -234,14 +242,22 @@ impl Host {
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        match self.agent.get(format!("{}{path}", self.url)).call() {
+        let mut r = self.agent.get(format!("{}{path}", self.url));
+        if let Some(token) = &self.token {
+            r = r.header("authorization", format!("Bearer {token}"));
+        }
+        match r.call() {
             Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null)),
             Err(_) => (0, Value::Null),
         }
     }
 
     pub fn post(&self, path: &str, body: &[u8]) -> (u16, Value) {
-        match self.agent.post(format!("{}{path}", self.url)).header("content-type", "application/json").send(body) {
+        let mut r = self.agent.post(format!("{}{path}", self.url)).header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            r = r.header("authorization", format!("Bearer {token}"));
+        }
+        match r.send(body) {
             Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null)),
             Err(e) => panic!("POST {path}: {e}"),
         }

@@ -1,16 +1,19 @@
-//! The HTTP API (JSON over HTTP/1.1 on loopback). API Boundary: the CLI
-//! speaks only this; the README documents every route.
+//! The HTTP API (JSON over HTTP/1.1; bearer tokens with roles, see `auth`
+//! and `require_role`). API Boundary: the CLI speaks only this; the README
+//! documents every route.
 //!
 //! Request bodies are parsed here, so that malformed JSON gets an error that
 //! says where it is malformed; everything else is the service's. Responses
 //! are the types of `types`, never engine or store types.
 
+pub mod auth;
 pub mod types;
 
 use cairn_engine::{Control, Snapshot, Status};
 use types::*;
 use crate::service::{BackupTarget, Error, ErrorKind, MessageIn, Service};
-use cairn_store::{InTransitState, InstanceFilter};
+use auth::TokenCache;
+use cairn_store::{InTransitState, InstanceFilter, Role, Write, WriteBatch};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Extension, FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::{header, request::Parts, Method, StatusCode};
@@ -38,11 +41,15 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Where `POST /v1/backup` writes (None: DATA/backups).
     pub backup_dir: Option<PathBuf>,
+    /// Require a bearer token on every route but `GET /v1/health` even while
+    /// the store holds no token (a listener beyond loopback). Otherwise
+    /// tokens are required once at least one exists.
+    pub require_token: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> ApiConfig {
-        ApiConfig { max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES, max_body_bytes: DEFAULT_MAX_BODY_BYTES, backup_dir: None }
+        ApiConfig { max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES, max_body_bytes: DEFAULT_MAX_BODY_BYTES, backup_dir: None, require_token: false }
     }
 }
 
@@ -52,6 +59,13 @@ pub fn router(svc: Service) -> Router {
 
 pub fn router_with(svc: Service, config: ApiConfig) -> Router {
     let config = Arc::new(config);
+    let tokens = Arc::new(TokenCache::default());
+    let auth = Arc::new(AuthState {
+        svc: svc.clone(),
+        tokens: tokens.clone(),
+        require_token: config.require_token,
+        max_body: config.max_component_bytes.max(config.max_body_bytes),
+    });
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/definitions", post(deploy).layer(DefaultBodyLimit::max(config.max_component_bytes)).get(list_definitions))
@@ -68,9 +82,13 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
         .route("/v1/resources/{name}/keys/{key}", get(get_resource_key))
         .route("/v1/in-transit", get(list_in_transit))
         .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .fallback(|| async { error(Error::new(ErrorKind::NotFound, "no such route; see the README's HTTP reference")) })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(Extension(config.clone()))
+        .layer(Extension(tokens))
+        .layer(axum::middleware::from_fn_with_state(auth, require_role))
         .layer(axum::middleware::from_fn_with_state(config, json_errors))
         .with_state(svc)
 }
@@ -119,6 +137,65 @@ async fn json_errors(State(config): State<Arc<ApiConfig>>, req: Request, next: N
         out.headers_mut().insert(header::ALLOW, allow);
     }
     out
+}
+
+/// What the authentication middleware needs.
+struct AuthState {
+    svc: Service,
+    tokens: Arc<TokenCache>,
+    require_token: bool,
+    /// The largest body any route takes: what a refused request's body is read up to.
+    max_body: usize,
+}
+
+/// Answers a refused request after reading its body (up to `limit`), so that
+/// a client still sending it (a component, say) gets the answer rather than
+/// a broken pipe.
+async fn refuse(req: Request, limit: usize, response: Response) -> Response {
+    let _ = axum::body::to_bytes(req.into_body(), limit).await;
+    response
+}
+
+fn unauthorized(message: String) -> Response {
+    let mut r = (StatusCode::UNAUTHORIZED, Json(json!({ "error": message }))).into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Bearer tokens: every route but `GET /v1/health` needs a token of the
+/// route's role (`auth::required_role`) once a token exists or the host
+/// listens beyond loopback. Missing or unknown token: 401; too low a role: 403.
+async fn require_role(State(auth): State<Arc<AuthState>>, req: Request, next: Next) -> Response {
+    let Some(needed) = auth::required_role(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let header_value = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = header_value.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))).map(str::trim);
+    let (any, role) = match auth.tokens.lookup(&auth.svc.store, token).await {
+        Ok(found) => found,
+        Err(e) => return error(e.into()),
+    };
+    if !any && !auth.require_token {
+        return next.run(req).await;
+    }
+    let Some(role) = role else {
+        let response = unauthorized(match (header_value, token) {
+            (None, _) => "a bearer token is required: send `Authorization: Bearer TOKEN` (cairn --token / CAIRN_TOKEN)".to_string(),
+            (Some(_), None) => "the Authorization header is not `Bearer TOKEN`: a bearer token is required".to_string(),
+            (Some(_), Some(_)) => "the bearer token is not valid (unknown or revoked)".to_string(),
+        });
+        return refuse(req, auth.max_body, response).await;
+    };
+    if role < needed {
+        let message = format!(
+            "this needs a token of role {} or higher; the token given has role {}",
+            needed.name(),
+            role.name()
+        );
+        let response = (StatusCode::FORBIDDEN, Json(json!({ "error": message }))).into_response();
+        return refuse(req, auth.max_body, response).await;
+    }
+    next.run(req).await
 }
 
 /// axum's `Query`, with its rejection an API error (400, JSON).
@@ -488,6 +565,57 @@ async fn get_resource_key(State(svc): State<Service>, Path((name, key)): Path<(S
             }
             (_, None) => Err(Error::new(ErrorKind::NotFound, format!("resource '{name}' has no key '{key}'"))),
         }
+    }
+    .await)
+}
+
+#[derive(Deserialize)]
+struct CreateToken {
+    role: String,
+    #[serde(default)]
+    note: String,
+}
+
+fn token_json(t: &cairn_store::TokenRecord) -> Value {
+    json!({ "id": t.id, "role": t.role.name(), "created_ms": t.created_ms, "note": t.note })
+}
+
+async fn create_token(State(svc): State<Service>, Extension(tokens): Extension<Arc<TokenCache>>, body: Bytes) -> Response {
+    respond(async {
+        let req: CreateToken = parse_json(&body)?;
+        let role = Role::parse(&req.role)
+            .ok_or_else(|| Error::new(ErrorKind::BadInput, format!("unknown role '{}': use reader, operator or admin", req.role)))?;
+        check_len("the note", &req.note)?;
+        let (token, record) = auth::new_token(role, &req.note, crate::now_ms());
+        let mut b = WriteBatch::new();
+        b.push(Write::Token(record.clone()));
+        svc.store.commit(b).await?;
+        tokens.refresh(&svc.store).await?;
+        let mut v = token_json(&record);
+        v["token"] = json!(token);
+        Ok((StatusCode::CREATED, v))
+    }
+    .await)
+}
+
+async fn list_tokens(State(svc): State<Service>) -> Response {
+    respond(async {
+        let list: Vec<Value> = svc.store.tokens().await?.iter().map(token_json).collect();
+        Ok((StatusCode::OK, json!({ "tokens": list })))
+    }
+    .await)
+}
+
+async fn revoke_token(State(svc): State<Service>, Extension(tokens): Extension<Arc<TokenCache>>, Path(id): Path<String>) -> Response {
+    respond(async {
+        if !svc.store.tokens().await?.iter().any(|t| t.id == id) {
+            return Err(Error::new(ErrorKind::NotFound, format!("no token with id '{id}'")));
+        }
+        let mut b = WriteBatch::new();
+        b.push(Write::TokenRevoke { id: id.clone() });
+        svc.store.commit(b).await?;
+        tokens.refresh(&svc.store).await?;
+        Ok((StatusCode::OK, json!({ "id": id, "revoked": true })))
     }
     .await)
 }

@@ -11,7 +11,7 @@
 use cairn_engine::{Delivery, Effect, Fault, Reason, Snapshot, Status, Target};
 use cairn_store::{
     ComponentKind, CorrelationKey, DeployedRecord, HistoryEntry, InTransit, InTransitState, InstanceFilter, IntakeRecord,
-    Reply, ResourceInfo, ResourceRow, Store, StoreError, TimerKey, Write, WriteBatch,
+    Reply, ResourceInfo, ResourceRow, Role, Store, StoreError, TimerKey, TokenRecord, Write, WriteBatch,
 };
 use serde::Serialize;
 use std::future::Future;
@@ -665,11 +665,29 @@ pub async fn tables(store: &Store) {
         [row("o-1", 2, "{\"n\":2}"), row("o-3", 1, "\"three\"")]
     );
 
+    // tokens, for the copy
+    commit(store, vec![Write::Token(token("t-1", Role::Admin)), Write::Token(token("t-2", Role::Reader))]).await;
+
     // fences, for the copy
     let mut b = WriteBatch::new();
     b.fence("i-a", 0, 3);
     b.fence("i-b", 0, 1);
     store.commit(b).await.unwrap();
+}
+
+pub fn token(id: &str, role: Role) -> TokenRecord {
+    TokenRecord { id: id.into(), role, hash: format!("hash-of-{id}"), created_ms: 7, note: format!("note of {id}") }
+}
+
+/// Tokens: written by id, listed in id order, overwritten, revoked.
+pub async fn check_tokens(store: &Store) {
+    assert!(store.tokens().await.unwrap().is_empty());
+    commit(store, vec![Write::Token(token("t-b", Role::Operator)), Write::Token(token("t-a", Role::Reader))]).await;
+    assert_eq!(store.tokens().await.unwrap(), [token("t-a", Role::Reader), token("t-b", Role::Operator)]);
+    commit(store, vec![Write::Token(token("t-a", Role::Admin))]).await;
+    assert_eq!(store.tokens().await.unwrap(), [token("t-a", Role::Admin), token("t-b", Role::Operator)]);
+    commit(store, vec![Write::TokenRevoke { id: "t-b".into() }, Write::TokenRevoke { id: "t-none".into() }]).await;
+    assert_eq!(store.tokens().await.unwrap(), [token("t-a", Role::Admin)]);
 }
 
 /// Two stores hold the same data as `tables` left it, table by table.
@@ -702,6 +720,8 @@ pub async fn same_contents(a: &Store, b: &Store) {
     assert_eq!(a.breakpoints().await.unwrap(), b.breakpoints().await.unwrap());
     assert_eq!(a.parked().await.unwrap(), b.parked().await.unwrap());
     assert_eq!(a.clean_shutdown().await.unwrap(), b.clean_shutdown().await.unwrap());
+    assert_eq!(b.tokens().await.unwrap(), [token("t-1", Role::Admin), token("t-2", Role::Reader)]);
+    assert_eq!(a.tokens().await.unwrap(), b.tokens().await.unwrap());
     // Resources with their versions, tombstones too.
     assert_eq!(b.resources().await.unwrap(), [info("empty", 6), info("orders", 5)]);
     assert_eq!(a.resources().await.unwrap(), b.resources().await.unwrap());
@@ -753,5 +773,8 @@ where
     store.close().await;
     let store = fresh().await;
     check_resource_group(&store).await;
+    store.close().await;
+    let store = fresh().await;
+    check_tokens(&store).await;
     store.close().await;
 }
