@@ -80,6 +80,7 @@ async fn config(dir: &Path, fsync: bool) -> anyhow::Result<Config> {
         data_dir: dir.to_path_buf(),
         store: location(dir).await?,
         fsync,
+        salvage_wal: false,
         limits: Limits::default(),
         history_limit: 1000,
         echo_guest_log: false,

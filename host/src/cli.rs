@@ -114,6 +114,9 @@ enum Command {
         /// Do not fsync commits (faster; a machine crash may lose recent persistence points).
         #[arg(long)]
         no_fsync: bool,
+        /// Open the store even if its write-ahead log is damaged, dropping every write after the damage.
+        #[arg(long)]
+        salvage_wal: bool,
         /// Wall-clock limit of one guest call, in milliseconds.
         #[arg(long, default_value_t = 10_000)]
         call_timeout_ms: u64,
@@ -140,6 +143,9 @@ enum Command {
         /// store remembers it: only `cairn promote` ends isolation.
         #[arg(long)]
         isolated: bool,
+        /// On SIGTERM/SIGINT, milliseconds requests in flight get to finish before their connections are closed.
+        #[arg(long, default_value_t = 10_000)]
+        shutdown_grace_ms: u64,
         #[command(flatten)]
         http: HttpArgs,
         #[command(flatten)]
@@ -166,6 +172,9 @@ enum Command {
         listen: String,
         #[arg(long)]
         quiet_guests: bool,
+        /// On SIGTERM/SIGINT, milliseconds requests in flight get to finish before their connections are closed.
+        #[arg(long, default_value_t = 10_000)]
+        shutdown_grace_ms: u64,
         #[command(flatten)]
         http: HttpArgs,
         #[command(flatten)]
@@ -447,7 +456,7 @@ pub fn main() -> i32 {
     };
     let client = Client::new(&cli.server, cli.token.as_deref());
     let result = match cli.command {
-        Command::Restore { backup, data, listen, quiet_guests, http, api } => {
+        Command::Restore { backup, data, listen, quiet_guests, shutdown_grace_ms, http, api } => {
             if let Err(e) = copy_dir(&backup, &data) {
                 eprintln!("error: restoring {} into {}: {e}", backup.display(), data.display());
                 return EXIT_USAGE;
@@ -458,6 +467,7 @@ pub fn main() -> i32 {
                 data_dir: data,
                 store,
                 fsync: true,
+                salvage_wal: false,
                 limits: Limits::default(),
                 history_limit: 1000,
                 echo_guest_log: !quiet_guests,
@@ -467,7 +477,7 @@ pub fn main() -> i32 {
             };
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !is_loopback(&listen);
-            return match serve(config, api, &listen) {
+            return match serve(config, api, &listen, Duration::from_millis(shutdown_grace_ms)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cairn restore: {e:#}");
@@ -476,7 +486,7 @@ pub fn main() -> i32 {
             };
         }
         Command::Backup { name, json } => backup(&client, &name, json),
-        Command::Serve { data, store, listen, no_fsync, call_timeout_ms, memory_limit_mb, max_variables_bytes, guest_log_max_bytes_per_call, history_limit, quiet_guests, idle_ms, isolated, http, api } => {
+        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, guest_log_max_bytes_per_call, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, http, api } => {
             let store = match cairn_store::Location::parse(store.as_deref(), &data) {
                 Ok(s) => s,
                 Err(e) => {
@@ -488,6 +498,7 @@ pub fn main() -> i32 {
                 data_dir: data,
                 store,
                 fsync: !no_fsync,
+                salvage_wal,
                 limits: Limits {
                     memory_bytes: memory_limit_mb << 20,
                     call_timeout: Duration::from_millis(call_timeout_ms),
@@ -502,7 +513,7 @@ pub fn main() -> i32 {
             };
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !is_loopback(&listen);
-            return match serve(config, api, &listen) {
+            return match serve(config, api, &listen, Duration::from_millis(shutdown_grace_ms)) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cairn serve: {e:#}");
@@ -539,7 +550,11 @@ pub fn main() -> i32 {
     }
 }
 
-fn serve(config: Config, api: crate::api::ApiConfig, listen: &str) -> anyhow::Result<()> {
+/// How long a client may take to send a request's header, and its body.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn serve(config: Config, api: crate::api::ApiConfig, listen: &str, grace: Duration) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let data = config.data_dir.display().to_string();
@@ -556,7 +571,53 @@ fn serve(config: Config, api: crate::api::ApiConfig, listen: &str) -> anyhow::Re
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         let isolated = if svc.is_isolated() { " as an ISOLATED environment: outbound effects are recorded and printed" } else { "" };
         eprintln!("cairn: serving http://{} (data in {data}){isolated}", listener.local_addr()?);
-        axum::serve(listener, crate::api::router_with(svc.clone(), api)).with_graceful_shutdown(shutdown_signal()).await?;
+        // Our own accept loop rather than axum::serve: a header read timeout,
+        // and a graceful shutdown that waits `grace` at most, whatever clients do.
+        let app = crate::api::router_with(svc.clone(), api).layer(axum::middleware::map_request(|req: axum::extract::Request| async move {
+            req.map(|body| axum::body::Body::new(TimedBody::new(body, BODY_READ_TIMEOUT)))
+        }));
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        loop {
+            while connections.try_join_next().is_some() {}
+            let stream = tokio::select! {
+                _ = &mut signal => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: keep serving.
+                        eprintln!("cairn: accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+            let mut stop = stop_rx.clone();
+            connections.spawn(async move {
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let open = connections.len();
+        eprintln!("cairn: shutting down: stopped accepting; {open} connection(s) open, {} ms grace", grace.as_millis());
+        let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await.is_ok();
+        if !drained {
+            let left = connections.len();
+            connections.shutdown().await;
+            eprintln!("cairn: {left} connection(s) still open after the grace period were closed");
+        }
         eprintln!("cairn: shutting down: persisting live instances");
         svc.shutdown().await;
         eprintln!("cairn: stopped");
@@ -573,6 +634,51 @@ fn is_loopback(listen: &str) -> bool {
             !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
         }
         Err(_) => false,
+    }
+}
+
+/// A request body that fails once reading it has taken longer than its limit.
+struct TimedBody<B> {
+    inner: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+impl<B> TimedBody<B> {
+    fn new(inner: B, limit: Duration) -> TimedBody<B> {
+        TimedBody { inner, deadline: Box::pin(tokio::time::sleep(limit)), limit }
+    }
+}
+
+impl<B> http_body::Body for TimedBody<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map(|r| r.map_err(Into::into))),
+            Poll::Pending => match std::future::Future::poll(this.deadline.as_mut(), cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!("the request body was not received within {} s", this.limit.as_secs()).into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

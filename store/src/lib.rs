@@ -139,10 +139,29 @@ impl Location {
 /// The store: a shared handle on one backend.
 pub type Store = Arc<dyn Backend>;
 
+/// How to open the store, beyond where it lives.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenOptions {
+    /// Make every commit durable before it resolves.
+    pub fsync: bool,
+    /// Embedded store only (`cairn serve --salvage-wal`): if the write-ahead
+    /// log is damaged before its tail, open anyway, replaying it up to the
+    /// damage (point-in-time recovery) and dropping every write after it,
+    /// with a warning on stderr. Without it such a store does not open.
+    pub salvage_wal: bool,
+}
+
 /// Opens the store at `location`; `fsync` makes every commit durable before it resolves.
 pub async fn open(location: &Location, fsync: bool) -> Result<Store> {
+    open_with(location, OpenOptions { fsync, salvage_wal: false }).await
+}
+
+/// Opens the store at `location` with `options`.
+pub async fn open_with(location: &Location, options: OpenOptions) -> Result<Store> {
     match location {
-        Location::Embedded { data_dir } => Ok(Arc::new(rocks::RocksStore::open(data_dir, fsync)?)),
-        Location::Postgres { url } => postgres::open(url, fsync).await,
+        Location::Embedded { data_dir } => {
+            Ok(Arc::new(rocks::RocksStore::open(data_dir, options.fsync, options.salvage_wal)?))
+        }
+        Location::Postgres { url } => postgres::open(url, options.fsync).await,
     }
 }

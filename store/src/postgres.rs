@@ -1078,7 +1078,7 @@ impl Backend for PgStore {
         }
         let client = self.endpoint.connect().await?;
         // Written without a sync per chunk; `flush` makes the whole copy durable.
-        let result = match RocksStore::open(dir, false) {
+        let result = match RocksStore::open(dir, false, false) {
             Ok(copy) => {
                 let result = async {
                     copy_store(&client, &copy).await?;

@@ -37,7 +37,7 @@ use crate::codec::{self, decode, encode};
 use crate::error::{Result, StoreError};
 use crate::records::*;
 use cairn_engine::{Delivery, Effect, Snapshot, Status};
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteOptions, DB};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -219,8 +219,49 @@ fn storage(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("{what}: {e}"))
 }
 
+/// The write-ahead log files (`*.log`) under `db`, sorted.
+fn wal_files(db: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(db)
+        .map(|dir| {
+            dir.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The damaged write-ahead log file(s): the one RocksDB's message names, or else every `*.log`.
+fn damaged_wal(db: &Path, e: &rocksdb::Error) -> Vec<String> {
+    let all = wal_files(db);
+    let message = e.to_string();
+    let named: Vec<String> = all
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| message.contains(&*n.to_string_lossy())))
+        .map(|p| p.display().to_string())
+        .collect();
+    if named.is_empty() {
+        all.iter().map(|p| p.display().to_string()).collect()
+    } else {
+        named
+    }
+}
+
+/// The error for a write-ahead log damaged before its tail.
+fn wal_damaged(db: &Path, files: &[String], e: &rocksdb::Error) -> StoreError {
+    StoreError::Storage(format!(
+        "the write-ahead log of the store at {} is damaged before its last record: {} ({e}). \
+         Opening it would silently drop every acknowledged write after the damage, so the store does not open. \
+         Restore a backup, or start with `cairn serve --salvage-wal` to open it anyway, replaying the log up to \
+         the damage and dropping the writes after it.",
+        db.display(),
+        files.join(", ")
+    ))
+}
+
 impl RocksStore {
-    pub fn open(dir: &Path, fsync: bool) -> Result<RocksStore> {
+    pub fn open(dir: &Path, fsync: bool, salvage_wal: bool) -> Result<RocksStore> {
         std::fs::create_dir_all(dir).map_err(|e| storage(&format!("creating data directory {}", dir.display()), e))?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -229,8 +270,12 @@ impl RocksStore {
         // Memory is bounded by these caches, not by the number of instances:
         // all memtables together flush at 64 MiB, and reads share one block cache.
         opts.set_db_write_buffer_size(64 << 20);
+        // An incomplete last record of the write-ahead log (a crash mid-write,
+        // never acknowledged) is dropped; damage before it fails the open
+        // rather than silently dropping acknowledged writes (see `wal_damaged`).
+        opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
         let cache = rocksdb::Cache::new_lru_cache(32 << 20);
-        let cfs = Cf::ALL.iter().map(|cf| {
+        let cfs = || Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
             cf_opts.set_write_buffer_size(16 << 20);
             let mut table = rocksdb::BlockBasedOptions::default();
@@ -242,7 +287,26 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let path = dir.join("db");
-        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| storage(&format!("opening the store at {}", path.display()), e))?;
+        let db = match DB::open_cf_descriptors(&opts, &path, cfs()) {
+            Ok(db) => db,
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && !wal_files(&path).is_empty() => {
+                let named = damaged_wal(&path, &e);
+                if !salvage_wal {
+                    return Err(wal_damaged(&path, &named, &e));
+                }
+                opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+                let db = DB::open_cf_descriptors(&opts, &path, cfs())
+                    .map_err(|e| storage(&format!("opening the store at {} (salvaging the write-ahead log)", path.display()), e))?;
+                eprintln!(
+                    "warning: the write-ahead log of the store at {} is damaged ({}): {e}. Opened with --salvage-wal: \
+                     it was replayed up to the damage, and every write after it (acknowledged or not) was dropped.",
+                    path.display(),
+                    named.join(", ")
+                );
+                db
+            }
+            Err(e) => return Err(storage(&format!("opening the store at {}", path.display()), e)),
+        };
         let db = Arc::new(db);
         check_format(&db)?;
         let (tx, rx) = mpsc::channel::<Request>();

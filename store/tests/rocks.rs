@@ -92,3 +92,54 @@ async fn a_backup_is_a_data_directory_the_embedded_store_opens() {
     copy.close().await;
     store.close().await;
 }
+
+/// The newest write-ahead log file under `DIR/db`, with its length.
+fn newest_wal(dir: &Path) -> (std::path::PathBuf, u64) {
+    let mut logs: Vec<_> = std::fs::read_dir(dir.join("db"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    let log = logs.pop().expect("a write-ahead log file");
+    let len = std::fs::metadata(&log).unwrap().len();
+    (log, len)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_ahead_log_damaged_before_its_tail_fails_the_open_unless_salvaged() {
+    let dir = Scratch::new("rocks-wal");
+    let store = open(&dir.0).await;
+    for i in 0..200 {
+        let id = format!("i-{i:04}");
+        spec::commit(&store, vec![Write::Instance(Box::new(spec::snapshot(&id, "orders", cairn_engine::Status::Waiting, 1)))])
+            .await;
+    }
+    // No flush: the acknowledged writes live only in the write-ahead log.
+    store.close().await;
+    drop(store);
+    let (log, len) = newest_wal(&dir.0);
+    assert!(len > 20_000, "the write-ahead log holds the 200 instances ({len} bytes in {})", log.display());
+    let mut bytes = std::fs::read(&log).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 32] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&log, &bytes).unwrap();
+    let name = log.file_name().unwrap().to_string_lossy().into_owned();
+
+    let location = Location::Embedded { data_dir: dir.0.clone() };
+    let e = match cairn_store::open(&location, true).await {
+        Ok(_) => panic!("a store with a damaged write-ahead log opens"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("write-ahead log") && e.contains(&name) && e.contains("--salvage-wal"), "{e}");
+
+    let options = cairn_store::OpenOptions { fsync: true, salvage_wal: true };
+    let store = cairn_store::open_with(&location, options).await.expect("the store opens with salvage");
+    let kept = store.instances(&InstanceFilter::default(), 1000).await.expect("instances read").len();
+    assert!(kept > 0 && kept < 200, "the instances before the damage are kept, those after it dropped: {kept}");
+    store.close().await;
+    drop(store);
+    open(&dir.0).await.close().await;
+}

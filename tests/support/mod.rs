@@ -324,6 +324,28 @@ impl Host {
         c.wait().unwrap()
     }
 
+    /// SIGTERM, then wait at most `limit` for the host to exit; None if it
+    /// is still running then (it is killed when the Host drops).
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let c = self.child.as_mut().expect("host running");
+        #[allow(unsafe_code)]
+        // SAFETY: sending a signal to our own child process by pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Guest log records (one JSON object per line).
     pub fn guest_log(&self) -> Vec<Value> {
         std::fs::read_to_string(self.data.join("store").join("guest-log.jsonl"))

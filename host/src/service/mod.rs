@@ -62,6 +62,9 @@ pub struct Config {
     pub store: Location,
     /// fsync every commit (on by default).
     pub fsync: bool,
+    /// Open an embedded store whose write-ahead log is damaged anyway,
+    /// dropping the writes after the damage (`cairn serve --salvage-wal`).
+    pub salvage_wal: bool,
     pub limits: Limits,
     /// History entries kept per instance.
     pub history_limit: u64,
@@ -208,7 +211,8 @@ impl Service {
     /// and the timer loop in the background (the API can serve at once).
     pub async fn start(config: Config) -> anyhow::Result<Service> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let store = cairn_store::open(&config.store, config.fsync).await?;
+        let options = cairn_store::OpenOptions { fsync: config.fsync, salvage_wal: config.salvage_wal };
+        let store = cairn_store::open_with(&config.store, options).await?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), Some(config.data_dir.join("compiled")))?);
         let guest_log = Arc::new(GuestLog::open(&config.data_dir.join("guest-log.jsonl"), config.echo_guest_log)?);
         let registry = Registry::load(&store, &runtime).await?;
