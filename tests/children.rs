@@ -4,7 +4,7 @@
 
 use cairn_tests::{Host, TempDir};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -26,11 +26,7 @@ fn children(h: &Host) -> Vec<Value> {
 }
 
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    cairn_tests::eventually(what, WAIT, f)
 }
 
 #[test]

@@ -4,16 +4,12 @@
 
 use cairn_tests::{Host, TempDir};
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    cairn_tests::eventually(what, WAIT, f)
 }
 
 fn keys(h: &Host, message: &str, key: &str) -> Vec<String> {

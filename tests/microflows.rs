@@ -4,7 +4,7 @@
 
 use cairn_tests::{Host, TempDir};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -22,11 +22,7 @@ fn records(h: &Host, key: &str, what: &str) -> usize {
 }
 
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    cairn_tests::eventually(what, WAIT, f)
 }
 
 fn call(h: &Host, operation: &str, body: Value) -> Value {

@@ -6,16 +6,12 @@
 
 use cairn_tests::{Host, Partner, TempDir};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    cairn_tests::eventually(what, WAIT, f)
 }
 
 /// A host allowed to reach `partner`, with `t-http` granted `grant` and the http-flow process deployed.

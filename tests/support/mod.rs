@@ -422,3 +422,12 @@ impl Drop for Partner {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until `f` holds, polling every 20 ms; panics with `what` after `within`.
+pub fn eventually(what: &str, within: Duration, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -357,7 +357,7 @@ async fn discard(svc: &Service, m: &mut Machine<'_>) -> Result<()> {
         effect_writes(&point.snapshot, e, &mut b);
     }
     commit_batch(svc, &point.snapshot.id, b, &point.effects).await?;
-    after_commit(svc, &point.snapshot, point.effects);
+    after_commit(svc, &point.snapshot.id, point.effects);
     Ok(())
 }
 
@@ -389,7 +389,7 @@ async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, sent: &mut H
     for e in &effects {
         effect_writes(&snapshot, e, &mut b);
     }
-    b.push(Write::Instance(Box::new(snapshot.clone())));
+    b.push(Write::Instance(Box::new(snapshot)));
     crate::failpoint::hit("before-commit");
     commit_batch(svc, &id, b, &effects).await?;
     *conflicts = 0;
@@ -400,7 +400,7 @@ async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, sent: &mut H
         Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => Some(*call_id),
         _ => None,
     }));
-    after_commit(svc, &snapshot, effects);
+    after_commit(svc, &id, effects);
     Ok(())
 }
 
@@ -433,18 +433,18 @@ fn effect_writes(snap: &Snapshot, effect: &Effect, b: &mut WriteBatch) {
 
 /// Carries out a committed batch's effects: timers into the timer set,
 /// replies to their waiters, activity calls and sends to dispatch.
-fn after_commit(svc: &Service, snap: &Snapshot, effects: Vec<Effect>) {
+fn after_commit(svc: &Service, instance: &str, effects: Vec<Effect>) {
     for effect in effects {
         match effect {
-            Effect::SetTimer { timer_id, due_ms } => svc.timers.set(TimerKey { due_ms, instance: snap.id.clone(), timer_id }),
-            Effect::ClearTimer { timer_id, due_ms } => svc.timers.clear(&TimerKey { due_ms, instance: snap.id.clone(), timer_id }),
+            Effect::SetTimer { timer_id, due_ms } => svc.timers.set(TimerKey { due_ms, instance: instance.to_string(), timer_id }),
+            Effect::ClearTimer { timer_id, due_ms } => svc.timers.clear(&TimerKey { due_ms, instance: instance.to_string(), timer_id }),
             Effect::Reply { message_id, body, fault } => {
                 let reply = Reply { body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null), fault };
                 svc.replies.answer(&message_id, reply);
             }
             e @ (Effect::Invoke { .. } | Effect::Send { .. }) => {
                 crate::failpoint::hit("after-commit-dispatch");
-                svc.dispatch(&snap.id, e, 1)
+                svc.dispatch(instance, e, 1)
             }
             Effect::ConsumeMessage { .. }
             | Effect::Correlate { .. }
