@@ -5,9 +5,15 @@
 //! It is the observable trace of what guests did: tests count activity
 //! effects in it. It is written outside the store and is not transactional.
 //! Each handler or activity call may write at most
-//! `--guest-log-max-bytes-per-call` bytes of it; records beyond are dropped,
-//! and one notice at the end of the call says how many.
+//! `--guest-log-max-bytes-per-call` bytes of it, and each instance (its own
+//! handler calls and the activity calls it makes) at most
+//! `--guest-log-max-bytes-per-instance` while the host runs; records beyond
+//! are dropped, and one notice at the end of the call says how many.
+//!
+//! Owns the log file and the bytes each instance wrote (at most
+//! `TRACKED_INSTANCES` instances are tracked; past that the count restarts).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
@@ -18,33 +24,42 @@ use std::sync::Mutex;
 pub struct Quota {
     remaining: usize,
     dropped: u64,
+    /// Of `dropped`, those dropped for the instance's quota.
+    dropped_for_instance: u64,
 }
 
 impl Quota {
     pub fn new(bytes: usize) -> Quota {
-        Quota { remaining: bytes, dropped: 0 }
+        Quota { remaining: bytes, dropped: 0, dropped_for_instance: 0 }
     }
 }
+
+/// Instances whose written bytes are counted at once, at most.
+const TRACKED_INSTANCES: usize = 100_000;
 
 pub struct GuestLog {
     file: Option<Mutex<File>>,
     /// Echo records to stderr too.
     echo: bool,
+    /// Bytes one instance may write while the host runs.
+    per_instance: usize,
+    /// Bytes written so far, by instance.
+    written: Mutex<HashMap<String, usize>>,
 }
 
 impl GuestLog {
-    pub fn open(path: &Path, echo: bool) -> anyhow::Result<GuestLog> {
+    pub fn open(path: &Path, echo: bool, per_instance: usize) -> anyhow::Result<GuestLog> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(|e| anyhow::anyhow!("opening guest log {}: {e}", path.display()))?;
-        Ok(GuestLog { file: Some(Mutex::new(file)), echo })
+        Ok(GuestLog { file: Some(Mutex::new(file)), echo, per_instance, written: Mutex::default() })
     }
 
     /// A log that drops everything (benchmarks).
     pub fn discard() -> GuestLog {
-        GuestLog { file: None, echo: false }
+        GuestLog { file: None, echo: false, per_instance: usize::MAX, written: Mutex::default() }
     }
 
     /// Writes a record if it fits in what is left of the call's quota
@@ -63,6 +78,19 @@ impl GuestLog {
             quota.dropped += 1;
             return;
         }
+        if !ctx.instance.is_empty() && self.per_instance != usize::MAX {
+            let mut written = self.written.lock().unwrap();
+            if written.len() >= TRACKED_INSTANCES && !written.contains_key(&ctx.instance) {
+                written.clear();
+            }
+            let used = written.entry(ctx.instance.clone()).or_default();
+            if *used + line.len() > self.per_instance {
+                quota.dropped += 1;
+                quota.dropped_for_instance += 1;
+                return;
+            }
+            *used += line.len();
+        }
         quota.remaining -= line.len();
         self.emit(ctx, level, message, &line, &record);
     }
@@ -70,7 +98,13 @@ impl GuestLog {
     /// At the end of a call: one notice if its quota dropped records.
     pub fn notice_dropped(&self, ctx: &crate::runtime::LogContext, quota: &Quota) {
         if quota.dropped > 0 {
-            let message = format!("guest log quota exceeded: {} records dropped", quota.dropped);
+            let message = match quota.dropped_for_instance {
+                0 => format!("guest log quota exceeded: {} records dropped (per call: --guest-log-max-bytes-per-call)", quota.dropped),
+                n => format!(
+                    "guest log quota exceeded: {} records dropped, {n} of them for the instance's quota (--guest-log-max-bytes-per-instance)",
+                    quota.dropped
+                ),
+            };
             self.write(ctx, "warn", &message, &[]);
         }
     }

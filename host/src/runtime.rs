@@ -70,6 +70,12 @@ pub struct Limits {
     /// Guest log bytes one handler or activity call may write; records
     /// beyond are dropped and one notice says how many.
     pub guest_log_bytes_per_call: usize,
+    /// Guest log bytes the calls of one instance may write while the host runs.
+    pub guest_log_bytes_per_instance: usize,
+    /// Fuel (about one unit per WebAssembly instruction) one call may burn,
+    /// beside the wall-clock deadline; `None`: not metered. Running out
+    /// faults the call with `cairn.out-of-fuel`.
+    pub fuel_per_call: Option<u64>,
 }
 
 impl Default for Limits {
@@ -79,6 +85,8 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(10),
             max_variables_bytes: 1 << 20,
             guest_log_bytes_per_call: 1 << 20,
+            guest_log_bytes_per_instance: 16 << 20,
+            fuel_per_call: None,
         }
     }
 }
@@ -346,7 +354,15 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.deadline_ticks());
         store.epoch_deadline_trap();
+        self.refuel(&mut store);
         (store, refused)
+    }
+
+    /// A fresh call's fuel, when fuel is metered.
+    fn refuel(&self, store: &mut Store<GuestState>) {
+        if let Some(fuel) = self.limits.fuel_per_call {
+            store.set_fuel(fuel).expect("fuel metering is on in the engine's configuration");
+        }
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -398,6 +414,7 @@ impl Runtime {
         state.deadline = Instant::now() + self.limits.call_timeout;
         state.log_quota = crate::guestlog::Quota::new(self.limits.guest_log_bytes_per_call);
         session.store.set_epoch_deadline(self.deadline_ticks());
+        self.refuel(&mut session.store);
         let result = session.instance.call_call(&mut session.store, handler, variables, message, item);
         session.store.data_mut().end_call_log(self.limits.guest_log_bytes_per_call);
         match result {
@@ -459,6 +476,10 @@ impl Runtime {
         let trap = e.downcast_ref::<wasmtime::Trap>().copied();
         if trap == Some(wasmtime::Trap::Interrupt) {
             return engine::Fault::new("cairn.timeout", "the guest ran past its call deadline");
+        }
+        if trap == Some(wasmtime::Trap::OutOfFuel) {
+            let fuel = self.limits.fuel_per_call.unwrap_or(0);
+            return engine::Fault::new("cairn.out-of-fuel", format!("the guest burned its fuel of {fuel} units for one call (serve --fuel-per-call)"));
         }
         if refused.load(Ordering::Relaxed) {
             return engine::Fault::new(
@@ -540,6 +561,7 @@ fn config(pooling: bool, limits: &Limits) -> wasmtime::Config {
     let mut cfg = wasmtime::Config::new();
     cfg.wasm_component_model(true);
     cfg.epoch_interruption(true);
+    cfg.consume_fuel(limits.fuel_per_call.is_some());
     if pooling {
         let mut pool = wasmtime::PoolingAllocationConfig::default();
         pool.total_component_instances(1000);
@@ -587,9 +609,10 @@ fn fingerprint(engine: &Engine, pooling: bool, limits: &Limits) -> String {
     let mut h = Sha(sha2::Sha256::new());
     engine.precompile_compatibility_hash().hash(&mut h);
     format!(
-        "wasmtime-48 {} component-model epoch-interruption pooling={pooling} max-memory={} cairn-{}",
+        "wasmtime-48 {} component-model epoch-interruption pooling={pooling} max-memory={} fuel={} cairn-{}",
         crate::service::hex(&h.0.finalize()),
         limits.memory_bytes,
+        limits.fuel_per_call.is_some(),
         env!("CARGO_PKG_VERSION"),
     )
 }

@@ -12,6 +12,21 @@ pub enum StoreError {
     Integrity { table: &'static str, key: String, reason: String },
     /// The backend failed (I/O, connection, the committer stopped).
     Storage(String),
+    /// The disk (or the database server's disk) is full; nothing was written.
+    NoSpace(String),
+}
+
+impl StoreError {
+    /// A storage failure, told apart as a full disk when its message says so
+    /// (RocksDB's and PostgreSQL's I/O errors carry the OS's words).
+    pub fn storage(message: String) -> StoreError {
+        let full = ["No space left on device", "could not extend file", "disk full", "ENOSPC"];
+        if full.iter().any(|f| message.contains(f)) {
+            StoreError::NoSpace(message)
+        } else {
+            StoreError::Storage(message)
+        }
+    }
 }
 
 impl std::fmt::Display for StoreError {
@@ -27,6 +42,7 @@ impl std::fmt::Display for StoreError {
                 write!(f, "integrity error: the record '{key}' of table {table} does not decode: {reason}")
             }
             StoreError::Storage(e) => write!(f, "storage error: {e}"),
+            StoreError::NoSpace(e) => write!(f, "storage full: {e}"),
         }
     }
 }

@@ -185,7 +185,12 @@ const ISOLATED: &str = "isolated";
 const STORE_FORMAT: &str = "store-format";
 
 fn storage(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(format!("{what}: {e}"))
+    StoreError::storage(format!("{what}: {e}"))
+}
+
+/// The rows that decode; each one that does not is reported to `damage` and skipped.
+fn decodable<T>(damage: &crate::health::Damage, rows: impl Iterator<Item = Result<T>>) -> Vec<T> {
+    rows.filter_map(|r| r.map_err(|e| damage.note(e)).ok()).collect()
 }
 
 /// A u64 as its bigint column holds it.
@@ -487,6 +492,7 @@ pub async fn open(url: &str, fsync: bool) -> Result<crate::Store> {
         queue,
         committer: Mutex::new(Some(handle)),
         stats,
+        health: Default::default(),
     }))
 }
 
@@ -871,6 +877,7 @@ pub struct PgStore {
     queue: mpsc::UnboundedSender<Request>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stats: Arc<Stats>,
+    health: crate::health::StoreHealth,
 }
 
 impl PgStore {
@@ -903,12 +910,14 @@ impl Backend for PgStore {
         let (done, wait) = oneshot::channel();
         let stopped = || StoreError::Storage("the committer has stopped".into());
         self.queue.send(Request::Commit(batch, done)).map_err(|_| stopped())?;
-        wait.await.map_err(|_| stopped())?
+        let result = wait.await.map_err(|_| stopped())?;
+        self.health.writes.observe(&result);
+        result
     }
 
     async fn definitions(&self) -> Result<Vec<DeployedRecord>> {
         let rows = self.query("reading definitions", |s| &s.definitions, &[]).await?;
-        rows.iter().map(|r| decode("definitions", &r.get::<_, &str>(0), r.get(1))).collect()
+        Ok(decodable(&self.health.damage, rows.iter().map(|r| decode("definitions", &r.get::<_, &str>(0), r.get(1)))))
     }
 
     async fn component(&self, version: &str) -> Result<Option<Vec<u8>>> {
@@ -918,7 +927,7 @@ impl Backend for PgStore {
 
     async fn instance(&self, id: &str) -> Result<Option<Snapshot>> {
         match self.query_opt("reading an instance", |s| &s.instance, &[&id]).await? {
-            Some(r) => decode("instances", &id, r.get(0)).map(Some),
+            Some(r) => decode("instances", &id, r.get(0)).map(Some).map_err(|e| self.health.damage.note(e)),
             None => Ok(None),
         }
     }
@@ -938,7 +947,7 @@ impl Backend for PgStore {
                 self.query(what, |s| &s.instances_both, &[&process, &status, &limit]).await?
             }
         };
-        rows.iter().map(|r| decode("instances", &r.get::<_, &str>(0), r.get(1))).collect()
+        Ok(decodable(&self.health.damage, rows.iter().map(|r| decode("instances", &r.get::<_, &str>(0), r.get(1)))))
     }
 
     async fn count_instances(&self, status: Status) -> Result<u64> {
@@ -948,7 +957,7 @@ impl Backend for PgStore {
 
     async fn inbox(&self, instance: &str) -> Result<Vec<Delivery>> {
         let rows = self.query("reading an inbox", |s| &s.inbox, &[&instance]).await?;
-        rows.iter().map(|r| decode("inbox", &scoped(instance, uint(r, 0)), r.get(1))).collect()
+        Ok(decodable(&self.health.damage, rows.iter().map(|r| decode("inbox", &scoped(instance, uint(r, 0)), r.get(1)))))
     }
 
     async fn inbox_owners(&self) -> Result<Vec<String>> {
@@ -958,18 +967,17 @@ impl Backend for PgStore {
 
     async fn outbox(&self, instance: &str) -> Result<Vec<Effect>> {
         let rows = self.query("reading an outbox", |s| &s.outbox, &[&instance]).await?;
-        rows.iter().map(|r| decode("outbox", &scoped(instance, uint(r, 0)), r.get(1))).collect()
+        Ok(decodable(&self.health.damage, rows.iter().map(|r| decode("outbox", &scoped(instance, uint(r, 0)), r.get(1)))))
     }
 
     async fn all_outbox(&self) -> Result<Vec<(String, Effect)>> {
         let rows = self.query("reading the outbox", |s| &s.all_outbox, &[]).await?;
-        rows.iter()
-            .map(|r| {
-                let instance: String = r.get(0);
-                let effect = decode("outbox", &scoped(&instance, uint(r, 1)), r.get(2))?;
-                Ok((instance, effect))
-            })
-            .collect()
+        let entries = rows.iter().map(|r| {
+            let instance: String = r.get(0);
+            let effect = decode("outbox", &scoped(&instance, uint(r, 1)), r.get(2))?;
+            Ok((instance, effect))
+        });
+        Ok(decodable(&self.health.damage, entries))
     }
 
     async fn timers(&self) -> Result<Vec<TimerKey>> {
@@ -1117,6 +1125,10 @@ impl Backend for PgStore {
 
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn health(&self) -> &crate::health::StoreHealth {
+        &self.health
     }
 }
 

@@ -1,7 +1,8 @@
 //! Test guest "robust": after a first step committed on its own, a snippet
 //! grows the variables to `size` bytes, logs `count` records of `size`
-//! bytes, or sleeps `ms` milliseconds, as the `mode` variable asks; the host
-//! must bound each (variables cap, guest log quota, call deadline).
+//! bytes, sleeps `ms` milliseconds, or spins `count` million rounds of
+//! arithmetic, as the `mode` variable asks; the host must bound each
+//! (variables cap, guest log quota, call deadline, fuel).
 
 use cairn_guest::{Activity, Process, Transaction};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,13 @@ fn define(p: &mut Process<Vars>) -> Activity {
                 }
             }
             "sleep" => std::thread::sleep(std::time::Duration::from_millis(v.ms)),
+            "spin" => {
+                let mut x: u64 = 1;
+                for i in 0..u64::from(v.count) * 1_000_000 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                }
+                v.size = (x % 7) as usize;
+            }
             _ => {}
         }
         v.step = 2;

@@ -227,6 +227,8 @@ fn error(e: Error) -> Response {
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, Json(json!({ "error": e.message }))).into_response()
@@ -243,8 +245,29 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> 
     serde_json::from_slice(body).map_err(|e| Error::new(ErrorKind::BadInput, format!("request body is not valid: {e}")))
 }
 
+/// `ok`, or `degraded` with the reasons: writes failing, damaged records
+/// met. Degraded is still 200: the host serves what it can.
 async fn health(State(svc): State<Service>) -> Response {
-    Json(json!({ "ok": true, "live_instances": svc.drivers.count() })).into_response()
+    let health = svc.store.health();
+    let mut reasons = Vec::new();
+    let mut body = json!({ "live_instances": svc.drivers.count() });
+    if let Some((reason, since)) = health.writes.failing() {
+        let since_ms = since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        reasons.push(format!("writes to the store are failing (retrying in the background): {reason}"));
+        body["writes_failing_since_ms"] = json!(since_ms);
+    }
+    let (damage, damaged) = health.damage.reports();
+    if damaged > 0 {
+        reasons.push(format!(
+            "{damaged} damaged record(s) met and skipped; stop the host and run `cairn check` (then `cairn repair`) on its data directory"
+        ));
+        body["damaged_records"] = json!(damaged);
+        body["damage"] = json!(damage);
+    }
+    body["ok"] = json!(reasons.is_empty());
+    body["status"] = json!(if reasons.is_empty() { "ok" } else { "degraded" });
+    body["reasons"] = json!(reasons);
+    Json(body).into_response()
 }
 
 /// `?name=NAME&allow_http=PREFIX&allow_http=…` (`allow_http` repeats).

@@ -213,6 +213,14 @@ impl Service {
                     .await
                     .unwrap_or_else(|e| Err(Fault::new("cairn.internal", format!("activity task failed: {e}"))));
                 let accesses = resources.lock().unwrap().take();
+                let cap = self.config.limits.max_variables_bytes;
+                let result = result.and_then(|out| match out.len() > cap {
+                    true => Err(Fault::new(
+                        "cairn.too-large",
+                        format!("activity '{name}' returned {} bytes, more than the cap of {cap} bytes (serve --max-variables-bytes)", out.len()),
+                    )),
+                    false => Ok(out),
+                });
                 (result, accesses)
             }
             Target::Process(process) => (self.process_call(process, operation, input, idempotency_key, timeout).await, ResourceAccesses::default()),
@@ -231,7 +239,10 @@ impl Service {
         // The idempotency key is the message id: a call dispatched
         // again after a crash finds the same callee instance.
         let m = MessageIn { id: Some(idempotency_key.to_string()), ..MessageIn::new(operation, input) };
-        self.accept_message(m, Some(process)).await.map_err(|e| Fault::new("cairn.call-rejected", e.message))?;
+        self.accept_message(m, Some(process)).await.map_err(|e| match e.kind {
+            crate::service::ErrorKind::TooLarge => Fault::new("cairn.too-large", e.message),
+            _ => Fault::new("cairn.call-rejected", e.message),
+        })?;
         let limit = timeout.unwrap_or(std::time::Duration::from_secs(u64::MAX / 4));
         let reply = self.await_reply(idempotency_key, limit).await.map_err(|e| match timeout {
             Some(t) => Fault::new("cairn.timeout", format!("process '{process}' did not reply within {t:?}")),

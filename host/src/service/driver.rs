@@ -31,12 +31,27 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
     // that committed: the instance goes on from its last persistence point,
     // and the calls run again.
     let mut conflicts: u32 = 0;
+    // Persistence points (or loads) that failed for a storage reason in a row.
+    let mut failures: u32 = 0;
     loop {
         match drive(&svc, &id, &mut rx, &mut conflicts).await {
             Err(e) if e.is::<ResourceConflict>() => {
                 conflicts += 1;
                 // A little later each time, so that contenders spread out.
                 tokio::time::sleep(std::time::Duration::from_millis(u64::from(conflicts.min(50)) * (1 + now_ms() % 3))).await;
+            }
+            Err(e) if is_storage_failure(&e) && !svc.is_shutting_down() => {
+                // Nothing of the failed point was written and nothing of it
+                // left the host: once the store takes writes again, the
+                // instance goes on from its last persistence point.
+                if failures == 0 {
+                    eprintln!("cairn: instance {id} waits for the store to take writes again: {e:#}");
+                }
+                failures += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 << failures.min(3))).await;
+                if svc.is_shutting_down() {
+                    break;
+                }
             }
             Err(e) => {
                 eprintln!("cairn: instance {id} stopped: {e:#}");
@@ -46,6 +61,12 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
         }
     }
     svc.drivers.ended(&id, generation);
+}
+
+/// Whether `e` is the store failing to read or write (I/O, a full disk),
+/// as opposed to damage or a bug: worth retrying.
+fn is_storage_failure(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<cairn_store::StoreError>(), Some(cairn_store::StoreError::Storage(_) | cairn_store::StoreError::NoSpace(_)))
 }
 
 /// A persistence point lost a resource conflict: nothing of it was written.
@@ -73,7 +94,7 @@ async fn commit_batch(svc: &Service, id: &str, b: WriteBatch, effects: &[Effect]
             svc.calls.rerun(id, calls);
             Err(ResourceConflict(e).into())
         }
-        Err(e) => Err(anyhow!("{e}")),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -85,6 +85,13 @@ impl Service {
         if m.operation.is_empty() {
             return Err(Error::new(ErrorKind::BadInput, "the message has no operation"));
         }
+        let cap = self.config.limits.max_variables_bytes;
+        if m.body.len() > cap {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("cairn.too-large: the message body is {} bytes, more than the cap of {cap} bytes (serve --max-variables-bytes)", m.body.len()),
+            ));
+        }
         serde_json::from_str::<serde_json::Value>(&m.body)
             .map_err(|e| Error::new(ErrorKind::BadInput, format!("message body is not valid JSON: {e}")))?;
         let message_id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(new_id);

@@ -138,8 +138,12 @@ pub enum ErrorKind {
     Conflict,
     /// Well-formed but invalid, e.g. a definition that fails validation (422).
     Invalid,
-    /// The host is shutting down or timed out waiting (503).
+    /// The host is shutting down, timed out waiting, or cannot write to its store (503).
     Unavailable,
+    /// The store's disk is full (507).
+    NoSpace,
+    /// Over a configured size cap (413).
+    TooLarge,
     Internal,
 }
 
@@ -151,13 +155,22 @@ impl Error {
 
 impl From<anyhow::Error> for Error {
     fn from(e: anyhow::Error) -> Error {
-        Error::new(ErrorKind::Internal, format!("{e:#}"))
+        match e.downcast::<StoreError>() {
+            Ok(e) => e.into(),
+            Err(e) => Error::new(ErrorKind::Internal, format!("{e:#}")),
+        }
     }
 }
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
-        Error::new(ErrorKind::Internal, e.to_string())
+        let kind = match e {
+            StoreError::Storage(_) => ErrorKind::Unavailable,
+            StoreError::NoSpace(_) => ErrorKind::NoSpace,
+            _ => ErrorKind::Internal,
+        };
+        let retry = if kind == ErrorKind::Internal { "" } else { " (nothing was written; the host retries in the background: try again later)" };
+        Error::new(kind, format!("{e}{retry}"))
     }
 }
 
@@ -214,7 +227,7 @@ impl Service {
         let options = cairn_store::OpenOptions { fsync: config.fsync, salvage_wal: config.salvage_wal };
         let store = cairn_store::open_with(&config.store, options).await?;
         let runtime = Arc::new(Runtime::new(config.limits.clone(), Some(config.data_dir.join("compiled")))?);
-        let guest_log = Arc::new(GuestLog::open(&config.data_dir.join("guest-log.jsonl"), config.echo_guest_log)?);
+        let guest_log = Arc::new(GuestLog::open(&config.data_dir.join("guest-log.jsonl"), config.echo_guest_log, config.limits.guest_log_bytes_per_instance)?);
         let registry = Registry::load(&store, &runtime).await?;
         let timers = Timers::load(&store).await?;
         let operator = Operator::load(&store).await?;

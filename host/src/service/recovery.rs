@@ -1,7 +1,8 @@
 //! Recovery at start: which instances resume, which stay parked.
 //!
 //! Owns nothing: it reads the store once and wakes drivers. Recovery reads
-//! snapshots, inboxes and outboxes only, never the history.
+//! snapshots, inboxes and outboxes only, never the history. Damage does not
+//! stop it: what cannot be read is reported, and every other instance resumes.
 
 use super::Service;
 use cairn_engine::Status;
@@ -17,25 +18,74 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
     let crashed = !svc.clean_start();
     let mut resume = BTreeSet::new();
     let mut park = Vec::new();
+    // Each step goes on past damage: a record that does not decode is
+    // reported by the store and skipped, and a step that fails (a damaged
+    // table block) is reported here, so every other instance still resumes.
     let running = InstanceFilter { status: Some(Status::Running), process: None };
-    for s in svc.store.instances(&running, usize::MAX).await? {
-        let deferred = svc.registry.deployed(&s.version).and_then(|d| d.definition().map(|d| d.deferred_recovery));
-        if crashed && deferred == Some(true) {
-            park.push(s.id);
-        } else {
-            resume.insert(s.id);
+    match svc.store.instances(&running, usize::MAX).await {
+        Ok(snapshots) => {
+            for s in snapshots {
+                let deferred = svc.registry.deployed(&s.version).and_then(|d| d.definition().map(|d| d.deferred_recovery));
+                if crashed && deferred == Some(true) {
+                    park.push(s.id);
+                } else {
+                    resume.insert(s.id);
+                }
+            }
+        }
+        Err(e) => eprintln!("cairn: recovery: listing running instances: {e} (going on with the rest)"),
+    }
+    match svc.store.inbox_owners().await {
+        Ok(owners) => {
+            for id in owners {
+                match svc.load_snapshot(&id).await {
+                    Ok(Some(s)) if s.status == Status::Waiting => {
+                        resume.insert(id);
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("cairn: recovery: instance {id} is not resumed: {e}"),
+                }
+            }
+        }
+        Err(e) => {
+            // A damaged block ends the scan: look up each waiting instance's
+            // own inbox instead, so only the instances in the block are missed.
+            eprintln!("cairn: recovery: listing inboxes: {e} (looking at each waiting instance instead)");
+            let waiting = InstanceFilter { status: Some(Status::Waiting), process: None };
+            for s in svc.store.instances(&waiting, usize::MAX).await.unwrap_or_default() {
+                match svc.store.inbox(&s.id).await {
+                    Ok(inbox) if !inbox.is_empty() => {
+                        resume.insert(s.id);
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("cairn: recovery: instance {} is not resumed: {e}", s.id),
+                }
+            }
         }
     }
-    for id in svc.store.inbox_owners().await? {
-        if svc.load_snapshot(&id).await?.is_some_and(|s| s.status == Status::Waiting) {
-            resume.insert(id);
+    match svc.store.all_outbox().await {
+        Ok(outbox) => {
+            for (id, effect) in outbox {
+                match svc.load_snapshot(&id).await {
+                    Ok(Some(s)) if s.status.is_terminal() => svc.dispatch(&id, effect, 1),
+                    Ok(_) => {
+                        resume.insert(id);
+                    }
+                    Err(e) => eprintln!("cairn: recovery: instance {id} is not resumed: {e}"),
+                }
+            }
         }
-    }
-    for (id, effect) in svc.store.all_outbox().await? {
-        match svc.load_snapshot(&id).await? {
-            Some(s) if s.status.is_terminal() => svc.dispatch(&id, effect, 1),
-            _ => {
-                resume.insert(id);
+        Err(e) => {
+            eprintln!("cairn: recovery: reading the outbox: {e} (looking at each waiting instance's instead)");
+            let waiting = InstanceFilter { status: Some(Status::Waiting), process: None };
+            for s in svc.store.instances(&waiting, usize::MAX).await.unwrap_or_default() {
+                match svc.store.outbox(&s.id).await {
+                    Ok(outbox) if !outbox.is_empty() => {
+                        resume.insert(s.id);
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("cairn: recovery: instance {} is not resumed: {e}", s.id),
+                }
             }
         }
     }
