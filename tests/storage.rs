@@ -126,3 +126,53 @@ fn fuel_metering_stops_a_spinning_guest_with_out_of_fuel() {
     assert_eq!(v["fault"]["name"], "cairn.out-of-fuel", "{v:#}");
     assert_eq!(v["variables"]["step"], 1, "{v:#}");
 }
+
+/// Overwrites the snapshot of `instance` in a stopped host's embedded store
+/// with bytes that do not decode.
+fn damage_snapshot(data: &Path, instance: &str) {
+    let path = data.join("db");
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &families).unwrap();
+    let instances = db.cf_handle("instances").unwrap();
+    assert!(db.get_cf(instances, instance).unwrap().is_some(), "no snapshot of {instance}");
+    db.put_cf(instances, instance, b"\x01{\"this is\": not a snapshot").unwrap();
+    db.flush_cf(instances).unwrap();
+}
+
+#[test]
+fn an_undecodable_snapshot_is_reported_by_key_and_every_other_instance_goes_on() {
+    if store_kind() != "rocksdb" {
+        return;
+    }
+    let dir = TempDir::new("damaged-record");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    h.deploy("t_robust", None);
+    // Three instances in the middle of a call when the host dies.
+    let ids: Vec<String> = (0..3)
+        .map(|_| h.ok_json(&["start", "robust", "--input", r#"{"mode":"sleep","ms":3000}"#])["id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        eventually("the first step is committed", WAIT, || h.instance(id)["variables"]["step"] == 1);
+    }
+    h.kill9();
+    damage_snapshot(&dir.path().join("store"), &ids[1]);
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    // The others are recovered and complete.
+    h.wait_status(&ids[0], "completed", WAIT);
+    h.wait_status(&ids[2], "completed", WAIT);
+    // The damaged one is reported by table and key, and health says so.
+    let v = health(&h);
+    assert_eq!(v["status"], "degraded", "{v:#}");
+    assert_eq!(v["damage"][0]["table"], "instances", "{v:#}");
+    assert_eq!(v["damage"][0]["key"], ids[1].as_str(), "{v:#}");
+    assert!(v["reasons"][0].as_str().unwrap().contains("cairn check"), "{v:#}");
+    let log = h.server_log();
+    assert!(log.contains("DAMAGED DATA") && log.contains(&ids[1]), "{log}");
+    let (status, v) = h.get(&format!("/v1/instances/{}", ids[1]));
+    assert_eq!(status, 500, "{v}");
+    assert!(v["error"].as_str().unwrap().contains(&ids[1]), "the error names the key: {v}");
+    // Listing skips it (it was reported) and shows the rest.
+    let listed: Vec<Value> = h.instances("robust");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+}
