@@ -6,7 +6,7 @@
 //! saw the instance end faulted or terminated.
 
 use crate::runtime::Limits;
-use crate::service::{Config, Service};
+use crate::service::Config;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -79,6 +79,28 @@ impl From<ApiArgs> for crate::api::ApiConfig {
     }
 }
 
+/// HTTPS for the API (rustls): both files or neither; without them, plain HTTP.
+#[derive(clap::Args, Clone, Debug)]
+struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first).
+    #[arg(long, value_name = "CERT.pem", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "KEY.pem", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS acceptor, if asked for; an error names the file and what is wrong.
+    fn load(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => crate::server::load_tls(cert, key).map(Some),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("--tls-cert and --tls-key go together: give both, or neither for plain HTTP"),
+        }
+    }
+}
+
 pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNREACHABLE: i32 = 3;
@@ -93,6 +115,11 @@ struct Cli {
     /// Bearer token sent with every request (`cairn token create` makes one).
     #[arg(long, global = true, env = "CAIRN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust the server's TLS certificate if it is signed by one in this PEM
+    /// file (or is one of them: a self-signed certificate), instead of the
+    /// usual public roots. For `--server https://…`.
+    #[arg(long, global = true, env = "CAIRN_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,6 +177,8 @@ enum Command {
         http: HttpArgs,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Write an online, consistent backup of definitions and instances to
     /// NAME under the server's backup root (`serve --backup-dir`, default
@@ -179,6 +208,8 @@ enum Command {
         http: HttpArgs,
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// End the isolation of a restored environment: its outbound effects reach the world again.
     ///
@@ -454,9 +485,16 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let client = Client::new(&cli.server, cli.token.as_deref());
+    let client = Client::new(&cli.server, cli.token.as_deref(), cli.ca_cert.as_deref());
     let result = match cli.command {
-        Command::Restore { backup, data, listen, quiet_guests, shutdown_grace_ms, http, api } => {
+        Command::Restore { backup, data, listen, quiet_guests, shutdown_grace_ms, http, api, tls } => {
+            let tls = match tls.load() {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return EXIT_USAGE;
+                }
+            };
             if let Err(e) = copy_dir(&backup, &data) {
                 eprintln!("error: restoring {} into {}: {e}", backup.display(), data.display());
                 return EXIT_USAGE;
@@ -476,8 +514,8 @@ pub fn main() -> i32 {
                 http: http.into(),
             };
             let mut api: crate::api::ApiConfig = api.into();
-            api.require_token = !is_loopback(&listen);
-            return match serve(config, api, &listen, Duration::from_millis(shutdown_grace_ms)) {
+            api.require_token = !crate::server::is_loopback(&listen);
+            return match crate::server::serve(config, api, &listen, Duration::from_millis(shutdown_grace_ms), tls) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cairn restore: {e:#}");
@@ -486,7 +524,14 @@ pub fn main() -> i32 {
             };
         }
         Command::Backup { name, json } => backup(&client, &name, json),
-        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, guest_log_max_bytes_per_call, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, http, api } => {
+        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, guest_log_max_bytes_per_call, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, http, api, tls } => {
+            let tls = match tls.load() {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return EXIT_USAGE;
+                }
+            };
             let store = match cairn_store::Location::parse(store.as_deref(), &data) {
                 Ok(s) => s,
                 Err(e) => {
@@ -512,8 +557,8 @@ pub fn main() -> i32 {
                 http: http.into(),
             };
             let mut api: crate::api::ApiConfig = api.into();
-            api.require_token = !is_loopback(&listen);
-            return match serve(config, api, &listen, Duration::from_millis(shutdown_grace_ms)) {
+            api.require_token = !crate::server::is_loopback(&listen);
+            return match crate::server::serve(config, api, &listen, Duration::from_millis(shutdown_grace_ms), tls) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("cairn serve: {e:#}");
@@ -550,164 +595,59 @@ pub fn main() -> i32 {
     }
 }
 
-/// How long a client may take to send a request's header, and its body.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn serve(config: Config, api: crate::api::ApiConfig, listen: &str, grace: Duration) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        let data = config.data_dir.display().to_string();
-        let svc = Service::start(config).await?;
-        // Beyond loopback, a token is required: refuse to start, before binding, while none exists.
-        if api.require_token && svc.store.tokens().await?.is_empty() {
-            svc.shutdown().await;
-            anyhow::bail!(
-                "refusing to listen on {listen}, beyond loopback, while the store holds no API token: anyone who can reach it could use the API. Create the first token offline with `cairn token create --role admin --data {data}` (add --store URL for PostgreSQL), then start again (`cairn serve --data {data}`) and send it with --token / CAIRN_TOKEN; or listen on 127.0.0.1"
-            );
-        }
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-        let isolated = if svc.is_isolated() { " as an ISOLATED environment: outbound effects are recorded and printed" } else { "" };
-        eprintln!("cairn: serving http://{} (data in {data}){isolated}", listener.local_addr()?);
-        // Our own accept loop rather than axum::serve: a header read timeout,
-        // and a graceful shutdown that waits `grace` at most, whatever clients do.
-        let app = crate::api::router_with(svc.clone(), api).layer(axum::middleware::map_request(|req: axum::extract::Request| async move {
-            req.map(|body| axum::body::Body::new(TimedBody::new(body, BODY_READ_TIMEOUT)))
-        }));
-        let service = hyper_util::service::TowerToHyperService::new(app);
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut connections = tokio::task::JoinSet::new();
-        let signal = shutdown_signal();
-        tokio::pin!(signal);
-        loop {
-            while connections.try_join_next().is_some() {}
-            let stream = tokio::select! {
-                _ = &mut signal => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors and the like: keep serving.
-                        eprintln!("cairn: accepting a connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
-            let mut stop = stop_rx.clone();
-            connections.spawn(async move {
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
-                }
-                let _ = conn.await;
-            });
-        }
-        drop(listener);
-        let _ = stop_tx.send(true);
-        let open = connections.len();
-        eprintln!("cairn: shutting down: stopped accepting; {open} connection(s) open, {} ms grace", grace.as_millis());
-        let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await.is_ok();
-        if !drained {
-            let left = connections.len();
-            connections.shutdown().await;
-            eprintln!("cairn: {left} connection(s) still open after the grace period were closed");
-        }
-        eprintln!("cairn: shutting down: persisting live instances");
-        svc.shutdown().await;
-        eprintln!("cairn: stopped");
-        Ok(())
-    })
-}
-
-/// Whether every address `listen` resolves to is a loopback address.
-fn is_loopback(listen: &str) -> bool {
-    use std::net::ToSocketAddrs;
-    match listen.to_socket_addrs() {
-        Ok(addrs) => {
-            let addrs: Vec<_> = addrs.collect();
-            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
-        }
-        Err(_) => false,
-    }
-}
-
-/// A request body that fails once reading it has taken longer than its limit.
-struct TimedBody<B> {
-    inner: B,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
-    limit: Duration,
-}
-
-impl<B> TimedBody<B> {
-    fn new(inner: B, limit: Duration) -> TimedBody<B> {
-        TimedBody { inner, deadline: Box::pin(tokio::time::sleep(limit)), limit }
-    }
-}
-
-impl<B> http_body::Body for TimedBody<B>
-where
-    B: http_body::Body + Unpin,
-    B::Error: Into<axum::BoxError>,
-{
-    type Data = B::Data;
-    type Error = axum::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, Self::Error>>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(r) => Poll::Ready(r.map(|r| r.map_err(Into::into))),
-            Poll::Pending => match std::future::Future::poll(this.deadline.as_mut(), cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(format!("the request body was not received within {} s", this.limit.as_secs()).into()))),
-                Poll::Pending => Poll::Pending,
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 struct CliError(i32, String);
 
 struct Client {
     base: String,
-    agent: ureq::Agent,
+    /// The HTTP(S) agent, or why it could not be made (an unreadable
+    /// --ca-cert), reported by the first request, so that commands that
+    /// send none (`serve`, offline ones) are not held to it.
+    agent: Result<ureq::Agent, String>,
     /// `Authorization: Bearer …`, sent with every request.
     authorization: Option<String>,
 }
 
 impl Client {
-    fn new(base: &str, token: Option<&str>) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(600)))
-            .build()
-            .into();
+    fn new(base: &str, token: Option<&str>, ca_cert: Option<&std::path::Path>) -> Client {
+        let agent = Client::tls_config(ca_cert).map(|tls| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(600)))
+                .tls_config(tls)
+                .build()
+                .into()
+        });
         let authorization = token.map(str::trim).filter(|t| !t.is_empty()).map(|t| format!("Bearer {t}"));
         Client { base: base.trim_end_matches('/').to_string(), agent, authorization }
+    }
+
+    /// TLS for `https://` servers (rustls, ring): the certificates of
+    /// `--ca-cert` as the only roots if given, else Mozilla's public roots.
+    fn tls_config(ca_cert: Option<&std::path::Path>) -> Result<ureq::tls::TlsConfig, String> {
+        let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA certificate file {} (--ca-cert): {e}", path.display()))?;
+            let mut roots = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => roots.push(c),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("the CA certificate file {} (--ca-cert) is not valid PEM: {e}", path.display())),
+                }
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "the CA certificate file {} (--ca-cert) holds no certificate (expected a PEM block '-----BEGIN CERTIFICATE-----')",
+                    path.display()
+                ));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+        }
+        Ok(tls.build())
+    }
+
+    fn agent(&self) -> Result<&ureq::Agent, CliError> {
+        self.agent.as_ref().map_err(|e| CliError(EXIT_USAGE, e.clone()))
     }
 
     fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -718,8 +658,9 @@ impl Client {
     }
 
     fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, CliError> {
-        let mut resp = r.map_err(|e| {
-            CliError(EXIT_UNREACHABLE, format!("cannot reach the Cairn server at {}: {e} (start it with `cairn serve`, or set --server / CAIRN_SERVER)", self.base))
+        let mut resp = r.map_err(|e| match tls_failure(&e) {
+            Some(why) => CliError(EXIT_UNREACHABLE, format!("TLS with the Cairn server at {} failed: {why}", self.base)),
+            None => CliError(EXIT_UNREACHABLE, format!("cannot reach the Cairn server at {}: {e} (start it with `cairn serve`, or set --server / CAIRN_SERVER)", self.base)),
         })?;
         let status = resp.status().as_u16();
         let body: Value = resp
@@ -734,12 +675,12 @@ impl Client {
     }
 
     fn get(&self, path: &str) -> Result<Value, CliError> {
-        self.finish(self.auth(self.agent.get(format!("{}{path}", self.base))).call())
+        self.finish(self.auth(self.agent()?.get(format!("{}{path}", self.base))).call())
     }
 
     fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.finish(
-            self.auth(self.agent.post(format!("{}{path}", self.base)))
+            self.auth(self.agent()?.post(format!("{}{path}", self.base)))
                 .header("content-type", "application/json")
                 .send(body.to_string().as_bytes()),
         )
@@ -747,7 +688,7 @@ impl Client {
 
     fn put_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.finish(
-            self.auth(self.agent.put(format!("{}{path}", self.base)))
+            self.auth(self.agent()?.put(format!("{}{path}", self.base)))
                 .header("content-type", "application/json")
                 .send(body.to_string().as_bytes()),
         )
@@ -755,7 +696,7 @@ impl Client {
 
     fn delete_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         self.finish(
-            self.auth(self.agent.delete(format!("{}{path}", self.base)))
+            self.auth(self.agent()?.delete(format!("{}{path}", self.base)))
                 .force_send_body()
                 .header("content-type", "application/json")
                 .send(body.to_string().as_bytes()),
@@ -763,8 +704,32 @@ impl Client {
     }
 
     fn post_bytes(&self, path: &str, bytes: &[u8]) -> Result<Value, CliError> {
-        self.finish(self.auth(self.agent.post(format!("{}{path}", self.base))).header("content-type", "application/wasm").send(bytes))
+        self.finish(self.auth(self.agent()?.post(format!("{}{path}", self.base))).header("content-type", "application/wasm").send(bytes))
     }
+}
+
+/// A TLS failure (rustls's error, as such or inside an I/O error), said with what to do about it.
+fn tls_failure(e: &ureq::Error) -> Option<String> {
+    use tokio_rustls::rustls::{self, CertificateError};
+    let e: &rustls::Error = match e {
+        ureq::Error::Rustls(e) => e,
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+        _ => return None,
+    };
+    let hint = match e {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            "the server's certificate is not signed by a trusted root: if it is self-signed or from a private CA, trust it with --ca-cert FILE / CAIRN_CA_CERT"
+        }
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
+            "the server's certificate does not name the host in --server: use a name or address its subjectAltName lists"
+        }
+        rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => "the server's certificate has expired",
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) if other.to_string().contains("CaUsedAsEndEntity") => {
+            "the server's certificate is a CA certificate (basicConstraints CA:TRUE) used as the server's own: make it with CA:FALSE (see the README's TLS section)"
+        }
+        _ => "is the server serving HTTPS at this address, and is --ca-cert the right certificate?",
+    };
+    Some(format!("{e}: {hint}"))
 }
 
 fn parse_json_arg(flag: &str, text: &str) -> Result<Value, CliError> {

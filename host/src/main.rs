@@ -15,6 +15,7 @@ pub mod outbound;
 pub mod partner;
 pub mod resources;
 pub mod runtime;
+pub mod server;
 pub mod service;
 
 /// Milliseconds since the Unix epoch: the only clock the engine sees, and it

@@ -136,6 +136,9 @@ pub struct Host {
     /// A bearer token `cairn()`, `get()` and `post()` send (`CAIRN_TOKEN`,
     /// `Authorization: Bearer …`); None sends none.
     pub token: Option<String>,
+    /// With TLS: the PEM file of the CA (or self-signed certificate) that
+    /// `cairn()` (`CAIRN_CA_CERT`), `get()` and `post()` trust.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Host {
@@ -163,9 +166,23 @@ impl Host {
         Host::launch(data, &["restore", backup.to_str().unwrap()], &all, &[])
     }
 
+    /// `cairn serve --tls-cert CERT --tls-key KEY`: HTTPS, `url` is
+    /// `https://127.0.0.1:PORT`, and the CLI and the test's own requests
+    /// trust CA (for a self-signed certificate, CERT itself).
+    pub fn start_tls(data: &Path, flags: &[&str], cert: &Path, key: &Path, ca: &Path) -> Host {
+        let mut all = vec!["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+        all.extend_from_slice(flags);
+        Host::launch_with(data, &["serve"], &all, &[], Some(ca))
+    }
+
     fn launch(data: &Path, command: &[&str], flags: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::launch_with(data, command, flags, env, None)
+    }
+
+    fn launch_with(data: &Path, command: &[&str], flags: &[&str], env: &[(&str, &str)], ca: Option<&Path>) -> Host {
         let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")).unwrap();
         let mut cmd = Command::new(cairn_bin());
         cmd.args(command).arg("--data").arg(data.join("store"));
@@ -185,12 +202,25 @@ impl Host {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn cairn serve");
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item.expect("PEM") {
+                    ureq::tls::PemItem::Certificate(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
+            .tls_config(tls.build())
             .build()
             .into();
-        let mut host = Host { child: Some(child), url, data: data.to_path_buf(), agent, token: None };
+        let ca_cert = ca.map(Path::to_path_buf);
+        let mut host = Host { child: Some(child), url, data: data.to_path_buf(), agent, token: None, ca_cert };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if host.get("/v1/health").0 == 200 {
@@ -214,6 +244,9 @@ impl Host {
         cmd.args(args).env("CAIRN_SERVER", &self.url);
         if let Some(token) = &self.token {
             cmd.env("CAIRN_TOKEN", token);
+        }
+        if let Some(ca) = &self.ca_cert {
+            cmd.env("CAIRN_CA_CERT", ca);
         }
         let out = cmd.output().expect("run cairn");
         Out {
