@@ -19,12 +19,18 @@
 //!   one fsync; PostgreSQL into one transaction.
 //! - Keys and encodings live inside the backends. Every record carries a
 //!   format version (`codec`); one that does not decode is a
-//!   `StoreError::Integrity` naming its table and key.
+//!   `StoreError::Integrity` naming its table and key. Scans skip such a
+//!   record and report it (`StoreHealth::damage`); nothing is skipped silently.
+//! - A write that fails for a storage reason (I/O, a full disk) is reported
+//!   (`StoreHealth::writes`) until one succeeds again; the embedded backend
+//!   reopens its database by itself once there is room.
 
 pub mod batch;
+pub mod check;
 pub mod codec;
 pub mod error;
 pub mod failpoint;
+pub mod health;
 mod postgres;
 mod provision;
 pub mod records;
@@ -32,6 +38,7 @@ mod rocks;
 
 pub use batch::{Fence, Write, WriteBatch};
 pub use error::{Result, StoreError};
+pub use health::{DamageReport, StoreHealth};
 pub use provision::fresh_postgres_database;
 pub use records::{
     CommitStats, ComponentKind, CorrelationKey, DeployedRecord, HistoryEntry, InTransit, InTransitState, InstanceFilter,
@@ -110,6 +117,8 @@ pub trait Backend: Send + Sync {
     fn commit_stats(&self) -> CommitStats;
     /// `rocksdb` or `postgres`.
     fn kind(&self) -> &'static str;
+    /// Damage met at run time, and whether writes are failing.
+    fn health(&self) -> &StoreHealth;
 }
 
 /// Where the store lives.

@@ -35,16 +35,18 @@
 use crate::batch::{Write, WriteBatch};
 use crate::codec::{self, decode, encode};
 use crate::error::{Result, StoreError};
+use crate::health::StoreHealth;
 use crate::records::*;
 use cairn_engine::{Delivery, Effect, Snapshot, Status};
 use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteOptions, DB};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Cf {
+pub(crate) enum Cf {
     Definitions,
     Components,
     Instances,
@@ -64,7 +66,7 @@ enum Cf {
 }
 
 impl Cf {
-    const ALL: [Cf; 16] = [
+    pub(crate) const ALL: [Cf; 16] = [
         Cf::Definitions,
         Cf::Components,
         Cf::Instances,
@@ -83,7 +85,7 @@ impl Cf {
         Cf::Tokens,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Cf::Definitions => "definitions",
             Cf::Components => "components",
@@ -106,7 +108,7 @@ impl Cf {
 }
 
 /// Key builders: the only place key layouts are spelled out.
-mod keys {
+pub(crate) mod keys {
     use crate::records::{CorrelationKey, TimerKey};
 
     pub fn instance_scoped(instance: &str, n: u64) -> Vec<u8> {
@@ -179,7 +181,7 @@ fn resource_value(version: u64, value: Option<&str>) -> Vec<u8> {
 }
 
 /// The version and value of the resource row `name`/`key` stored as `bytes`.
-fn parse_resource(name: &str, key: &str, bytes: &[u8]) -> Result<(u64, Option<String>)> {
+pub(crate) fn parse_resource(name: &str, key: &str, bytes: &[u8]) -> Result<(u64, Option<String>)> {
     let shown = format!("{name}/{key}");
     if bytes.len() < 9 {
         let reason = "shorter than a version and a record".into();
@@ -190,7 +192,7 @@ fn parse_resource(name: &str, key: &str, bytes: &[u8]) -> Result<(u64, Option<St
 }
 
 /// A readable rendering of a key for error messages.
-fn show_key(key: &[u8]) -> String {
+pub(crate) fn show_key(key: &[u8]) -> String {
     key.iter()
         .map(|&b| if b.is_ascii_graphic() { (b as char).to_string() } else { format!("\\x{b:02x}") })
         .collect()
@@ -203,10 +205,34 @@ enum Request {
 }
 
 pub struct RocksStore {
-    db: Arc<DB>,
+    shared: Arc<Shared>,
     queue: mpsc::Sender<Request>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<Stats>,
+}
+
+/// What the readers and the committer share: the open database, which the
+/// committer replaces whole when it reopens it after a write failure, and
+/// the store's health.
+struct Shared {
+    /// `None` only for the moment of a reopen.
+    db: RwLock<Option<Arc<DB>>>,
+    /// The data directory's `db` directory.
+    path: std::path::PathBuf,
+    health: StoreHealth,
+}
+
+impl Shared {
+    fn db(&self) -> Result<Arc<DB>> {
+        self.db.read().unwrap().clone().ok_or_else(|| {
+            StoreError::Storage("the store is being reopened after a write failure; try again in a moment".into())
+        })
+    }
+}
+
+/// The handle of column family `cf` in `db`.
+fn handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
+    db.cf_handle(cf.name()).expect("column family opened at start")
 }
 
 #[derive(Default)]
@@ -216,11 +242,11 @@ struct Stats {
 }
 
 fn storage(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Storage(format!("{what}: {e}"))
+    StoreError::storage(format!("{what}: {e}"))
 }
 
 /// The write-ahead log files (`*.log`) under `db`, sorted.
-fn wal_files(db: &Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn wal_files(db: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(db)
         .map(|dir| {
             dir.filter_map(|e| e.ok().map(|e| e.path()))
@@ -233,7 +259,7 @@ fn wal_files(db: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// The damaged write-ahead log file(s): the one RocksDB's message names, or else every `*.log`.
-fn damaged_wal(db: &Path, e: &rocksdb::Error) -> Vec<String> {
+pub(crate) fn damaged_wal(db: &Path, e: &rocksdb::Error) -> Vec<String> {
     let all = wal_files(db);
     let message = e.to_string();
     let named: Vec<String> = all
@@ -263,7 +289,24 @@ fn wal_damaged(db: &Path, files: &[String], e: &rocksdb::Error) -> StoreError {
 impl RocksStore {
     pub fn open(dir: &Path, fsync: bool, salvage_wal: bool) -> Result<RocksStore> {
         std::fs::create_dir_all(dir).map_err(|e| storage(&format!("creating data directory {}", dir.display()), e))?;
-        let mut opts = Options::default();
+        let path = dir.join("db");
+        let db = Arc::new(open_db(&path, salvage_wal)?);
+        check_format(&db)?;
+        let shared = Arc::new(Shared { db: RwLock::new(Some(db)), path, health: StoreHealth::default() });
+        let (tx, rx) = mpsc::channel::<Request>();
+        let stats = Arc::new(Stats::default());
+        let (committer_shared, committer_stats) = (shared.clone(), stats.clone());
+        let handle = std::thread::Builder::new()
+            .name("cairn-commit".into())
+            .spawn(move || committer(committer_shared, rx, fsync, committer_stats))
+            .map_err(|e| storage("starting the committer", e))?;
+        Ok(RocksStore { shared, queue: tx, committer: Mutex::new(Some(handle)), stats })
+    }
+}
+
+/// Opens the RocksDB database at `path` (DATA/db) with Cairn's options.
+fn open_db(path: &Path, salvage_wal: bool) -> Result<DB> {
+    let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
@@ -286,16 +329,15 @@ impl RocksStore {
             cf_opts.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
-        let path = dir.join("db");
-        let db = match DB::open_cf_descriptors(&opts, &path, cfs()) {
+        let db = match DB::open_cf_descriptors(&opts, path, cfs()) {
             Ok(db) => db,
             Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && !wal_files(&path).is_empty() => {
-                let named = damaged_wal(&path, &e);
+                let named = damaged_wal(path, &e);
                 if !salvage_wal {
-                    return Err(wal_damaged(&path, &named, &e));
+                    return Err(wal_damaged(path, &named, &e));
                 }
                 opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
-                let db = DB::open_cf_descriptors(&opts, &path, cfs())
+                let db = DB::open_cf_descriptors(&opts, path, cfs())
                     .map_err(|e| storage(&format!("opening the store at {} (salvaging the write-ahead log)", path.display()), e))?;
                 eprintln!(
                     "warning: the write-ahead log of the store at {} is damaged ({}): {e}. Opened with --salvage-wal: \
@@ -307,48 +349,69 @@ impl RocksStore {
             }
             Err(e) => return Err(storage(&format!("opening the store at {}", path.display()), e)),
         };
-        let db = Arc::new(db);
-        check_format(&db)?;
-        let (tx, rx) = mpsc::channel::<Request>();
-        let stats = Arc::new(Stats::default());
-        let (committer_db, committer_stats) = (db.clone(), stats.clone());
-        let handle = std::thread::Builder::new()
-            .name("cairn-commit".into())
-            .spawn(move || committer(committer_db, rx, fsync, committer_stats))
-            .map_err(|e| storage("starting the committer", e))?;
-        Ok(RocksStore { db, queue: tx, committer: Mutex::new(Some(handle)), stats })
-    }
+    Ok(db)
+}
 
-    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(cf.name()).expect("column family opened at start")
-    }
-
+impl RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(cf), key).map_err(|e| storage(&format!("reading {}", cf.name()), e))
+        let db = self.shared.db()?;
+        db.get_cf(handle(&db, cf), key).map_err(|e| self.read_error(cf, &show_key(key), e))
+    }
+
+    /// A failed read: damage (a block that fails its checksum) is reported
+    /// as such, with where it was met.
+    fn read_error(&self, cf: Cf, at: &str, e: rocksdb::Error) -> StoreError {
+        if e.kind() == rocksdb::ErrorKind::Corruption {
+            let key = if at.is_empty() { "(first record)".to_string() } else { at.to_string() };
+            self.shared.health.damage.note(StoreError::Integrity { table: cf.name(), key, reason: e.to_string() })
+        } else {
+            storage(&format!("reading {}", cf.name()), e)
+        }
+    }
+
+    /// A record that does not decode: reported, and handed back.
+    fn damaged(&self, e: StoreError) -> StoreError {
+        self.shared.health.damage.note(e)
     }
 
     fn get_record<T: serde::de::DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>> {
         match self.get(cf, key)? {
-            Some(v) => decode(cf.name(), &show_key(key), &v).map(Some),
+            Some(v) => decode(cf.name(), &show_key(key), &v).map(Some).map_err(|e| self.damaged(e)),
             None => Ok(None),
         }
     }
 
-    /// Visits the entries whose key starts with `prefix`, in key order, until `f` returns false.
+    /// Visits the entries whose key starts with `prefix`, in key order, until
+    /// `f` returns false. A damaged block ends the scan with an `Integrity`
+    /// error naming the last key read before it (and is reported).
     fn scan(&self, cf: Cf, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(prefix, Direction::Forward)) {
-            let (k, v) = item.map_err(|e| storage(&format!("scanning {}", cf.name()), e))?;
+        let db = self.shared.db()?;
+        let mut last = Vec::new();
+        for item in db.iterator_cf(handle(&db, cf), IteratorMode::From(prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| {
+                let at = if last.is_empty() { String::new() } else { format!("after {}", show_key(&last)) };
+                self.read_error(cf, &at, e)
+            })?;
             if !k.starts_with(prefix) || !f(&k, &v)? {
                 break;
             }
+            last.clear();
+            last.extend_from_slice(&k);
         }
         Ok(())
     }
 
+    /// The records under `prefix` that decode; each one that does not is
+    /// reported (`StoreHealth::damage`) and skipped.
     fn records<T: serde::de::DeserializeOwned>(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<T>> {
         let mut out = Vec::new();
         self.scan(cf, prefix, |k, v| {
-            out.push(decode(cf.name(), &show_key(k), v)?);
+            match decode(cf.name(), &show_key(k), v) {
+                Ok(record) => out.push(record),
+                Err(e) => {
+                    self.damaged(e);
+                }
+            }
             Ok(true)
         })?;
         Ok(out)
@@ -397,9 +460,12 @@ impl crate::Backend for RocksStore {
             return Ok(out);
         }
         self.scan(Cf::Instances, b"", |k, v| {
-            let s: Snapshot = decode(Cf::Instances.name(), &show_key(k), v)?;
-            if filter.matches(&s) {
-                out.push(s);
+            match decode::<Snapshot>(Cf::Instances.name(), &show_key(k), v) {
+                Ok(s) if filter.matches(&s) => out.push(s),
+                Ok(_) => {}
+                Err(e) => {
+                    self.damaged(e);
+                }
             }
             Ok(out.len() < limit)
         })?;
@@ -413,9 +479,12 @@ impl crate::Backend for RocksStore {
         }
         let mut n = 0;
         self.scan(Cf::Instances, b"", |k, v| {
-            let s: StatusOnly = decode(Cf::Instances.name(), &show_key(k), v)?;
-            if s.status == status {
-                n += 1;
+            match decode::<StatusOnly>(Cf::Instances.name(), &show_key(k), v) {
+                Ok(s) if s.status == status => n += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    self.damaged(e);
+                }
             }
             Ok(true)
         })?;
@@ -445,7 +514,12 @@ impl crate::Backend for RocksStore {
     async fn all_outbox(&self) -> Result<Vec<(String, Effect)>> {
         let mut out = Vec::new();
         self.scan(Cf::Outbox, b"", |k, v| {
-            out.push((keys::scoped_instance(k), decode(Cf::Outbox.name(), &show_key(k), v)?));
+            match decode(Cf::Outbox.name(), &show_key(k), v) {
+                Ok(effect) => out.push((keys::scoped_instance(k), effect)),
+                Err(e) => {
+                    self.damaged(e);
+                }
+            }
             Ok(true)
         })?;
         Ok(out)
@@ -454,12 +528,16 @@ impl crate::Backend for RocksStore {
     async fn timers(&self) -> Result<Vec<TimerKey>> {
         let mut out = Vec::new();
         self.scan(Cf::Timers, b"", |k, _| {
-            let t = keys::parse_timer(k).ok_or_else(|| StoreError::Integrity {
-                table: "timers",
-                key: show_key(k),
-                reason: "not a timer key (due, instance, timer id)".into(),
-            })?;
-            out.push(t);
+            match keys::parse_timer(k) {
+                Some(t) => out.push(t),
+                None => {
+                    self.damaged(StoreError::Integrity {
+                        table: "timers",
+                        key: show_key(k),
+                        reason: "not a timer key (due, instance, timer id)".into(),
+                    });
+                }
+            }
             Ok(true)
         })?;
         Ok(out)
@@ -524,7 +602,7 @@ impl crate::Backend for RocksStore {
 
     async fn resource_get(&self, name: &str, key: &str) -> Result<(u64, Option<String>)> {
         match self.get(Cf::Resources, &keys::resource(name, key))? {
-            Some(v) => parse_resource(name, key, &v),
+            Some(v) => parse_resource(name, key, &v).map_err(|e| self.damaged(e)),
             None => Ok((0, None)),
         }
     }
@@ -540,8 +618,9 @@ impl crate::Backend for RocksStore {
             None => rows.clone(),
         };
         let key_at = name.len() + 1;
-        for item in self.db.iterator_cf(self.cf(Cf::Resources), IteratorMode::From(&start, Direction::Forward)) {
-            let (k, v) = item.map_err(|e| storage("scanning resources", e))?;
+        let db = self.shared.db()?;
+        for item in db.iterator_cf(handle(&db, Cf::Resources), IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item.map_err(|e| self.read_error(Cf::Resources, name, e))?;
             if !k.starts_with(&rows) {
                 break;
             }
@@ -549,7 +628,7 @@ impl crate::Backend for RocksStore {
             if after == Some(&*key) {
                 continue;
             }
-            if let (version, Some(value)) = parse_resource(name, &key, &v)? {
+            if let (version, Some(value)) = parse_resource(name, &key, &v).map_err(|e| self.damaged(e))? {
                 out.push(ResourceRow { key: key.into_owned(), version, value });
                 if out.len() >= limit {
                     break;
@@ -568,14 +647,16 @@ impl crate::Backend for RocksStore {
             return Err(StoreError::Storage(format!("{} already exists: a backup goes into a new directory", dir.display())));
         }
         std::fs::create_dir_all(dir).map_err(|e| storage(&format!("creating {}", dir.display()), e))?;
-        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(|e| storage("starting a checkpoint", e))?;
+        let db = self.shared.db()?;
+        let cp = rocksdb::checkpoint::Checkpoint::new(&db).map_err(|e| storage("starting a checkpoint", e))?;
         cp.create_checkpoint(dir.join("db")).map_err(|e| storage(&format!("writing the checkpoint to {}", dir.display()), e))
     }
 
     async fn flush(&self) -> Result<()> {
-        self.db.flush_wal(true).map_err(|e| storage("flushing the WAL", e))?;
+        let db = self.shared.db()?;
+        db.flush_wal(true).map_err(|e| storage("flushing the WAL", e))?;
         for cf in Cf::ALL {
-            self.db.flush_cf(self.cf(cf)).map_err(|e| storage(&format!("flushing {}", cf.name()), e))?;
+            db.flush_cf(handle(&db, cf)).map_err(|e| storage(&format!("flushing {}", cf.name()), e))?;
         }
         Ok(())
     }
@@ -594,6 +675,10 @@ impl crate::Backend for RocksStore {
 
     fn kind(&self) -> &'static str {
         "rocksdb"
+    }
+
+    fn health(&self) -> &StoreHealth {
+        &self.shared.health
     }
 }
 
@@ -707,13 +792,20 @@ fn resolve(db: &DB, group: &HashMap<RowKey, u64>, batch: &WriteBatch) -> Result<
     Ok((versions, moved))
 }
 
-fn committer(db: Arc<DB>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Arc<Stats>) {
+fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Arc<Stats>) {
     let mut write_opts = WriteOptions::default();
     write_opts.set_sync(fsync);
-    let fences_cf = db.cf_handle(Cf::Fences.name()).expect("column family opened at start");
     let mut closing = false;
     while !closing {
         let Ok(Request::Commit(first, done)) = queue.recv() else { break };
+        let db = match shared.db() {
+            Ok(db) => db,
+            Err(e) => {
+                let _ = done.send(Err(e));
+                continue;
+            }
+        };
+        let fences_cf = handle(&db, Cf::Fences);
         let mut group = vec![(first, done)];
         while group.len() < 1024 {
             match queue.try_recv() {
@@ -772,8 +864,80 @@ fn committer(db: Arc<DB>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Ar
         stats.batches.fetch_add(accepted.len() as u64, Relaxed);
         stats.writes.fetch_add(1, Relaxed);
         crate::failpoint::hit("after-commit");
+        shared.health.writes.observe(&result);
         for done in accepted {
             let _ = done.send(result.clone());
+        }
+        if let Err(failure) = result {
+            drop(db);
+            if !recover_writes(&shared, &queue, &write_opts, failure) {
+                break;
+            }
+        }
+    }
+}
+
+/// After a failed write RocksDB refuses every later one (its background
+/// error) until the database is reopened. Until writes succeed again, this
+/// answers every queued commit with `failure` at once (the API says 503 or
+/// 507; drivers retry), and about once a second tries: a probe write, and
+/// else, once a small file can be written beside the database (space was
+/// freed), a reopen. Returns false if the store was closed meanwhile.
+fn recover_writes(shared: &Shared, queue: &mpsc::Receiver<Request>, write_opts: &WriteOptions, failure: StoreError) -> bool {
+    let probe = |db: &DB| db.put_cf_opt(handle(db, Cf::Meta), keys::STORE_FORMAT, [codec::FORMAT], write_opts);
+    let mut last_try = Instant::now();
+    loop {
+        match queue.recv_timeout(Duration::from_millis(200)) {
+            Ok(Request::Commit(_, done)) => {
+                let _ = done.send(Err(failure.clone()));
+            }
+            Ok(Request::Close) | Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if last_try.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        last_try = Instant::now();
+        if let Ok(db) = shared.db() {
+            if probe(&db).is_ok() {
+                shared.health.writes.ok();
+                return true;
+            }
+        }
+        // Is there room again? A file the size of a few records must fit.
+        let room = shared.path.join("cairn-space-probe");
+        let fits = std::fs::write(&room, vec![0u8; 256 << 10]).is_ok();
+        let _ = std::fs::remove_file(&room);
+        if !fits {
+            continue;
+        }
+        let taken = shared.db.write().unwrap().take();
+        if let Some(old) = taken {
+            // Readers hold the database only for one read or scan.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if Arc::strong_count(&old) > 1 {
+                *shared.db.write().unwrap() = Some(old);
+                continue;
+            }
+            drop(old);
+        }
+        match open_db(&shared.path, false) {
+            Ok(db) => {
+                let ok = probe(&db).is_ok();
+                *shared.db.write().unwrap() = Some(Arc::new(db));
+                if ok {
+                    eprintln!("cairn: the store at {} was reopened after a write failure", shared.path.display());
+                    shared.health.writes.ok();
+                    return true;
+                }
+            }
+            Err(e) => {
+                eprintln!("cairn: reopening the store after a write failure: {e} (retrying)");
+                // Without a database every read fails; the next try reopens again.
+            }
         }
     }
 }
