@@ -255,6 +255,31 @@ fn invoke_persists_its_outbox_entry_before_dispatch_and_commits_after_its_result
 }
 
 #[test]
+fn an_invoke_of_a_pure_activity_takes_no_dispatch_point_and_is_pending_until_its_result() {
+    let mut t = Tree::new();
+    let i = t.invoke("price");
+    let def = t.seq(vec![i], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    m.set_pure_activities(["pricing".to_string()].into());
+    m.step(Input::Continue, 0);
+    let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("{}".into()) })), 0);
+    // No dispatch point: the call is awaited at once, still pending (not in any batch).
+    assert_eq!(y, Yield::Await(Wait::Invoke { call_id: 1 }));
+    assert!(m.invoke_pending(1));
+    let Some(Effect::Invoke { idempotency_key, .. }) = m.take_invoke(1) else { panic!("the invoke is pending") };
+    assert_eq!(idempotency_key, "i1/main/price/1");
+    // Its result is persisted by the invoke's own commit.
+    let y = m.step(Input::InvokeResult { call_id: 1, result: Ok("{}".into()), resources: Default::default() }, 0);
+    assert_eq!(y, Yield::Persist(Reason::CommitAfter));
+    // Another activity still takes its dispatch point.
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    m.set_pure_activities(["other".to_string()].into());
+    m.step(Input::Continue, 0);
+    let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("{}".into()) })), 0);
+    assert_eq!(y, Yield::Persist(Reason::Dispatch));
+}
+
+#[test]
 fn send_is_a_persistence_point_carrying_the_message() {
     let mut t = Tree::new();
     let body = t.handler();

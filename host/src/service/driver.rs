@@ -115,6 +115,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
     let mut sent: HashSet<u64> = HashSet::new();
     let mut m = Machine::new(def, snap);
     m.set_breakpoints(svc.operator.breakpoints_of(&def.name));
+    m.set_pure_activities(svc.registry.pure_activities());
     let mut consumed: HashSet<u64> = HashSet::new();
     let mut inbox = svc.store.inbox(id).await?;
     let mut results: HashMap<u64, (Result<String, Fault>, ResourceAccesses)> = HashMap::new();
@@ -235,6 +236,12 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                         consumed.insert(d.seq);
                     }
                     ready
+                } else if let Some(call_id) = first_invoke(&wait).filter(|c| m.invoke_pending(*c)) {
+                    // Decided but not committed: a pure call, or one of a
+                    // microflow or atomic scope. It runs inline; nothing of
+                    // it has left the host, so a crash runs it again.
+                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id).await;
+                    Input::InvokeResult { call_id, result, resources }
                 } else if def.kind == ProcessKind::Microflow || m.in_atomic().is_some() {
                     // A microflow, or an atomic scope, is one transaction: its calls run inline.
                     let Some(call_id) = first_invoke(&wait) else {

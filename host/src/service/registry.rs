@@ -93,6 +93,22 @@ impl Registry {
         self.versions.read().unwrap().latest(kind, name)
     }
 
+    /// The activity components whose newest version holds no outbound
+    /// capability (no HTTP grant, no resource grant): a call of one is a
+    /// pure function of its input, run inline with no dispatch persistence
+    /// point (`Machine::set_pure_activities`).
+    pub fn pure_activities(&self) -> std::collections::BTreeSet<String> {
+        let v = self.versions.read().unwrap();
+        v.latest
+            .iter()
+            .filter(|((kind, _), _)| *kind == ComponentKind::Activity)
+            .filter_map(|((_, name), version)| {
+                let d = v.by_version.get(version)?;
+                (d.http_grant.is_empty() && d.resource_grants.is_empty()).then(|| name.clone())
+            })
+            .collect()
+    }
+
     /// Every deployed process version.
     pub fn processes(&self) -> Vec<Arc<Deployed>> {
         let v = self.versions.read().unwrap();
