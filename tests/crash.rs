@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn deploy_crashy(h: &Host) {
-    h.deploy("t_recorder", Some("recorder"));
+    h.deploy_effectful("t_recorder", "recorder");
     h.deploy("t_crash", None);
 }
 
@@ -223,7 +223,7 @@ fn a_flow_with_branches_at_different_points_survives_kill_9() {
 fn deferred_recovery_parks_in_flight_instances_after_a_crash_until_released() {
     let dir = TempDir::new("deferred");
     let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "mid-dispatch")]);
-    h.deploy("t_recorder", Some("recorder"));
+    h.deploy_effectful("t_recorder", "recorder");
     h.deploy("t_deferred", None);
     let (_, v) = h.send("deferred-start", json!({"key": "d1"}), None);
     let id = v["instance"].as_str().unwrap().to_string();

@@ -274,6 +274,16 @@ impl Host {
         }
     }
 
+    /// Deploys an activity component with an outbound capability (an HTTP
+    /// grant to a loopback port nothing listens on, never used): its calls
+    /// are not pure, so they go through the outbox with a dispatch
+    /// persistence point, idempotency keys and in-transit holds, as calls
+    /// that reach the world do. Without a capability a call runs inline.
+    pub fn deploy_effectful(&self, file: &str, name: &str) -> Value {
+        let path = guest(file);
+        self.ok_json(&["deploy", path.to_str().unwrap(), "--name", name, "--allow-http", "http://127.0.0.1:9/"])
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
         let mut r = self.agent.get(format!("{}{path}", self.url));
         if let Some(token) = &self.token {
