@@ -24,7 +24,8 @@ fn keys(h: &Host, message: &str, key: &str) -> Vec<String> {
 /// and restarts the host. Returns the restarted host and the instance id.
 fn crash_mid_call(dir: &TempDir, mode: &str, key: &str) -> (Host, String) {
     let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "mid-dispatch")]);
-    h.deploy("t_recorder", Some("recorder"));
+    // A call that reaches the world (here: may) goes through the outbox.
+    h.deploy_effectful("t_recorder", "recorder");
     h.deploy("t_invoker", None);
     let input = serde_json::json!({ "mode": mode, "key": key }).to_string();
     let id = h.ok_json(&["start", "invoker", "--input", &input])["id"].as_str().unwrap().to_string();
