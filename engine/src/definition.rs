@@ -10,6 +10,27 @@ use std::collections::{BTreeSet, HashSet};
 pub type NodeId = u32;
 pub type HandlerId = u32;
 
+/// Most activities a definition may have.
+pub const MAX_NODES: usize = 10_000;
+
+/// Deepest nesting of activities (the root is at depth 1). The tree is
+/// walked recursively, and an instance's stack is a path down it.
+pub const MAX_DEPTH: usize = 64;
+
+/// Most flows, parallel for-eachs and scopes nested in one another on one
+/// path down the tree. A set-aside flow branch nests the stored snapshot's
+/// JSON four levels deeper and a registered compensation two; the store
+/// decodes at most 128 (serde_json's recursion limit), so an instance of a
+/// deeper definition could write a snapshot it could not load again.
+pub const MAX_NESTED_SCOPES_AND_FLOWS: usize = 24;
+
+/// Longest activity path (`main/approval/wait`), in bytes: paths are part
+/// of history entries, errors, breakpoints and idempotency keys.
+pub const MAX_PATH_BYTES: usize = 1024;
+
+/// Most problems one validation lists; the rest are counted.
+const MAX_PROBLEMS: usize = 20;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProcessKind {
@@ -219,9 +240,9 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The wait before attempt `next` (2, 3, ...), if `fault` after attempt
-    /// `next - 1` is worth retrying.
+    /// `next - 1` is worth retrying. Nothing comes before attempt 1 (or 0).
     pub fn backoff(&self, next: u32, fault: &str) -> Option<u64> {
-        if next > self.max_attempts || !(self.faults.is_empty() || self.faults.iter().any(|f| f == fault)) {
+        if next < 2 || next > self.max_attempts || !(self.faults.is_empty() || self.faults.iter().any(|f| f == fault)) {
             return None;
         }
         let doubled = self.initial_backoff_ms.saturating_mul(1 << (next - 2).min(30));
@@ -464,16 +485,17 @@ impl Definition {
         out
     }
 
-    /// Whether `id` lies inside the body of some scope's fault handler.
-    fn in_fault_handler(&self, id: NodeId) -> bool {
-        self.nodes.iter().any(|n| match &n.activity {
-            Activity::Scope { handlers, .. } => handlers.iter().filter_map(|h| h.body).any(|b| self.contains(b, id)),
-            _ => false,
-        })
-    }
-
-    fn contains(&self, root: NodeId, id: NodeId) -> bool {
-        root == id || self.node(root).activity.children().into_iter().any(|c| self.contains(c, id))
+    /// Marks every node below the given roots (included): one walk, however
+    /// many roots share a subtree's nodes.
+    fn below(&self, roots: impl IntoIterator<Item = NodeId>) -> Vec<bool> {
+        let mut marked = vec![false; self.nodes.len()];
+        let mut stack: Vec<NodeId> = roots.into_iter().collect();
+        while let Some(n) = stack.pop() {
+            if !std::mem::replace(&mut marked[n as usize], true) {
+                stack.extend(self.node(n).activity.children());
+            }
+        }
+        marked
     }
 
     /// Deploy-time validation: structure first (so the walk below is safe),
@@ -516,17 +538,17 @@ impl Definition {
         }
         let mut visited: Vec<(String, NodeId)> = Vec::new();
         self.walk(self.root, &mut |path, id, _| visited.push((path.to_string(), id)));
-        let mut in_atomic = vec![false; self.nodes.len()];
-        for (_, id) in &visited {
-            if let Activity::Scope { atomic: Some(_), body, handlers, .. } = &self.node(*id).activity {
-                let mut stack = vec![*body];
-                stack.extend(handlers.iter().filter_map(|h| h.body));
-                while let Some(n) = stack.pop() {
-                    in_atomic[n as usize] = true;
-                    stack.extend(self.node(n).activity.children());
-                }
-            }
-        }
+        // Everything inside an atomic scope, and inside a fault handler's body.
+        let in_atomic = self.below(visited.iter().flat_map(|(_, id)| match &self.node(*id).activity {
+            Activity::Scope { atomic: Some(_), .. } => self.node(*id).activity.children(),
+            _ => Vec::new(),
+        }));
+        let in_fault_handler = self.below(visited.iter().flat_map(|(_, id)| match &self.node(*id).activity {
+            Activity::Scope { handlers, .. } => handlers.iter().filter_map(|h| h.body).collect(),
+            _ => Vec::new(),
+        }));
+        let scope_names: HashSet<&str> =
+            self.nodes.iter().filter(|n| matches!(n.activity, Activity::Scope { .. })).map(|n| n.name.as_str()).collect();
         for (path, id) in &visited {
             let node = self.node(*id);
             let at = format!("activity '{path}' ({})", node.activity.kind_name());
@@ -545,7 +567,7 @@ impl Definition {
                 problems.push(format!("{at}: an atomic scope takes no timeout (it cannot wait; its calls have their own)"));
             }
             match &node.activity {
-                Activity::Rethrow if !self.in_fault_handler(*id) => {
+                Activity::Rethrow if !in_fault_handler[*id as usize] => {
                     problems.push(format!("{at}: rethrow outside a fault handler has no fault to raise"))
                 }
                 Activity::Receive { operation, correlation, creates_instance, .. } => {
@@ -618,8 +640,7 @@ impl Definition {
                     problems.push(format!("{at}: fault name is empty"));
                 }
                 Activity::Compensate { scope: Some(name) } => {
-                    let exists = self.nodes.iter().any(|n| n.name == *name && matches!(n.activity, Activity::Scope { .. }));
-                    if !exists {
+                    if !scope_names.contains(name.as_str()) {
                         problems.push(format!("{at}: there is no scope named '{name}' to compensate"));
                     }
                 }
@@ -627,13 +648,20 @@ impl Definition {
             }
         }
         if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
+            return Ok(());
         }
+        let more = problems.len().saturating_sub(MAX_PROBLEMS);
+        problems.truncate(MAX_PROBLEMS);
+        if more > 0 {
+            problems.push(format!("and {more} more problems"));
+        }
+        Err(problems.join("; "))
     }
 
     fn validate_structure(&self) -> Result<(), String> {
+        if self.nodes.len() > MAX_NODES {
+            return Err(format!("the definition has {} activities; at most {MAX_NODES} are allowed", self.nodes.len()));
+        }
         let count = self.nodes.len() as u32;
         if self.root >= count {
             return Err(format!("root node {} does not exist ({count} nodes)", self.root));
@@ -668,14 +696,44 @@ impl Definition {
             }
         }
         // Every node reachable from the root exactly once: a tree, no cycles.
+        // Without recursion, and before anything walks the tree recursively:
+        // its nesting and path lengths are bounded here.
         let mut seen = vec![false; self.nodes.len()];
-        let mut stack = vec![self.root];
-        while let Some(id) = stack.pop() {
+        let root = self.node(self.root);
+        let mut stack = vec![(self.root, 1, root.name.len(), nests(&root.activity))];
+        while let Some((id, depth, path_bytes, nesting)) = stack.pop() {
+            let node = self.node(id);
             if std::mem::replace(&mut seen[id as usize], true) {
-                return Err(format!("activity '{}' is reached twice: the activity graph must be a tree", self.node(id).name));
+                return Err(format!("activity '{}' is reached twice: the activity graph must be a tree", node.name));
             }
-            stack.extend(self.node(id).activity.children());
+            if depth > MAX_DEPTH {
+                return Err(format!("activity '{}' is nested {depth} deep; activities may be nested at most {MAX_DEPTH} deep", node.name));
+            }
+            if path_bytes > MAX_PATH_BYTES {
+                return Err(format!("the activity path to '{}' is longer than {MAX_PATH_BYTES} bytes", node.name));
+            }
+            if nesting > MAX_NESTED_SCOPES_AND_FLOWS {
+                return Err(format!(
+                    "activity '{}' is inside {} nested scopes, flows and parallel for-eachs; at most {MAX_NESTED_SCOPES_AND_FLOWS} may be nested",
+                    node.name,
+                    nesting - nests(&node.activity)
+                ));
+            }
+            for c in node.activity.children() {
+                let child = self.node(c);
+                stack.push((c, depth + 1, path_bytes + 1 + child.name.len(), nesting + nests(&child.activity)));
+            }
         }
         Ok(())
+    }
+}
+
+/// Whether an activity nests what runs inside it deeper in a stored
+/// snapshot: a flow or parallel for-each (its set-aside branches), or a
+/// scope (its registered compensations). See `MAX_NESTED_SCOPES_AND_FLOWS`.
+fn nests(activity: &Activity) -> usize {
+    match activity {
+        Activity::Flow { .. } | Activity::ForEach { parallel: true, .. } | Activity::Scope { .. } => 1,
+        _ => 0,
     }
 }

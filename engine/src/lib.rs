@@ -28,3 +28,6 @@ pub use snapshot::{Fault, FaultRecord, Frame, Phase, Snapshot, Status};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod fuzz_regressions;

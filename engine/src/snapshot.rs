@@ -13,7 +13,7 @@
 //! - Only `Frame::atomic` is never stored (`AtomicAttempt`): no persistence
 //!   point falls inside an atomic scope.
 
-use crate::definition::{Definition, NodeId};
+use crate::definition::{Activity, Definition, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -67,6 +67,148 @@ impl Snapshot {
     /// Activity path of the innermost frame, e.g. `main/approval/wait`.
     pub fn path(&self, def: &Definition) -> String {
         self.stack.iter().map(|f| def.node(f.node).name.as_str()).collect::<Vec<_>>().join("/")
+    }
+
+    /// Whether this snapshot is one the machine could have written for
+    /// `def` (`Machine::resume` asks before it runs a snapshot loaded from
+    /// the store). A snapshot that decodes can still be damaged or belong to
+    /// another definition; the machine trusts what it runs, so this checks
+    /// everything it relies on: the stack is a path down the activity tree
+    /// (through the active branch of each flow), every frame's phase belongs
+    /// to its activity's kind, set-aside branches are paths from a branch's
+    /// start, and handler ids and counters are in range.
+    pub fn check(&self, def: &Definition) -> Result<(), String> {
+        if self.process != def.name {
+            return Err(format!("the snapshot is of process '{}', the definition of '{}'", self.process, def.name));
+        }
+        if self.next_id >= MAX_COUNTER || self.fence >= MAX_COUNTER {
+            return Err(format!("its id counter ({}) or fence ({}) is beyond what an instance reaches", self.next_id, self.fence));
+        }
+        check_stack(def, &self.stack, &[def.root], "the stack")?;
+        self.compensations.iter().try_for_each(|r| check_registered(def, r))
+    }
+}
+
+/// Counters (`Snapshot::next_id`, `Snapshot::fence`) stay far below this:
+/// one a persistence point or a call. A stored one at or beyond it is damage.
+const MAX_COUNTER: u64 = 1 << 62;
+
+/// A stack of frames: the first starts at one of `starts`, each next one is a
+/// child of the frame below it, which must be running a child.
+fn check_stack(def: &Definition, stack: &[Frame], starts: &[NodeId], what: &str) -> Result<(), String> {
+    for (i, f) in stack.iter().enumerate() {
+        let Some(node) = def.nodes.get(f.node as usize) else {
+            return Err(format!("{what}: frame {i} is of node {}, which does not exist ({} nodes)", f.node, def.nodes.len()));
+        };
+        let fits = match i.checked_sub(1).map(|p| &stack[p]) {
+            None => starts.contains(&f.node),
+            Some(parent) => {
+                let activity = &def.node(parent.node).activity;
+                match &parent.phase {
+                    Phase::Flow { .. } => branch_starts(activity).contains(&f.node),
+                    Phase::Child { .. } | Phase::Each { .. } | Phase::Handling { .. } => activity.children().contains(&f.node),
+                    _ => false,
+                }
+            }
+        };
+        if !fits {
+            return Err(format!("{what}: frame {i} (activity '{}') is not where the activity tree and the frame below put it", node.name));
+        }
+        check_frame(def, f, i + 1 == stack.len()).map_err(|e| format!("{what}: frame {i} (activity '{}'): {e}", node.name))?;
+    }
+    Ok(())
+}
+
+/// The nodes a flow's or parallel for-each's branches start at.
+fn branch_starts(activity: &Activity) -> Vec<NodeId> {
+    match activity {
+        Activity::Flow { branches } => branches.clone(),
+        Activity::ForEach { body, .. } => vec![*body],
+        _ => Vec::new(),
+    }
+}
+
+/// One frame: its phase belongs to its activity's kind; a flow's branches
+/// are consistent with its place on the stack (`top`).
+fn check_frame(def: &Definition, f: &Frame, top: bool) -> Result<(), String> {
+    let activity = &def.node(f.node).activity;
+    let handler = |h: u32| {
+        if h < def.handler_count {
+            Ok(())
+        } else {
+            Err(format!("handler {h} does not exist ({} handlers)", def.handler_count))
+        }
+    };
+    let fits = match &f.phase {
+        Phase::Enter | Phase::Started | Phase::Done => true,
+        Phase::Child { .. } => matches!(
+            activity,
+            Activity::Sequence { .. } | Activity::IfElse { .. } | Activity::While { .. } | Activity::Pick { .. } | Activity::Scope { .. }
+        ),
+        Phase::Each { .. } => matches!(activity, Activity::ForEach { .. }),
+        Phase::AwaitMessage { .. } => matches!(activity, Activity::Receive { .. }),
+        Phase::AwaitTimer { .. } => matches!(activity, Activity::Wait { .. }),
+        Phase::AwaitInvoke { .. } => matches!(activity, Activity::Invoke { .. }),
+        Phase::AwaitPick { timers } => match activity {
+            Activity::Pick { branches } => timers.iter().all(|(b, _)| (*b as usize) < branches.len()),
+            _ => false,
+        },
+        Phase::Handling { .. } => matches!(activity, Activity::Scope { .. }),
+        Phase::Compensating { queue, .. } => {
+            queue.iter().try_for_each(|s| handler(s.handler))?;
+            matches!(activity, Activity::Scope { .. } | Activity::Compensate { .. })
+        }
+        Phase::Flow { branches } => {
+            if !matches!(activity, Activity::Flow { .. } | Activity::ForEach { .. }) {
+                false
+            } else {
+                let active = branches.iter().filter(|b| b.state == BranchState::Active).count();
+                // Below the top, the frames above are the one active branch's.
+                if (!top && active != 1) || active > 1 {
+                    return Err(format!("{active} active branches in a flow {}", if top { "on top" } else { "below the top" }));
+                }
+                let starts = branch_starts(activity);
+                for (i, b) in branches.iter().enumerate() {
+                    let set_aside = matches!(b.state, BranchState::Ready | BranchState::Waiting);
+                    if set_aside == b.stack.is_empty() {
+                        return Err(format!("branch {i} is {:?} with {} frames set aside", b.state, b.stack.len()));
+                    }
+                    check_stack(def, &b.stack, &starts, &format!("branch {i}"))?;
+                }
+                true
+            }
+        }
+    };
+    if !fits {
+        return Err(format!("phase {} does not belong to a {}", phase_name(&f.phase), activity.kind_name()));
+    }
+    f.completed.iter().try_for_each(|r| check_registered(def, r))
+}
+
+/// A registered compensation names a handler of the definition.
+fn check_registered(def: &Definition, r: &Registered) -> Result<(), String> {
+    if let Some(h) = r.handler {
+        if h >= def.handler_count {
+            return Err(format!("scope '{}' registered handler {h}, which does not exist ({} handlers)", r.scope, def.handler_count));
+        }
+    }
+    r.inner.iter().try_for_each(|i| check_registered(def, i))
+}
+
+fn phase_name(p: &Phase) -> &'static str {
+    match p {
+        Phase::Enter => "enter",
+        Phase::Started => "started",
+        Phase::Child { .. } => "child",
+        Phase::AwaitMessage { .. } => "await-message",
+        Phase::AwaitTimer { .. } => "await-timer",
+        Phase::AwaitInvoke { .. } => "await-invoke",
+        Phase::AwaitPick { .. } => "await-pick",
+        Phase::Each { .. } => "each",
+        Phase::Flow { .. } => "flow",
+        Phase::Handling { .. } => "handling",
+        Phase::Compensating { .. } => "compensating",
+        Phase::Done => "done",
     }
 }
 

@@ -24,7 +24,7 @@ impl Machine<'_> {
     pub(super) fn condition_decided(&mut self, node: &Node, output: &Option<String>) -> Option<Yield> {
         let truth = match parse_output::<bool>(output) {
             Ok(t) => t,
-            Err(e) => return Some(self.raise(Fault::new("cairn.bad-handler-output", format!("condition: {e}")))),
+            Err(e) => return self.raise(Fault::new("cairn.bad-handler-output", format!("condition: {e}"))),
         };
         let child = match &node.activity {
             Activity::IfElse { then_branch, else_branch, .. } => {
@@ -53,7 +53,7 @@ impl Machine<'_> {
     pub(super) fn start_for_each(&mut self, pointer: &str, parallel: bool, body: NodeId) -> Option<Yield> {
         let items = match self.items_at(pointer) {
             Ok(items) => items,
-            Err(fault) => return Some(self.raise(fault)),
+            Err(fault) => return self.raise(fault),
         };
         if parallel {
             self.start_branches(items.into_iter().map(|item| Frame::new(body, Some(item))).collect());
@@ -64,15 +64,17 @@ impl Machine<'_> {
     }
 
     /// A sequential for-each runs its body for the next item, or is done.
-    pub(super) fn next_item(&mut self, node: &Node, items: Vec<String>, next: u32) -> Option<Yield> {
-        match items.get(next as usize) {
+    /// The items stay in the frame (never copied whole per item).
+    pub(super) fn next_item(&mut self, node: &Node) -> Option<Yield> {
+        let Activity::ForEach { body, .. } = &node.activity else { unreachable!() };
+        let frame = self.top_mut();
+        let Phase::Each { items, next } = &mut frame.phase else { unreachable!() };
+        match items.get(*next as usize).cloned() {
             Some(item) => {
-                let Activity::ForEach { body, .. } = &node.activity else { unreachable!() };
-                let frame = Frame::new(*body, Some(item.clone()));
-                self.top_mut().phase = Phase::Each { items, next: next + 1 };
-                self.snap.stack.push(frame);
+                *next += 1;
+                self.snap.stack.push(Frame::new(*body, Some(item)));
             }
-            None => self.top_mut().phase = Phase::Done,
+            None => frame.phase = Phase::Done,
         }
         None
     }
@@ -90,15 +92,15 @@ impl Machine<'_> {
     }
 
     /// A throw raises its fault, with data from its handler if it has one.
-    pub(super) fn start_throw(&mut self, fault: &str, message: &str, data: Option<u32>) -> Yield {
+    pub(super) fn start_throw(&mut self, fault: &str, message: &str, data: Option<u32>) -> Option<Yield> {
         match data {
-            Some(h) => self.call(h, None, Expect::ThrowData),
+            Some(h) => Some(self.call(h, None, Expect::ThrowData)),
             None => self.raise(Fault::new(fault, message)),
         }
     }
 
     /// A throw's data handler returned: raise the fault with that data.
-    pub(super) fn throw_with_data(&mut self, node: &Node, output: Option<String>) -> Yield {
+    pub(super) fn throw_with_data(&mut self, node: &Node, output: Option<String>) -> Option<Yield> {
         let Activity::Throw { fault, message, .. } = &node.activity else { unreachable!() };
         let fault = Fault { name: fault.clone(), message: message.clone(), data: output.unwrap_or_else(|| "null".into()) };
         self.raise(fault)
@@ -106,7 +108,7 @@ impl Machine<'_> {
 
     /// A rethrow raises the fault the nearest enclosing fault handler caught,
     /// with its original path.
-    pub(super) fn rethrow(&mut self) -> Yield {
+    pub(super) fn rethrow(&mut self) -> Option<Yield> {
         let caught = self.snap.stack.iter().rev().find_map(|f| match &f.phase {
             Phase::Handling { caught } => Some(caught.clone()),
             _ => None,

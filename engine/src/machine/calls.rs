@@ -57,7 +57,7 @@ impl Machine<'_> {
             self.effects.push(Effect::ResourceWrites { call_id, accesses: resources });
         }
         match result {
-            Err(fault) => Some(self.raise(fault)),
+            Err(fault) => self.raise(fault),
             Ok(out) => match output {
                 Some(h) => Some(self.call(*h, Some(out), Expect::InvokeOutput)),
                 None => {

@@ -27,15 +27,17 @@ impl Machine<'_> {
     }
 
     /// A wait of the running branch: set it aside and let the flow go on with
-    /// another; outside a flow, the wait goes to the driver.
-    pub(super) fn await_(&mut self, wait: Wait) -> Yield {
-        let Some(f) = self.enclosing_flow() else { return Yield::Await(wait) };
+    /// another (`None`: the run loop goes on with the flow frame on top, never
+    /// the run loop itself, which would recurse once per waiting branch);
+    /// outside a flow, the wait goes to the driver.
+    pub(super) fn await_(&mut self, wait: Wait) -> Option<Yield> {
+        let Some(f) = self.enclosing_flow() else { return Some(Yield::Await(wait)) };
         let frames = self.snap.stack.split_off(f + 1);
         let Phase::Flow { branches } = &mut self.snap.stack[f].phase else { unreachable!() };
         let active = branches.iter_mut().find(|b| b.state == BranchState::Active).expect("a flow runs one branch");
         active.state = BranchState::Waiting;
         active.stack = frames;
-        self.run()
+        None
     }
 
     /// The flow frame is on top: its active branch (if any) has finished.
@@ -64,7 +66,7 @@ impl Machine<'_> {
         let waits: Vec<Wait> =
             branches.iter().filter(|b| b.state == BranchState::Waiting).flat_map(|b| stack_waits(&b.stack, def)).collect();
         self.snap.status = if waits.iter().any(|w| matches!(w, Wait::Invoke { .. })) { Status::Running } else { Status::Waiting };
-        Some(self.await_(Wait::Many(waits)))
+        self.await_(Wait::Many(waits))
     }
 
     /// Makes the branch that waits for `input` the active one (through

@@ -25,7 +25,7 @@ impl Machine<'_> {
             Some(t) if t.due_ms <= self.now_ms => self.receive_timed_out(node, t),
             _ => {
                 self.snap.status = Status::Waiting;
-                Some(self.await_(Wait::Message { operation, due_ms: timer.map(|t| t.due_ms) }))
+                self.await_(Wait::Message { operation, due_ms: timer.map(|t| t.due_ms) })
             }
         }
     }
@@ -59,7 +59,7 @@ impl Machine<'_> {
             return None;
         }
         self.snap.status = Status::Waiting;
-        Some(self.await_(Wait::Pick { operations: pick_operations(branches) }))
+        self.await_(Wait::Pick { operations: pick_operations(branches) })
     }
 
     /// A message arrived for the receive or pick at the top of the stack
@@ -166,10 +166,10 @@ impl Machine<'_> {
                 self.top_mut().phase = Phase::Done;
                 None
             }
-            None => Some(self.raise(Fault::new(
+            None => self.raise(Fault::new(
                 "cairn.no-request",
                 format!("no request of operation '{operation}' is waiting for a reply"),
-            ))),
+            )),
         }
     }
 }

@@ -106,6 +106,14 @@ impl<'d> Machine<'d> {
         }
     }
 
+    /// A machine on a snapshot loaded from the store, if it fits `def`
+    /// (`Snapshot::check`): a damaged snapshot, or one of another definition,
+    /// is refused here rather than met half-way through a step.
+    pub fn resume(def: &'d Definition, snap: Snapshot) -> Result<Machine<'d>, String> {
+        snap.check(def)?;
+        Ok(Machine::new(def, snap))
+    }
+
     /// The definition the instance runs.
     pub fn definition(&self) -> &'d Definition {
         self.def
@@ -247,7 +255,7 @@ impl<'d> Machine<'d> {
             Input::Handler(result) => {
                 let expect = self.expecting.take().expect("handler result without a call in flight");
                 match result {
-                    Err(fault) => Some(self.raise(fault)),
+                    Err(fault) => self.raise(fault),
                     Ok(out) => {
                         self.snap.variables = out.variables;
                         self.handler_done(expect, out.output)
@@ -268,7 +276,7 @@ impl<'d> Machine<'d> {
                 None
             }
             Expect::Condition => self.condition_decided(node, &output),
-            Expect::ThrowData => Some(self.throw_with_data(node, output)),
+            Expect::ThrowData => self.throw_with_data(node, output),
             Expect::Reader(delivery) => {
                 self.receive_done(delivery);
                 None
@@ -292,30 +300,45 @@ impl<'d> Machine<'d> {
 
     /// Runs the innermost frame, phase after phase, until the driver has
     /// something to do. Scope deadlines are checked before every step.
+    ///
+    /// Each turn reads the top frame in place: a flow's branches and a
+    /// for-each's items are never copied per turn (a flow of many branches
+    /// takes one turn per branch).
     fn run(&mut self) -> Yield {
         loop {
-            if let Some(y) = self.scope_deadline_passed() {
-                return y;
+            match self.scope_deadline_passed() {
+                Some(Some(y)) => return y,
+                Some(None) => continue,
+                None => {}
             }
-            let Some(frame) = self.snap.stack.last().cloned() else {
+            let Some(frame) = self.snap.stack.last() else {
                 return self.finish(Status::Completed);
             };
             let node = self.def.node(frame.node);
-            let next = match frame.phase {
+            let next = match &frame.phase {
                 Phase::Enter => self.enter(node, frame.broke),
                 Phase::Started => self.start(node),
-                Phase::Child { next } => self.child_finished(node, next),
-                Phase::Each { items, next } => self.next_item(node, items, next),
-                Phase::AwaitMessage { operation, timer } => self.awaiting_message(node, operation, timer),
-                Phase::AwaitPick { timers } => self.awaiting_pick(node, timers),
-                Phase::AwaitTimer { timer_id, due_ms } => self.awaiting_timer(timer_id, due_ms),
-                Phase::AwaitInvoke { call_id } => Some(self.await_(Wait::Invoke { call_id })),
+                &Phase::Child { next } => self.child_finished(node, next),
+                Phase::Each { .. } => self.next_item(node),
+                Phase::AwaitMessage { operation, timer } => {
+                    let (operation, timer) = (operation.clone(), *timer);
+                    self.awaiting_message(node, operation, timer)
+                }
+                Phase::AwaitPick { timers } => {
+                    let timers = timers.clone();
+                    self.awaiting_pick(node, timers)
+                }
+                &Phase::AwaitTimer { timer_id, due_ms } => self.awaiting_timer(timer_id, due_ms),
+                &Phase::AwaitInvoke { call_id } => self.await_(Wait::Invoke { call_id }),
                 Phase::Flow { .. } => self.flow_step(),
                 Phase::Handling { .. } => {
                     self.fault_handled();
                     None
                 }
-                Phase::Compensating { queue, then } => self.compensate_next(queue.first(), then),
+                Phase::Compensating { queue, then } => {
+                    let (step, then) = (queue.first().cloned(), then.clone());
+                    self.compensate_next(step.as_ref(), then)
+                }
                 Phase::Done => self.leave(node),
             };
             if let Some(y) = next {
@@ -354,8 +377,8 @@ impl<'d> Machine<'d> {
                 Some(self.call(*condition, None, Expect::Condition))
             }
             Activity::ForEach { items, parallel, body } => self.start_for_each(items, *parallel, *body),
-            Activity::Throw { fault, message, data } => Some(self.start_throw(fault, message, *data)),
-            Activity::Rethrow => Some(self.rethrow()),
+            Activity::Throw { fault, message, data } => self.start_throw(fault, message, *data),
+            Activity::Rethrow => self.rethrow(),
             Activity::Suspend { .. } => Some(self.suspend()),
             Activity::Terminate => Some(self.finish(Status::Terminated)),
             Activity::Receive { operation, timeout, .. } => self.start_receive(operation, timeout.as_ref()),

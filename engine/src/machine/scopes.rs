@@ -69,7 +69,7 @@ impl Machine<'_> {
                 self.top_mut().phase = Phase::Done;
                 None
             }
-            (None, AfterCompensation::Rethrow(record)) => Some(self.propagate(record)),
+            (None, AfterCompensation::Rethrow(record)) => self.propagate(record),
         }
     }
 
@@ -96,8 +96,8 @@ impl Machine<'_> {
         self.top_mut().phase = Phase::Done;
     }
 
-    /// Raises a fault at the current activity.
-    pub(super) fn raise(&mut self, fault: Fault) -> Yield {
+    /// Raises a fault at the current activity (see `propagate`).
+    pub(super) fn raise(&mut self, fault: Fault) -> Option<Yield> {
         let path = self.snap.path(self.def);
         self.propagate(FaultRecord { fault, path })
     }
@@ -106,7 +106,12 @@ impl Machine<'_> {
     /// fault: a matching handler runs, or else its default handler
     /// compensates its completed inner scopes and raises the fault further
     /// out. A fault no scope takes leaves the process and faults the instance.
-    pub(super) fn propagate(&mut self, record: FaultRecord) -> Yield {
+    ///
+    /// `None`: the run loop goes on with the frame now on top (the handler's
+    /// body, the compensation, the retried atomic body). Never the run loop
+    /// itself: faults caught one after another in one step would each add a
+    /// level of recursion.
+    pub(super) fn propagate(&mut self, record: FaultRecord) -> Option<Yield> {
         self.expecting = None;
         let def = self.def;
         let catcher = self.snap.stack.iter().rposition(|f| {
@@ -119,12 +124,12 @@ impl Machine<'_> {
                 self.effects.retain(|e| !matches!(e, Effect::Send { .. }));
             }
             self.snap.fault = Some(record);
-            return self.finish(Status::Faulted);
+            return Some(self.finish(Status::Faulted));
         };
         self.truncate_stack(i + 1);
         if let Some(attempt) = self.top_mut().atomic.take() {
-            if let Some(y) = self.roll_back(attempt) {
-                return y;
+            if let Some(backoff) = self.roll_back(attempt) {
+                return (backoff > 0).then_some(Yield::Sleep(backoff));
             }
         }
         let Activity::Scope { handlers, .. } = &self.def.node(self.top().node).activity else { unreachable!() };
@@ -139,7 +144,7 @@ impl Machine<'_> {
                 .to_string();
                 self.top_mut().phase = Phase::Handling { caught: record };
                 match (reader, body) {
-                    (Some(r), _) => return self.call(r, Some(message), Expect::CatchReader),
+                    (Some(r), _) => return Some(self.call(r, Some(message), Expect::CatchReader)),
                     (None, Some(b)) => self.push(b),
                     (None, None) => {}
                 }
@@ -150,14 +155,14 @@ impl Machine<'_> {
                 frame.phase = Phase::Compensating { queue, then: AfterCompensation::Rethrow(record) };
             }
         }
-        self.run()
+        None
     }
 
     /// Rolls the atomic scope at the top of the stack back to its start: the
     /// variables as they were, buffered effects dropped. Then retries while
-    /// the policy allows (after its backoff); `None` when the attempts are
-    /// used up and the fault goes to the scope's handlers.
-    fn roll_back(&mut self, attempt: AtomicAttempt) -> Option<Yield> {
+    /// the policy allows: the backoff to wait first (0: at once), or `None`
+    /// when the attempts are used up and the fault goes to the scope's handlers.
+    fn roll_back(&mut self, attempt: AtomicAttempt) -> Option<u64> {
         self.snap.variables = attempt.variables.clone();
         self.effects.truncate(attempt.effects_len);
         self.top_mut().completed.clear();
@@ -169,10 +174,7 @@ impl Machine<'_> {
         let backoff = policy.backoff_ms.saturating_mul(1 << (attempt.attempt - 1).min(20));
         self.top_mut().atomic = Some(AtomicAttempt { attempt: attempt.attempt + 1, ..attempt });
         self.push(*body);
-        if backoff > 0 {
-            return Some(Yield::Sleep(backoff));
-        }
-        Some(self.run())
+        Some(backoff)
     }
 
     /// The registry a completing scope joins, and that `compensate` draws

@@ -38,7 +38,7 @@ impl Machine<'_> {
                 self.top_mut().phase = Phase::AwaitTimer { timer_id: timer.timer_id, due_ms };
                 None
             }
-            Err(e) => Some(self.raise(Fault::new("cairn.bad-handler-output", format!("deadline: {e}")))),
+            Err(e) => self.raise(Fault::new("cairn.bad-handler-output", format!("deadline: {e}"))),
         }
     }
 
@@ -50,7 +50,7 @@ impl Machine<'_> {
             None
         } else {
             self.snap.status = Status::Waiting;
-            Some(self.await_(Wait::Timer { timer_id, due_ms }))
+            self.await_(Wait::Timer { timer_id, due_ms })
         }
     }
 
@@ -64,7 +64,7 @@ impl Machine<'_> {
                 self.top_mut().phase = Phase::AwaitMessage { operation: operation.clone(), timer };
                 None
             }
-            Err(e) => Some(self.raise(Fault::new("cairn.bad-handler-output", format!("receive timeout: {e}")))),
+            Err(e) => self.raise(Fault::new("cairn.bad-handler-output", format!("receive timeout: {e}"))),
         }
     }
 
@@ -93,8 +93,9 @@ impl Machine<'_> {
     }
 
     /// The outermost scope whose deadline has passed while its body runs
-    /// faults, with the body interrupted wherever it was.
-    pub(super) fn scope_deadline_passed(&mut self) -> Option<Yield> {
+    /// faults, with the body interrupted wherever it was. `None` if no
+    /// deadline has passed; else what the fault's propagation yields.
+    pub(super) fn scope_deadline_passed(&mut self) -> Option<Option<Yield>> {
         let now = self.now_ms;
         let i = self
             .snap
