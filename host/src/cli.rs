@@ -225,6 +225,37 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Check a stopped host's embedded store record by record: checksums,
+    /// decoding, and tables agreeing with the snapshots. Changes nothing.
+    ///
+    /// Prints one line per problem (table, key, what is wrong, what `repair`
+    /// does about it) and a summary per table. Exit 0 clean, 1 problems
+    /// found, 2 not checked (no store, a host holds it, …).
+    Check {
+        /// The data directory of a stopped host (`serve --data`), or a backup.
+        data: PathBuf,
+        /// Not checked here: a PostgreSQL store has its own tools (pg_amcheck).
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Repair a stopped host's embedded store in place, keeping the original
+    /// as DATA/before-repair-MS: rebuild it from what reads, drop records
+    /// that do not decode and entries of missing instances, align fences.
+    ///
+    /// Prints one line per record dropped, lost or changed. Exit 0 when
+    /// nothing is left, 1 when problems repair does not fix are left, 2 not
+    /// repaired (or without --yes: what it would do).
+    Repair {
+        /// The data directory of a stopped host (`serve --data`).
+        data: PathBuf,
+        /// Confirm: without it, prints what it would do and changes nothing.
+        #[arg(long)]
+        yes: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Deploy a process or activity component (.wasm).
     Deploy {
         file: PathBuf,
@@ -585,6 +616,8 @@ pub fn main() -> i32 {
         Command::Bench(args) => return crate::bench::run(args),
         Command::Partner(args) => return crate::partner::run(args),
         Command::Promote { data, store, yes } => return promote(&data, store.as_deref(), yes),
+        Command::Check { data, store, json } => return crate::check::run_check(&data, store.as_deref(), json),
+        Command::Repair { data, yes, json } => return crate::check::run_repair(&data, yes, json),
     };
     match result {
         Ok(code) => code,
