@@ -150,12 +150,18 @@ enum Command {
         /// Memory limit of one guest instance, in MiB.
         #[arg(long, default_value_t = 128)]
         memory_limit_mb: usize,
-        /// Largest variables (or message) a handler call may leave, in bytes; more faults it with cairn.too-large.
+        /// Largest variables, message body or activity result, in bytes: a handler call or activity call over it faults with cairn.too-large; a message sent over it is refused (413).
         #[arg(long, default_value_t = 1 << 20)]
         max_variables_bytes: usize,
+        /// Meter fuel (about one unit per WebAssembly instruction) beside the call deadline: a call that burns more faults with cairn.out-of-fuel. Off by default.
+        #[arg(long)]
+        fuel_per_call: Option<u64>,
         /// Guest log bytes one handler or activity call may write; records beyond are dropped, with one notice.
         #[arg(long, default_value_t = 1 << 20)]
         guest_log_max_bytes_per_call: usize,
+        /// Guest log bytes the calls of one instance (its handlers and the activity calls it makes) may write while the host runs; records beyond are dropped, with one notice per call.
+        #[arg(long, default_value_t = 16 << 20)]
+        guest_log_max_bytes_per_instance: usize,
         /// History entries kept per instance.
         #[arg(long, default_value_t = 1000)]
         history_limit: u64,
@@ -555,7 +561,7 @@ pub fn main() -> i32 {
             };
         }
         Command::Backup { name, json } => backup(&client, &name, json),
-        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, guest_log_max_bytes_per_call, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, http, api, tls } => {
+        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, fuel_per_call, guest_log_max_bytes_per_call, guest_log_max_bytes_per_instance, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, http, api, tls } => {
             let tls = match tls.load() {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -580,6 +586,8 @@ pub fn main() -> i32 {
                     call_timeout: Duration::from_millis(call_timeout_ms),
                     max_variables_bytes,
                     guest_log_bytes_per_call: guest_log_max_bytes_per_call,
+                    guest_log_bytes_per_instance: guest_log_max_bytes_per_instance,
+                    fuel_per_call,
                 },
                 history_limit,
                 echo_guest_log: !quiet_guests,

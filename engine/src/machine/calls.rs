@@ -1,7 +1,10 @@
 //! Outgoing calls: invoke (an activity or a process, answered later by
 //! `Input::InvokeResult`), send and start-process (fire and forget). Each
 //! leaves as an outbox effect; outside a transaction, writing it is a
-//! persistence point of its own (reason `Dispatch`).
+//! persistence point of its own (reason `Dispatch`), except for an invoke of
+//! a pure activity (`Machine::set_pure_activities`): nothing leaves the host
+//! for it, so it needs no point before it, and the driver runs it inline;
+//! its result is persisted with the invoke's own commit.
 
 use super::{Expect, Machine};
 use crate::contract::{Effect, Reason, ResourceAccesses, Yield};
@@ -24,7 +27,8 @@ impl Machine<'_> {
             policy: policy.clone(),
         });
         self.top_mut().phase = Phase::AwaitInvoke { call_id };
-        self.persistent().then(|| self.persist(Reason::Dispatch))
+        let pure = matches!(target, Target::Activity(name) if self.pure_activities.contains(name));
+        (self.persistent() && !pure).then(|| self.persist(Reason::Dispatch))
     }
 
     /// A send's or start-process's body handler returned: decide the message;

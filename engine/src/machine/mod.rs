@@ -42,6 +42,10 @@ pub struct Machine<'d> {
     def: &'d Definition,
     /// Activity paths an operator set breakpoints on, for this definition.
     breakpoints: Vec<String>,
+    /// Activity components whose calls are pure functions of their input
+    /// (no outbound capability): an invoke of one takes no dispatch
+    /// persistence point; the driver runs it inline.
+    pure_activities: std::collections::BTreeSet<String>,
     snap: Snapshot,
     /// Effects decided since the last persistence point, in order.
     effects: Vec<Effect>,
@@ -97,6 +101,7 @@ impl<'d> Machine<'d> {
         Machine {
             def,
             breakpoints: Vec::new(),
+            pure_activities: Default::default(),
             committed: Position::of(&snap),
             snap,
             effects: Vec::new(),
@@ -125,6 +130,19 @@ impl<'d> Machine<'d> {
     }
 
     /// Activity paths to stop at (`Reason::Breakpoint`), for this definition.
+    /// The activity components whose calls are pure (see `pure_activities`).
+    pub fn set_pure_activities(&mut self, names: std::collections::BTreeSet<String>) {
+        self.pure_activities = names;
+    }
+
+    /// Whether the invoke `call_id` was decided but not yet committed: it
+    /// runs inline (a pure call, or any call of a microflow or atomic scope).
+    /// Left pending until the next persistence point, it goes to the outbox
+    /// there like any other call.
+    pub fn invoke_pending(&self, call_id: u64) -> bool {
+        self.effects.iter().any(|e| matches!(e, Effect::Invoke { call_id: c, .. } if *c == call_id))
+    }
+
     pub fn set_breakpoints(&mut self, paths: Vec<String>) {
         self.breakpoints = paths;
     }
