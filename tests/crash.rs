@@ -132,22 +132,49 @@ fn a_crash_after_an_activity_ran_resends_it_with_the_same_idempotency_key() {
 }
 
 #[test]
-fn a_crash_before_a_persistence_point_resumes_from_the_previous_one() {
-    let dir = TempDir::new("before-commit");
-    // The first persistence point of the instance (its receive's commit-after) never lands.
+fn a_crash_before_a_new_instances_first_point_accepts_nothing_and_a_resend_creates_it_once() {
+    let dir = TempDir::new("before-first-commit");
+    // The new instance's first persistence point (the intake and its
+    // receive's commit-after, one batch) never lands: the message was never
+    // accepted, and the sender got no answer.
     let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "before-commit")]);
     deploy_crashy(&h);
-    let (_, v) = h.send("crash-start", json!({"key": "again"}), None);
-    let id = v["instance"].as_str().unwrap().to_string();
+    let send = |h: &Host| h.cairn(&["send", "crash-start", "--body", r#"{"key": "first"}"#, "--id", "m-first", "--json"]);
+    let out = send(&h);
+    assert_ne!(out.code, 0, "no answer while the host dies: {}{}", out.stdout, out.stderr);
     h.wait_down();
     h.kill9();
 
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    assert!(h.instances("crashy").is_empty(), "nothing of the unaccepted message was stored");
+    let out = send(&h);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let again = send(&h);
+    assert_eq!(again.json()["duplicate"], true, "{}", again.stdout);
+    assert_eq!(h.instances("crashy").len(), 1, "created once");
+}
+
+#[test]
+fn a_crash_before_a_persistence_point_resumes_from_the_previous_one() {
+    let dir = TempDir::new("before-commit");
+    // The instance's second persistence point (its call's dispatch) never
+    // lands; the first (the intake and its receive, one batch) did.
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "before-commit:2")]);
+    deploy_crashy(&h);
+    // The host may die before its answer leaves: the instance id comes from the listing.
+    let _ = h.cairn(&["send", "crash-start", "--body", r#"{"key": "again"}"#]);
+    h.wait_down();
+    h.kill9();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    let listed = h.instances("crashy");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap().to_string();
     let v = h.instance(&id);
     assert!(!v["history"].as_array().unwrap().is_empty());
     h.send("crash-finish", json!({"key": "again"}), None);
     let v = h.wait_status(&id, "completed", WAIT);
-    assert_eq!(v["variables"]["key"], "again", "the start message was not lost: it was consumed again");
+    assert_eq!(v["variables"]["key"], "again", "the start message was consumed in the first point");
 }
 
 #[test]

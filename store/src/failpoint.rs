@@ -2,7 +2,10 @@
 //!
 //! `CAIRN_FAILPOINT=NAME[:N]` makes the process abort (as `kill -9` would:
 //! no destructors, no flush) the N-th time (default: the first) execution
-//! reaches the point called NAME. Points: `before-commit` (a persistence
+//! reaches the point called NAME. The thread that reaches it goes no
+//! further; the abort comes 100 ms later, so that answers other threads had
+//! already on their way (an acknowledgement just committed) can leave, as
+//! they could before a real crash. Points: `before-commit` (a persistence
 //! point's batch is built but not written), `after-commit` (written, effects
 //! not yet dispatched), `after-commit-dispatch` (a committed invoke or send
 //! about to be dispatched), `mid-dispatch` (an activity ran, its result not
@@ -32,6 +35,7 @@ pub fn hit(name: &str) {
     if let Some((armed, n)) = armed() {
         if armed == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
             eprintln!("cairn: fail point '{name}' reached (hit {n}): aborting");
+            std::thread::sleep(std::time::Duration::from_millis(100));
             std::process::abort();
         }
     }

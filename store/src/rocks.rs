@@ -21,6 +21,11 @@
 //!   `Option<String>` record: the value's JSON text, `None` for a tombstone
 //! - `resource_names` resource name -> `ResourceInfo`
 //! - `tokens`       token id -> `TokenRecord`
+//! - `live`         instance id -> status name (raw), for every instance not
+//!   ended: the index recovery, counts and listings of live instances read
+//!   instead of every snapshot. Kept in the batch of each snapshot write;
+//!   built once from the snapshots when a store written before it opens
+//!   (meta `live-index` marks it built).
 //!
 //! Resource names hold no NUL (neither do PostgreSQL's text columns), so
 //! `name, 0` prefixes exactly the rows of one resource.
@@ -63,10 +68,11 @@ pub(crate) enum Cf {
     Resources,
     ResourceNames,
     Tokens,
+    Live,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 16] = [
+    pub(crate) const ALL: [Cf; 17] = [
         Cf::Definitions,
         Cf::Components,
         Cf::Instances,
@@ -83,6 +89,7 @@ impl Cf {
         Cf::Resources,
         Cf::ResourceNames,
         Cf::Tokens,
+        Cf::Live,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -103,6 +110,7 @@ impl Cf {
             Cf::Resources => "resources",
             Cf::ResourceNames => "resource_names",
             Cf::Tokens => "tokens",
+            Cf::Live => "live",
         }
     }
 }
@@ -161,6 +169,7 @@ pub(crate) mod keys {
     pub const CLEAN_SHUTDOWN: &[u8] = b"clean-shutdown";
     pub const ISOLATED: &[u8] = b"isolated";
     pub const STORE_FORMAT: &[u8] = b"store-format";
+    pub const LIVE_INDEX: &[u8] = b"live-index";
     pub fn breakpoint(process: &str, path: &str) -> Vec<u8> {
         [BREAKPOINT, process.as_bytes(), b"\0", path.as_bytes()].concat()
     }
@@ -292,6 +301,7 @@ impl RocksStore {
         let path = dir.join("db");
         let db = Arc::new(open_db(&path, salvage_wal)?);
         check_format(&db)?;
+        build_live_index(&db)?;
         let shared = Arc::new(Shared { db: RwLock::new(Some(db)), path, health: StoreHealth::default() });
         let (tx, rx) = mpsc::channel::<Request>();
         let stats = Arc::new(Stats::default());
@@ -369,6 +379,18 @@ impl RocksStore {
         }
     }
 
+    /// The ids of the live instances whose status is `status`, in id order.
+    fn live_ids(&self, status: Status) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        self.scan(Cf::Live, b"", |k, v| {
+            if v == status.as_str().as_bytes() {
+                ids.push(String::from_utf8_lossy(k).into_owned());
+            }
+            Ok(true)
+        })?;
+        Ok(ids)
+    }
+
     /// A record that does not decode: reported, and handed back.
     fn damaged(&self, e: StoreError) -> StoreError {
         self.shared.health.damage.note(e)
@@ -433,6 +455,37 @@ fn check_format(db: &DB) -> Result<()> {
     }
 }
 
+/// Builds the `live` index from the snapshots, once, for a store written
+/// before the index existed (or a fresh one, where there is nothing to do).
+fn build_live_index(db: &DB) -> Result<()> {
+    let meta = handle(db, Cf::Meta);
+    if db.get_cf(meta, keys::LIVE_INDEX).map_err(|e| storage("reading the live index mark", e))?.is_some() {
+        return Ok(());
+    }
+    #[derive(serde::Deserialize)]
+    struct StatusOnly {
+        status: Status,
+    }
+    let mut wb = rocksdb::WriteBatch::default();
+    let mut live = 0u64;
+    for item in db.iterator_cf(handle(db, Cf::Instances), IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| storage("building the live index", e))?;
+        // An undecodable snapshot is left out here; reading it reports it.
+        if let Ok(s) = decode::<StatusOnly>(Cf::Instances.name(), &show_key(&k), &v) {
+            if !s.status.is_terminal() {
+                wb.put_cf(handle(db, Cf::Live), &k, s.status.as_str());
+                live += 1;
+            }
+        }
+    }
+    wb.put_cf(meta, keys::LIVE_INDEX, []);
+    db.write(wb).map_err(|e| storage("writing the live index", e))?;
+    if live > 0 {
+        eprintln!("cairn: built the index of live instances ({live}) for a store written before it existed");
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl crate::Backend for RocksStore {
     async fn commit(&self, batch: WriteBatch) -> Result<()> {
@@ -459,6 +512,23 @@ impl crate::Backend for RocksStore {
         if limit == 0 {
             return Ok(out);
         }
+        if let Some(status) = filter.status.filter(|s| !s.is_terminal()) {
+            // Live instances: their index, then only their snapshots.
+            for id in self.live_ids(status)? {
+                if let Some(s) = self.get_record::<Snapshot>(Cf::Instances, id.as_bytes()).or_else(|e| match e {
+                    StoreError::Integrity { .. } => Ok(None),
+                    e => Err(e),
+                })? {
+                    if filter.matches(&s) {
+                        out.push(s);
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            return Ok(out);
+        }
         self.scan(Cf::Instances, b"", |k, v| {
             match decode::<Snapshot>(Cf::Instances.name(), &show_key(k), v) {
                 Ok(s) if filter.matches(&s) => out.push(s),
@@ -473,6 +543,9 @@ impl crate::Backend for RocksStore {
     }
 
     async fn count_instances(&self, status: Status) -> Result<u64> {
+        if !status.is_terminal() {
+            return Ok(self.live_ids(status)?.len() as u64);
+        }
         #[derive(serde::Deserialize)]
         struct StatusOnly {
             status: Status,
@@ -691,9 +764,17 @@ fn put_write(db: &DB, wb: &mut rocksdb::WriteBatch, write: &Write, version: u64)
             wb.put_cf(cf(Cf::Components), record.version.as_bytes(), component);
             wb.put_cf(cf(Cf::Definitions), record.version.as_bytes(), encode(record));
         }
-        Write::Instance(snap) => wb.put_cf(cf(Cf::Instances), snap.id.as_bytes(), encode(snap)),
+        Write::Instance(snap) => {
+            wb.put_cf(cf(Cf::Instances), snap.id.as_bytes(), encode(snap));
+            if snap.status.is_terminal() {
+                wb.delete_cf(cf(Cf::Live), snap.id.as_bytes());
+            } else {
+                wb.put_cf(cf(Cf::Live), snap.id.as_bytes(), snap.status.as_str());
+            }
+        }
         Write::InstanceRemove { id } => {
             wb.delete_cf(cf(Cf::Instances), id.as_bytes());
+            wb.delete_cf(cf(Cf::Live), id.as_bytes());
             wb.delete_range_cf(cf(Cf::History), keys::instance_scoped(id, 0), keys::instance_scoped(id, u64::MAX));
         }
         Write::Inbox { instance, delivery } => {

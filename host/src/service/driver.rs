@@ -26,7 +26,21 @@ use anyhow::{anyhow, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: UnboundedReceiver<Wake>) {
+/// An instance not yet stored: its first snapshot, the message that
+/// creates it, and the intake's writes (the message record, the correlation,
+/// the instance's `created` entry), which ride in its first persistence
+/// point, so that creating the instance and consuming the message that
+/// created it take one write.
+pub struct Creation {
+    pub snapshot: Snapshot,
+    pub delivery: cairn_engine::Delivery,
+    pub writes: WriteBatch,
+    pub ack: tokio::sync::oneshot::Sender<Result<(), crate::service::Error>>,
+}
+
+/// Drives instance `id` while it has something to do. `creation`: a new
+/// instance, not yet stored, until its first persistence point commits.
+pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: UnboundedReceiver<Wake>, mut creation: Option<Creation>) {
     // Persistence points rejected for a resource conflict since the last one
     // that committed: the instance goes on from its last persistence point,
     // and the calls run again.
@@ -34,7 +48,7 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
     // Persistence points (or loads) that failed for a storage reason in a row.
     let mut failures: u32 = 0;
     loop {
-        match drive(&svc, &id, &mut rx, &mut conflicts).await {
+        match drive(&svc, &id, &mut rx, &mut conflicts, &mut creation).await {
             Err(e) if e.is::<ResourceConflict>() => {
                 conflicts += 1;
                 // A little later each time, so that contenders spread out.
@@ -43,7 +57,12 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
             Err(e) if is_storage_failure(&e) && !svc.is_shutting_down() => {
                 // Nothing of the failed point was written and nothing of it
                 // left the host: once the store takes writes again, the
-                // instance goes on from its last persistence point.
+                // instance goes on from its last persistence point. A
+                // creation is refused instead (the client may send again).
+                if let Some(c) = creation.take() {
+                    let _ = c.ack.send(Err(anyhow::Error::from(e).into()));
+                    break;
+                }
                 if failures == 0 {
                     eprintln!("cairn: instance {id} waits for the store to take writes again: {e:#}");
                 }
@@ -98,8 +117,14 @@ async fn commit_batch(svc: &Service, id: &str, b: WriteBatch, effects: &[Effect]
     }
 }
 
-async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, conflicts: &mut u32) -> Result<()> {
-    let Some(snap) = svc.load_snapshot(id).await? else { return Ok(()) };
+async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, conflicts: &mut u32, creation: &mut Option<Creation>) -> Result<()> {
+    let snap = match creation {
+        Some(c) => c.snapshot.clone(),
+        None => match svc.load_snapshot(id).await? {
+            Some(snap) => snap,
+            None => return Ok(()),
+        },
+    };
     if snap.status.is_terminal() {
         return Ok(());
     }
@@ -117,12 +142,17 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
     m.set_breakpoints(svc.operator.breakpoints_of(&def.name));
     m.set_pure_activities(svc.registry.pure_activities());
     let mut consumed: HashSet<u64> = HashSet::new();
-    let mut inbox = svc.store.inbox(id).await?;
+    let mut inbox = match creation {
+        Some(c) => vec![c.delivery.clone()],
+        None => svc.store.inbox(id).await?,
+    };
     let mut results: HashMap<u64, (Result<String, Fault>, ResourceAccesses)> = HashMap::new();
 
     // Calls and sends left in the outbox by an earlier run go out again,
     // with the same idempotency keys and message ids, or are held.
-    svc.resend_outbox(id, &mut sent, &mut results).await?;
+    if creation.is_none() {
+        svc.resend_outbox(id, &mut sent, &mut results).await?;
+    }
 
     // The Wasm instance of the atomic scope running, keyed by (frame, attempt).
     let mut session: Option<((usize, u32), Session)> = None;
@@ -135,7 +165,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
             // Between transitions: take in what arrived, and apply an
             // operator verb if one waits (never inside an atomic scope).
             while let Ok(w) = rx.try_recv() {
-                absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls).await?;
+                absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls, creation.as_ref().map(|c| &c.delivery)).await?;
             }
             if m.in_atomic().is_none() {
                 if let Some((c, responder)) = controls.pop_front() {
@@ -153,7 +183,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
             if m.in_atomic().is_some() {
                 return Ok(());
             }
-            commit(svc, &mut m, Reason::Shutdown, &mut sent, conflicts).await?;
+            commit(svc, &mut m, Reason::Shutdown, &mut sent, conflicts, creation).await?;
             return Ok(());
         }
         let y = m.step(input, now_ms());
@@ -195,13 +225,13 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
             }
             Yield::Persist(reason) => {
                 session = None;
-                commit(svc, &mut m, reason, &mut sent, conflicts).await?;
+                commit(svc, &mut m, reason, &mut sent, conflicts, creation).await?;
                 tell(&mut told);
                 Input::Continue
             }
             Yield::Suspended => {
-                if m.needs_persistence() {
-                    commit(svc, &mut m, Reason::Suspended, &mut sent, conflicts).await?;
+                if m.needs_persistence() || creation.is_some() {
+                    commit(svc, &mut m, Reason::Suspended, &mut sent, conflicts, creation).await?;
                 }
                 tell(&mut told);
                 // A call in flight keeps the driver, so that its result is not lost.
@@ -210,7 +240,7 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                     return Ok(());
                 };
                 for w in wakes {
-                    absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls).await?;
+                    absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls, creation.as_ref().map(|c| &c.delivery)).await?;
                 }
                 Input::Continue
             }
@@ -220,9 +250,9 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
             }
             Yield::Finished(reason) => {
                 if def.kind == ProcessKind::Microflow && !def.keep_final_state && m.snapshot().status == Status::Completed {
-                    discard(svc, &mut m).await?;
+                    discard(svc, &mut m, creation).await?;
                 } else {
-                    commit(svc, &mut m, reason, &mut sent, conflicts).await?;
+                    commit(svc, &mut m, reason, &mut sent, conflicts, creation).await?;
                 }
                 tell(&mut told);
                 for (_, responder) in controls.drain(..) {
@@ -250,15 +280,15 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                     let (result, resources) = invoke_inline(svc, &mut m, id, call_id).await;
                     Input::InvokeResult { call_id, result, resources }
                 } else {
-                    if m.needs_persistence() {
-                        commit(svc, &mut m, Reason::Waiting, &mut sent, conflicts).await?;
+                    if m.needs_persistence() || creation.is_some() {
+                        commit(svc, &mut m, Reason::Waiting, &mut sent, conflicts, creation).await?;
                     }
                     tell(&mut told);
                     let Some(wakes) = idle(svc, id, rx, first_invoke(&wait).is_some(), svc.idle()).await else {
                         return Ok(());
                     };
                     for w in wakes {
-                        absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls).await?;
+                        absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls, creation.as_ref().map(|c| &c.delivery)).await?;
                     }
                     Input::Continue
                 }
@@ -309,6 +339,8 @@ async fn idle(
 }
 
 /// Takes a wake into the driver's state.
+// The driver's state, one argument per part it may change.
+#[allow(clippy::too_many_arguments)]
 async fn absorb(
     svc: &Service,
     id: &str,
@@ -317,10 +349,15 @@ async fn absorb(
     results: &mut HashMap<u64, (Result<String, Fault>, ResourceAccesses)>,
     sent: &mut HashSet<u64>,
     controls: &mut VecDeque<(Control, Responder)>,
+    creating: Option<&Delivery>,
 ) -> Result<()> {
     match wake {
         Wake::Resume => {
             *inbox = svc.store.inbox(id).await?;
+            // The message creating a new instance is stored with its first point.
+            if let Some(d) = creating {
+                inbox.insert(0, d.clone());
+            }
             svc.resend_outbox(id, sent, results).await?;
         }
         Wake::CallResult { call_id, result, resources } => {
@@ -375,7 +412,7 @@ fn first_invoke(wait: &Wait) -> Option<u64> {
 
 /// Ends a completed microflow that keeps no final state: its effects commit,
 /// and its snapshot and history go, in one batch.
-async fn discard(svc: &Service, m: &mut Machine<'_>) -> Result<()> {
+async fn discard(svc: &Service, m: &mut Machine<'_>, creation: &mut Option<Creation>) -> Result<()> {
     let point = m.persistence_point(Reason::Completed, now_ms());
     let id = point.snapshot.id.clone();
     let mut b = WriteBatch::new();
@@ -384,9 +421,32 @@ async fn discard(svc: &Service, m: &mut Machine<'_>) -> Result<()> {
     for e in &point.effects {
         effect_writes(&point.snapshot, e, &mut b);
     }
+    with_creation(&mut b, creation);
     commit_batch(svc, &point.snapshot.id, b, &point.effects).await?;
+    created(creation);
     after_commit(svc, &point.snapshot.id, point.effects);
     Ok(())
+}
+
+/// Puts a new instance's intake writes at the front of its first
+/// persistence point's batch, which is then based on no fence at all.
+fn with_creation(b: &mut WriteBatch, creation: &Option<Creation>) {
+    let Some(c) = creation else { return };
+    let mut writes = c.writes.writes.clone();
+    writes.append(&mut b.writes);
+    b.writes = writes;
+    for f in &mut b.fences {
+        if f.instance == c.snapshot.id {
+            f.based_on = 0;
+        }
+    }
+}
+
+/// The first persistence point of a new instance committed: its message is accepted.
+fn created(creation: &mut Option<Creation>) {
+    if let Some(c) = creation.take() {
+        let _ = c.ack.send(Ok(()));
+    }
 }
 
 /// Runs a microflow's (or atomic scope's) invoke at once, without an outbox entry.
@@ -402,7 +462,14 @@ async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u6
 
 /// Writes one persistence point: the snapshot, its history entry and every
 /// effect since the last one, in one batch; then hands the effects on.
-async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, sent: &mut HashSet<u64>, conflicts: &mut u32) -> Result<()> {
+async fn commit(
+    svc: &Service,
+    m: &mut Machine<'_>,
+    reason: Reason,
+    sent: &mut HashSet<u64>,
+    conflicts: &mut u32,
+    creation: &mut Option<Creation>,
+) -> Result<()> {
     let PersistencePoint { snapshot, based_on, effects, reason, path, at_ms } = m.persistence_point(reason, now_ms());
     let id = snapshot.id.clone();
     let fence = snapshot.fence;
@@ -418,8 +485,10 @@ async fn commit(svc: &Service, m: &mut Machine<'_>, reason: Reason, sent: &mut H
         effect_writes(&snapshot, e, &mut b);
     }
     b.push(Write::Instance(Box::new(snapshot)));
+    with_creation(&mut b, creation);
     crate::failpoint::hit("before-commit");
     commit_batch(svc, &id, b, &effects).await?;
+    created(creation);
     *conflicts = 0;
     if reason == Reason::Compensated {
         crate::failpoint::hit("after-compensation-step");

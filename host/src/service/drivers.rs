@@ -44,7 +44,25 @@ impl Drivers {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         live.insert(id.to_string(), (generation, tx));
         drop(live);
-        tokio::spawn(driver::run(svc.clone(), id.to_string(), generation, rx));
+        tokio::spawn(driver::run(svc.clone(), id.to_string(), generation, rx, None));
+    }
+
+    /// Starts the driver of a new instance, not yet stored (`Creation`);
+    /// its ack is told when the first persistence point commits, or dropped
+    /// if the host is shutting down.
+    pub fn create(&self, svc: &Service, id: &str, creation: driver::Creation) {
+        if svc.is_shutting_down() {
+            return;
+        }
+        let mut live = self.live.lock().unwrap();
+        if live.contains_key(id) {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        live.insert(id.to_string(), (generation, tx));
+        drop(live);
+        tokio::spawn(driver::run(svc.clone(), id.to_string(), generation, rx, Some(creation)));
     }
 
     /// Hands a wake to the live driver of `id` only; a driver that is gone

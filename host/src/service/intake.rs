@@ -133,7 +133,17 @@ impl Service {
         let created = matches!(route, Route::Create { .. });
         let (done, outcome) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let result = svc.commit_intake(&m, &mid, &route, &inst).await;
+            let result = match &route {
+                // A new instance of a long-running process: its driver
+                // commits the intake's writes with its first persistence
+                // point (the receive that consumes the message), and answers
+                // once it has. A microflow's first point is its end, so its
+                // message is stored at once.
+                Route::Create { deployed, .. } if deployed.definition().is_some_and(|d| d.kind == engine::ProcessKind::LongRunning) => {
+                    svc.create_instance(&m, &mid, &route, &inst).await
+                }
+                _ => svc.commit_intake(&m, &mid, &route, &inst).await,
+            };
             let mut res = svc.intake.reservations.lock().await;
             res.message_ids.remove(&mid);
             if let Some(k) = reserved {
@@ -231,9 +241,14 @@ impl Service {
         Err(Error::new(ErrorKind::NotFound, msg))
     }
 
-    async fn commit_intake(&self, m: &MessageIn, message_id: &str, route: &Route, instance: &str) -> Result<(), Error> {
+    /// The intake's writes for `m`: the new instance (if it creates one),
+    /// the message in the instance's inbox, its intake record (exactly once
+    /// by id), and the sender's outbox entry gone. Returns them with the new
+    /// instance's first snapshot and the delivery.
+    fn intake_writes(&self, m: &MessageIn, message_id: &str, route: &Route, instance: &str) -> (WriteBatch, Option<Snapshot>, Delivery) {
         let now = now_ms();
         let mut b = WriteBatch::new();
+        let mut created = None;
         if let Route::Create { deployed, correlation } = route {
             let def = deployed.definition().expect("process records hold their definition");
             let mut snap = Snapshot::new(instance.to_string(), def, deployed.record.version.clone(), def.initial_variables.clone(), now);
@@ -241,18 +256,34 @@ impl Service {
                 snap.correlations.insert(key.set.clone(), key.values.clone());
                 b.push(Write::Correlation { key: key.clone(), instance: instance.to_string() });
             }
-            put_new_instance(&mut b, snap);
+            created = Some(put_new_instance(&mut b, snap));
         }
         let seq = self.intake.inbox_seq.fetch_add(1, Ordering::SeqCst);
         let delivery = Delivery { seq, message_id: message_id.to_string(), operation: m.operation.clone(), body: m.body.clone() };
-        b.push(Write::Inbox { instance: instance.to_string(), delivery });
+        b.push(Write::Inbox { instance: instance.to_string(), delivery: delivery.clone() });
         let record = IntakeRecord { instance: instance.to_string(), operation: m.operation.clone(), accepted_ms: now };
         b.push(Write::Message { id: message_id.to_string(), record });
         if let Some((sender, call_id)) = &m.sent_by {
             b.push(Write::OutboxRemove { instance: sender.clone(), call_id: *call_id });
         }
+        (b, created, delivery)
+    }
+
+    async fn commit_intake(&self, m: &MessageIn, message_id: &str, route: &Route, instance: &str) -> Result<(), Error> {
+        let (b, _, _) = self.intake_writes(m, message_id, route, instance);
         self.store.commit(b).await?;
         Ok(())
+    }
+
+    /// Creates a new instance in memory and waits until its first
+    /// persistence point, which carries the intake's writes, commits.
+    async fn create_instance(&self, m: &MessageIn, message_id: &str, route: &Route, instance: &str) -> Result<(), Error> {
+        let (writes, snapshot, delivery) = self.intake_writes(m, message_id, route, instance);
+        let snapshot = snapshot.expect("a creating route creates an instance");
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        let creation = super::driver::Creation { snapshot, delivery, writes, ack };
+        self.drivers.create(self, instance, creation);
+        acked.await.map_err(|_| Error::new(ErrorKind::Unavailable, "the new instance stopped before its first persistence point (the host is shutting down, or it could not be stored): nothing was accepted; send the message again"))?
     }
 
     /// Starts an instance of the newest version of `process`. If the process
@@ -295,10 +326,12 @@ impl Service {
 }
 
 /// A new instance's first persistence point: fence 1, its snapshot and its `created` history entry.
-fn put_new_instance(b: &mut WriteBatch, mut snap: Snapshot) {
+/// Returns the snapshot as written.
+fn put_new_instance(b: &mut WriteBatch, mut snap: Snapshot) -> Snapshot {
     snap.fence = 1;
     b.fence(&snap.id, 0, 1);
     let entry = HistoryEntry { fence: 1, at_ms: snap.created_ms, reason: engine::Reason::Created, status: snap.status, path: String::new(), resource_conflicts: 0 };
     b.push(Write::History { instance: snap.id.clone(), entry });
-    b.push(Write::Instance(Box::new(snap)));
+    b.push(Write::Instance(Box::new(snap.clone())));
+    snap
 }

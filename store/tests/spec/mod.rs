@@ -680,6 +680,29 @@ pub fn token(id: &str, role: Role) -> TokenRecord {
 }
 
 /// Tokens: written by id, listed in id order, overwritten, revoked.
+/// Listings and counts of live statuses follow each instance as it moves
+/// and ends (the embedded store reads them from its index of live instances).
+pub async fn check_live_listings(store: &Store) {
+    let ids = |v: Vec<Snapshot>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    let running = InstanceFilter { status: Some(Status::Running), process: None };
+    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None };
+    for id in ["l-1", "l-2", "l-3"] {
+        commit(store, vec![Write::Instance(Box::new(snapshot(id, "p", Status::Running, 1)))]).await;
+    }
+    assert_eq!(ids(store.instances(&running, 10).await.unwrap()), ["l-1", "l-2", "l-3"]);
+    assert_eq!(ids(store.instances(&running, 2).await.unwrap()), ["l-1", "l-2"]);
+    commit(store, vec![Write::Instance(Box::new(snapshot("l-2", "p", Status::Waiting, 2)))]).await;
+    commit(store, vec![Write::Instance(Box::new(snapshot("l-3", "p", Status::Completed, 2)))]).await;
+    assert_eq!(ids(store.instances(&running, 10).await.unwrap()), ["l-1"]);
+    assert_eq!(ids(store.instances(&waiting, 10).await.unwrap()), ["l-2"]);
+    assert_eq!(store.count_instances(Status::Running).await.unwrap(), 1);
+    assert_eq!(store.count_instances(Status::Waiting).await.unwrap(), 1);
+    assert_eq!(store.count_instances(Status::Completed).await.unwrap(), 1);
+    commit(store, vec![Write::InstanceRemove { id: "l-1".into() }]).await;
+    assert!(store.instances(&running, 10).await.unwrap().is_empty());
+    assert_eq!(store.count_instances(Status::Running).await.unwrap(), 0);
+}
+
 pub async fn check_tokens(store: &Store) {
     assert!(store.tokens().await.unwrap().is_empty());
     commit(store, vec![Write::Token(token("t-b", Role::Operator)), Write::Token(token("t-a", Role::Reader))]).await;
@@ -776,5 +799,8 @@ where
     store.close().await;
     let store = fresh().await;
     check_tokens(&store).await;
+    store.close().await;
+    let store = fresh().await;
+    check_live_listings(&store).await;
     store.close().await;
 }
