@@ -323,6 +323,11 @@ fn open_db(path: &Path, salvage_wal: bool) -> Result<DB> {
         // Memory is bounded by these caches, not by the number of instances:
         // all memtables together flush at 64 MiB, and reads share one block cache.
         opts.set_db_write_buffer_size(64 << 20);
+        // The write-ahead log is what a restart after a crash replays: keep
+        // it small. Past 16 MiB the column families holding the oldest log
+        // flush, so that it can go (a rarely written family would otherwise
+        // keep every log since its last write alive).
+        opts.set_max_total_wal_size(16 << 20);
         // An incomplete last record of the write-ahead log (a crash mid-write,
         // never acknowledged) is dropped; damage before it fails the open
         // rather than silently dropping acknowledged writes (see `wal_damaged`).
