@@ -38,7 +38,7 @@ async fn a_damaged_record_is_an_integrity_error_naming_table_and_key() {
         // Under the store: the column families as rocks.rs lays them out.
         let cfs = [
             "definitions", "components", "instances", "fences", "inbox", "outbox", "timers", "correlations", "messages",
-            "history", "replies", "meta", "in_transit", "resources", "resource_names", "tokens",
+            "history", "replies", "meta", "in_transit", "resources", "resource_names", "tokens", "live",
         ];
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.0.join("db"), cfs).expect("opens raw");
         db.put_cf(db.cf_handle("instances").unwrap(), b"i-bad", [9u8]).unwrap();
@@ -48,7 +48,10 @@ async fn a_damaged_record_is_an_integrity_error_naming_table_and_key() {
     }
     let store = open(&dir.0).await;
     spec::assert_integrity(store.instance("i-bad").await, "instances", "i-bad");
-    spec::assert_integrity(store.instances(&InstanceFilter::default(), 10).await, "instances", "i-bad");
+    // A scan skips the undecodable record and reports it: nothing is skipped silently.
+    assert!(store.instances(&InstanceFilter::default(), 10).await.unwrap().iter().all(|s| s.id != "i-bad"));
+    let (damage, damaged) = store.health().damage.reports();
+    assert_eq!((damage[0].table.as_str(), damage[0].key.as_str(), damaged), ("instances", "i-bad", 1), "{damage:?}");
     spec::assert_integrity(store.resource_get("stock", "short").await, "resources", "stock/short");
     spec::assert_integrity(store.resource_get("stock", "bad").await, "resources", "stock/bad");
     spec::assert_integrity(store.resource_scan("stock", "", None, 10).await, "resources", "stock/bad");
