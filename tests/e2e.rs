@@ -255,6 +255,34 @@ fn ls_filters_by_status_and_process() {
 }
 
 #[test]
+fn ls_pages_through_instances_with_a_total_and_a_hint() {
+    let (_d, h) = host("ls-pages");
+    h.deploy("t_versioned_1", None);
+    let mut ids: Vec<String> = (0..5)
+        .map(|n| {
+            let (_, a) = h.send("versioned-start", json!({"key": format!("p{n}")}), None);
+            let id = a["instance"].as_str().unwrap().to_string();
+            h.wait_status(&id, "waiting", WAIT);
+            id
+        })
+        .collect();
+    ids.sort();
+    let first = h.ok_json(&["ls", "--status", "waiting", "--limit", "2"]);
+    assert_eq!((first["count"].clone(), first["total"].clone()), (json!(2), json!(5)), "{first:#}");
+    let next = first["next_after"].as_str().unwrap().to_string();
+    assert_eq!(next, ids[1]);
+    let second = h.ok_json(&["ls", "--status", "waiting", "--limit", "2", "--after", &next]);
+    let page: Vec<&str> = second["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(page, [ids[2].as_str(), ids[3].as_str()]);
+    let last = h.ok_json(&["ls", "--status", "waiting", "--limit", "2", "--after", second["next_after"].as_str().unwrap()]);
+    assert_eq!(last["count"], 1);
+    assert!(last["next_after"].is_null(), "the last page names no next one: {last:#}");
+    // People get a hint on stderr.
+    let human = h.cairn(&["ls", "--status", "waiting", "--limit", "2"]);
+    assert!(human.stderr.contains("2 shown of 5") && human.stderr.contains(&format!("--after {next}")), "{}", human.stderr);
+}
+
+#[test]
 fn the_tutorial_process_runs_as_the_readme_says() {
     let (_d, h) = host("tutorial");
     let d = h.deploy("hello", None);

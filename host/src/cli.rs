@@ -317,12 +317,18 @@ enum Command {
     },
     /// List instances.
     Ls {
+        /// Only instances in this status: running, waiting, suspended, completed, faulted or terminated.
         #[arg(long)]
         status: Option<String>,
+        /// Only instances of this process.
         #[arg(long)]
         process: Option<String>,
+        /// At most this many (a page; at most 10000).
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        /// The next page: instances whose id comes after this one (as the previous page's hint says).
+        #[arg(long)]
+        after: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -609,7 +615,7 @@ pub fn main() -> i32 {
         Command::Definitions { json } => definitions(&client, json),
         Command::Start { process, input, wait, timeout, json } => start(&client, &process, input, wait, timeout, json),
         Command::Send { operation, body, id, wait_reply, json } => send(&client, &operation, &body, id, wait_reply, json),
-        Command::Ls { status, process, limit, json } => ls(&client, status, process, limit, json),
+        Command::Ls { status, process, limit, after, json } => ls(&client, status, process, limit, after, json),
         Command::Show { instance, json } => show(&client, &instance, json),
         Command::Suspend { instance, json } => control(&client, &instance, "suspend", json),
         Command::Resume { instance, json } => control(&client, &instance, "resume", json),
@@ -931,8 +937,16 @@ fn send(client: &Client, operation: &str, body: &str, id: Option<String>, wait_r
     Ok(0)
 }
 
-fn ls(client: &Client, status: Option<String>, process: Option<String>, limit: usize, json_out: bool) -> Result<i32, CliError> {
+fn ls(client: &Client, status: Option<String>, process: Option<String>, limit: usize, after: Option<String>, json_out: bool) -> Result<i32, CliError> {
     let mut q = format!("/v1/instances?limit={limit}");
+    if let Some(a) = &after {
+        q.push_str(&format!("&after={}", query_escape(a)));
+    }
+    let filters = format!(
+        "{}{}",
+        status.as_ref().map(|s| format!(" --status {s}")).unwrap_or_default(),
+        process.as_ref().map(|p| format!(" --process {p}")).unwrap_or_default()
+    );
     if let Some(s) = status {
         q.push_str(&format!("&status={}", query_escape(&s)));
     }
@@ -953,6 +967,13 @@ fn ls(client: &Client, status: Option<String>, process: Option<String>, limit: u
             i["status"].as_str().unwrap_or(""),
             i["position"].as_str().unwrap_or("")
         );
+    }
+    let shown = v["count"].as_u64().unwrap_or(0);
+    match (v["total"].as_u64(), v["next_after"].as_str()) {
+        (Some(total), Some(next)) => eprintln!("{shown} shown of {total}; next page: cairn ls{filters} --after {next}"),
+        (None, Some(next)) => eprintln!("{shown} shown; more may follow: cairn ls{filters} --after {next}"),
+        (Some(total), None) => eprintln!("{shown} shown of {total}"),
+        (None, None) => {}
     }
     Ok(0)
 }

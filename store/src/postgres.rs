@@ -250,10 +250,10 @@ statements! {
                       ON CONFLICT (version) DO UPDATE SET record = EXCLUDED.record, component = EXCLUDED.component";
     // instances
     instance = "SELECT snapshot FROM instances WHERE id = $1";
-    instances_all = "SELECT id, snapshot FROM instances ORDER BY id LIMIT $1";
-    instances_status = "SELECT id, snapshot FROM instances WHERE status = $1 ORDER BY id LIMIT $2";
-    instances_process = "SELECT id, snapshot FROM instances WHERE process = $1 ORDER BY id LIMIT $2";
-    instances_both = "SELECT id, snapshot FROM instances WHERE process = $1 AND status = $2 ORDER BY id LIMIT $3";
+    instances_all = "SELECT id, snapshot FROM instances WHERE id > $2 ORDER BY id LIMIT $1";
+    instances_status = "SELECT id, snapshot FROM instances WHERE status = $1 AND id > $3 ORDER BY id LIMIT $2";
+    instances_process = "SELECT id, snapshot FROM instances WHERE process = $1 AND id > $3 ORDER BY id LIMIT $2";
+    instances_both = "SELECT id, snapshot FROM instances WHERE process = $1 AND status = $2 AND id > $4 ORDER BY id LIMIT $3";
     count_instances = "SELECT count(*) FROM instances WHERE status = $1";
     put_instance = "INSERT INTO instances (id, process, status, snapshot) VALUES ($1, $2, $3, $4)
                     ON CONFLICT (id) DO UPDATE SET process = EXCLUDED.process, status = EXCLUDED.status, snapshot = EXCLUDED.snapshot";
@@ -939,12 +939,14 @@ impl Backend for PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let status = filter.status.map(Status::as_str);
         let what = "listing instances";
+        // Ids are compared in the "C" collation, as RocksDB orders its keys.
+        let after = filter.after.as_deref().unwrap_or("");
         let rows = match (filter.process.as_deref(), status) {
-            (None, None) => self.query(what, |s| &s.instances_all, &[&limit]).await?,
-            (None, Some(status)) => self.query(what, |s| &s.instances_status, &[&status, &limit]).await?,
-            (Some(process), None) => self.query(what, |s| &s.instances_process, &[&process, &limit]).await?,
+            (None, None) => self.query(what, |s| &s.instances_all, &[&limit, &after]).await?,
+            (None, Some(status)) => self.query(what, |s| &s.instances_status, &[&status, &limit, &after]).await?,
+            (Some(process), None) => self.query(what, |s| &s.instances_process, &[&process, &limit, &after]).await?,
             (Some(process), Some(status)) => {
-                self.query(what, |s| &s.instances_both, &[&process, &status, &limit]).await?
+                self.query(what, |s| &s.instances_both, &[&process, &status, &limit, &after]).await?
             }
         };
         Ok(decodable(&self.health.damage, rows.iter().map(|r| decode("instances", &r.get::<_, &str>(0), r.get(1)))))

@@ -186,11 +186,15 @@ pub struct ResourceCheck {
 pub struct InstanceFilter {
     pub status: Option<Status>,
     pub process: Option<String>,
+    /// Only instances whose id comes after this one (the next page of a listing).
+    pub after: Option<String>,
 }
 
 impl InstanceFilter {
     pub fn matches(&self, s: &cairn_engine::Snapshot) -> bool {
-        self.status.is_none_or(|st| s.status == st) && self.process.as_deref().is_none_or(|p| s.process == p)
+        self.status.is_none_or(|st| s.status == st)
+            && self.process.as_deref().is_none_or(|p| s.process == p)
+            && self.after.as_deref().is_none_or(|a| s.id.as_str() > a)
     }
 }
 

@@ -411,10 +411,20 @@ impl RocksStore {
     /// Visits the entries whose key starts with `prefix`, in key order, until
     /// `f` returns false. A damaged block ends the scan with an `Integrity`
     /// error naming the last key read before it (and is reported).
-    fn scan(&self, cf: Cf, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+    fn scan(&self, cf: Cf, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        self.scan_range(cf, prefix, prefix, f)
+    }
+
+    /// Visits every entry from `start` on, in key order, until `f` returns false.
+    fn scan_from(&self, cf: Cf, start: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        self.scan_range(cf, b"", start, f)
+    }
+
+    /// Visits the entries from `start` on whose key starts with `prefix`.
+    fn scan_range(&self, cf: Cf, prefix: &[u8], start: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
         let db = self.shared.db()?;
         let mut last = Vec::new();
-        for item in db.iterator_cf(handle(&db, cf), IteratorMode::From(prefix, Direction::Forward)) {
+        for item in db.iterator_cf(handle(&db, cf), IteratorMode::From(start, Direction::Forward)) {
             let (k, v) = item.map_err(|e| {
                 let at = if last.is_empty() { String::new() } else { format!("after {}", show_key(&last)) };
                 self.read_error(cf, &at, e)
@@ -519,7 +529,7 @@ impl crate::Backend for RocksStore {
         }
         if let Some(status) = filter.status.filter(|s| !s.is_terminal()) {
             // Live instances: their index, then only their snapshots.
-            for id in self.live_ids(status)? {
+            for id in self.live_ids(status)?.into_iter().filter(|id| filter.after.as_deref().is_none_or(|a| id.as_str() > a)) {
                 if let Some(s) = self.get_record::<Snapshot>(Cf::Instances, id.as_bytes()).or_else(|e| match e {
                     StoreError::Integrity { .. } => Ok(None),
                     e => Err(e),
@@ -534,7 +544,11 @@ impl crate::Backend for RocksStore {
             }
             return Ok(out);
         }
-        self.scan(Cf::Instances, b"", |k, v| {
+        let start = filter.after.as_deref().unwrap_or("").as_bytes();
+        self.scan_from(Cf::Instances, start, |k, v| {
+            if Some(k) == filter.after.as_deref().map(str::as_bytes) {
+                return Ok(true);
+            }
             match decode::<Snapshot>(Cf::Instances.name(), &show_key(k), v) {
                 Ok(s) if filter.matches(&s) => out.push(s),
                 Ok(_) => {}

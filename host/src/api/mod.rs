@@ -331,6 +331,7 @@ struct ListQuery {
     status: Option<String>,
     process: Option<String>,
     limit: Option<usize>,
+    after: Option<String>,
 }
 
 fn summary(s: &Snapshot, svc: &Service) -> InstanceSummary {
@@ -353,11 +354,21 @@ async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) 
                 )
             })?),
         };
-        let limit = q.limit.unwrap_or(1000);
-        let filter = InstanceFilter { status, process: q.process.clone() };
+        // A page at a time: at most `limit` (1000 by default, 10000 at most)
+        // in id order, after the id `after`; `next_after` names the next page.
+        let limit = q.limit.unwrap_or(1000).min(10_000);
+        let filter = InstanceFilter { status, process: q.process.clone(), after: q.after.clone().filter(|a| !a.is_empty()) };
         let list = svc.store.instances(&filter, limit).await?;
         let items: Vec<InstanceSummary> = list.iter().map(|s| summary(s, &svc)).collect();
-        Ok((StatusCode::OK, json!({ "instances": items, "count": items.len() })))
+        let mut body = json!({ "instances": items, "count": items.len() });
+        if items.len() == limit && limit > 0 {
+            body["next_after"] = json!(list.last().map(|s| s.id.clone()));
+        }
+        // The total of a status needs no listing (an index, or the status column).
+        if let (Some(status), None) = (status, &q.process) {
+            body["total"] = json!(svc.store.count_instances(status).await?);
+        }
+        Ok((StatusCode::OK, body))
     }
     .await)
 }

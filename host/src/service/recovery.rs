@@ -21,7 +21,7 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
     // Each step goes on past damage: a record that does not decode is
     // reported by the store and skipped, and a step that fails (a damaged
     // table block) is reported here, so every other instance still resumes.
-    let running = InstanceFilter { status: Some(Status::Running), process: None };
+    let running = InstanceFilter { status: Some(Status::Running), process: None, after: None };
     match svc.store.instances(&running, usize::MAX).await {
         Ok(snapshots) => {
             for s in snapshots {
@@ -51,7 +51,7 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
             // A damaged block ends the scan: look up each waiting instance's
             // own inbox instead, so only the instances in the block are missed.
             eprintln!("cairn: recovery: listing inboxes: {e} (looking at each waiting instance instead)");
-            let waiting = InstanceFilter { status: Some(Status::Waiting), process: None };
+            let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
             for s in svc.store.instances(&waiting, usize::MAX).await.unwrap_or_default() {
                 match svc.store.inbox(&s.id).await {
                     Ok(inbox) if !inbox.is_empty() => {
@@ -77,7 +77,7 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
         }
         Err(e) => {
             eprintln!("cairn: recovery: reading the outbox: {e} (looking at each waiting instance's instead)");
-            let waiting = InstanceFilter { status: Some(Status::Waiting), process: None };
+            let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
             for s in svc.store.instances(&waiting, usize::MAX).await.unwrap_or_default() {
                 match svc.store.outbox(&s.id).await {
                     Ok(outbox) if !outbox.is_empty() => {

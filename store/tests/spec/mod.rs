@@ -509,11 +509,11 @@ pub async fn tables(store: &Store) {
     assert_eq!(ids(store.instances(&all, 10).await.unwrap()), ["i-a", "i-b", "i-c", "i-gone"]);
     assert_eq!(ids(store.instances(&all, 2).await.unwrap()), ["i-a", "i-b"]);
     assert!(store.instances(&all, 0).await.unwrap().is_empty());
-    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None };
+    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
     assert_eq!(ids(store.instances(&waiting, 10).await.unwrap()), ["i-a", "i-c"]);
-    let orders = InstanceFilter { status: None, process: Some("orders".into()) };
+    let orders = InstanceFilter { status: None, process: Some("orders".into()), after: None };
     assert_eq!(ids(store.instances(&orders, 10).await.unwrap()), ["i-a", "i-b"]);
-    let both = InstanceFilter { status: Some(Status::Waiting), process: Some("billing".into()) };
+    let both = InstanceFilter { status: Some(Status::Waiting), process: Some("billing".into()), after: None };
     assert_eq!(ids(store.instances(&both, 10).await.unwrap()), ["i-c"]);
     assert_eq!(store.count_instances(Status::Waiting).await.unwrap(), 2);
     assert_eq!(store.count_instances(Status::Faulted).await.unwrap(), 0);
@@ -684,13 +684,18 @@ pub fn token(id: &str, role: Role) -> TokenRecord {
 /// and ends (the embedded store reads them from its index of live instances).
 pub async fn check_live_listings(store: &Store) {
     let ids = |v: Vec<Snapshot>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
-    let running = InstanceFilter { status: Some(Status::Running), process: None };
-    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None };
+    let running = InstanceFilter { status: Some(Status::Running), process: None, after: None };
+    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
     for id in ["l-1", "l-2", "l-3"] {
         commit(store, vec![Write::Instance(Box::new(snapshot(id, "p", Status::Running, 1)))]).await;
     }
     assert_eq!(ids(store.instances(&running, 10).await.unwrap()), ["l-1", "l-2", "l-3"]);
     assert_eq!(ids(store.instances(&running, 2).await.unwrap()), ["l-1", "l-2"]);
+    // Pages: the ids after the last one shown.
+    let next = InstanceFilter { after: Some("l-2".into()), ..running.clone() };
+    assert_eq!(ids(store.instances(&next, 2).await.unwrap()), ["l-3"]);
+    let all_after = InstanceFilter { after: Some("l-1".into()), ..InstanceFilter::default() };
+    assert_eq!(ids(store.instances(&all_after, 10).await.unwrap()), ["l-2", "l-3"]);
     commit(store, vec![Write::Instance(Box::new(snapshot("l-2", "p", Status::Waiting, 2)))]).await;
     commit(store, vec![Write::Instance(Box::new(snapshot("l-3", "p", Status::Completed, 2)))]).await;
     assert_eq!(ids(store.instances(&running, 10).await.unwrap()), ["l-1"]);
