@@ -76,9 +76,12 @@ impl WriteHealth {
     }
 }
 
+/// The damage kept (by table and key: the reason) and how many in all.
+type Reports = (BTreeMap<(String, String), String>, u64);
+
 #[derive(Default)]
 pub struct Damage {
-    reports: Mutex<(BTreeMap<(String, String), String>, u64)>,
+    reports: Mutex<Reports>,
 }
 
 impl Damage {
