@@ -3,7 +3,8 @@
 # store unit tests and every test against the real cairn binary and real
 # guest components on the RocksDB store, then the end-to-end, crash,
 # bad-input, partner and resource tests and the store specification again on
-# PostgreSQL (a throwaway cluster, see env.sh).
+# PostgreSQL (a throwaway cluster, see env.sh), and at last a short run of
+# every fuzz target (scripts/fuzz.sh 20: each builds and runs 20 s clean).
 # Every step runs even if an earlier one failed; the exit status is non-zero
 # if any failed.
 cd "$(dirname "$0")/.."
@@ -40,6 +41,11 @@ else
     echo "==> could not start PostgreSQL" >&2
     status=1
 fi
+
+# The fuzz targets (fuzz/, FUZZING.md) still build and run: 20 s each. Its
+# `test result:` line counts one test per target.
+echo "==> a short run of every fuzz target (scripts/fuzz.sh 20)" >&2
+scripts/fuzz.sh 20 2>&1 | tee -a "$log" || status=$?
 
 # One closing line for the whole run, summed over the test binaries.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
