@@ -91,10 +91,14 @@ enum ArbActivity {
     Rethrow,
     Suspend,
     StartProcess(Name, Op, u8),
-    Pick(Vec<(Option<(Op, Option<Op>, Option<u8>)>, u64, u8)>),
+    Pick(Vec<ArbPickBranch>),
     Flow(Vec<u8>),
     ForEach(Pointer, bool, u8),
 }
+
+/// A pick branch: a message trigger (operation, set, reader) or else a
+/// timer of so many ms, and the body.
+type ArbPickBranch = (Option<(Op, Option<Op>, Option<u8>)>, u64, u8);
 
 const VARIABLES: &[&str] = &["{}", r#"{"items":[1,2,3],"n":0}"#, "[]", "null", "{", r#"{"items":"no"}"#];
 
