@@ -1,6 +1,8 @@
 //! Regression tests for what the fuzz targets (`fuzz/`, see FUZZING.md)
 //! found in the engine: one test per crash, each on the smallest input that
-//! showed it.
+//! showed it. Tests marked "(size)" pin crashes that need inputs larger than
+//! libFuzzer's default length (deep trees, thousands of branches): they were
+//! found while writing the targets' simulated driver, not by a run.
 
 use crate::definition::RetryPolicy;
 
@@ -44,7 +46,7 @@ fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     std::thread::Builder::new().stack_size(256 << 10).spawn(f).unwrap().join().unwrap()
 }
 
-/// `definition_arena`: every branch of a flow that waits set itself aside
+/// `definition_arena` (size): every branch of a flow that waits set itself aside
 /// and ran the next branch by calling the run loop again, one level of
 /// recursion per branch. A parallel for-each over a large array (its size
 /// is data, not definition) overflowed the stack of the driver's thread.
@@ -74,7 +76,7 @@ fn a_parallel_for_each_over_many_items_waits_without_recursing_per_branch() {
     assert_eq!(waits, 20_000);
 }
 
-/// `definition_arena`: a caught fault ran the rest of the instance by
+/// `definition_arena` (size): a caught fault ran the rest of the instance by
 /// calling the run loop again from inside the fault's propagation, one level
 /// of recursion per fault raised without a handler call in between. A
 /// sequence of scopes whose bodies throw overflowed the stack.
@@ -119,7 +121,7 @@ fn chain(depth: usize) -> Definition {
     definition(nodes, 0, 0)
 }
 
-/// `definition_arena`: validation walked the tree recursively and built
+/// `definition_arena` (size): validation walked the tree recursively and built
 /// every activity path in full, so a deep arena (a component describes
 /// whatever it likes) overflowed the stack, or with long names ran out of
 /// memory, before any rule was checked. Nesting is bounded now, and
@@ -133,7 +135,7 @@ fn a_deeply_nested_definition_is_refused_without_recursing() {
     assert!(chain(crate::definition::MAX_DEPTH + 1).validate().is_err());
 }
 
-/// `definition_arena`: activity paths had no bound; a path is now at most
+/// `definition_arena` (size): activity paths had no bound; a path is now at most
 /// `MAX_PATH_BYTES` (it is part of every history entry, error and
 /// idempotency key).
 #[test]
@@ -144,7 +146,7 @@ fn an_overlong_activity_path_is_refused() {
     assert!(e.contains("path"), "{e}");
 }
 
-/// `definition_arena`: a definition of more than `MAX_NODES` activities is
+/// `definition_arena` (size): a definition of more than `MAX_NODES` activities is
 /// refused before anything walks it.
 #[test]
 fn a_definition_with_too_many_nodes_is_refused() {
@@ -171,7 +173,7 @@ fn nested_flows(k: usize) -> Definition {
     definition(nodes, 0, 0)
 }
 
-/// `definition_arena`: every flow (or parallel for-each) nested in a set-aside
+/// `definition_arena` (size): every flow (or parallel for-each) nested in a set-aside
 /// branch of another nests the snapshot's JSON four levels deeper, every
 /// scope's registered compensation two, and the store decodes JSON at most
 /// 128 levels deep: a valid definition's instance wrote a snapshot that it
@@ -202,7 +204,7 @@ fn nested_flows_whose_snapshot_could_not_be_decoded_are_refused() {
     assert_eq!(back, point.snapshot);
 }
 
-/// `definition_arena`: whether a rethrow sits in a fault handler was asked
+/// `definition_arena` (size): whether a rethrow sits in a fault handler was asked
 /// of every scope's handler body for every rethrow, walking the body each
 /// time, and a compensate's scope was looked for among all nodes: quadratic
 /// and worse. Both are computed once per validation now.
