@@ -138,7 +138,13 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
     };
     // Outbox entries this driver has sent on their way.
     let mut sent: HashSet<u64> = HashSet::new();
-    let mut m = Machine::new(def, snap);
+    // A snapshot that decodes but does not fit its definition is damage:
+    // reported (health degraded) and left where it is, never run.
+    let mut m = Machine::resume(def, snap).map_err(|reason| {
+        let reason = format!("the snapshot does not fit version {} of its definition: {reason}", deployed.record.version);
+        svc.store.health().damage.report(cairn_store::DamageReport { table: "instances".into(), key: id.to_string(), reason: reason.clone() });
+        anyhow!("{reason}")
+    })?;
     m.set_breakpoints(svc.operator.breakpoints_of(&def.name));
     m.set_pure_activities(svc.registry.pure_activities());
     let mut consumed: HashSet<u64> = HashSet::new();
