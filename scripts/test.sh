@@ -17,7 +17,7 @@ threads="${CAIRN_TEST_THREADS:-2}"
 # The host-side packages (the guests only build for wasm32-wasip2). --release
 # so the build scripts' outputs (rocksdb's C++ above all) are the ones
 # build_all already made.
-host_packages="-p cairn-engine -p cairn -p cairn-tests"
+host_packages="-p cairn-engine -p cairn -p cairn-tests -p cairn-worker"
 if [ -f store/Cargo.toml ]; then
     host_packages="$host_packages -p cairn-store"
 fi
