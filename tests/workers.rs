@@ -336,7 +336,7 @@ fn the_reference_scenario_s_account_service_runs_as_a_python_worker() {
     let events = events_of(&mut py);
     const ORDERS: usize = 12;
     for i in 0..ORDERS {
-        let customer = if i % 3 == 0 { format!("bad-customer-{i}") } else { format!("customer-{i}") };
+        let customer = if i.is_multiple_of(3) { format!("bad-customer-{i}") } else { format!("customer-{i}") };
         let body = json!({ "order_id": format!("o-{i:03}"), "customer": customer, "amount": 10.0 });
         let (status, v) = h.send("order", body, Some(&format!("order-{i}")));
         assert_eq!(status, 202, "{v}");
@@ -353,7 +353,7 @@ fn the_reference_scenario_s_account_service_runs_as_a_python_worker() {
     for o in &orders {
         let v = h.instance(o["id"].as_str().unwrap());
         let i: usize = v["variables"]["order_id"].as_str().unwrap()[2..].parse().unwrap();
-        let expected = if i % 3 == 0 { "cancelled" } else { "accepted" };
+        let expected = if i.is_multiple_of(3) { "cancelled" } else { "accepted" };
         assert_eq!(v["variables"]["status"], expected, "order {i}");
     }
     py.kill().unwrap();
@@ -362,4 +362,116 @@ fn the_reference_scenario_s_account_service_runs_as_a_python_worker() {
     assert_eq!(completed.len(), ORDERS, "one account lookup per order, by the Python worker: {completed:?}");
     let keys: BTreeSet<&str> = completed.iter().map(|e| e["key"].as_str().unwrap()).collect();
     assert_eq!(keys.len(), ORDERS);
+}
+
+#[test]
+fn a_completion_made_durable_just_before_a_crash_is_not_lost_and_tasks_survive_a_controlled_restart() {
+    let dir = TempDir::new("workers-durable");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "task-completed")]);
+    deploy(&h);
+    let id = start(&h, "retry", "k-durable");
+    let w = worker(&h, "w");
+    let t = take_one(&w, WAIT);
+    // The host aborts once the completion is durable, before it answers.
+    assert!(w.complete(&t, &json!({ "durable": true })).is_err());
+    h.wait_down();
+    h.kill9();
+    let mut h = Host::start(dir.path(), &["--quiet-guests", "--shutdown-grace-ms", "2000"], &[]);
+    h.wait_status(&id, "completed", WAIT);
+    let w = worker(&h, "w");
+    assert!(w.poll(1, Duration::from_millis(500)).unwrap().is_empty(), "the completed task is not offered again");
+    // A controlled restart with a task waiting and a poll in flight: the
+    // poll ends at once, the task is offered again after the restart.
+    let waiting = start(&h, "retry", "k-restart");
+    eventually("the task is offered", WAIT, || tasks(&h).len() == 1);
+    let poller = {
+        let w = worker(&h, "poller").with_operations(&["spin"]);
+        std::thread::spawn(move || w.poll(1, Duration::from_secs(50)))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let stopped = Instant::now();
+    assert!(h.terminate().success());
+    assert!(stopped.elapsed() < Duration::from_secs(5), "a long poll held the shutdown for {:?}", stopped.elapsed());
+    let _ = poller.join().unwrap();
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    let w = worker(&h, "w2");
+    let t = take_one(&w, WAIT);
+    assert_eq!((t.attempt, t.operation.as_str()), (1, "fail"));
+    w.complete(&t, &json!({})).unwrap();
+    h.wait_status(&waiting, "completed", WAIT);
+    // `cairn check` takes an external activity (no component bytes) as sound.
+    assert!(h.terminate().success());
+    if cairn_tests::store_kind() == "rocksdb" {
+        let store = dir.path().join("store");
+        let out = Command::new(cairn_tests::cairn_bin()).args(["check", store.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Completed instances per second and the mean time per instance, with
+/// `clients` threads each starting an instance (mode "recover": one
+/// idempotent-on-recovery invoke of `record`) and waiting for it to complete.
+fn drive(h: &Host, clients: usize, total: usize) -> (f64, Duration) {
+    let started = Instant::now();
+    let per = total / clients;
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = h.url.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let mut spent = Duration::ZERO;
+                for i in 0..per {
+                    let t0 = Instant::now();
+                    let body = json!({ "process": "invoker", "input": { "mode": "recover", "key": format!("b-{c}-{i}") } }).to_string();
+                    let v: Value = agent.post(format!("{url}/v1/instances")).header("content-type", "application/json").send(body.as_bytes()).unwrap().body_mut().read_json().unwrap();
+                    let id = v["id"].as_str().unwrap().to_string();
+                    loop {
+                        let v: Value = agent.get(format!("{url}/v1/instances/{id}")).call().unwrap().body_mut().read_json().unwrap();
+                        if v["status"] == "completed" {
+                            break;
+                        }
+                        assert_ne!(v["status"], "faulted", "{v}");
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                    spent += t0.elapsed();
+                }
+                spent
+            })
+        })
+        .collect();
+    let spent: Duration = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let n = per * clients;
+    (n as f64 / started.elapsed().as_secs_f64(), spent / n as u32)
+}
+
+/// BENCHMARKS.md: `cargo test --release -p cairn-tests --test workers -- --ignored --nocapture bench`.
+#[test]
+#[ignore]
+fn bench_external_workers_against_a_component() {
+    for (clients, total) in [(1, 300), (32, 3200)] {
+        let dir = TempDir::new("workers-bench");
+        let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+        deploy(&h);
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..clients)
+            .map(|n| {
+                let (w, stop) = (worker(&h, &format!("bench-{n}")), stop.clone());
+                std::thread::spawn(move || w.run(&stop, |_| Ok(json!({ "ok": true }))))
+            })
+            .collect();
+        drive(&h, clients, clients.min(4) * 10); // warm-up
+        let (rate, each) = drive(&h, clients, total);
+        stop.store(true, Ordering::SeqCst);
+        for w in workers {
+            w.join().unwrap();
+        }
+        println!("external worker, concurrency {clients}: {rate:.0} instances (tasks)/s, {:.2} ms per instance", each.as_secs_f64() * 1e3);
+        let dir = TempDir::new("workers-bench-component");
+        let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+        h.deploy_effectful("t_recorder", "recorder");
+        h.deploy("t_invoker", None);
+        drive(&h, clients, clients.min(4) * 10);
+        let (rate, each) = drive(&h, clients, total);
+        println!("component call, concurrency {clients}: {rate:.0} instances/s, {:.2} ms per instance", each.as_secs_f64() * 1e3);
+    }
 }

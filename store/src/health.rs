@@ -76,9 +76,12 @@ impl WriteHealth {
     }
 }
 
+/// Reports by (table, key), and how many damaged records were met in all.
+type Reports = (BTreeMap<(String, String), String>, u64);
+
 #[derive(Default)]
 pub struct Damage {
-    reports: Mutex<(BTreeMap<(String, String), String>, u64)>,
+    reports: Mutex<Reports>,
 }
 
 impl Damage {

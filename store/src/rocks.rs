@@ -346,7 +346,7 @@ fn open_db(path: &Path, salvage_wal: bool) -> Result<DB> {
         });
         let db = match DB::open_cf_descriptors(&opts, path, cfs()) {
             Ok(db) => db,
-            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && !wal_files(&path).is_empty() => {
+            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && !wal_files(path).is_empty() => {
                 let named = damaged_wal(path, &e);
                 if !salvage_wal {
                     return Err(wal_damaged(path, &named, &e));

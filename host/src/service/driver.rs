@@ -60,7 +60,7 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
                 // instance goes on from its last persistence point. A
                 // creation is refused instead (the client may send again).
                 if let Some(c) = creation.take() {
-                    let _ = c.ack.send(Err(anyhow::Error::from(e).into()));
+                    let _ = c.ack.send(Err(e.into()));
                     break;
                 }
                 if failures == 0 {

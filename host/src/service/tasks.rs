@@ -91,6 +91,9 @@ struct Task {
     lease: Option<Lease>,
     /// A completion is being made durable: not expired, not taken again.
     completing: bool,
+    /// Its `Leased` record is being written: its lease does not expire
+    /// before the worker has it (else `Held` could be overwritten by `Leased`).
+    recording: bool,
     events: UnboundedSender<Event>,
 }
 
@@ -137,6 +140,9 @@ struct State {
 pub struct Tasks {
     state: Mutex<State>,
     offered: tokio::sync::Notify,
+    /// A controlled shutdown began: polls answer at once, with no task
+    /// (completions are still taken during the grace period).
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// What a worker asks of a poll.
@@ -171,6 +177,16 @@ fn conflict(message: String) -> Error {
 }
 
 impl Tasks {
+    /// Ends the polls waiting now and makes later ones answer at once (shutdown).
+    pub fn close_polls(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.offered.notify_waiters();
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn offer(&self, id: &str, task: Task) {
         let mut s = self.state.lock().unwrap();
         s.waiting.entry(task.activity.clone()).or_default().push_back(id.to_string());
@@ -179,11 +195,12 @@ impl Tasks {
         self.offered.notify_waiters();
     }
 
-    /// Withdraws a task whose deadline passed; false if a completion is being recorded.
+    /// Withdraws a task whose deadline passed; false if a completion or a
+    /// lease is being recorded (ask again shortly).
     fn withdraw(&self, id: &str) -> bool {
         let mut s = self.state.lock().unwrap();
         match s.tasks.get(id) {
-            Some(t) if t.completing => false,
+            Some(t) if t.completing || t.recording => false,
             _ => {
                 s.tasks.remove(id);
                 true
@@ -213,6 +230,7 @@ impl Tasks {
                 continue;
             }
             task.lease = Some(Lease { worker: r.worker.clone(), deadline_ms: now_ms() + r.lease_ms, lease_ms: r.lease_ms });
+            task.recording = task.hold;
             out.push(task.info(id));
             queue.remove(i);
         }
@@ -226,7 +244,7 @@ impl Tasks {
         let expired: Vec<String> = s
             .tasks
             .iter()
-            .filter(|(_, t)| !t.completing && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now))
+            .filter(|(_, t)| !t.completing && !t.recording && t.lease.as_ref().is_some_and(|l| l.deadline_ms <= now))
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
@@ -302,6 +320,7 @@ impl Service {
                     since_ms: now_ms(),
                     lease: None,
                     completing: false,
+                    recording: false,
                     events: tx.clone(),
                 },
             )
@@ -316,8 +335,9 @@ impl Service {
                         if self.tasks.withdraw(&id) {
                             return Some(Err(timeout()));
                         }
-                        // A completion is being recorded: its outcome wins.
-                        deadline = None;
+                        // A completion (whose outcome then wins) or a lease
+                        // is being recorded: look again shortly.
+                        deadline = Some(tokio::time::Instant::now() + Duration::from_millis(20));
                         continue;
                     }
                 },
@@ -388,6 +408,9 @@ impl Service {
             let notified = self.tasks.offered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            if self.tasks.closing() {
+                return Ok(Vec::new());
+            }
             let taken = self.tasks.take(&r);
             if !taken.is_empty() {
                 return self.record_leases(taken).await;
@@ -423,7 +446,15 @@ impl Service {
         if b.is_empty() {
             return Ok(taken);
         }
-        if let Err(e) = self.store.commit(b).await {
+        let committed = self.store.commit(b).await;
+        let mut s = self.tasks.state.lock().unwrap();
+        for t in &taken {
+            if let Some(task) = s.tasks.get_mut(&t.id) {
+                task.recording = false;
+            }
+        }
+        drop(s);
+        if let Err(e) = committed {
             let mut s = self.tasks.state.lock().unwrap();
             for t in &taken {
                 if let Some(task) = s.tasks.get_mut(&t.id) {
@@ -538,6 +569,7 @@ fn clone_fields(t: &Task) -> Task {
         since_ms: t.since_ms,
         lease: None,
         completing: true,
+        recording: false,
         events: t.events.clone(),
     }
 }
