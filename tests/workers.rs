@@ -475,3 +475,29 @@ fn bench_external_workers_against_a_component() {
         println!("component call, concurrency {clients}: {rate:.0} instances/s, {:.2} ms per instance", each.as_secs_f64() * 1e3);
     }
 }
+
+#[test]
+fn a_one_way_send_to_an_external_activity_is_a_task_too() {
+    let dir = TempDir::new("workers-send");
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    h.ok_json(&["deploy", "--external", "recorder"]);
+    h.deploy("t_crash", None);
+    let (status, v) = h.send("crash-start", json!({ "key": "s1" }), None);
+    assert_eq!(status, 202, "{v}");
+    let id = v["instance"].as_str().unwrap().to_string();
+    let w = worker(&h, "w");
+    let invoke = take_one(&w, WAIT);
+    assert_eq!(invoke.input["what"], "record");
+    w.complete(&invoke, &json!({ "ok": true })).unwrap();
+    eventually("the instance waits for crash-finish", WAIT, || h.instance(&id)["variables"]["recorded"] == true);
+    let (status, v) = h.send("crash-finish", json!({ "key": "s1" }), None);
+    assert_eq!(status, 202, "{v}");
+    let send = take_one(&w, WAIT);
+    assert_eq!(send.input["what"], "completed");
+    assert!(send.idempotency_key.contains("/send/"), "{}", send.idempotency_key);
+    assert_eq!(h.instance(&id)["pending_calls"].as_array().map(Vec::len), Some(1), "the send waits in the outbox");
+    w.complete(&send, &json!(null)).unwrap();
+    h.wait_status(&id, "completed", WAIT);
+    assert_eq!(h.instance(&id)["pending_calls"].as_array().map(Vec::len), Some(0), "its completion removed the outbox entry");
+    assert!(tasks(&h).is_empty());
+}
