@@ -639,10 +639,8 @@ impl Definition {
                 Activity::Throw { fault, .. } if fault.is_empty() => {
                     problems.push(format!("{at}: fault name is empty"));
                 }
-                Activity::Compensate { scope: Some(name) } => {
-                    if !scope_names.contains(name.as_str()) {
-                        problems.push(format!("{at}: there is no scope named '{name}' to compensate"));
-                    }
+                Activity::Compensate { scope: Some(name) } if !scope_names.contains(name.as_str()) => {
+                    problems.push(format!("{at}: there is no scope named '{name}' to compensate"));
                 }
                 _ => {}
             }

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 /// At most this many tasks per poll.
 const MAX_TASKS_PER_POLL: usize = 1000;
+/// The longest lease a poll or heartbeat may ask for (an hour).
+const MAX_LEASE_MS: u64 = 3_600_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,8 +81,8 @@ pub(super) async fn poll(State(svc): State<Service>, body: Bytes) -> Response {
             return Err(Error::new(ErrorKind::BadInput, "a poll names its worker (\"worker\": NAME)"));
         }
         let lease_ms = req.lease_ms.unwrap_or(DEFAULT_LEASE_MS);
-        if lease_ms == 0 || lease_ms > 3_600_000 {
-            return Err(Error::new(ErrorKind::BadInput, "lease_ms must be between 1 and 3600000"));
+        if lease_ms == 0 || lease_ms > MAX_LEASE_MS {
+            return Err(Error::new(ErrorKind::BadInput, format!("lease_ms must be between 1 and {MAX_LEASE_MS}")));
         }
         let r = PollRequest {
             activity: req.activity,
@@ -133,6 +135,9 @@ pub(super) async fn finish(State(svc): State<Service>, Path((id, verb)): Path<(S
         let worker = req.worker.as_deref();
         let outcome = match verb.as_str() {
             "heartbeat" => {
+                if req.lease_ms.is_some_and(|ms| ms == 0 || ms > MAX_LEASE_MS) {
+                    return Err(Error::new(ErrorKind::BadInput, format!("lease_ms must be between 1 and {MAX_LEASE_MS}")));
+                }
                 let t = svc.heartbeat_task(&id, req.attempt, worker, req.lease_ms)?;
                 return Ok((StatusCode::OK, task_json(&t)));
             }

@@ -252,7 +252,11 @@ impl Tasks {
                 let _ = t.events.send(Event::LeaseExpired);
             }
         }
-        s.done.retain(|_, (_, at)| at.elapsed() < DONE_MEMORY);
+    }
+
+    /// Forgets completions accepted longer ago than `DONE_MEMORY`.
+    fn forget_done(&self) {
+        self.state.lock().unwrap().done.retain(|_, (_, at)| at.elapsed() < DONE_MEMORY);
     }
 
     /// Every task offered now, oldest first.
@@ -264,11 +268,16 @@ impl Tasks {
     }
 }
 
-/// Checks leases every 50 ms.
+/// Checks leases every 50 ms (and forgets old completions every 10 s).
 pub(super) async fn run(svc: Service) {
+    let mut ticks: u64 = 0;
     while !svc.is_shutting_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         svc.tasks.expire();
+        ticks += 1;
+        if ticks.is_multiple_of(200) {
+            svc.tasks.forget_done();
+        }
     }
 }
 
