@@ -148,6 +148,8 @@ fn a_killed_worker_s_task_goes_to_another_worker_with_the_same_key() {
     assert_eq!(listed[0]["state"], "leased");
     assert_eq!(listed[0]["worker"], "doomed");
     assert_eq!(listed[0]["attempt"], 1);
+    let text = h.cairn(&["tasks", "ls"]);
+    assert!(text.code == 0 && text.stdout.contains("leased") && text.stdout.contains("doomed") && text.stdout.contains("fail on recorder"), "{}", text.stdout);
     py.kill().unwrap();
     py.wait().unwrap();
     // The lease expires; another worker gets the same task, same key, next attempt.
@@ -499,5 +501,22 @@ fn a_one_way_send_to_an_external_activity_is_a_task_too() {
     w.complete(&send, &json!(null)).unwrap();
     h.wait_status(&id, "completed", WAIT);
     assert_eq!(h.instance(&id)["pending_calls"].as_array().map(Vec::len), Some(0), "its completion removed the outbox entry");
+    assert!(tasks(&h).is_empty());
+}
+
+#[test]
+fn the_invoke_s_timeout_covers_the_whole_task() {
+    let (_dir, h) = setup("workers-timeout");
+    // Mode "timeout": `spin` with a 300 ms timeout. Nobody takes it in time.
+    let waited = start(&h, "timeout", "k-waited");
+    let v = h.wait_status(&waited, "faulted", WAIT);
+    assert_eq!(v["fault"]["name"], "cairn.timeout", "{v}");
+    // Taken, but not completed in time: the late completion is refused.
+    let slow = start(&h, "timeout", "k-slow");
+    let w = worker(&h, "w");
+    let t = take_one(&w, WAIT);
+    let v = h.wait_status(&slow, "faulted", WAIT);
+    assert_eq!(v["fault"]["name"], "cairn.timeout", "{v}");
+    assert!(matches!(w.complete(&t, &json!({})), Err(Error::Refused(_))));
     assert!(tasks(&h).is_empty());
 }

@@ -345,14 +345,16 @@ impl Service {
             }
             let record = self.store.in_transit_call(instance, call_id).await?;
             match record.as_ref().map(|r| r.state) {
-                // Found in flight for the first time, or again after a resubmit
-                // was sent and another crash cut it: held for an operator.
-                // (A task leased or completed while the activity was external, redeployed since as a component.)
+                // A task completed while the activity was external (it has
+                // been deployed as a component since): its outcome stands.
                 Some(InTransitState::Completed) => {
                     sent.insert(call_id);
                     let result = record.and_then(|r| r.result).unwrap_or_else(|| Err(Fault::new("cairn.internal", "a completed task without its result")));
                     results.insert(call_id, (result, ResourceAccesses::default()));
                 }
+                // Found in flight for the first time, or again after a resubmit
+                // was sent and another crash cut it (or leased to a worker
+                // while external): held for an operator.
                 None | Some(InTransitState::Resent) | Some(InTransitState::Leased) => {
                     let record = InTransit {
                         instance: instance.to_string(),
