@@ -178,6 +178,25 @@ fn a_slow_worker_that_heartbeats_keeps_its_task() {
     slow.complete(&t, &json!({ "slow": true })).unwrap();
     h.wait_status(&id, "completed", WAIT);
     assert_eq!(t.attempt, 1);
+
+    // `Worker::run` heartbeats by itself while a slow handler works.
+    let id = start(&h, "retry", "k-run");
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let runner = {
+        let (w, stop, attempts) = (worker(&h, "runner").with_lease(Duration::from_millis(300)), stop.clone(), attempts.clone());
+        std::thread::spawn(move || {
+            w.run(&stop, |t| {
+                attempts.lock().unwrap().push(t.attempt);
+                std::thread::sleep(Duration::from_millis(1500));
+                Ok(json!({ "ran": true }))
+            })
+        })
+    };
+    h.wait_status(&id, "completed", WAIT);
+    stop.store(true, Ordering::SeqCst);
+    runner.join().unwrap();
+    assert_eq!(*attempts.lock().unwrap(), [1], "one attempt, its lease kept for five times its length");
 }
 
 #[test]

@@ -194,10 +194,39 @@ impl Worker {
         Ok(v["lease_deadline_ms"].as_u64().unwrap_or(0))
     }
 
+    /// Runs `work` while a thread heartbeats `task`'s lease every third of
+    /// the lease time (until `work` returns or a heartbeat is refused).
+    pub fn keeping_lease<T>(&self, task: &Task, work: impl FnOnce() -> T) -> T {
+        let done = AtomicBool::new(false);
+        let every = Duration::from_millis((self.lease_ms / 3).max(1));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut since = std::time::Instant::now();
+                while !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10).min(every));
+                    if since.elapsed() >= every && !done.load(Ordering::SeqCst) {
+                        since = std::time::Instant::now();
+                        if let Err(e) = self.heartbeat(task) {
+                            eprintln!("cairn-worker {}: heartbeat of task {} attempt {}: {e}", self.name, task.id, task.attempt);
+                            if matches!(e, Error::Refused(_)) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            let out = work();
+            done.store(true, Ordering::SeqCst);
+            out
+        })
+    }
+
     /// Polls and carries out tasks one at a time until `stop` is set:
-    /// `handler`'s output completes a task, its failure fails it. Refusals
-    /// (a lease that passed on) and transport errors are reported on stderr
-    /// and the loop goes on.
+    /// `handler`'s output completes a task, its failure fails it. While the
+    /// handler runs, a thread heartbeats the lease every third of its
+    /// length, so a slow handler keeps its task. Refusals (a lease that
+    /// passed on) and transport errors are reported on stderr and the loop
+    /// goes on.
     pub fn run<F: FnMut(&Task) -> Result<Value, Failure>>(&self, stop: &AtomicBool, mut handler: F) {
         while !stop.load(Ordering::SeqCst) {
             let tasks = match self.poll(1, Duration::from_millis(500)) {
@@ -209,7 +238,8 @@ impl Worker {
                 }
             };
             for task in tasks {
-                let outcome = match handler(&task) {
+                let result = self.keeping_lease(&task, || handler(&task));
+                let outcome = match result {
                     Ok(output) => self.complete(&task, &output),
                     Err(f) => self.fail(&task, &f),
                 };
