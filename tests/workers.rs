@@ -298,8 +298,16 @@ fn kill_9_with_tasks_waiting_and_leased_loses_nothing_and_completes_nothing_twic
         assert!(matches!(w.complete(t, &json!({})), Err(Error::Refused(_))), "a lease from before the crash is void");
     }
     eventually("the non-idempotent task is held", WAIT, || tasks(&h).iter().any(|t| t["state"] == "held" && t["id"] == ni.id));
-    let after = worker(&h, "after");
     let mut completed: BTreeMap<String, usize> = acknowledged.iter().map(|id| (id.clone(), 1)).collect();
+    // Attempts start at 1 again, but a lease from before the crash never
+    // matches one given since, even to the same worker name.
+    let again = w.poll(1, Duration::from_millis(500)).unwrap().pop().expect("a task");
+    assert!(!acknowledged.contains(&again.id));
+    let stale = Task { lease: "a-lease-from-before".into(), ..again.clone() };
+    assert!(matches!(w.complete(&stale, &json!({})), Err(Error::Refused(_))));
+    w.complete(&again, &json!({ "again": true })).unwrap();
+    completed.insert(again.id.clone(), 1);
+    let after = worker(&h, "after");
     let deadline = Instant::now() + WAIT;
     while completed.len() < N {
         for t in after.poll(8, Duration::from_millis(300)).unwrap() {

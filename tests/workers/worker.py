@@ -72,7 +72,7 @@ def main():
             else:
                 output = {"echoed": task["input"], "worker": args.worker}
             path = "/v1/tasks/%s/complete" % urllib.parse.quote(task["id"], safe="")
-            status, answer = call(args, path, {"attempt": task["attempt"], "worker": args.worker, "output": output})
+            status, answer = call(args, path, {"attempt": task["attempt"], "worker": args.worker, "lease": task["lease"], "output": output})
             say(event="completed" if status == 200 else "refused", id=task["id"], attempt=task["attempt"], key=task["idempotency_key"], status=status)
             done += 1
             if args.max_tasks and done >= args.max_tasks:

@@ -31,6 +31,8 @@ pub struct Task {
     pub idempotency_key: String,
     pub attempt: u32,
     pub lease_deadline_ms: u64,
+    /// The lease's token, sent with every completion and heartbeat.
+    pub lease: String,
 }
 
 /// Why a task failed: a fault for the process, and whether the invoke's retry policy may retry it.
@@ -163,6 +165,7 @@ impl Worker {
                 idempotency_key: t["idempotency_key"].as_str().unwrap_or("").to_string(),
                 attempt: t["attempt"].as_u64().unwrap_or(0) as u32,
                 lease_deadline_ms: t["lease_deadline_ms"].as_u64().unwrap_or(0),
+                lease: t["lease"].as_str().unwrap_or("").to_string(),
             })
             .collect())
     }
@@ -174,7 +177,7 @@ impl Worker {
     /// Completes the task with its output. Sent again after a lost answer,
     /// the same completion is accepted again (`duplicate`).
     pub fn complete(&self, task: &Task, output: &Value) -> Result<(), Error> {
-        self.post(&Worker::task_path(task, "complete"), &json!({ "attempt": task.attempt, "worker": self.name, "output": output })).map(|_| ())
+        self.post(&Worker::task_path(task, "complete"), &json!({ "attempt": task.attempt, "worker": self.name, "lease": task.lease, "output": output })).map(|_| ())
     }
 
     /// Fails the task with a fault; a retryable one may be offered again.
@@ -182,6 +185,7 @@ impl Worker {
         let body = json!({
             "attempt": task.attempt,
             "worker": self.name,
+            "lease": task.lease,
             "fault": { "name": failure.name, "message": failure.message, "data": failure.data },
             "retryable": failure.retryable,
         });
@@ -190,7 +194,7 @@ impl Worker {
 
     /// Extends the task's lease by the worker's lease time; returns the new deadline (ms since the epoch).
     pub fn heartbeat(&self, task: &Task) -> Result<u64, Error> {
-        let v = self.post(&Worker::task_path(task, "heartbeat"), &json!({ "attempt": task.attempt, "worker": self.name, "lease_ms": self.lease_ms }))?;
+        let v = self.post(&Worker::task_path(task, "heartbeat"), &json!({ "attempt": task.attempt, "worker": self.name, "lease": task.lease, "lease_ms": self.lease_ms }))?;
         Ok(v["lease_deadline_ms"].as_u64().unwrap_or(0))
     }
 

@@ -2,7 +2,7 @@
 //! activity, long-poll for tasks, complete, fail, heartbeat, list tasks.
 
 use super::{check_len, error, parse_json, respond, Query};
-use crate::service::{Error, ErrorKind, Outcome, PollRequest, Service, TaskInfo, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
+use crate::service::{Error, ErrorKind, Holder, Outcome, PollRequest, Service, TaskInfo, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -66,6 +66,7 @@ fn task_json(t: &TaskInfo) -> Value {
         "idempotency_key": t.idempotency_key,
         "attempt": t.attempt,
         "lease_deadline_ms": t.lease.as_ref().map(|l| l.deadline_ms),
+        "lease": t.lease.as_ref().map(|l| l.token.clone()),
         "worker": t.lease.as_ref().map(|l| l.worker.clone()),
     })
 }
@@ -113,6 +114,9 @@ struct Finish {
     attempt: u32,
     #[serde(default)]
     worker: Option<String>,
+    /// The lease token the poll gave (optional; refused unless current).
+    #[serde(default)]
+    lease: Option<String>,
     #[serde(default)]
     output: Option<Value>,
     #[serde(default)]
@@ -132,13 +136,13 @@ pub(super) async fn finish(State(svc): State<Service>, Path((id, verb)): Path<(S
     };
     respond(async {
         check_len("the task id", &id)?;
-        let worker = req.worker.as_deref();
+        let holder = Holder { attempt: req.attempt, worker: req.worker.as_deref(), lease: req.lease.as_deref() };
         let outcome = match verb.as_str() {
             "heartbeat" => {
                 if req.lease_ms.is_some_and(|ms| ms == 0 || ms > MAX_LEASE_MS) {
                     return Err(Error::new(ErrorKind::BadInput, format!("lease_ms must be between 1 and {MAX_LEASE_MS}")));
                 }
-                let t = svc.heartbeat_task(&id, req.attempt, worker, req.lease_ms)?;
+                let t = svc.heartbeat_task(&id, &holder, req.lease_ms)?;
                 return Ok((StatusCode::OK, task_json(&t)));
             }
             "complete" => Outcome::Completed(req.output.unwrap_or(Value::Null).to_string()),
@@ -151,7 +155,7 @@ pub(super) async fn finish(State(svc): State<Service>, Path((id, verb)): Path<(S
             }
             other => return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use complete, fail or heartbeat"))),
         };
-        let ack = svc.finish_task(&id, req.attempt, worker, outcome).await?;
+        let ack = svc.finish_task(&id, &holder, outcome).await?;
         Ok((StatusCode::OK, json!({ "id": id, "attempt": req.attempt, "duplicate": ack.duplicate, "retrying": ack.retrying })))
     }
     .await)

@@ -24,8 +24,9 @@
 //! same idempotency key (after the retry policy's first backoff, if any; a
 //! lost worker is not a failure of the task, so the policy's attempt limit
 //! and fault names do not apply), and a retryable failure does so by the
-//! invoke's retry policy. The invoke's timeout covers the whole task. A completion must name the attempt (and the worker, if it
-//! gives one) that holds the lease; anything else is refused (409).
+//! invoke's retry policy. The invoke's timeout covers the whole task.
+//! A completion must name the attempt (and the worker and lease token, if
+//! it gives them) that holds the lease; anything else is refused (409).
 
 use super::{Error, ErrorKind, Service};
 use crate::now_ms;
@@ -71,6 +72,10 @@ pub struct Lease {
     pub worker: String,
     pub deadline_ms: u64,
     pub lease_ms: u64,
+    /// A random token of this lease: a completion that gives it is refused
+    /// unless it is the current lease's (attempts restart at 1 after a
+    /// restart; tokens never repeat).
+    pub token: String,
 }
 
 /// A task offered now.
@@ -229,7 +234,8 @@ impl Tasks {
                 i += 1;
                 continue;
             }
-            task.lease = Some(Lease { worker: r.worker.clone(), deadline_ms: now_ms() + r.lease_ms, lease_ms: r.lease_ms });
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            task.lease = Some(Lease { worker: r.worker.clone(), deadline_ms: now_ms() + r.lease_ms, lease_ms: r.lease_ms, token });
             task.recording = task.hold;
             out.push(task.info(id));
             queue.remove(i);
@@ -482,12 +488,12 @@ impl Service {
     }
 
     /// Extends the lease of attempt `attempt` of task `id` by its lease time (or `lease_ms`).
-    pub fn heartbeat_task(&self, id: &str, attempt: u32, worker: Option<&str>, lease_ms: Option<u64>) -> Result<TaskInfo, Error> {
+    pub fn heartbeat_task(&self, id: &str, holder: &Holder<'_>, lease_ms: Option<u64>) -> Result<TaskInfo, Error> {
         let mut s = self.tasks.state.lock().unwrap();
         let Some(task) = s.tasks.get_mut(id) else {
             return Err(conflict(format!("task '{id}' is not leased (completed, expired, or unknown)")));
         };
-        check_lease(id, task, attempt, worker)?;
+        check_lease(id, task, holder)?;
         let lease = task.lease.as_mut().expect("checked");
         let ms = lease_ms.unwrap_or(lease.lease_ms);
         lease.lease_ms = ms;
@@ -497,7 +503,8 @@ impl Service {
 
     /// A worker's completion or failure of attempt `attempt` of task `id`:
     /// made durable, then handed to the instance, then acknowledged.
-    pub async fn finish_task(&self, id: &str, attempt: u32, worker: Option<&str>, outcome: Outcome) -> Result<Acknowledged, Error> {
+    pub async fn finish_task(&self, id: &str, holder: &Holder<'_>, outcome: Outcome) -> Result<Acknowledged, Error> {
+        let attempt = holder.attempt;
         let (task, result) = {
             let mut s = self.tasks.state.lock().unwrap();
             let Some(task) = s.tasks.get_mut(id) else {
@@ -507,7 +514,7 @@ impl Service {
                     None => Err(conflict(format!("task '{id}' is not leased (completed, or unknown)"))),
                 };
             };
-            check_lease(id, task, attempt, worker)?;
+            check_lease(id, task, holder)?;
             if task.completing {
                 return Err(Error::new(ErrorKind::Unavailable, format!("a completion of attempt {attempt} of task '{id}' is being recorded: try again")));
             }
@@ -583,17 +590,31 @@ fn clone_fields(t: &Task) -> Task {
     }
 }
 
-/// Whether attempt `attempt` of the task holds its lease (for `worker`, if named).
-fn check_lease(id: &str, task: &Task, attempt: u32, worker: Option<&str>) -> Result<(), Error> {
+/// Who claims to hold a task's lease: its attempt, and if given, the worker
+/// and the lease token.
+pub struct Holder<'a> {
+    pub attempt: u32,
+    pub worker: Option<&'a str>,
+    pub lease: Option<&'a str>,
+}
+
+/// Whether the holder's attempt (worker, token) holds the task's lease.
+fn check_lease(id: &str, task: &Task, holder: &Holder<'_>) -> Result<(), Error> {
+    let attempt = holder.attempt;
     let Some(lease) = &task.lease else {
         return Err(conflict(format!("task '{id}' is waiting for a worker: attempt {attempt} holds no lease")));
     };
     if task.attempt != attempt {
         return Err(conflict(format!("attempt {attempt} of task '{id}' no longer holds its lease: attempt {} does", task.attempt)));
     }
-    if let Some(w) = worker {
+    if let Some(w) = holder.worker {
         if w != lease.worker {
             return Err(conflict(format!("the lease of task '{id}' is held by worker '{}', not '{w}'", lease.worker)));
+        }
+    }
+    if let Some(t) = holder.lease {
+        if t != lease.token {
+            return Err(conflict(format!("lease '{t}' of task '{id}' is not its current lease (that lease is void: the task was offered again)")));
         }
     }
     Ok(())
