@@ -2,9 +2,9 @@
 # Runs every check: clippy on the host-side packages, then the engine and
 # store unit tests and every test against the real cairn binary and real
 # guest components on the RocksDB store, then the end-to-end, crash,
-# bad-input, partner and resource tests and the store specification again on
-# PostgreSQL (a throwaway cluster, see env.sh), and at last a short run of
-# every fuzz target (scripts/fuzz.sh 20: each builds and runs 20 s clean).
+# bad-input, partner, resource and worker tests and the store specification
+# again on PostgreSQL (a throwaway cluster, see env.sh), and at last a short
+# run of every fuzz target (scripts/fuzz.sh 20: each builds and runs 20 s clean).
 # Every step runs even if an earlier one failed; the exit status is non-zero
 # if any failed.
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ threads="${CAIRN_TEST_THREADS:-2}"
 # The host-side packages (the guests only build for wasm32-wasip2). --release
 # so the build scripts' outputs (rocksdb's C++ above all) are the ones
 # build_all already made.
-host_packages="-p cairn-engine -p cairn -p cairn-tests"
+host_packages="-p cairn-engine -p cairn -p cairn-tests -p cairn-worker"
 if [ -f store/Cargo.toml ]; then
     host_packages="$host_packages -p cairn-store"
 fi
@@ -30,9 +30,9 @@ echo "==> running tests (store: RocksDB)" >&2
 # shellcheck disable=SC2086
 cargo test --release $host_packages -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
 
-echo "==> running the end-to-end, crash, bad-input, partner and resource tests again (store: PostgreSQL)" >&2
+echo "==> running the end-to-end, crash, bad-input, partner, resource and worker tests again (store: PostgreSQL)" >&2
 if ensure_postgres && start_postgres; then
-    CAIRN_TEST_STORE=postgres cargo test --release -p cairn-tests --test e2e --test crash --test bad_input --test partners --test resources \
+    CAIRN_TEST_STORE=postgres cargo test --release -p cairn-tests --test e2e --test crash --test bad_input --test partners --test resources --test workers \
         -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
     # The store's table specification, on PostgreSQL (CAIRN_TEST_PG is set).
     cargo test --release -p cairn-store --test postgres 2>&1 | tee -a "$log" || status=$?

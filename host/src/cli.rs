@@ -262,9 +262,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Deploy a process or activity component (.wasm).
+    /// Deploy a process or activity component (.wasm), or an external
+    /// activity (`--external NAME --operation OP…`) whose tasks workers take.
     Deploy {
-        file: PathBuf,
+        #[arg(required_unless_present = "external")]
+        file: Option<PathBuf>,
+        /// Deploy an external activity NAME (no component): workers outside
+        /// the host take its tasks (`POST /v1/tasks/poll`).
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["file", "name", "allow_http", "resources"])]
+        external: Option<String>,
+        /// An operation of the external activity; repeatable (none: any operation).
+        #[arg(long = "operation", value_name = "OP", requires = "external")]
+        operations: Vec<String>,
         /// Name of an activity component (default: the file name without .wasm, '_' as '-').
         #[arg(long)]
         name: Option<String>,
@@ -378,6 +387,9 @@ enum Command {
     /// Non-idempotent calls found in flight after a crash, held for an operator.
     #[command(name = "in-transit", subcommand)]
     InTransit(InTransitCommand),
+    /// Tasks of external activities: waiting, leased (with worker and attempt) and held.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
     /// Resources: named tables of JSON documents that activities read and
     /// write in the same persistence point as the instance that calls them.
     #[command(subcommand)]
@@ -468,7 +480,7 @@ struct OfflineStore {
 enum TokenCommand {
     /// Create a token; it is printed once (only its hash is kept).
     Create {
-        /// reader (lists and shows), operator (also deploys, starts, sends, operator verbs) or admin (also backups and tokens).
+        /// worker (only takes and completes tasks of external activities), reader (lists and shows), operator (also deploys, starts, sends, operator verbs) or admin (also backups and tokens).
         #[arg(long)]
         role: String,
         /// What the token is for.
@@ -491,6 +503,18 @@ enum TokenCommand {
         id: String,
         #[command(flatten)]
         offline: OfflineStore,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TasksCommand {
+    /// List the tasks of external activities: waiting, leased and held.
+    Ls {
+        /// Only the tasks of this external activity.
+        #[arg(long)]
+        activity: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -611,7 +635,11 @@ pub fn main() -> i32 {
                 }
             };
         }
-        Command::Deploy { file, name, allow_http, resources, json } => deploy(&client, &file, name, &allow_http, &resources, json),
+        Command::Deploy { external: Some(name), operations, json, .. } => deploy_external(&client, &name, &operations, json),
+        Command::Deploy { file, name, allow_http, resources, json, .. } => {
+            deploy(&client, &file.unwrap_or_default(), name, &allow_http, &resources, json)
+        }
+        Command::Tasks(TasksCommand::Ls { activity, json }) => tasks_ls(&client, activity, json),
         Command::Definitions { json } => definitions(&client, json),
         Command::Start { process, input, wait, timeout, json } => start(&client, &process, input, wait, timeout, json),
         Command::Send { operation, body, id, wait_reply, json } => send(&client, &operation, &body, id, wait_reply, json),
@@ -791,6 +819,46 @@ fn query_escape(s: &str) -> String {
     s.bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
+}
+
+fn deploy_external(client: &Client, name: &str, operations: &[String], json_out: bool) -> Result<i32, CliError> {
+    let v = client.post_json("/v1/definitions/external", &json!({ "name": name, "operations": operations }))?;
+    if json_out {
+        print_json(&v);
+    } else {
+        let verb = if v["created"].as_bool() == Some(true) { "deployed" } else { "already deployed" };
+        println!("{verb} external activity {} {}", v["name"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
+        for op in v["external"].as_array().into_iter().flatten() {
+            println!("  operation {}", op.as_str().unwrap_or(""));
+        }
+    }
+    Ok(0)
+}
+
+fn tasks_ls(client: &Client, activity: Option<String>, json_out: bool) -> Result<i32, CliError> {
+    let path = match &activity {
+        Some(a) => format!("/v1/tasks?activity={}", query_escape(a)),
+        None => "/v1/tasks".to_string(),
+    };
+    let v = client.get(&path)?;
+    if json_out {
+        print_json(&v);
+        return Ok(0);
+    }
+    println!("{:<48} {:<8} {:<24} {:<7} {:<16} IDEMPOTENCY KEY", "ID", "STATE", "OPERATION", "ATTEMPT", "WORKER");
+    for t in v["tasks"].as_array().into_iter().flatten() {
+        let op = format!("{} on {}", t["operation"].as_str().unwrap_or(""), t["activity"].as_str().unwrap_or(""));
+        println!(
+            "{:<48} {:<8} {:<24} {:<7} {:<16} {}",
+            t["id"].as_str().unwrap_or(""),
+            t["state"].as_str().unwrap_or(""),
+            op,
+            t["attempt"].as_u64().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            t["worker"].as_str().unwrap_or("-"),
+            t["idempotency_key"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
 }
 
 fn deploy(
@@ -1295,7 +1363,7 @@ fn token_offline(offline: &OfflineStore, cmd: TokenCommand) -> Result<Value, Cli
             match cmd {
                 TokenCommand::Create { role, note, .. } => {
                     let Some(role) = cairn_store::Role::parse(&role) else {
-                        return Ok(Err(format!("unknown role '{role}': use reader, operator or admin")));
+                        return Ok(Err(format!("unknown role '{role}': use worker, reader, operator or admin")));
                     };
                     let (token, record) = crate::api::auth::new_token(role, &note, crate::now_ms());
                     let mut b = cairn_store::WriteBatch::new();

@@ -202,6 +202,8 @@ pub struct ActivityComponent {
 pub enum Loaded {
     Process(ProcessComponent),
     Activity(ActivityComponent),
+    /// An external activity: no component; workers outside the host carry out its tasks.
+    External,
 }
 
 pub struct Runtime {

@@ -146,6 +146,8 @@ pub fn serve(
         }
         drop(listener);
         let _ = stop_tx.send(true);
+        // Long polls of workers end now rather than hold the grace period.
+        svc.tasks.close_polls();
         while connections.try_join_next().is_some() {}
         let open = connections.len();
         eprintln!("cairn: shutting down: stopped accepting; {open} connection(s) open, {} ms grace", grace.as_millis());

@@ -813,7 +813,8 @@ impl<'a, 'p> Scan<'a, 'p> {
                 }
             }
             Cf::Components => {
-                if v.starts_with(b"\0asm") {
+                // An external activity's component is empty: it has none.
+                if v.is_empty() || v.starts_with(b"\0asm") {
                     self.components.insert(String::from_utf8_lossy(k).into_owned());
                 } else {
                     let what = "not a WebAssembly component (it does not start with \\0asm)".into();

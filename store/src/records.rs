@@ -25,6 +25,10 @@ pub struct DeployedRecord {
     pub deployed_ms: u64,
     pub size: u64,
     pub definition: Option<Definition>,
+    /// An external activity (no component: workers outside the host carry out
+    /// its tasks): the operations it offers (empty: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<Vec<String>>,
     /// URL prefixes an activity component may call over HTTP (its deploy
     /// grant; the host's ceiling applies too). Part of the version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -82,6 +86,13 @@ pub enum InTransitState {
     Resent,
     /// Given up by an operator: the instance gets a `cairn.abandoned` fault.
     Abandoned,
+    /// A non-idempotent task of an external activity handed to a worker
+    /// (written before the worker gets it): found so after a crash, it is held.
+    Leased,
+    /// A task of an external activity that a worker completed (or failed for
+    /// good): `result` holds the outcome until the persistence point that
+    /// consumes it removes the record with the outbox entry.
+    Completed,
 }
 
 /// A non-idempotent activity call found in flight after a crash.
@@ -94,6 +105,9 @@ pub struct InTransit {
     pub target: Target,
     pub operation: String,
     pub idempotency_key: String,
+    /// The outcome a worker reported for an external task (`Completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Result<String, cairn_engine::Fault>>,
 }
 
 /// A durable timer: due time, instance, and the instance's timer id.
@@ -125,6 +139,9 @@ pub struct ResourceInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
+    /// Only takes and completes tasks of external activities (`/v1/tasks/…`);
+    /// below every other role, and not included in them but operator and admin.
+    Worker,
     /// Lists and shows.
     Reader,
     /// Also deploys, starts, sends, and uses the operator verbs.
@@ -136,6 +153,7 @@ pub enum Role {
 impl Role {
     pub fn name(self) -> &'static str {
         match self {
+            Role::Worker => "worker",
             Role::Reader => "reader",
             Role::Operator => "operator",
             Role::Admin => "admin",
@@ -144,6 +162,7 @@ impl Role {
 
     pub fn parse(s: &str) -> Option<Role> {
         match s {
+            "worker" => Some(Role::Worker),
             "reader" => Some(Role::Reader),
             "operator" => Some(Role::Operator),
             "admin" => Some(Role::Admin),

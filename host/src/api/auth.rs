@@ -26,13 +26,19 @@ pub fn new_token(role: Role, note: &str, now_ms: u64) -> (String, TokenRecord) {
 }
 
 /// The role a request needs: `None` for `GET /v1/health`; admin for backups
-/// and tokens; reader for every other GET; operator for the rest.
+/// and tokens; worker for the task routes of workers (`POST /v1/tasks/…`,
+/// which operator and admin may use too); reader for every other GET;
+/// operator for the rest.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     if path == "/v1/health" && method == Method::GET {
         return None;
     }
     if path == "/v1/backup" || path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
         return Some(Role::Admin);
+    }
+    // Workers poll, complete, fail and heartbeat tasks (role worker, or operator and up).
+    if path.starts_with("/v1/tasks/") && method == Method::POST {
+        return Some(Role::Worker);
     }
     if method == Method::GET || method == Method::HEAD {
         Some(Role::Reader)

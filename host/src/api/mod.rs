@@ -7,6 +7,7 @@
 //! are the types of `types`, never engine or store types.
 
 pub mod auth;
+mod tasks;
 pub mod types;
 
 use cairn_engine::{Control, Snapshot, Status};
@@ -69,6 +70,10 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/definitions", post(deploy).layer(DefaultBodyLimit::max(config.max_component_bytes)).get(list_definitions))
+        .route("/v1/definitions/external", post(tasks::deploy_external))
+        .route("/v1/tasks", get(tasks::list_tasks))
+        .route("/v1/tasks/poll", post(tasks::poll))
+        .route("/v1/tasks/{id}/{verb}", post(tasks::finish))
         .route("/v1/instances", post(start).get(list_instances))
         .route("/v1/instances/{id}", get(show_instance))
         .route("/v1/instances/{id}/history", get(instance_history))
@@ -186,12 +191,16 @@ async fn require_role(State(auth): State<Arc<AuthState>>, req: Request, next: Ne
         });
         return refuse(req, auth.max_body, response).await;
     };
-    if role < needed {
-        let message = format!(
-            "this needs a token of role {} or higher; the token given has role {}",
-            needed.name(),
-            role.name()
-        );
+    // A worker token only takes and completes tasks; operators and admins may too.
+    let allowed = match needed {
+        Role::Worker => role == Role::Worker || role >= Role::Operator,
+        _ => role >= needed,
+    };
+    if !allowed {
+        let message = match needed {
+            Role::Worker => format!("this needs a token of role worker, operator or admin; the token given has role {}", role.name()),
+            _ => format!("this needs a token of role {} or higher; the token given has role {}", needed.name(), role.name()),
+        };
         let response = (StatusCode::FORBIDDEN, Json(json!({ "error": message }))).into_response();
         return refuse(req, auth.max_body, response).await;
     }
@@ -618,7 +627,7 @@ async fn create_token(State(svc): State<Service>, Extension(tokens): Extension<A
     respond(async {
         let req: CreateToken = parse_json(&body)?;
         let role = Role::parse(&req.role)
-            .ok_or_else(|| Error::new(ErrorKind::BadInput, format!("unknown role '{}': use reader, operator or admin", req.role)))?;
+            .ok_or_else(|| Error::new(ErrorKind::BadInput, format!("unknown role '{}': use worker, reader, operator or admin", req.role)))?;
         check_len("the note", &req.note)?;
         let (token, record) = auth::new_token(role, &req.note, crate::now_ms());
         let mut b = WriteBatch::new();

@@ -283,6 +283,8 @@ impl From<&InTransit> for HeldCallView {
                 InTransitState::Resubmitted => "resubmitted",
                 InTransitState::Resent => "resent",
                 InTransitState::Abandoned => "abandoned",
+                InTransitState::Leased => "leased",
+                InTransitState::Completed => "completed",
             },
             since_ms: t.since_ms,
             target: (&t.target).into(),
@@ -330,6 +332,9 @@ pub struct DefinitionView {
     pub process_kind: Option<&'static str>,
     /// URL prefixes an activity component is granted over HTTP.
     pub allow_http: Vec<String>,
+    /// An external activity's operations (empty: any), for an external activity only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<Vec<String>>,
 }
 
 pub fn kind_name(k: ComponentKind) -> &'static str {
@@ -353,6 +358,7 @@ impl DefinitionView {
                 cairn_engine::ProcessKind::Microflow => "microflow",
             }),
             allow_http: r.allow_http.clone(),
+            external: r.external.clone(),
         }
     }
 }

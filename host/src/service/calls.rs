@@ -20,6 +20,7 @@ use crate::runtime::{LogContext, Loaded};
 use cairn_engine::definition::InvokePolicy;
 use cairn_engine::{Effect, Fault, ResourceAccesses, ResourceWrite, Target};
 use super::resources::CallResources;
+use super::tasks::Durable;
 use cairn_store::{ComponentKind, InTransit, InTransitState, StoreError, Write, WriteBatch};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -77,8 +78,19 @@ impl Service {
     async fn carry_out(&self, instance: &str, effect: Effect, first_attempt: u32) {
         match effect {
             Effect::Invoke { call_id, target, operation, input, idempotency_key, policy } => {
+                if let Some(name) = self.external_target(&target) {
+                    // A task for workers; `None`: its lease expired and it is held.
+                    let outcome = self
+                        .external_call(instance, call_id, &name, &operation, &input, &idempotency_key, &policy, first_attempt, Durable::Invoke)
+                        .await;
+                    crate::failpoint::hit("mid-dispatch");
+                    if let Some(result) = outcome {
+                        self.drivers.deliver(instance, Wake::CallResult { call_id, result, resources: ResourceAccesses::default() });
+                    }
+                    return;
+                }
                 let (result, resources) =
-                    self.call_with_policy(instance, &target, &operation, &input, &idempotency_key, &policy, first_attempt, Vec::new()).await;
+                    self.call_with_policy(instance, call_id, &target, &operation, &input, &idempotency_key, &policy, first_attempt, Vec::new()).await;
                 crate::failpoint::hit("mid-dispatch");
                 self.drivers.deliver(instance, Wake::CallResult { call_id, result, resources });
             }
@@ -96,6 +108,16 @@ impl Service {
                                 e.message
                             ),
                         }
+                    }
+                    Target::Activity(name) if self.registry.external(&name).is_some() => {
+                        // A task for workers; its completion removes the outbox entry.
+                        let key = format!("{instance}/send/{call_id}");
+                        let policy = InvokePolicy::default();
+                        let outcome = self.external_call(instance, call_id, &name, &operation, &body, &key, &policy, 1, Durable::Send).await;
+                        if let Some(Err(f)) = outcome {
+                            eprintln!("cairn: instance {instance}: one-way call of '{operation}' on external activity '{name}' faulted: {}: {}", f.name, f.message);
+                        }
+                        return;
                     }
                     Target::Activity(name) => {
                         // A one-way call's resource writes commit with the
@@ -140,6 +162,7 @@ impl Service {
     pub async fn call_with_policy(
         &self,
         instance: &str,
+        call_id: u64,
         target: &Target,
         operation: &str,
         input: &str,
@@ -148,6 +171,12 @@ impl Service {
         first_attempt: u32,
         earlier: Vec<ResourceWrite>,
     ) -> (Result<String, Fault>, ResourceAccesses) {
+        if let Some(name) = self.external_target(target) {
+            // Inside a transaction: nothing is durable, and nothing is held.
+            let outcome = self.external_call(instance, call_id, &name, operation, input, idempotency_key, policy, first_attempt, Durable::Inline).await;
+            let result = outcome.unwrap_or_else(|| Err(Fault::new("cairn.lease-expired", format!("the lease of task {instance}:{call_id} expired"))));
+            return (result, ResourceAccesses::default());
+        }
         let mut attempt = first_attempt;
         loop {
             let key = format!("{idempotency_key}/{attempt}");
@@ -254,9 +283,20 @@ impl Service {
         }
     }
 
-    /// Held calls, of one instance or of all.
+    /// The name of an external activity, if `target` is one.
+    fn external_target(&self, target: &Target) -> Option<String> {
+        match target {
+            Target::Activity(name) if self.registry.external(name).is_some() => Some(name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Held calls, of one instance or of all (not the records of leased
+    /// or completed tasks of external activities, which are no operator's business).
     pub async fn in_transit(&self, instance: Option<&str>) -> Result<Vec<InTransit>, Error> {
-        Ok(self.store.in_transit(instance).await?)
+        let mut calls = self.store.in_transit(instance).await?;
+        calls.retain(|c| !matches!(c.state, InTransitState::Leased | InTransitState::Completed));
+        Ok(calls)
     }
 
     async fn put_in_transit(&self, record: InTransit) -> Result<(), cairn_store::StoreError> {
@@ -281,7 +321,16 @@ impl Service {
                 Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => *call_id,
                 _ => continue,
             };
-            if sent.contains(&call_id) || self.calls.is_in_flight(instance, call_id) {
+            if self.calls.is_in_flight(instance, call_id) {
+                continue;
+            }
+            if let Effect::Invoke { target, .. } = &effect {
+                if self.external_target(target).is_some() {
+                    self.resend_task(instance, call_id, effect, sent, results).await?;
+                    continue;
+                }
+            }
+            if sent.contains(&call_id) {
                 continue;
             }
             let Effect::Invoke { policy, target, operation, idempotency_key, .. } = &effect else {
@@ -296,9 +345,17 @@ impl Service {
             }
             let record = self.store.in_transit_call(instance, call_id).await?;
             match record.as_ref().map(|r| r.state) {
+                // A task completed while the activity was external (it has
+                // been deployed as a component since): its outcome stands.
+                Some(InTransitState::Completed) => {
+                    sent.insert(call_id);
+                    let result = record.and_then(|r| r.result).unwrap_or_else(|| Err(Fault::new("cairn.internal", "a completed task without its result")));
+                    results.insert(call_id, (result, ResourceAccesses::default()));
+                }
                 // Found in flight for the first time, or again after a resubmit
-                // was sent and another crash cut it: held for an operator.
-                None | Some(InTransitState::Resent) => {
+                // was sent and another crash cut it (or leased to a worker
+                // while external): held for an operator.
+                None | Some(InTransitState::Resent) | Some(InTransitState::Leased) => {
                     let record = InTransit {
                         instance: instance.to_string(),
                         call_id,
@@ -307,6 +364,7 @@ impl Service {
                         target: target.clone(),
                         operation: operation.clone(),
                         idempotency_key: idempotency_key.clone(),
+                        result: None,
                     };
                     self.put_in_transit(record).await?;
                     eprintln!(
@@ -329,6 +387,63 @@ impl Service {
                     let fault = Fault::new("cairn.abandoned", format!("an operator abandoned call {call_id} ('{operation}' on {target})"));
                     results.insert(call_id, (Err(fault), ResourceAccesses::default()));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `resend_outbox` for an invoke of an external activity: a completion
+    /// recorded before a crash is handed to the instance; a task that was
+    /// leased to a worker while non-idempotent is held; a task held while
+    /// this driver runs comes back once an operator resolves it; any other
+    /// is offered again (attempt 1, the same idempotency key).
+    async fn resend_task(
+        &self,
+        instance: &str,
+        call_id: u64,
+        effect: Effect,
+        sent: &mut HashSet<u64>,
+        results: &mut HashMap<u64, (Result<String, Fault>, ResourceAccesses)>,
+    ) -> anyhow::Result<()> {
+        let Effect::Invoke { policy, target, operation, .. } = &effect else { return Ok(()) };
+        let record = self.store.in_transit_call(instance, call_id).await?;
+        let state = record.as_ref().map(|r| r.state);
+        if sent.contains(&call_id) && !matches!(state, Some(InTransitState::Resubmitted | InTransitState::Abandoned)) {
+            return Ok(());
+        }
+        match state {
+            Some(InTransitState::Completed) => {
+                sent.insert(call_id);
+                let result = record.and_then(|r| r.result).unwrap_or_else(|| Err(Fault::new("cairn.internal", "a completed task without its result")));
+                results.insert(call_id, (result, ResourceAccesses::default()));
+            }
+            Some(InTransitState::Leased | InTransitState::Resent) if policy.held_on_recovery() => {
+                let mut held = record.expect("matched Some");
+                held.state = InTransitState::Held;
+                held.since_ms = crate::now_ms();
+                self.put_in_transit(held).await?;
+                eprintln!(
+                    "cairn: instance {instance}: non-idempotent task {instance}:{call_id} ('{operation}' on {target}) was leased to a worker: held for an operator (cairn in-transit ls)"
+                );
+            }
+            Some(InTransitState::Held) => {}
+            Some(InTransitState::Resubmitted) => {
+                let mut resent = record.expect("matched Some");
+                resent.state = InTransitState::Resent;
+                resent.since_ms = crate::now_ms();
+                self.put_in_transit(resent).await?;
+                sent.insert(call_id);
+                let next = policy.retry.as_ref().map_or(1, |r| r.max_attempts) + 1;
+                self.dispatch(instance, effect, next);
+            }
+            Some(InTransitState::Abandoned) => {
+                sent.insert(call_id);
+                let fault = Fault::new("cairn.abandoned", format!("an operator abandoned task {instance}:{call_id} ('{operation}' on {target})"));
+                results.insert(call_id, (Err(fault), ResourceAccesses::default()));
+            }
+            _ => {
+                sent.insert(call_id);
+                self.dispatch(instance, effect, 1);
             }
         }
         Ok(())

@@ -461,7 +461,7 @@ async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u6
         return (Err(Fault::new("cairn.internal", "the invoke to run is not among the pending effects")), ResourceAccesses::default());
     };
     let earlier = m.pending_resource_writes();
-    let result = svc.call_with_policy(id, &target, &operation, &input, &idempotency_key, &policy, 1, earlier).await;
+    let result = svc.call_with_policy(id, call_id, &target, &operation, &input, &idempotency_key, &policy, 1, earlier).await;
     crate::failpoint::hit("inline-call");
     result
 }

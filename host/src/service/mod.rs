@@ -8,6 +8,7 @@
 //! | `Drivers` | `drivers.rs` | the live map of instance drivers; wakes; dehydration |
 //! | (driver task) | `driver.rs` | one instance's machine while it is in memory |
 //! | `Calls` | `calls.rs` | activity calls and sends in flight, retries, held calls |
+//! | `Tasks` | `tasks.rs` | tasks of external activities offered to workers, their leases |
 //! | `Timers` | `timers.rs` | durable timers due in memory; the timer loop |
 //! | `Replies` | `replies.rs` | callers waiting for a reply |
 //! | `Operator` | `operator.rs` | operator verbs, breakpoints, parked instances |
@@ -34,6 +35,7 @@ mod recovery;
 mod registry;
 mod replies;
 mod resources;
+mod tasks;
 mod timers;
 
 pub use calls::Calls;
@@ -43,6 +45,7 @@ pub use operator::Operator;
 pub use registry::{Deployed, Registry};
 pub use replies::Replies;
 pub use resources::{CallResources, ResourceGrant};
+pub use tasks::{Acknowledged, Holder, Outcome, PollRequest, TaskInfo, Tasks, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
 pub use timers::Timers;
 
 use crate::guestlog::GuestLog;
@@ -193,6 +196,7 @@ pub struct Inner {
     pub intake: Intake,
     pub drivers: Drivers,
     pub calls: Calls,
+    pub tasks: Tasks,
     pub timers: Timers,
     pub replies: Replies,
     pub operator: Operator,
@@ -246,6 +250,7 @@ impl Service {
             intake: Intake::new(),
             drivers: Drivers::default(),
             calls: Calls::default(),
+            tasks: Tasks::default(),
             timers,
             replies: Replies::default(),
             operator,
@@ -263,6 +268,7 @@ impl Service {
         b.push(Write::CleanShutdown(false));
         svc.store.commit(b).await?;
         tokio::spawn(timers::run(svc.clone()));
+        tokio::spawn(tasks::run(svc.clone()));
         let recovering = svc.clone();
         tokio::spawn(async move {
             if let Err(e) = recovery::recover(&recovering).await {

@@ -73,6 +73,11 @@ impl Registry {
     pub async fn load(store: &Store, runtime: &Runtime) -> anyhow::Result<Registry> {
         let mut versions = Versions::default();
         for record in store.definitions().await? {
+            if record.external.is_some() {
+                let deployed = Deployed::new(record, Loaded::External).map_err(|e| anyhow::anyhow!("an external activity: {e}"))?;
+                versions.insert(Arc::new(deployed));
+                continue;
+            }
             let bytes = store
                 .component(&record.version)
                 .await?
@@ -104,9 +109,50 @@ impl Registry {
             .filter(|((kind, _), _)| *kind == ComponentKind::Activity)
             .filter_map(|((_, name), version)| {
                 let d = v.by_version.get(version)?;
-                (d.http_grant.is_empty() && d.resource_grants.is_empty()).then(|| name.clone())
+                // An external activity's tasks go to workers: never inline.
+                (d.http_grant.is_empty() && d.resource_grants.is_empty() && d.record.external.is_none()).then(|| name.clone())
             })
             .collect()
+    }
+
+    /// The operations of the newest version of activity `name` if it is
+    /// external (empty: any operation).
+    pub fn external(&self, name: &str) -> Option<Vec<String>> {
+        self.latest(ComponentKind::Activity, name).and_then(|d| d.record.external.clone())
+    }
+
+    /// Deploys an external activity: a name and the operations its workers
+    /// offer, no component. The version is a digest of both.
+    pub async fn deploy_external(&self, store: &Store, name: &str, operations: Vec<String>) -> Result<(DeployedRecord, bool), Error> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(Error::new(ErrorKind::BadInput, format!("activity name '{name}' may use only letters, digits, '-', '_' and '.' (and not be empty)")));
+        }
+        if let Some(op) = operations.iter().find(|o| o.is_empty() || o.len() > 256) {
+            return Err(Error::new(ErrorKind::BadInput, format!("operation name '{op}' must be 1 to 256 bytes")));
+        }
+        let mut digest = sha2::Sha256::new();
+        digest.update(format!("external\0{name}\0{}", operations.join("\0")).as_bytes());
+        let version = hex(&digest.finalize())[..16].to_string();
+        if let Some(existing) = self.deployed(&version) {
+            return Ok((existing.record.clone(), false));
+        }
+        let record = DeployedRecord {
+            name: name.to_string(),
+            version,
+            kind: ComponentKind::Activity,
+            deployed_ms: now_ms(),
+            size: 0,
+            definition: None,
+            external: Some(operations),
+            allow_http: Vec::new(),
+            resources: Vec::new(),
+        };
+        let mut b = WriteBatch::new();
+        b.push(Write::Definition { record: Box::new(record.clone()), component: Vec::new() });
+        let deployed = Deployed::new(record.clone(), Loaded::External).map_err(|e| Error::new(ErrorKind::BadInput, e))?;
+        store.commit(b).await?;
+        self.versions.write().unwrap().insert(Arc::new(deployed));
+        Ok((record, true))
     }
 
     /// Every deployed process version.
@@ -232,6 +278,7 @@ fn compile_and_check(
             // A process names itself; `name` only names activity components.
             (def.name.clone(), ComponentKind::Process, Some(def))
         }
+        Loaded::External => unreachable!("runtime.load never makes an external activity"),
         Loaded::Activity(_) => {
             let name = name.filter(|n| !n.is_empty()).ok_or_else(|| {
                 Error::new(ErrorKind::BadInput, "an activity component needs a name: pass ?name=NAME (the CLI uses the file name)")
@@ -246,7 +293,7 @@ fn compile_and_check(
         }
     };
     let record =
-        DeployedRecord { name, version: version.to_string(), kind, deployed_ms: now_ms(), size, definition, allow_http: Vec::new(), resources: Vec::new() };
+        DeployedRecord { name, version: version.to_string(), kind, deployed_ms: now_ms(), size, definition, external: None, allow_http: Vec::new(), resources: Vec::new() };
     Ok((record, loaded, bytes))
 }
 
@@ -261,5 +308,10 @@ impl super::Service {
     ) -> Result<(DeployedRecord, bool), Error> {
         self.check_resource_grants(&resources).await?;
         self.registry.deploy(&self.store, &self.runtime, bytes, name, allow_http, resources).await
+    }
+
+    /// Deploys an external activity (see `Registry::deploy_external`).
+    pub async fn deploy_external(&self, name: &str, operations: Vec<String>) -> Result<(DeployedRecord, bool), Error> {
+        self.registry.deploy_external(&self.store, name, operations).await
     }
 }

@@ -48,6 +48,7 @@ pub fn held(instance: &str, call_id: u64) -> InTransit {
         target: Target::Activity("charge".into()),
         operation: "run".into(),
         idempotency_key: format!("{instance}/main/{call_id}"),
+        result: None,
     }
 }
 
@@ -479,6 +480,7 @@ pub async fn tables(store: &Store) {
         deployed_ms: 42,
         size: COMPONENT.len() as u64,
         definition: None,
+        external: None,
         allow_http: Vec::new(),
         resources: Vec::new(),
     };
