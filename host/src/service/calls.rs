@@ -372,23 +372,44 @@ impl Service {
                     );
                 }
                 Some(InTransitState::Held) => {}
-                Some(InTransitState::Resubmitted) => {
-                    // Recorded as sent before it leaves: a crash from here on holds it again.
-                    let mut resent = record.expect("matched Some");
-                    resent.state = InTransitState::Resent;
-                    resent.since_ms = crate::now_ms();
-                    self.put_in_transit(resent).await?;
-                    sent.insert(call_id);
-                    let next = policy.retry.as_ref().map_or(1, |r| r.max_attempts) + 1;
-                    self.dispatch(instance, effect, next);
-                }
-                Some(InTransitState::Abandoned) => {
-                    sent.insert(call_id);
-                    let fault = Fault::new("cairn.abandoned", format!("an operator abandoned call {call_id} ('{operation}' on {target})"));
-                    results.insert(call_id, (Err(fault), ResourceAccesses::default()));
+                Some(state @ (InTransitState::Resubmitted | InTransitState::Abandoned)) => {
+                    let what = format!("call {call_id} ('{operation}' on {target})");
+                    self.carry_out_resolution(instance, state, record.expect("matched Some"), effect, &what, sent, results).await?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Carries out an operator's resolution of a held call or task (`what`
+    /// names it): resubmitted, it is recorded as sent again before it leaves
+    /// (a crash from there on holds it again) and dispatched with the next
+    /// attempt number; abandoned, the instance gets `cairn.abandoned`.
+    // The driver's state it updates, one argument each.
+    #[allow(clippy::too_many_arguments)]
+    async fn carry_out_resolution(
+        &self,
+        instance: &str,
+        state: InTransitState,
+        mut record: InTransit,
+        effect: Effect,
+        what: &str,
+        sent: &mut HashSet<u64>,
+        results: &mut HashMap<u64, (Result<String, Fault>, ResourceAccesses)>,
+    ) -> anyhow::Result<()> {
+        let call_id = record.call_id;
+        sent.insert(call_id);
+        if state == InTransitState::Abandoned {
+            let fault = Fault::new("cairn.abandoned", format!("an operator abandoned {what}"));
+            results.insert(call_id, (Err(fault), ResourceAccesses::default()));
+            return Ok(());
+        }
+        record.state = InTransitState::Resent;
+        record.since_ms = crate::now_ms();
+        self.put_in_transit(record).await?;
+        let Effect::Invoke { policy, .. } = &effect else { return Ok(()) };
+        let next = policy.retry.as_ref().map_or(1, |r| r.max_attempts) + 1;
+        self.dispatch(instance, effect, next);
         Ok(())
     }
 
@@ -427,19 +448,9 @@ impl Service {
                 );
             }
             Some(InTransitState::Held) => {}
-            Some(InTransitState::Resubmitted) => {
-                let mut resent = record.expect("matched Some");
-                resent.state = InTransitState::Resent;
-                resent.since_ms = crate::now_ms();
-                self.put_in_transit(resent).await?;
-                sent.insert(call_id);
-                let next = policy.retry.as_ref().map_or(1, |r| r.max_attempts) + 1;
-                self.dispatch(instance, effect, next);
-            }
-            Some(InTransitState::Abandoned) => {
-                sent.insert(call_id);
-                let fault = Fault::new("cairn.abandoned", format!("an operator abandoned task {instance}:{call_id} ('{operation}' on {target})"));
-                results.insert(call_id, (Err(fault), ResourceAccesses::default()));
+            Some(state @ (InTransitState::Resubmitted | InTransitState::Abandoned)) => {
+                let what = format!("task {instance}:{call_id} ('{operation}' on {target})");
+                self.carry_out_resolution(instance, state, record.expect("matched Some"), effect, &what, sent, results).await?;
             }
             _ => {
                 sent.insert(call_id);

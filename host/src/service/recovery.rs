@@ -51,15 +51,8 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
             // A damaged block ends the scan: look up each waiting instance's
             // own inbox instead, so only the instances in the block are missed.
             eprintln!("cairn: recovery: listing inboxes: {e} (looking at each waiting instance instead)");
-            let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
-            for s in svc.store.instances(&waiting, usize::MAX).await.unwrap_or_default() {
-                match svc.store.inbox(&s.id).await {
-                    Ok(inbox) if !inbox.is_empty() => {
-                        resume.insert(s.id);
-                    }
-                    Ok(_) => {}
-                    Err(e) => eprintln!("cairn: recovery: instance {} is not resumed: {e}", s.id),
-                }
+            for id in waiting_with(svc, Table::Inbox).await {
+                resume.insert(id);
             }
         }
     }
@@ -77,15 +70,8 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
         }
         Err(e) => {
             eprintln!("cairn: recovery: reading the outbox: {e} (looking at each waiting instance's instead)");
-            let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
-            for s in svc.store.instances(&waiting, usize::MAX).await.unwrap_or_default() {
-                match svc.store.outbox(&s.id).await {
-                    Ok(outbox) if !outbox.is_empty() => {
-                        resume.insert(s.id);
-                    }
-                    Ok(_) => {}
-                    Err(e) => eprintln!("cairn: recovery: instance {} is not resumed: {e}", s.id),
-                }
+            for id in waiting_with(svc, Table::Outbox).await {
+                resume.insert(id);
             }
         }
     }
@@ -109,4 +95,28 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
         svc.wake(&id);
     }
     Ok(())
+}
+
+enum Table {
+    Inbox,
+    Outbox,
+}
+
+/// The waiting instances whose own inbox (or outbox) holds something, each
+/// read on its own: a damaged block then hides only the instances in it.
+async fn waiting_with(svc: &Service, table: Table) -> Vec<String> {
+    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
+    let mut found = Vec::new();
+    for s in svc.store.instances(&waiting, usize::MAX).await.unwrap_or_default() {
+        let entries = match table {
+            Table::Inbox => svc.store.inbox(&s.id).await.map(|v| v.len()),
+            Table::Outbox => svc.store.outbox(&s.id).await.map(|v| v.len()),
+        };
+        match entries {
+            Ok(0) => {}
+            Ok(_) => found.push(s.id),
+            Err(e) => eprintln!("cairn: recovery: instance {} is not resumed: {e}", s.id),
+        }
+    }
+    found
 }
