@@ -18,9 +18,20 @@ pub struct Args {
     /// Directory holding the built guest components (default: $CARGO_TARGET_DIR/wasm32-wasip2/release).
     #[arg(long)]
     guests: Option<PathBuf>,
-    /// Which benchmarks: all, call, commit, throughput, atomic, http, memory.
+    /// Which benchmarks: all, call, commit, throughput, atomic, http, memory;
+    /// or http-api (not in all): the real `cairn serve` through its HTTP API,
+    /// on the workloads of the Restate peer harness (bench_http.rs).
     #[arg(long, default_value = "all")]
     only: String,
+    /// http-api: requests per load run (after 50 warm-up).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// http-api: instances waiting on a 60 s timer at the kill -9.
+    #[arg(long, default_value_t = 1000)]
+    sleepers: usize,
+    /// http-api: completed instances after which a restart is timed, comma-separated (0 is always timed).
+    #[arg(long, default_value = "20000,50000", value_delimiter = ',')]
+    restart_after: Vec<usize>,
     /// Instances for the memory benchmark.
     #[arg(long, default_value_t = 100_000)]
     instances: usize,
@@ -152,6 +163,18 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     }
     if want("memory") {
         bench_memory(&dir, args.instances).await?;
+    }
+    if args.only == "http-api" {
+        anyhow::ensure!(args.store.is_none(), "--only http-api runs on the embedded store");
+        let opts = crate::bench_http::Options {
+            requests: args.requests,
+            warmup: 50,
+            sleepers: args.sleepers,
+            sleep_ms: 60_000,
+            restart_after: args.restart_after.clone(),
+            max_seconds: 300,
+        };
+        tokio::task::block_in_place(|| crate::bench_http::run(&dir, &opts))?;
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_http;
 pub mod check;
 pub mod cli;
 pub use cairn_store::failpoint;
