@@ -10,8 +10,9 @@
 # average is below LOAD_MAX, and it holds the Cargo lock /tmp/cairn-cargo.lock
 # while measuring, so that no build of this repository runs meanwhile.
 #
-# Needs: the release build and the guests (`source scripts/env.sh; build_all`),
-# and `bench/restate/run.sh install` once (npm; or RESTATE_DIR pointing to an
+# Needs: Rust (it builds this tree first: `source scripts/env.sh; build_all`;
+# SKIP_BUILD=1 takes the build already in CARGO_TARGET_DIR), and
+# `bench/restate/run.sh install` once (npm; or RESTATE_DIR pointing to an
 # installed copy of bench/restate). The Restate harness runs in a private
 # network namespace (root, `unshare --net`); NO_NETNS=1 runs it without.
 #
@@ -28,14 +29,16 @@ RESTATE_DIR="${RESTATE_DIR:-$ROOT/bench/restate}"
 OUT="${OUT:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 LOCK=/tmp/cairn-cargo.lock
 mkdir -p "$OUT"
-[ -x "$CAIRN" ] || { echo "no $CAIRN: build first (source scripts/env.sh; build_all)" >&2; exit 1; }
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
-# The binary and the guests are copied first, so that every round measures
-# the same build even if the target directory is rebuilt meanwhile.
+# This tree is built (unless SKIP_BUILD=1) and the binary and the guests are
+# copied in the same hold of the lock, so that every round measures this
+# tree's build even if the shared target directory is rebuilt meanwhile.
 mkdir -p "$OUT/bin" "$OUT/guests"
-flock "$LOCK" bash -c 'cp "$1" "$2/bin/cairn" && cp "$3"/bench_*.wasm "$2/guests/"' _ "$CAIRN" "$OUT" "$CARGO_TARGET_DIR/wasm32-wasip2/release"
+flock "$LOCK" bash -c '
+  if [ "${SKIP_BUILD:-0}" != 1 ]; then (cd "$4" && source scripts/env.sh && build_all) || exit 1; fi
+  cp "$1" "$2/bin/cairn" && cp "$3"/bench_*.wasm "$2/guests/"' _ "$CAIRN" "$OUT" "$CARGO_TARGET_DIR/wasm32-wasip2/release" "$ROOT"
 echo "{\"commit\":\"$(git -C "$ROOT" rev-parse --short HEAD)\",\"uncommitted_files\":$(git -C "$ROOT" status --porcelain | wc -l),\"cpu\":\"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')\",\"nproc\":$(nproc)}" >"$OUT/meta.json"
 
 # quiet: wait up to 10 minutes for the 1-minute load average to fall below LOAD_MAX.
