@@ -33,7 +33,9 @@ if ! dpkg -s libclang-dev >/dev/null 2>&1; then
     apt_install libclang-dev
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
-export CARGO_TERM_PROGRESS_WHEN=never
+# Cargo's progress bar on a terminal (which crates build, how many are left);
+# elsewhere (CI, a pipe) cargo prints one line per crate it compiles.
+export CARGO_TERM_PROGRESS_WHEN="${CARGO_TERM_PROGRESS_WHEN:-auto}"
 
 # Every package under guests/, as cargo -p flags.
 guest_packages() {
@@ -43,6 +45,10 @@ guest_packages() {
 }
 
 build_all() {
+    if [ ! -x "$CARGO_TARGET_DIR/release/cairn" ]; then
+        echo "==> first build in $CARGO_TARGET_DIR: RocksDB (C++) and wasmtime take 15 to 25 minutes on 2 cores;" >&2
+        echo "    cargo shows its progress below (one line per crate when not on a terminal)" >&2
+    fi
     echo "==> building guest components (wasm32-wasip2)" >&2
     # shellcheck disable=SC2046
     cargo build --release --target wasm32-wasip2 $(guest_packages)
@@ -178,4 +184,26 @@ stop_postgres() {
     rm -rf "$CAIRN_PG_DIR" || true
     CAIRN_PG_DIR=""
     unset CAIRN_TEST_PG
+}
+
+# --- The web console's browser test (tests/console.rs) -----------------------
+# Debian's chromium (headless, launched by path: Playwright downloads no
+# browser), node and npm, and playwright-core from tests/console's
+# package-lock.json (`npm ci`, into tests/console/node_modules, ignored by git;
+# 1.61, the newest that runs on Debian 12's node 18).
+ensure_browser_tools() {
+    if [ ! -x /usr/bin/chromium ]; then
+        echo "==> installing chromium (the console test's headless browser)" >&2
+        apt_install chromium || return
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        echo "==> installing nodejs and npm (they drive the console test's browser)" >&2
+        apt_install nodejs npm || return
+    fi
+    # Again when the lock file changed since the last install.
+    if [ ! -d tests/console/node_modules/playwright-core ] \
+        || [ tests/console/package-lock.json -nt tests/console/node_modules/.package-lock.json ]; then
+        echo "==> npm ci in tests/console (playwright-core)" >&2
+        (cd tests/console && npm ci --no-audit --no-fund --loglevel=error) || return
+    fi
 }

@@ -5,26 +5,34 @@
 # bad-input, partner, resource and worker tests and the store specification
 # again on PostgreSQL (a throwaway cluster, see env.sh), and at last a short
 # run of every fuzz target (scripts/fuzz.sh 20: each builds and runs 20 s clean).
+# The web console's test runs in headless Chromium (ensure_browser_tools).
 # Every step runs even if an earlier one failed; the exit status is non-zero
 # if any failed.
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 build_all
+# The console test (tests/console.rs) drives Debian's chromium with playwright-core.
+status=0
+ensure_browser_tools || { echo "==> could not install the browser tools (chromium, node, playwright-core)" >&2; status=1; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-status=0
 threads="${CAIRN_TEST_THREADS:-2}"
 
-# The host-side packages (the guests only build for wasm32-wasip2). --release
+# The host-side packages (the guests only build for wasm32-wasip2, except
+# order-approval, whose tests run it natively with cairn-testkit). --release
 # so the build scripts' outputs (rocksdb's C++ above all) are the ones
 # build_all already made.
-host_packages="-p cairn-engine -p cairn -p cairn-tests -p cairn-worker"
+host_packages="-p cairn-engine -p cairn -p cairn-tests -p cairn-worker -p cairn-testkit -p order-approval"
 if [ -f store/Cargo.toml ]; then
     host_packages="$host_packages -p cairn-store"
 fi
 echo "==> cargo clippy $host_packages" >&2
 # shellcheck disable=SC2086
 cargo clippy --release --keep-going $host_packages --all-targets -- -D warnings || status=$?
+
+# The OpenTelemetry export (feature `otel`, off by default) still compiles.
+echo "==> cargo check -p cairn --features otel" >&2
+cargo check --release -p cairn --features otel || status=$?
 
 echo "==> running tests (store: RocksDB)" >&2
 # shellcheck disable=SC2086

@@ -54,6 +54,7 @@ fn bad_deploys_are_rejected_with_a_clear_error_and_change_nothing() {
         "activity 'main/answer' (reply): no request-response receive of operation 'never-asked'",
         "activity 'main/tx/pause' (wait): an atomic scope cannot wait",
         "activity 'main/undo' (compensate): there is no scope named 'no-such-scope'",
+        "activity 'main/orphan' (receive): waits on correlation set 'never-set', which nothing before it can have initialised",
     ] {
         assert!(out.stderr.contains(expected), "missing «{expected}» in: {}", out.stderr);
     }

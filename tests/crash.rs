@@ -277,3 +277,80 @@ fn deferred_recovery_parks_in_flight_instances_after_a_crash_until_released() {
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("not parked"), "{}", again.stderr);
 }
+
+/// Deploys the three-step workflow of the benchmarks: a creating
+/// request-response receive, three invokes of a pure activity (each one
+/// commits its result: pipelined persistence points), a reply.
+fn deploy_three_steps(h: &Host) {
+    h.deploy("bench_steps_activity", Some("bench-steps"));
+    h.deploy("bench_order", None);
+}
+
+/// Sends the three-step workflow's order `key` with message id `id` and waits for its reply.
+fn order(h: &Host, key: &str, id: &str) -> cairn_tests::Out {
+    h.cairn(&["send", "bench-order", "--body", &json!({ "key": key }).to_string(), "--id", id, "--wait-reply", "--json"])
+}
+
+/// The instance's persistence points, one per fence, oldest first.
+fn fences(h: &Host, id: &str) -> Vec<u64> {
+    let (status, v) = h.get(&format!("/v1/instances/{id}/history"));
+    assert_eq!(status, 200, "{v}");
+    v["history"].as_array().unwrap().iter().map(|e| e["fence"].as_u64().unwrap()).collect()
+}
+
+/// After a restart: the one instance of the three-step workflow completes,
+/// every step's result in its variables, its history one point per fence,
+/// and its reply is there for the sender who asks again.
+fn completes_once(h: &Host, key: &str, message_id: &str) {
+    let listed = h.instances("bench-order");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let v = h.wait_status(&id, "completed", WAIT);
+    assert_eq!(v["variables"]["key"], key);
+    assert_eq!(v["variables"]["ok"], true, "validate's result: {v}");
+    assert!(!v["variables"]["charge_id"].as_str().unwrap_or("").is_empty(), "charge's result: {v}");
+    assert!(!v["variables"]["shipment"].is_null(), "ship's result: {v}");
+    let fences = fences(h, &id);
+    assert!(fences.windows(2).all(|w| w[1] == w[0] + 1), "one history entry per fence, none twice: {fences:?}");
+    let again = order(h, key, message_id);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    let v = again.json();
+    assert_eq!(v["duplicate"], true, "{v}");
+    assert!(v["reply"]["body"].is_object(), "the reply of the completed instance: {v}");
+    assert_eq!(h.instances("bench-order").len(), 1, "created once");
+}
+
+#[test]
+fn a_crash_between_pipelined_points_resumes_from_the_last_durable_one() {
+    let dir = TempDir::new("pipelined");
+    // The driver submits the workflow's second pipelined point (charge's
+    // result) without waiting for the first (validate's), and the host dies
+    // there: validate's point, already on its way, is written; nothing after it.
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "pipelined:2")]);
+    deploy_three_steps(&h);
+    let out = order(&h, "p1", "m-p1");
+    assert_ne!(out.code, 0, "no reply can leave before the reply's point is written: {}{}", out.stdout, out.stderr);
+    h.wait_down();
+    h.kill9();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    completes_once(&h, "p1", "m-p1");
+}
+
+#[test]
+fn a_crash_with_pipelined_points_unwritten_loses_only_what_never_left() {
+    let dir = TempDir::new("before-write");
+    // The committer dies before writing the second group that holds a
+    // persistence point: the new instance's first point (the intake and its
+    // receive) is written; validate's point and every point the driver
+    // pipelined behind it are lost. The reply was decided but never left.
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "before-write:2")]);
+    deploy_three_steps(&h);
+    let out = order(&h, "w1", "m-w1");
+    assert_ne!(out.code, 0, "the reply's point was never written, so no reply left: {}{}", out.stdout, out.stderr);
+    h.wait_down();
+    h.kill9();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    completes_once(&h, "w1", "m-w1");
+}

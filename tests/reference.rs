@@ -1,4 +1,4 @@
-//! The reference scenario of DESIGN.md section 8 under load: OrderHandling
+//! The reference scenario of docs/semantics.md section 8 under load: OrderHandling
 //! with CheckCustomerAccountStatus (started asynchronously), the
 //! UpdateOrderDatabase microflow (sent one way), and, on a bad account,
 //! CancelOrderAndSendNotification (a microflow with a one-way notification).
@@ -126,7 +126,7 @@ fn orders_with_good_and_bad_accounts_each_end_as_the_scenario_says() {
     assert_eq!(rows_agree_with_instances(&h), ORDERS);
 }
 
-/// DESIGN.md section 8's procedure: load the host, take a backup while
+/// docs/semantics.md section 8's procedure: load the host, take a backup while
 /// orders are in flight, restore it into an isolated environment, and watch
 /// every order in the backup finish there, with its effects recorded there.
 #[test]

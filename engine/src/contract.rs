@@ -42,6 +42,12 @@ pub enum Control {
     Terminate,
     /// Replace the variables (JSON text) of a suspended instance.
     SetVariables(String),
+    /// Run a faulted instance again from the activity that faulted, with
+    /// these variables (JSON text) if given (`crate::machine` lifecycle).
+    Retry { variables: Option<String> },
+    /// Raise `cairn.cancelled` where the instance stands: the scopes running
+    /// run their fault handlers (or compensate), then the instance ends.
+    Cancel,
 }
 
 /// A message taken from the instance's inbox.
@@ -199,6 +205,12 @@ pub enum Reason {
     VariablesSet,
     /// The instance reached a breakpoint and is suspended (rule 5).
     Breakpoint,
+    /// An operator retried a faulted instance from the activity that faulted.
+    Retried,
+    /// An operator cancelled the instance: its handlers run, then it ends.
+    Cancelled,
+    /// An operator moved the instance to another version of its definition.
+    Migrated,
     Completed,
     Faulted,
     Terminated,

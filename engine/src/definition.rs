@@ -38,7 +38,7 @@ pub enum ProcessKind {
     Microflow,
 }
 
-/// Transactional behaviour of one activity (DESIGN.md section 2).
+/// Transactional behaviour of one activity (docs/semantics.md section 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transaction {
@@ -112,6 +112,17 @@ pub enum Activity {
         condition: HandlerId,
         body: NodeId,
     },
+    /// Runs `body`, then again until `condition` holds: at least once.
+    RepeatUntil {
+        condition: HandlerId,
+        body: NodeId,
+    },
+    /// Runs the body of the first case whose condition holds, else
+    /// `otherwise` (if any): an if / else-if chain.
+    Switch {
+        cases: Vec<SwitchCase>,
+        otherwise: Option<NodeId>,
+    },
     Receive {
         operation: String,
         correlation: Option<String>,
@@ -158,6 +169,9 @@ pub enum Activity {
         /// the scope faults with `cairn.scope-timeout`.
         #[serde(default)]
         timeout_ms: Option<u64>,
+        /// Event handlers: they run beside the body and end with it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        events: Vec<EventHandler>,
     },
     /// Compensates completed inner scopes (all, newest first, inside-out),
     /// or only the named one.
@@ -180,6 +194,9 @@ pub enum Activity {
     /// Waits for the first of several messages and timers, and runs its branch.
     Pick {
         branches: Vec<PickBranch>,
+        /// Its messages create instances (it must be a start activity).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        creates_instance: bool,
     },
     /// Runs branches in parallel within the instance; joins when all finish.
     Flow {
@@ -191,7 +208,41 @@ pub enum Activity {
         items: String,
         parallel: bool,
         body: NodeId,
+        /// Condition checked after each iteration: once it holds, the
+        /// for-each ends (in parallel, its unfinished iterations are cancelled).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        completion: Option<HandlerId>,
     },
+}
+
+/// One case of a switch: its body runs if its condition is the first to hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchCase {
+    pub condition: HandlerId,
+    pub body: NodeId,
+}
+
+/// An event handler of a scope (or of the process: of its root scope). It
+/// runs its body each time its trigger fires while the scope's body runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventHandler {
+    pub trigger: EventTrigger,
+    pub body: NodeId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventTrigger {
+    /// A message of `operation`, correlated like a receive; fires for every
+    /// such message while the scope runs (one body at a time).
+    Message { operation: String, correlation: Option<String>, reader: Option<HandlerId> },
+    /// Once, this long after the scope starts.
+    AfterMs(u64),
+    /// Once, at the deadline a handler computes (ms since the Unix epoch)
+    /// when the scope starts.
+    Deadline(HandlerId),
+    /// Repeatedly: this long after the scope starts, and after each run.
+    EveryMs(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +314,11 @@ pub struct AtomicPolicy {
 pub struct FaultHandler {
     /// `None` catches all.
     pub fault: Option<String>,
+    /// Condition on the fault (its JSON, as the message): the handler
+    /// catches only if it holds. A handler with one is more specific than
+    /// one without for the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<HandlerId>,
     /// Handler that receives the fault (name, message, data) as its message.
     pub reader: Option<HandlerId>,
     pub body: Option<NodeId>,
@@ -275,6 +331,8 @@ impl Activity {
             Activity::Snippet { .. } => "snippet",
             Activity::IfElse { .. } => "if",
             Activity::While { .. } => "while",
+            Activity::RepeatUntil { .. } => "repeat-until",
+            Activity::Switch { .. } => "switch",
             Activity::Receive { .. } => "receive",
             Activity::Reply { .. } => "reply",
             Activity::Invoke { .. } => "invoke",
@@ -302,13 +360,19 @@ impl Activity {
                 c.extend(else_branch);
                 c
             }
-            Activity::While { body, .. } => vec![*body],
-            Activity::Pick { branches } => branches.iter().map(|b| b.body).collect(),
+            Activity::While { body, .. } | Activity::RepeatUntil { body, .. } => vec![*body],
+            Activity::Switch { cases, otherwise } => {
+                let mut c: Vec<NodeId> = cases.iter().map(|c| c.body).collect();
+                c.extend(otherwise);
+                c
+            }
+            Activity::Pick { branches, .. } => branches.iter().map(|b| b.body).collect(),
             Activity::Flow { branches } => branches.clone(),
             Activity::ForEach { body, .. } => vec![*body],
-            Activity::Scope { body, handlers, .. } => {
+            Activity::Scope { body, handlers, events, .. } => {
                 let mut c = vec![*body];
                 c.extend(handlers.iter().filter_map(|h| h.body));
+                c.extend(events.iter().map(|e| e.body));
                 c
             }
             _ => Vec::new(),
@@ -318,7 +382,11 @@ impl Activity {
     fn handlers(&self) -> Vec<HandlerId> {
         match self {
             Activity::Snippet { handler } => vec![*handler],
-            Activity::IfElse { condition, .. } | Activity::While { condition, .. } => vec![*condition],
+            Activity::IfElse { condition, .. } | Activity::While { condition, .. } | Activity::RepeatUntil { condition, .. } => {
+                vec![*condition]
+            }
+            Activity::Switch { cases, .. } => cases.iter().map(|c| c.condition).collect(),
+            Activity::ForEach { completion, .. } => completion.iter().copied().collect(),
             Activity::Receive { reader, timeout, .. } => {
                 let mut h: Vec<HandlerId> = reader.iter().copied().collect();
                 if let Some(t) = timeout {
@@ -335,16 +403,22 @@ impl Activity {
             }
             Activity::Wait { wait: WaitFor::Deadline(h) } => vec![*h],
             Activity::Throw { data, .. } => data.iter().copied().collect(),
-            Activity::Pick { branches } => branches
+            Activity::Pick { branches, .. } => branches
                 .iter()
                 .filter_map(|b| match &b.trigger {
                     PickTrigger::Message { reader, .. } => *reader,
                     PickTrigger::AfterMs(_) => None,
                 })
                 .collect(),
-            Activity::Scope { handlers, compensation, .. } => {
-                let mut h: Vec<HandlerId> = handlers.iter().filter_map(|f| f.reader).collect();
+            Activity::Scope { handlers, compensation, events, .. } => {
+                let mut h: Vec<HandlerId> = handlers.iter().flat_map(|f| f.reader.into_iter().chain(f.condition)).collect();
                 h.extend(compensation);
+                for e in events {
+                    match &e.trigger {
+                        EventTrigger::Message { reader: Some(r), .. } | EventTrigger::Deadline(r) => h.push(*r),
+                        _ => {}
+                    }
+                }
                 h
             }
             _ => Vec::new(),
@@ -429,26 +503,42 @@ impl Definition {
         self.correlation_sets.iter().find(|c| c.name == name)
     }
 
-    /// Every receive of the definition, in tree order.
+    /// Every receive of the definition, in tree order, with the message
+    /// branches of picks and the message event handlers of scopes.
     pub fn subscriptions(&self) -> Vec<Subscription> {
         let mut subs = Vec::new();
-        self.walk(self.root, &mut |_, _, node| match &node.activity {
-            Activity::Receive { operation, correlation, creates_instance, .. } => subs.push(Subscription {
-                operation: operation.clone(),
-                correlation: correlation.clone(),
-                creates_instance: *creates_instance,
-            }),
-            Activity::Pick { branches } => {
-                for b in branches {
-                    if let PickTrigger::Message { operation, correlation, .. } = &b.trigger {
-                        let (operation, correlation) = (operation.clone(), correlation.clone());
-                        subs.push(Subscription { operation, correlation, creates_instance: false });
-                    }
-                }
-            }
-            _ => {}
-        });
+        self.walk(self.root, &mut |_, _, node| subs.extend(node_subscriptions(&node.activity)));
         subs
+    }
+
+    /// The ways a message creates an instance: the instance-creating
+    /// receives and the message branches of an instance-creating pick.
+    pub fn creating_subscriptions(&self) -> Vec<Subscription> {
+        self.subscriptions().into_iter().filter(|s| s.creates_instance).collect()
+    }
+
+    /// How many instance-creating receives the definition has: with more
+    /// than one (in a flow), the messages after the first route to the
+    /// instance it created.
+    pub fn creating_receive_count(&self) -> usize {
+        self.nodes.iter().filter(|n| matches!(n.activity, Activity::Receive { creates_instance: true, .. })).count()
+    }
+
+    /// The activities that may run first: through the first child of a
+    /// sequence, the body of a scope and every branch of a flow.
+    pub fn start_activities(&self) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root];
+        while let Some(id) = stack.pop() {
+            out.push(id);
+            match &self.node(id).activity {
+                Activity::Sequence { children } => stack.extend(children.first()),
+                Activity::Scope { body, .. } => stack.push(*body),
+                Activity::Flow { branches } => stack.extend(branches),
+                _ => {}
+            }
+        }
+        out
     }
 
     /// The instance-creating receive, if the definition starts with one.
@@ -478,6 +568,14 @@ impl Definition {
         }
     }
 
+    /// The trigger of the event handler whose body is `body`, if it is one.
+    pub fn event_trigger(&self, body: NodeId) -> Option<&EventTrigger> {
+        self.nodes.iter().find_map(|n| match &n.activity {
+            Activity::Scope { events, .. } => events.iter().find(|e| e.body == body).map(|e| &e.trigger),
+            _ => None,
+        })
+    }
+
     /// Every activity path of the definition, in tree order.
     pub fn paths(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -499,7 +597,7 @@ impl Definition {
     }
 
     /// Deploy-time validation: structure first (so the walk below is safe),
-    /// then the semantic rules of DESIGN.md section 2.
+    /// then the semantic rules of docs/semantics.md section 2.
     pub fn validate(&self) -> Result<(), String> {
         if self.name.is_empty()
             || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -514,7 +612,38 @@ impl Definition {
         }
         self.validate_structure()?;
         let mut problems = Vec::new();
-        let creating = self.creating_receive().map(|(id, _)| id);
+        let starts = self.start_activities();
+        let creating = self.creating_subscriptions();
+        // Correlation sets an instance-creating message initialises: the
+        // only way a set gets its values.
+        let initialised: HashSet<&str> = creating.iter().filter_map(|s| s.correlation.as_deref()).collect();
+        // Several instance-creating receives (in a flow): the first message
+        // creates the instance, the others must route to it by the set it
+        // initialised. (A creating pick's branches are alternatives: one
+        // message takes it, so they may name different sets.)
+        let creating_receives: Vec<(&str, Option<&str>)> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.activity {
+                Activity::Receive { operation, correlation, creates_instance: true, .. } => Some((operation.as_str(), correlation.as_deref())),
+                _ => None,
+            })
+            .collect();
+        if creating_receives.len() > 1 {
+            let sets: BTreeSet<Option<&str>> = creating_receives.iter().map(|(_, c)| *c).collect();
+            if sets.len() != 1 || sets.contains(&None) {
+                problems.push(format!(
+                    "the process has {} instance-creating receives (operations {}); each must name a correlation set, the same one, so that the messages after the first route to the instance it created",
+                    creating_receives.len(),
+                    creating_receives.iter().map(|(o, _)| format!("'{o}'")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let violation = |at: &str, set: &str| {
+            format!(
+                "{at}: waits on correlation set '{set}', which nothing before it can have initialised (a set gets its values from the message that creates the instance, and no instance-creating receive or pick uses '{set}')"
+            )
+        };
         let request_ops: BTreeSet<String> = self
             .nodes
             .iter()
@@ -583,10 +712,15 @@ impl Definition {
                             "{at}: operation '{operation}' has no correlation set and does not create instances, so no message could ever reach it"
                         ));
                     }
-                    if *creates_instance && creating != Some(*id) {
+                    if *creates_instance && !starts.contains(id) {
                         problems.push(format!(
-                            "{at}: an instance-creating receive must be the first activity of the process"
+                            "{at}: an instance-creating receive must be the first activity of the process (or of a branch of a flow that is)"
                         ));
+                    }
+                    if let (Some(c), false) = (correlation, creates_instance) {
+                        if self.correlation_set(c).is_some() && !initialised.contains(c.as_str()) {
+                            problems.push(violation(&at, c));
+                        }
                     }
                     if self.kind == ProcessKind::Microflow && !creates_instance {
                         problems.push(format!("{at}: a microflow cannot wait for a message"));
@@ -595,9 +729,17 @@ impl Definition {
                 Activity::Reply { operation, .. } if !request_ops.contains(operation) => {
                     problems.push(format!("{at}: no request-response receive of operation '{operation}' to reply to"));
                 }
-                Activity::Pick { branches } => {
+                Activity::Pick { branches, creates_instance } => {
                     if self.kind == ProcessKind::Microflow {
                         problems.push(format!("{at}: a microflow cannot wait"));
+                    }
+                    if *creates_instance && !starts.contains(id) {
+                        problems.push(format!(
+                            "{at}: an instance-creating pick must be the first activity of the process (or of a branch of a flow that is)"
+                        ));
+                    }
+                    if *creates_instance && branches.iter().any(|b| !matches!(b.trigger, PickTrigger::Message { .. })) {
+                        problems.push(format!("{at}: an instance-creating pick waits for messages only (no instance exists to set a timer)"));
                     }
                     if branches.is_empty() {
                         problems.push(format!("{at}: a pick needs at least one branch"));
@@ -605,16 +747,41 @@ impl Definition {
                     for b in branches {
                         if let PickTrigger::Message { operation, correlation, .. } = &b.trigger {
                             match correlation {
-                                None => problems.push(format!(
+                                None if !creates_instance => problems.push(format!(
                                     "{at}: branch on '{operation}' has no correlation set, so no message could ever reach it"
                                 )),
                                 Some(c) if self.correlation_set(c).is_none() => {
                                     problems.push(format!("{at}: correlation set '{c}' is not declared"))
                                 }
+                                Some(c) if !creates_instance && !initialised.contains(c.as_str()) => problems.push(violation(&at, c)),
                                 _ => {}
                             }
                         }
                     }
+                }
+                Activity::Scope { events, atomic, .. } => {
+                    if !events.is_empty() && (atomic.is_some() || self.kind == ProcessKind::Microflow) {
+                        problems.push(format!("{at}: event handlers wait for messages and timers, which an atomic scope or a microflow cannot"));
+                    }
+                    for e in events {
+                        match &e.trigger {
+                            EventTrigger::Message { operation, correlation, .. } => match correlation {
+                                None => problems.push(format!(
+                                    "{at}: event handler on '{operation}' has no correlation set, so no message could ever reach it"
+                                )),
+                                Some(c) if self.correlation_set(c).is_none() => {
+                                    problems.push(format!("{at}: correlation set '{c}' is not declared"))
+                                }
+                                Some(c) if !initialised.contains(c.as_str()) => problems.push(violation(&at, c)),
+                                Some(_) => {}
+                            },
+                            EventTrigger::EveryMs(0) => problems.push(format!("{at}: a repeating alarm needs an interval above 0 ms")),
+                            _ => {}
+                        }
+                    }
+                }
+                Activity::Switch { cases, .. } if cases.is_empty() => {
+                    problems.push(format!("{at}: a switch needs at least one case"));
                 }
                 Activity::Wait { .. } | Activity::Suspend { .. } if self.kind == ProcessKind::Microflow => {
                     problems.push(format!("{at}: a microflow cannot wait"));
@@ -726,11 +893,43 @@ impl Definition {
     }
 }
 
+/// The messages one activity waits for.
+fn node_subscriptions(activity: &Activity) -> Vec<Subscription> {
+    match activity {
+        Activity::Receive { operation, correlation, creates_instance, .. } => {
+            vec![Subscription { operation: operation.clone(), correlation: correlation.clone(), creates_instance: *creates_instance }]
+        }
+        Activity::Pick { branches, creates_instance } => branches
+            .iter()
+            .filter_map(|b| match &b.trigger {
+                PickTrigger::Message { operation, correlation, .. } => Some(Subscription {
+                    operation: operation.clone(),
+                    correlation: correlation.clone(),
+                    creates_instance: *creates_instance,
+                }),
+                PickTrigger::AfterMs(_) => None,
+            })
+            .collect(),
+        Activity::Scope { events, .. } => events
+            .iter()
+            .filter_map(|e| match &e.trigger {
+                EventTrigger::Message { operation, correlation, .. } => {
+                    Some(Subscription { operation: operation.clone(), correlation: correlation.clone(), creates_instance: false })
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Whether an activity nests what runs inside it deeper in a stored
 /// snapshot: a flow or parallel for-each (its set-aside branches), or a
 /// scope (its registered compensations). See `MAX_NESTED_SCOPES_AND_FLOWS`.
 fn nests(activity: &Activity) -> usize {
     match activity {
+        // Its event handlers are set aside like a flow's branches.
+        Activity::Scope { events, .. } if !events.is_empty() => 2,
         Activity::Flow { .. } | Activity::ForEach { parallel: true, .. } | Activity::Scope { .. } => 1,
         _ => 0,
     }

@@ -54,7 +54,7 @@ fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 fn a_parallel_for_each_over_many_items_waits_without_recursing_per_branch() {
     let def = definition(
         vec![
-            node("main", Activity::ForEach { items: "/items".into(), parallel: true, body: 1 }),
+            node("main", Activity::ForEach { items: "/items".into(), parallel: true, body: 1, completion: None }),
             node("wait", Activity::Wait { wait: WaitFor::DurationMs(1_000) }),
         ],
         0,
@@ -87,8 +87,8 @@ fn faults_caught_one_after_another_in_one_step_do_not_recurse_per_fault() {
     let mut children = Vec::new();
     for i in 0..scopes {
         let scope = nodes.len() as NodeId;
-        let handlers = vec![FaultHandler { fault: None, reader: None, body: None }];
-        let activity = Activity::Scope { body: scope + 1, atomic: None, handlers, compensation: None, timeout_ms: None };
+        let handlers = vec![FaultHandler { fault: None, condition: None, reader: None, body: None }];
+        let activity = Activity::Scope { body: scope + 1, atomic: None, handlers, compensation: None, timeout_ms: None, events: vec![] };
         nodes.push(Node { transaction: Transaction::Participates, ..node(&format!("s{i}"), activity) });
         nodes.push(node("throw", Activity::Throw { fault: "f".into(), message: "m".into(), data: None }));
         children.push(scope);
@@ -215,8 +215,8 @@ fn many_rethrows_in_nested_handlers_validate_quickly() {
     let mut nodes = Vec::new();
     for i in 0..scopes {
         let id = nodes.len() as NodeId;
-        let handlers = vec![FaultHandler { fault: None, reader: None, body: Some(id + 2) }];
-        nodes.push(node(&format!("s{i}"), Activity::Scope { body: id + 1, atomic: None, handlers, compensation: None, timeout_ms: None }));
+        let handlers = vec![FaultHandler { fault: None, condition: None, reader: None, body: Some(id + 2) }];
+        nodes.push(node(&format!("s{i}"), Activity::Scope { body: id + 1, atomic: None, handlers, compensation: None, timeout_ms: None, events: vec![] }));
         nodes.push(node("body", Activity::Throw { fault: "f".into(), message: "m".into(), data: None }));
         // The handler's body: the next scope, or at the bottom the rethrows.
         let children = if i + 1 < scopes { vec![id + 3] } else { ((id + 3)..(id + 3 + rethrows as NodeId)).collect() };

@@ -16,6 +16,7 @@
 pub mod contract;
 pub mod definition;
 pub mod machine;
+pub mod migration;
 pub mod snapshot;
 
 pub use contract::{
@@ -23,11 +24,14 @@ pub use contract::{
     Yield,
 };
 pub use definition::{Activity, CorrelationSet, Definition, Node, NodeId, ProcessKind, Target, Transaction, WaitFor};
-pub use machine::{correlation_values, Machine};
-pub use snapshot::{Fault, FaultRecord, Frame, Phase, Snapshot, Status};
+pub use machine::{correlation_values, Machine, CANCELLED};
+pub use snapshot::{Fault, FaultRecord, Frame, Phase, RetryPoint, Snapshot, Status};
 
 #[cfg(test)]
 mod tests;
 
 #[cfg(test)]
 mod fuzz_regressions;
+
+#[cfg(test)]
+mod language_tests;

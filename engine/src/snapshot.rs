@@ -35,6 +35,14 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compensations: Vec<Registered>,
     pub fault: Option<FaultRecord>,
+    /// A faulted instance: the position where its fault was raised, so that
+    /// an operator can retry it from there (`Control::Retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPoint>,
+    /// An operator cancelled the instance: its handlers run, then it ends
+    /// (`Control::Cancel`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelling: bool,
     /// Source of timer and call ids; never reused within an instance.
     pub next_id: u64,
     /// Fence: the number of persistence points committed. A write is
@@ -57,6 +65,8 @@ impl Snapshot {
             requests: Vec::new(),
             compensations: Vec::new(),
             fault: None,
+            retry: None,
+            cancelling: false,
             next_id: 1,
             fence: 0,
             created_ms: now_ms,
@@ -85,6 +95,9 @@ impl Snapshot {
             return Err(format!("its id counter ({}) or fence ({}) is beyond what an instance reaches", self.next_id, self.fence));
         }
         check_stack(def, &self.stack, &[def.root], "the stack")?;
+        if let Some(point) = &self.retry {
+            check_stack(def, &point.stack, &[def.root], "the retry position")?;
+        }
         self.compensations.iter().try_for_each(|r| check_registered(def, r))
     }
 }
@@ -124,6 +137,10 @@ fn branch_starts(activity: &Activity) -> Vec<NodeId> {
     match activity {
         Activity::Flow { branches } => branches.clone(),
         Activity::ForEach { body, .. } => vec![*body],
+        // A scope with event handlers: its body, and a listener per handler.
+        Activity::Scope { body, events, .. } if !events.is_empty() => {
+            std::iter::once(*body).chain(events.iter().map(|e| e.body)).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -143,23 +160,35 @@ fn check_frame(def: &Definition, f: &Frame, top: bool) -> Result<(), String> {
         Phase::Enter | Phase::Started | Phase::Done => true,
         Phase::Child { .. } => matches!(
             activity,
-            Activity::Sequence { .. } | Activity::IfElse { .. } | Activity::While { .. } | Activity::Pick { .. } | Activity::Scope { .. }
+            Activity::Sequence { .. }
+                | Activity::IfElse { .. }
+                | Activity::While { .. }
+                | Activity::RepeatUntil { .. }
+                | Activity::Switch { .. }
+                | Activity::Pick { .. }
+                | Activity::Scope { .. }
         ),
+        // The body of an event handler, waiting for its trigger (where
+        // `check_stack` puts it: a branch of its scope).
+        Phase::Listening { .. } => true,
         Phase::Each { .. } => matches!(activity, Activity::ForEach { .. }),
         Phase::AwaitMessage { .. } => matches!(activity, Activity::Receive { .. }),
         Phase::AwaitTimer { .. } => matches!(activity, Activity::Wait { .. }),
         Phase::AwaitInvoke { .. } => matches!(activity, Activity::Invoke { .. }),
         Phase::AwaitPick { timers } => match activity {
-            Activity::Pick { branches } => timers.iter().all(|(b, _)| (*b as usize) < branches.len()),
+            Activity::Pick { branches, .. } => timers.iter().all(|(b, _)| (*b as usize) < branches.len()),
             _ => false,
         },
         Phase::Handling { .. } => matches!(activity, Activity::Scope { .. }),
         Phase::Compensating { queue, .. } => {
             queue.iter().try_for_each(|s| handler(s.handler))?;
-            matches!(activity, Activity::Scope { .. } | Activity::Compensate { .. })
+            // The root's frame: a cancelled instance compensates its completed top-level scopes.
+            matches!(activity, Activity::Scope { .. } | Activity::Compensate { .. }) || f.node == def.root
         }
         Phase::Flow { branches } => {
-            if !matches!(activity, Activity::Flow { .. } | Activity::ForEach { .. }) {
+            if !matches!(activity, Activity::Flow { .. } | Activity::ForEach { .. })
+                && !matches!(activity, Activity::Scope { events, .. } if !events.is_empty())
+            {
                 false
             } else {
                 let active = branches.iter().filter(|b| b.state == BranchState::Active).count();
@@ -208,6 +237,7 @@ fn phase_name(p: &Phase) -> &'static str {
         Phase::Flow { .. } => "flow",
         Phase::Handling { .. } => "handling",
         Phase::Compensating { .. } => "compensating",
+        Phase::Listening { .. } => "listening",
         Phase::Done => "done",
     }
 }
@@ -293,8 +323,10 @@ pub enum Phase {
     AwaitPick { timers: Vec<(u32, TimerRef)> },
     /// Sequential for-each: the items, and the next one to run.
     Each { items: Vec<String>, next: u32 },
-    /// Flow: its branches. The active one's frames are on the stack above
-    /// this frame; the others are kept here, ready, waiting or done.
+    /// Flow (and a parallel for-each, and a scope with event handlers: its
+    /// body first, then a listener per handler): its branches. The active
+    /// one's frames are on the stack above this frame; the others are kept
+    /// here, ready, waiting or done.
     Flow { branches: Vec<Branch> },
     /// Scope: a fault handler runs (as the child) for this caught fault.
     Handling { caught: FaultRecord },
@@ -302,6 +334,9 @@ pub enum Phase {
     Compensating { queue: Vec<CompensationStep>, then: AfterCompensation },
     /// Finished: its commit-after, if any, is still due.
     Done,
+    /// The body of event handler `event` of the scope below, waiting for
+    /// its trigger: a message, or its alarm's timer once set.
+    Listening { event: u32, timer: Option<TimerRef> },
 }
 
 /// One branch of a flow.
@@ -388,6 +423,19 @@ impl Fault {
     pub fn new(name: impl Into<String>, message: impl Into<String>) -> Fault {
         Fault { name: name.into(), message: message.into(), data: "null".into() }
     }
+}
+
+/// Where a faulted instance stood when its fault was raised: the stack as it
+/// was then (the innermost frame is the activity that faulted), the
+/// correlations it had initialized, which the fault released, and the
+/// requests waiting for a reply, which the fault answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPoint {
+    pub stack: Vec<Frame>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub correlations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<PendingRequest>,
 }
 
 /// A fault that left the process, with where it was raised.

@@ -1,5 +1,5 @@
 //! Unit tests of the pure engine: one per persistence-point rule of
-//! DESIGN.md section 3 that this engine implements, plus resumability,
+//! docs/semantics.md section 3 that this engine implements, plus resumability,
 //! validation, the persistence-point contract with the driver and the stored
 //! format. No Wasm, no RocksDB: handlers are answered from a script.
 
@@ -260,7 +260,7 @@ fn an_invoke_of_a_pure_activity_takes_no_dispatch_point_and_is_pending_until_its
     let i = t.invoke("price");
     let def = t.seq(vec![i], ProcessKind::LongRunning);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
-    m.set_pure_activities(["pricing".to_string()].into());
+    m.set_pure_activities(std::sync::Arc::new(["pricing".to_string()].into()));
     m.step(Input::Continue, 0);
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("{}".into()) })), 0);
     // No dispatch point: the call is awaited at once, still pending (not in any batch).
@@ -273,7 +273,7 @@ fn an_invoke_of_a_pure_activity_takes_no_dispatch_point_and_is_pending_until_its
     assert_eq!(y, Yield::Persist(Reason::CommitAfter));
     // Another activity still takes its dispatch point.
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
-    m.set_pure_activities(["other".to_string()].into());
+    m.set_pure_activities(std::sync::Arc::new(["other".to_string()].into()));
     m.step(Input::Continue, 0);
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("{}".into()) })), 0);
     assert_eq!(y, Yield::Persist(Reason::Dispatch));
@@ -486,7 +486,7 @@ fn validation_rejects_what_design_section_2_lists() {
     let mut t = Tree::new();
     let w = t.wait("pause", 5);
     let policy = definition::AtomicPolicy { max_attempts: 1, backoff_ms: 0 };
-    let s = t.add("tx", Activity::Scope { body: w, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None }, T::Default);
+    let s = t.add("tx", Activity::Scope { body: w, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None, events: vec![] }, T::Default);
     let err = t.seq(vec![s], ProcessKind::LongRunning).validate().unwrap_err();
     assert!(err.contains("activity 'main/tx/pause' (wait): an atomic scope cannot wait"), "{err}");
 
@@ -511,7 +511,7 @@ fn a_receive_with_a_timeout_runs_its_timeout_handler_when_the_deadline_passes_fi
     };
     let r = t.add("approval", a, T::Default);
     let def = t.seq(vec![r], ProcessKind::LongRunning);
-    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    let mut m = Machine::new(&def, correlated(Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0)));
     assert_eq!(m.step(Input::Continue, 0), Yield::Call(HandlerCall { handler: deadline, message: None, item: None }));
     let y = m.step(Input::Handler(Ok(HandlerOutput { variables: "{}".into(), output: Some("5000".into()) })), 0);
     assert_eq!(y, Yield::Await(Wait::Message { operation: "approve".into(), due_ms: Some(5000) }));
@@ -555,7 +555,7 @@ fn a_faulted_instance_answers_waiting_requests_with_its_fault() {
 /// A scope around `body` with a compensation handler.
 fn scope(t: &mut Tree, name: &str, body: NodeId, handlers: Vec<definition::FaultHandler>) -> NodeId {
     let compensation = Some(t.handler());
-    t.add(name, Activity::Scope { body, atomic: None, handlers, compensation, timeout_ms: None }, T::Default)
+    t.add(name, Activity::Scope { body, atomic: None, handlers, compensation, timeout_ms: None, events: vec![] }, T::Default)
 }
 
 /// Drives to the end, answering compensation handlers by appending
@@ -595,7 +595,7 @@ fn an_uncaught_fault_compensates_completed_inner_scopes_newest_first_and_inside_
     let boom = t.add("boom", Activity::Throw { fault: "boom".into(), message: "c failed".into(), data: None }, T::Default);
     let c = scope(&mut t, "c", boom, vec![]);
     let outer_body = t.add("outer-body", Activity::Sequence { children: vec![a, b, c] }, T::Default);
-    let outer = t.add("outer", Activity::Scope { body: outer_body, atomic: None, handlers: vec![], compensation: None, timeout_ms: None }, T::Default);
+    let outer = t.add("outer", Activity::Scope { body: outer_body, atomic: None, handlers: vec![], compensation: None, timeout_ms: None, events: vec![] }, T::Default);
     let def = t.seq(vec![outer], ProcessKind::LongRunning);
     let comp = [1, 3, 5, 7];
     let (trace, snap) = drive_scopes(&def, &comp);
@@ -618,10 +618,10 @@ fn a_fault_handler_catches_by_name_before_catch_all_and_receives_the_fault() {
     let reader_all = t.handler();
     let reader_known = t.handler();
     let handlers = vec![
-        definition::FaultHandler { fault: None, reader: Some(reader_all), body: None },
-        definition::FaultHandler { fault: Some("known".into()), reader: Some(reader_known), body: None },
+        definition::FaultHandler { fault: None, condition: None, reader: Some(reader_all), body: None },
+        definition::FaultHandler { fault: Some("known".into()), condition: None, reader: Some(reader_known), body: None },
     ];
-    let s = t.add("work", Activity::Scope { body: th, atomic: None, handlers, compensation: None, timeout_ms: None }, T::Default);
+    let s = t.add("work", Activity::Scope { body: th, atomic: None, handlers, compensation: None, timeout_ms: None, events: vec![] }, T::Default);
     let after = t.snippet("after", T::Default);
     let def = t.seq(vec![s, after], ProcessKind::LongRunning);
     let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
@@ -708,7 +708,7 @@ fn atomic_def(snippets: (T, T), policy: definition::AtomicPolicy) -> Definition 
     let send = t.add("tell", Activity::Send { target: Target::Process("p".into()), operation: "op".into(), body: body_h }, T::Default);
     let b = t.snippet("b", snippets.1);
     let body = t.add("body", Activity::Sequence { children: vec![a, send, b] }, T::Default);
-    let scope = Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None };
+    let scope = Activity::Scope { body, atomic: Some(policy), handlers: vec![], compensation: None, timeout_ms: None, events: vec![] };
     let s = t.add("batch", scope, T::Default);
     t.seq(vec![s], ProcessKind::LongRunning)
 }
@@ -809,11 +809,11 @@ fn a_scope_deadline_interrupts_its_waiting_body_and_faults_the_scope() {
     let r = t.receive("never", "never-comes", false);
     let s = t.add(
         "window",
-        Activity::Scope { body: r, atomic: None, handlers: vec![], compensation: None, timeout_ms: Some(1000) },
+        Activity::Scope { body: r, atomic: None, handlers: vec![], compensation: None, timeout_ms: Some(1000), events: vec![] },
         T::Default,
     );
     let def = t.seq(vec![s], ProcessKind::LongRunning);
-    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    let mut m = Machine::new(&def, correlated(Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0)));
     assert_eq!(m.step(Input::Continue, 0), Yield::Await(Wait::Message { operation: "never-comes".into(), due_ms: None }));
     assert_eq!(m.persistence_point(Reason::Waiting, 0).effects, [Effect::SetTimer { timer_id: 1, due_ms: 1000 }]);
     assert_eq!(m.step(Input::Continue, 999), Yield::Await(Wait::Message { operation: "never-comes".into(), due_ms: None }));
@@ -867,7 +867,7 @@ fn pick_def() -> Definition {
         },
         definition::PickBranch { trigger: definition::PickTrigger::AfterMs(500), body: late },
     ];
-    let p = t.add("decide", Activity::Pick { branches }, T::Default);
+    let p = t.add("decide", Activity::Pick { branches, creates_instance: false }, T::Default);
     t.seq(vec![p], ProcessKind::LongRunning)
 }
 
@@ -878,7 +878,7 @@ fn approve(seq: u64) -> Delivery {
 #[test]
 fn pick_runs_the_branch_of_the_first_message_and_withdraws_its_timers() {
     let def = pick_def();
-    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    let mut m = Machine::new(&def, correlated(Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0)));
     assert_eq!(m.step(Input::Continue, 0), Yield::Persist(Reason::CommitBefore));
     assert_eq!(m.step(Input::Continue, 0), Yield::Await(Wait::Pick { operations: vec!["approve".into()] }));
     assert_eq!(m.persistence_point(Reason::Waiting, 0).effects, [Effect::SetTimer { timer_id: 1, due_ms: 500 }]);
@@ -893,7 +893,7 @@ fn pick_runs_the_branch_of_the_first_message_and_withdraws_its_timers() {
 #[test]
 fn pick_runs_the_timer_branch_when_its_timer_comes_first_even_with_a_message_then_queued() {
     let def = pick_def();
-    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    let mut m = Machine::new(&def, correlated(Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0)));
     m.step(Input::Continue, 0);
     m.step(Input::Continue, 0);
     m.persistence_point(Reason::Waiting, 0);
@@ -929,7 +929,7 @@ fn flow_def(throw_in_a: bool) -> Definition {
 /// persistence point as the store would; answers messages and timers as
 /// they are awaited. Returns the trace and the final snapshot.
 fn drive_flow(def: &Definition) -> (Vec<String>, Snapshot) {
-    let mut m = Machine::new(def, Snapshot::new("i1".into(), def, "v1".into(), r#"{"log":[]}"#.into(), 0));
+    let mut m = Machine::new(def, correlated(Snapshot::new("i1".into(), def, "v1".into(), r#"{"log":[]}"#.into(), 0)));
     let mut trace = Vec::new();
     let mut input = Input::Continue;
     let mut now = 0;
@@ -988,7 +988,7 @@ fn a_flow_runs_its_branches_interleaved_at_their_waits_and_joins_when_all_finish
 #[test]
 fn a_fault_in_one_branch_cancels_the_others() {
     let def = flow_def(true);
-    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"log":[]}"#.into(), 0));
+    let mut m = Machine::new(&def, correlated(Snapshot::new("i1".into(), &def, "v1".into(), r#"{"log":[]}"#.into(), 0)));
     let mut input = Input::Continue;
     let mut effects = Vec::new();
     loop {
@@ -1016,7 +1016,7 @@ fn a_fault_in_one_branch_cancels_the_others() {
 fn each_def(parallel: bool) -> Definition {
     let mut t = Tree::new();
     let body = t.snippet("line", T::Default);
-    let each = t.add("lines", Activity::ForEach { items: "/lines".into(), parallel, body }, T::Default);
+    let each = t.add("lines", Activity::ForEach { items: "/lines".into(), parallel, body, completion: None }, T::Default);
     t.seq(vec![each], ProcessKind::LongRunning)
 }
 
@@ -1079,7 +1079,7 @@ fn a_persistence_point_records_the_path_of_the_activity_it_belongs_to() {
     let r = t.receive("take", "submit", false);
     let th = t.add("boom", Activity::Throw { fault: "bad".into(), message: "went bad".into(), data: None }, T::Default);
     let def = t.seq(vec![a, r, th], ProcessKind::LongRunning);
-    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), r#"{"log":[]}"#.into(), 0));
+    let mut m = Machine::new(&def, correlated(Snapshot::new("i1".into(), &def, "v1".into(), r#"{"log":[]}"#.into(), 0)));
     let Yield::Call(c) = m.step(Input::Continue, 0) else { panic!() };
     let y = m.step(Input::Handler(Ok(run_handler(&m.snapshot().variables, c.handler))), 0);
     assert_eq!(y, Yield::Persist(Reason::CommitAfter));
@@ -1228,6 +1228,8 @@ mod stored_format {
             requests: vec![PendingRequest { operation: "quote".into(), message_id: "m-1".into() }],
             compensations: vec![registered],
             fault: Some(record),
+            retry: None,
+            cancelling: false,
             next_id: 10,
             fence: 4,
             created_ms: 1,
@@ -1312,4 +1314,13 @@ mod stored_format {
         let names = r#"["created","commit-before","commit-after","dispatch","waiting","shutdown","scope-completed","compensated","suspended","resumed","variables-set","breakpoint","completed","faulted","terminated"]"#;
         assert_eq!(serde_json::to_string(&reasons).unwrap(), names);
     }
+}
+
+mod lifecycle;
+
+/// A fresh instance whose correlation set "order" was initialised (by the
+/// message that created it): its receives on "order" may wait.
+fn correlated(mut snap: Snapshot) -> Snapshot {
+    snap.correlations.insert("order".into(), r#"["o-1"]"#.into());
+    snap
 }

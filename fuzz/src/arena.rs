@@ -191,10 +191,11 @@ impl ArbActivity {
                 atomic: atomic.map(|(max_attempts, backoff_ms)| AtomicPolicy { max_attempts, backoff_ms: backoff_ms % 100 }),
                 handlers: handlers
                     .into_iter()
-                    .map(|(f, r, b)| FaultHandler { fault: f.map(|f| f.0), reader: r.map(id), body: b.map(id) })
+                    .map(|(f, r, b)| FaultHandler { fault: f.map(|f| f.0), condition: None, reader: r.map(id), body: b.map(id) })
                     .collect(),
                 compensation: compensation.map(id),
                 timeout_ms,
+                events: Vec::new(),
             },
             ArbActivity::Compensate(s) => Activity::Compensate { scope: s.map(|s| s.0) },
             ArbActivity::Rethrow => Activity::Rethrow,
@@ -211,9 +212,10 @@ impl ArbActivity {
                         body: body.into(),
                     })
                     .collect(),
+                creates_instance: false,
             },
             ArbActivity::Flow(b) => Activity::Flow { branches: b.into_iter().map(id).collect() },
-            ArbActivity::ForEach(p, parallel, body) => Activity::ForEach { items: p.0, parallel, body: body.into() },
+            ArbActivity::ForEach(p, parallel, body) => Activity::ForEach { items: p.0, parallel, body: body.into(), completion: None },
         }
     }
 }

@@ -78,7 +78,11 @@ impl<'d> Driver<'d> {
                     self.persist(&mut m, reason);
                     let again = m.step(Input::Continue, self.now);
                     assert_eq!(again, Yield::Finished(reason), "a finished instance stays finished");
-                    return;
+                    // A faulted instance that kept a retry point may be retried.
+                    if m.snapshot().retry.is_none() || !u.ratio(1, 2).unwrap_or(false) {
+                        return;
+                    }
+                    Input::Control(Control::Retry { variables: u.ratio(1, 2).unwrap_or(false).then(|| pick(u, VARIABLES)) })
                 }
                 Yield::Await(wait) => {
                     let transaction = self.def.kind == ProcessKind::Microflow || m.in_atomic().is_some();
@@ -121,6 +125,7 @@ impl<'d> Driver<'d> {
             0 => Control::Suspend,
             1 => Control::Terminate,
             2 => Control::SetVariables(pick(u, VARIABLES)),
+            3 => Control::Cancel,
             _ => Control::Resume,
         }
     }

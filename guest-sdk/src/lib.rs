@@ -26,14 +26,37 @@
 //! cairn_guest::export_process!("greeter", Greeting, define);
 //! ```
 //!
+//! Beyond sequences and snippets the builder has the control flow of BPEL
+//! and BizTalk: [`Process::if_else`], [`Process::switch`],
+//! [`Process::while_loop`], [`Process::repeat_until`], [`Process::for_each`]
+//! (with [`Process::until`] to end it early), [`Process::flow`] and
+//! [`Process::pick`]; scopes with fault handlers ([`Process::on_fault`],
+//! [`Process::on_fault_where`] to match on the fault's data), compensation
+//! ([`Process::on_compensate`]) and event handlers ([`Process::on_event`],
+//! [`Process::on_alarm`]); and the process scope ([`Process::process_scope`])
+//! for handlers of the whole process.
+//!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
 //! `target/wasm32-wasip2/release/` is the component to `cairn deploy`.
+//!
+//! Test it natively with the crate `cairn-testkit`: make `define` and the
+//! variables type public, build the crate as `crate-type = ["cdylib",
+//! "rlib"]`, and run it in `cargo test` on the pure engine, with a virtual
+//! clock and stubbed activities (off wasm, [`log`] writes to standard error):
+//!
+//! ```ignore
+//! let mut t = cairn_testkit::ProcessTest::new("greeter", define);
+//! t.send("hello", serde_json::json!({ "name": "Ada" }));
+//! assert_eq!(t.variables().text, "Hello, Ada!");
+//! assert_eq!(t.status(), cairn_testkit::Status::Completed);
+//! ```
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "cairn:process/process",
@@ -202,11 +225,23 @@ pub fn scope_local<T: 'static, R>(init: impl FnOnce() -> T, f: impl FnOnce(&mut 
 /// cairn_guest::log::info("priced order", &[("order", "o-1"), ("total", "42.00")]);
 /// ```
 pub mod log {
-    use super::bindings::cairn::log::logging::{self, Level};
+    #[cfg(target_arch = "wasm32")]
+    use super::bindings::cairn::log::logging;
+    use super::bindings::cairn::log::logging::Level;
 
+    #[cfg(target_arch = "wasm32")]
     fn write(level: Level, message: &str, fields: &[(&str, &str)]) {
         let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         logging::log(level, message, &fields);
+    }
+
+    /// Compiled natively (a process run by `cairn-testkit` in `cargo test`),
+    /// there is no host to log to: the line goes to standard error, which
+    /// the test harness captures.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn write(level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<String> = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        eprintln!("[{level:?}] {message}{}", fields.concat());
     }
     /// Logs at debug level.
     ///
@@ -242,12 +277,16 @@ pub mod log {
     }
 }
 
+// Linted natively since cairn-testkit builds the SDK for the host.
+#[allow(clippy::type_complexity)]
 #[derive(Debug, Clone)]
 enum Kind {
     Sequence(Vec<Activity>),
     Snippet(u32),
     IfElse { condition: u32, then: Box<Activity>, otherwise: Option<Box<Activity>> },
     While { condition: u32, body: Box<Activity> },
+    RepeatUntil { condition: u32, body: Box<Activity> },
+    Switch { cases: Vec<(u32, Activity)>, otherwise: Option<Box<Activity>> },
     Receive {
         operation: String,
         correlation: Option<String>,
@@ -265,17 +304,41 @@ enum Kind {
     Scope {
         body: Box<Activity>,
         atomic: Option<Retry>,
-        handlers: Vec<(Option<String>, Option<u32>, Option<Box<Activity>>)>,
+        handlers: Vec<ScopeFaultHandler>,
         compensation: Option<u32>,
         timeout: Option<Duration>,
+        events: Vec<(wit::EventTrigger, Activity)>,
     },
     Compensate(Option<String>),
     Rethrow,
     Suspend(String),
     StartProcess { process: String, operation: String, body: u32 },
-    Pick(Vec<(wit::PickTrigger, Activity)>),
+    Pick { branches: Vec<(wit::PickTrigger, Activity)>, creates: bool },
     Flow(Vec<Activity>),
-    ForEach { items: String, parallel: bool, body: Box<Activity> },
+    ForEach { items: String, parallel: bool, body: Box<Activity>, completion: Option<u32> },
+}
+
+/// A fault handler of a scope: the fault name (`None`: any), its condition
+/// on the fault, its reader and its body.
+#[derive(Debug, Clone)]
+struct ScopeFaultHandler {
+    fault: Option<String>,
+    condition: Option<u32>,
+    reader: Option<u32>,
+    body: Option<Box<Activity>>,
+}
+
+/// A case of a [`Process::switch`]: made by [`Process::case`].
+#[derive(Debug, Clone, Copy)]
+pub struct Case(u32);
+
+/// When an alarm event handler fires: see [`Process::on_alarm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alarm {
+    /// Once, this long after the scope starts.
+    After(Duration),
+    /// Every this long, from the scope's start and after each run.
+    Every(Duration),
 }
 
 /// What a pick branch waits for: made by [`Process::on_message`] or [`Process::after`].
@@ -321,7 +384,12 @@ impl Activity {
     }
 
     /// On a receive: the message creates a new instance (and initializes the
-    /// receive's correlation set). Must be the first activity of the process.
+    /// receive's correlation set). On a pick: each of its messages may
+    /// create the instance, whichever comes first. It must be a first
+    /// activity of the process: first in its sequence, or a branch of a flow
+    /// that is. With several instance-creating receives (in a flow), the
+    /// first message creates the instance and the others route to it by the
+    /// correlation set the first initialised: they must all name that set.
     ///
     /// ```
     /// # use cairn_guest::Process;
@@ -331,7 +399,7 @@ impl Activity {
     /// # }
     /// ```
     pub fn creates_instance(mut self) -> Activity {
-        if let Kind::Receive { creates, .. } = &mut self.kind {
+        if let Kind::Receive { creates, .. } | Kind::Pick { creates, .. } = &mut self.kind {
             *creates = true;
         }
         self
@@ -653,6 +721,53 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         Activity::new(name, Kind::While { condition, body: Box::new(body) })
     }
 
+    /// Runs `body`, then again until `condition` holds: the body runs at least once.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { tries: u32, ok: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let attempt = p.snippet("attempt", |v| { v.tries += 1; v.ok = v.tries >= 3; Ok(()) });
+    /// let retry = p.repeat_until("retry", attempt, |v| v.ok);
+    /// # }
+    /// ```
+    pub fn repeat_until(&mut self, name: &str, body: Activity, condition: impl Fn(&V) -> bool + 'static) -> Activity {
+        let condition = self.condition(condition);
+        Activity::new(name, Kind::RepeatUntil { condition, body: Box::new(body) })
+    }
+
+    /// A case of a [`Process::switch`]: its condition.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { total: u32 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let large = p.case(|v| v.total > 1000);
+    /// # }
+    /// ```
+    pub fn case(&mut self, condition: impl Fn(&V) -> bool + 'static) -> Case {
+        Case(self.condition(condition))
+    }
+
+    /// An if / else-if chain: runs the body of the first case whose
+    /// condition holds (asked in order), else `otherwise`, if any.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { total: u32, route: String }
+    /// # fn f(p: &mut Process<V>) {
+    /// let board = p.snippet("board", |v| { v.route = "board".into(); Ok(()) });
+    /// let manager = p.snippet("manager", |v| { v.route = "manager".into(); Ok(()) });
+    /// let auto = p.snippet("auto", |v| { v.route = "auto".into(); Ok(()) });
+    /// let (large, medium) = (p.case(|v| v.total > 100_000), p.case(|v| v.total > 1000));
+    /// let route = p.switch("route", vec![(large, board), (medium, manager)], Some(auto));
+    /// # }
+    /// ```
+    pub fn switch(&mut self, name: &str, cases: Vec<(Case, Activity)>, otherwise: Option<Activity>) -> Activity {
+        let cases = cases.into_iter().map(|(c, body)| (c.0, body)).collect();
+        Activity::new(name, Kind::Switch { cases, otherwise: otherwise.map(Box::new) })
+    }
+
     /// Waits for a message of `operation` and folds its body (typed `M`) into the variables.
     ///
     /// ```
@@ -971,7 +1086,32 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// # }
     /// ```
     pub fn scope(&mut self, name: &str, body: Activity) -> Activity {
-        Activity::new(name, Kind::Scope { body: Box::new(body), atomic: None, handlers: Vec::new(), compensation: None, timeout: None })
+        let kind = Kind::Scope { body: Box::new(body), atomic: None, handlers: Vec::new(), compensation: None, timeout: None, events: Vec::new() };
+        Activity::new(name, kind)
+    }
+
+    /// The process scope: a long-running scope named `process` around the
+    /// whole process (return it from your `define`). Its fault handlers,
+    /// event handlers and compensation handler are the process's own: they
+    /// catch what no inner scope caught, listen while the whole process
+    /// runs, and undo it. When a fault leaves the process and no handler of
+    /// the process scope matches, its completed scopes are compensated
+    /// (newest first), then the process's compensation handler runs, and
+    /// the instance is faulted. Activity paths start with `process/`.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { failed: bool, undone: bool }
+    /// # fn f(p: &mut Process<V>) -> cairn_guest::Activity {
+    /// let work = p.snippet("work", |_| Ok(()));
+    /// let main = p.sequence("main", vec![work]);
+    /// let process = p.process_scope(main);
+    /// let process = p.on_fault(process, Some("rejected"), |v, _| { v.failed = true; Ok(()) }, None);
+    /// p.on_compensate(process, |v, _| { v.undone = true; Ok(()) })
+    /// # }
+    /// ```
+    pub fn process_scope(&mut self, body: Activity) -> Activity {
+        self.scope("process", body)
     }
 
     /// An atomic scope around `body`: one transaction with no persistence
@@ -993,8 +1133,14 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// # }
     /// ```
     pub fn atomic_scope(&mut self, name: &str, body: Activity, retry: Retry) -> Activity {
-        let kind =
-            Kind::Scope { body: Box::new(body), atomic: Some(retry), handlers: Vec::new(), compensation: None, timeout: None };
+        let kind = Kind::Scope {
+            body: Box::new(body),
+            atomic: Some(retry),
+            handlers: Vec::new(),
+            compensation: None,
+            timeout: None,
+            events: Vec::new(),
+        };
         Activity::new(name, kind)
     }
 
@@ -1019,20 +1165,136 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
         reader: impl Fn(&mut V, &Fault) -> Result<(), Fault> + 'static,
         body: Option<Activity>,
     ) -> Activity {
+        self.add_fault_handler(scope, fault, None, reader, body)
+    }
+
+    /// Adds a fault handler that catches faults named `fault` (`None`: any)
+    /// only when `condition` holds on the fault (its name, message and
+    /// data). The most specific handler wins: one that names the fault and
+    /// has a condition that holds, then one that names it, then a catch-all
+    /// with a condition that holds, then a catch-all.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { retry_later: bool, declined: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let charge = p.snippet("charge", |_| Err(cairn_guest::Fault::new("declined", "card declined").with_data(serde_json::json!({ "code": 51 }))));
+    /// let pay = p.scope("pay", charge);
+    /// // Code 51 (insufficient funds): try again later; any other decline: give up.
+    /// let pay = p.on_fault_where(pay, Some("declined"), |_, f| f.data["code"] == 51, |v, _| { v.retry_later = true; Ok(()) }, None);
+    /// let pay = p.on_fault(pay, Some("declined"), |v, _| { v.declined = true; Ok(()) }, None);
+    /// # }
+    /// ```
+    pub fn on_fault_where(
+        &mut self,
+        scope: Activity,
+        fault: Option<&str>,
+        condition: impl Fn(&V, &Fault) -> bool + 'static,
+        reader: impl Fn(&mut V, &Fault) -> Result<(), Fault> + 'static,
+        body: Option<Activity>,
+    ) -> Activity {
+        let condition = self.register(Box::new(move |v, msg| {
+            let fault = caught_fault(msg)?;
+            Ok(Some(condition(v, &fault).to_string()))
+        }));
+        self.add_fault_handler(scope, fault, Some(condition), reader, body)
+    }
+
+    fn add_fault_handler(
+        &mut self,
+        scope: Activity,
+        fault: Option<&str>,
+        condition: Option<u32>,
+        reader: impl Fn(&mut V, &Fault) -> Result<(), Fault> + 'static,
+        body: Option<Activity>,
+    ) -> Activity {
         let reader = self.register(Box::new(move |v, msg| {
-            let f: serde_json::Value = from_json(msg, "the caught fault")?;
-            let fault = Fault {
-                name: f["name"].as_str().unwrap_or_default().to_string(),
-                message: f["message"].as_str().unwrap_or_default().to_string(),
-                data: f["data"].clone(),
-            };
+            let fault = caught_fault(msg)?;
             reader(v, &fault).map(|()| None)
         }));
         let mut scope = scope;
         if let Kind::Scope { handlers, .. } = &mut scope.kind {
-            handlers.push((fault.map(str::to_string), Some(reader), body.map(Box::new)));
+            let fault = fault.map(str::to_string);
+            handlers.push(ScopeFaultHandler { fault, condition, reader: Some(reader), body: body.map(Box::new) });
         }
         scope
+    }
+
+    /// Adds an event handler on messages to a scope (or the process scope):
+    /// each message of `operation`, routed by `correlation` like a
+    /// receive's, is read by `reader` and runs `body`, as many times as
+    /// messages come while the scope's body runs (one run at a time; a
+    /// message that comes during a run waits for the next). The handler
+    /// ends with the scope's body.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { notes: Vec<String>, done: bool }
+    /// #[derive(serde::Deserialize)]
+    /// struct Note { text: String }
+    /// # fn f(p: &mut Process<V>) {
+    /// let finish = p.receive_any("finish", "finish").correlate("order");
+    /// let work = p.scope("work", finish);
+    /// let log = p.snippet("log", |_| Ok(()));
+    /// let work = p.on_event(work, "note", "order", |v: &mut V, n: Note| { v.notes.push(n.text); Ok(()) }, log);
+    /// # }
+    /// ```
+    pub fn on_event<M: DeserializeOwned>(
+        &mut self,
+        scope: Activity,
+        operation: &str,
+        correlation: &str,
+        reader: impl Fn(&mut V, M) -> Result<(), Fault> + 'static,
+        body: Activity,
+    ) -> Activity {
+        let reader = self.reader(format!("the body of message '{operation}'"), reader);
+        let trigger = wit::EventTrigger::Message(wit::PickMessage {
+            operation: operation.to_string(),
+            correlation: Some(correlation.to_string()),
+            reader: Some(reader),
+        });
+        add_event(scope, trigger, body)
+    }
+
+    /// Adds an alarm event handler to a scope (or the process scope): `body`
+    /// runs once after a duration from the scope's start
+    /// ([`Alarm::After`]), or repeatedly ([`Alarm::Every`]), while the
+    /// scope's body runs. It ends with the scope's body.
+    ///
+    /// ```
+    /// # use cairn_guest::{Alarm, Process};
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { reminders: u32 }
+    /// # fn f(p: &mut Process<V>) {
+    /// let approval = p.receive_any("approval", "approve").correlate("order");
+    /// let wait = p.scope("await-approval", approval);
+    /// let remind = p.snippet("remind", |v| { v.reminders += 1; Ok(()) });
+    /// let wait = p.on_alarm(wait, Alarm::Every(std::time::Duration::from_secs(3600)), remind);
+    /// # }
+    /// ```
+    pub fn on_alarm(&mut self, scope: Activity, alarm: Alarm, body: Activity) -> Activity {
+        let trigger = match alarm {
+            Alarm::After(d) => wit::EventTrigger::AfterMs(d.as_millis() as u64),
+            Alarm::Every(d) => wit::EventTrigger::EveryMs(d.as_millis() as u64),
+        };
+        add_event(scope, trigger, body)
+    }
+
+    /// Adds an alarm event handler that fires once, at the deadline
+    /// `deadline(v)` computes when the scope starts.
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { due_ms: u64, escalated: bool }
+    /// # fn f(p: &mut Process<V>) {
+    /// let approval = p.receive_any("approval", "approve").correlate("order");
+    /// let wait = p.scope("await-approval", approval);
+    /// let escalate = p.snippet("escalate", |v| { v.escalated = true; Ok(()) });
+    /// let wait = p.on_alarm_at(wait, |v| std::time::UNIX_EPOCH + std::time::Duration::from_millis(v.due_ms), escalate);
+    /// # }
+    /// ```
+    pub fn on_alarm_at(&mut self, scope: Activity, deadline: impl Fn(&V) -> SystemTime + 'static, body: Activity) -> Activity {
+        let deadline = self.deadline(deadline);
+        add_event(scope, wit::EventTrigger::Deadline(deadline), body)
     }
 
     /// Gives a scope its compensation handler: when the completed scope is
@@ -1106,7 +1368,7 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// # }
     /// ```
     pub fn pick(&mut self, name: &str, branches: Vec<(PickArm, Activity)>) -> Activity {
-        Activity::new(name, Kind::Pick(branches.into_iter().map(|(arm, body)| (arm.0, body)).collect()))
+        Activity::new(name, Kind::Pick { branches: branches.into_iter().map(|(arm, body)| (arm.0, body)).collect(), creates: false })
     }
 
     /// A pick branch on a message of `operation` routed by `correlation`.
@@ -1175,7 +1437,7 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// # }
     /// ```
     pub fn for_each(&mut self, name: &str, items: &str, body: Activity) -> Activity {
-        Activity::new(name, Kind::ForEach { items: items.to_string(), parallel: false, body: Box::new(body) })
+        Activity::new(name, Kind::ForEach { items: items.to_string(), parallel: false, body: Box::new(body), completion: None })
     }
 
     /// Like [`Process::for_each`], with the iterations in parallel (as the
@@ -1194,7 +1456,34 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     /// # }
     /// ```
     pub fn for_each_parallel(&mut self, name: &str, items: &str, body: Activity) -> Activity {
-        Activity::new(name, Kind::ForEach { items: items.to_string(), parallel: true, body: Box::new(body) })
+        Activity::new(name, Kind::ForEach { items: items.to_string(), parallel: true, body: Box::new(body), completion: None })
+    }
+
+    /// Gives a for-each a completion condition: after each iteration, once
+    /// `done(v)` holds, the for-each ends early. In the parallel form, the
+    /// iterations not yet finished are then cancelled (what they wait for is
+    /// withdrawn, as for the branches of a flow).
+    ///
+    /// ```
+    /// # use cairn_guest::Process;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Default)] struct V { offers: Vec<u32>, best: Option<u32> }
+    /// # fn f(p: &mut Process<V>) {
+    /// let consider = p.snippet("consider", |v| {
+    ///     if let Some(o) = cairn_guest::item::<u32>().filter(|o| *o < 100) { v.best = Some(o); }
+    ///     Ok(())
+    /// });
+    /// let each = p.for_each("offers", "/offers", consider);
+    /// // Stop at the first offer under 100.
+    /// let each = p.until(each, |v| v.best.is_some());
+    /// # }
+    /// ```
+    pub fn until(&mut self, for_each: Activity, done: impl Fn(&V) -> bool + 'static) -> Activity {
+        let condition = self.condition(done);
+        let mut for_each = for_each;
+        if let Kind::ForEach { completion, .. } = &mut for_each.kind {
+            *completion = Some(condition);
+        }
+        for_each
     }
 
     /// Suspends the instance until an operator resumes it (`cairn resume`).
@@ -1246,6 +1535,25 @@ impl<V: Serialize + DeserializeOwned + Default + 'static> Process<V> {
     }
 }
 
+/// The fault a fault handler's reader or condition gets, from its JSON.
+fn caught_fault(msg: Option<&str>) -> Result<Fault, Fault> {
+    let f: serde_json::Value = from_json(msg, "the caught fault")?;
+    Ok(Fault {
+        name: f["name"].as_str().unwrap_or_default().to_string(),
+        message: f["message"].as_str().unwrap_or_default().to_string(),
+        data: f["data"].clone(),
+    })
+}
+
+/// Adds an event handler to a scope (nothing, on another activity).
+fn add_event(scope: Activity, trigger: wit::EventTrigger, body: Activity) -> Activity {
+    let mut scope = scope;
+    if let Kind::Scope { events, .. } = &mut scope.kind {
+        events.push((trigger, body));
+    }
+    scope
+}
+
 /// Flattens the tree into the arena that crosses WIT.
 fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
     let kind = match activity.kind {
@@ -1258,6 +1566,13 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         }),
         Kind::While { condition, body } => {
             wit::Activity::WhileLoop(wit::WhileNode { condition, body: flatten(*body, nodes) })
+        }
+        Kind::RepeatUntil { condition, body } => {
+            wit::Activity::RepeatUntil(wit::WhileNode { condition, body: flatten(*body, nodes) })
+        }
+        Kind::Switch { cases, otherwise } => {
+            let cases = cases.into_iter().map(|(condition, body)| wit::SwitchCase { condition, body: flatten(body, nodes) }).collect();
+            wit::Activity::Switch(wit::SwitchNode { cases, otherwise: otherwise.map(|o| flatten(*o, nodes)) })
         }
         Kind::Receive { operation, correlation, creates, request_response, reader, timeout } => {
             wit::Activity::Receive(wit::ReceiveNode {
@@ -1277,7 +1592,7 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
         Kind::Wait(w) => wit::Activity::Wait(w),
         Kind::Throw { fault, message, data } => wit::Activity::Throw(wit::ThrowNode { fault, message, data }),
         Kind::Terminate => wit::Activity::Terminate,
-        Kind::Scope { body, atomic, handlers, compensation, timeout } => {
+        Kind::Scope { body, atomic, handlers, compensation, timeout, events } => {
             let body = flatten(*body, nodes);
             let atomic = atomic.map(|r| wit::AtomicPolicy {
                 max_attempts: r.attempts.max(1),
@@ -1285,24 +1600,34 @@ fn flatten(activity: Activity, nodes: &mut Vec<wit::Node>) -> u32 {
             });
             let handlers = handlers
                 .into_iter()
-                .map(|(fault, reader, body)| wit::FaultHandler { fault, reader, body: body.map(|b| flatten(*b, nodes)) })
+                .map(|h| wit::FaultHandler {
+                    fault: h.fault,
+                    condition: h.condition,
+                    reader: h.reader,
+                    body: h.body.map(|b| flatten(*b, nodes)),
+                })
                 .collect();
             let timeout_ms = timeout.map(|t| t.as_millis() as u64);
-            wit::Activity::Scope(wit::ScopeNode { body, atomic, handlers, compensation, timeout_ms })
+            let events =
+                events.into_iter().map(|(trigger, body)| wit::EventHandler { trigger, body: flatten(body, nodes) }).collect();
+            wit::Activity::Scope(wit::ScopeNode { body, atomic, handlers, compensation, timeout_ms, events })
         }
         Kind::Compensate(scope) => wit::Activity::Compensate(scope),
         Kind::Rethrow => wit::Activity::Rethrow,
         Kind::Suspend(reason) => wit::Activity::Suspend(reason),
         Kind::Flow(branches) => wit::Activity::Flow(branches.into_iter().map(|b| flatten(b, nodes)).collect()),
-        Kind::ForEach { items, parallel, body } => {
-            wit::Activity::ForEach(wit::ForEachNode { items, parallel, body: flatten(*body, nodes) })
+        Kind::ForEach { items, parallel, body, completion } => {
+            wit::Activity::ForEach(wit::ForEachNode { items, parallel, body: flatten(*body, nodes), completion })
         }
-        Kind::Pick(branches) => wit::Activity::Pick(
-            branches
-                .into_iter()
-                .map(|(trigger, body)| wit::PickBranch { trigger, body: flatten(body, nodes) })
-                .collect(),
-        ),
+        Kind::Pick { branches, creates } => {
+            let branches =
+                branches.into_iter().map(|(trigger, body)| wit::PickBranch { trigger, body: flatten(body, nodes) }).collect();
+            if creates {
+                wit::Activity::CreatingPick(branches)
+            } else {
+                wit::Activity::Pick(branches)
+            }
+        }
         Kind::StartProcess { process, operation, body } => wit::Activity::StartProcess(wit::SendNode {
             target: wit::Target::Process(process),
             operation,
@@ -1342,6 +1667,13 @@ pub fn __describe<V: Serialize + DeserializeOwned + Default + 'static>(
     }
 }
 
+/// The handler id the host calls to check that a document decodes as the
+/// variables type, without running any handler of the process: the call
+/// returns the variables decoded and encoded again, or the fault
+/// `cairn.deserialize` naming what failed to decode. No process registers
+/// this many handlers.
+pub const CHECK_VARIABLES: u32 = u32::MAX;
+
 #[doc(hidden)]
 pub fn __call<V: Serialize + DeserializeOwned + Default + 'static>(
     define: fn(&mut Process<V>) -> Activity,
@@ -1351,6 +1683,14 @@ pub fn __call<V: Serialize + DeserializeOwned + Default + 'static>(
     item: Option<String>,
 ) -> Result<wit::CallOutput, wit::Fault> {
     ITEM.with(|i| *i.borrow_mut() = item);
+    if handler == CHECK_VARIABLES {
+        // The host asks whether a document decodes as the variables type
+        // (an operator's edit, a migration): decoded and encoded again, it
+        // runs no handler of the process.
+        let v: V = from_json(Some(&variables), "the variables").map_err(Fault::into_wit)?;
+        let variables = to_json(&v, "the variables").map_err(Fault::into_wit)?;
+        return Ok(wit::CallOutput { variables, output: None });
+    }
     let mut p = Process::new(Mode::Dispatch { target: handler, found: None });
     let _ = define(&mut p);
     let Mode::Dispatch { found: Some(f), .. } = p.mode else {

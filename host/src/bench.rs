@@ -198,7 +198,7 @@ async fn bench_call(dir: &Path) -> anyhow::Result<()> {
     let (_s, svc) = service("call", false).await?;
     let version = deploy(&svc, dir, "t_bench", None).await?;
     let deployed = svc.registry.deployed(&version).unwrap();
-    let Loaded::Process(component) = &deployed.component else { unreachable!() };
+    let Loaded::Process(component) = svc.registry.component(&deployed).await? else { unreachable!() };
     let def = deployed.record.definition.as_ref().unwrap();
     // Handler 1 is the "work" snippet (0 is the receive's reader).
     let log = LogContext { sink: svc.guest_log(), source: def.name.clone(), instance: "bench".into(), at: "main/work".into() };
@@ -240,7 +240,7 @@ async fn bench_commit(fsync: bool) -> anyhow::Result<()> {
         }))?;
         let mut b = WriteBatch::new();
         b.fence(&id, fence, fence + 1);
-        let entry = HistoryEntry { fence: fence + 1, at_ms: 0, reason: cairn_engine::Reason::Waiting, status: snapshot.status, path: "main/wait".into(), resource_conflicts: 0 };
+        let entry = HistoryEntry { fence: fence + 1, at_ms: 0, reason: cairn_engine::Reason::Waiting, status: snapshot.status, path: "main/wait".into(), resource_conflicts: 0, moved_by: Vec::new() };
         b.push(Write::History { instance: id.clone(), entry });
         b.push(Write::Instance(Box::new(snapshot)));
         let t = Instant::now();
@@ -274,10 +274,11 @@ async fn bench_throughput(dir: &Path, concurrency: usize, total: usize, fsync: b
     }
     let before = svc.store.commit_stats();
     let next = Arc::new(AtomicUsize::new(0));
+    let progress = crate::progress::bar(total as u64, &format!("throughput, concurrency {concurrency}"), false);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (svc, next) = (svc.clone(), next.clone());
+        let (svc, next, progress) = (svc.clone(), next.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -285,12 +286,14 @@ async fn bench_throughput(dir: &Path, concurrency: usize, total: usize, fsync: b
                     return anyhow::Ok(());
                 }
                 run_one(svc.clone(), n).await?;
+                progress.inc(1);
             }
         }));
     }
     for task in tasks {
         task.await??;
     }
+    progress.finish_and_clear();
     let elapsed = t.elapsed();
     let after = svc.store.commit_stats();
     let batches = after.batches - before.batches;
@@ -378,9 +381,12 @@ async fn bench_memory(dir: &Path, n: usize) -> anyhow::Result<()> {
     let settle = |status: Status| {
         let svc = svc.clone();
         async move {
+            let progress = crate::progress::bar(n as u64, &format!("memory: {n} instances reaching {}", status.as_str()), false);
             loop {
                 let count = svc.store.count_instances(status).await? as usize;
+                progress.set_position(count.min(n) as u64);
                 if count >= n && svc.drivers.count() == 0 {
+                    progress.finish_and_clear();
                     return anyhow::Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -179,6 +179,12 @@ enum Command {
         /// On SIGTERM/SIGINT, milliseconds requests in flight get to finish before their connections are closed.
         #[arg(long, default_value_t = 10_000)]
         shutdown_grace_ms: u64,
+        /// Read serve options from this TOML file (keys are the flags' names, e.g. idle-ms = 5000); flags given here win.
+        #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// How the host's log lines on stderr look: text, or one JSON object per line. Filter them with RUST_LOG (default info).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: crate::telemetry::LogFormat,
         #[command(flatten)]
         http: HttpArgs,
         #[command(flatten)]
@@ -210,6 +216,9 @@ enum Command {
         /// On SIGTERM/SIGINT, milliseconds requests in flight get to finish before their connections are closed.
         #[arg(long, default_value_t = 10_000)]
         shutdown_grace_ms: u64,
+        /// How the host's log lines on stderr look: text, or one JSON object per line.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: crate::telemetry::LogFormat,
         #[command(flatten)]
         http: HttpArgs,
         #[command(flatten)]
@@ -372,6 +381,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel an instance: `cairn.cancelled` is raised where it stands, the
+    /// scopes running run their fault handlers (or compensate), the completed
+    /// top-level scopes are compensated, then it ends terminated.
+    Cancel {
+        instance: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry a faulted instance from the activity that faulted, optionally
+    /// with new variables; or, with --process (and --fault), every faulted
+    /// instance of a process.
+    Retry {
+        /// The faulted instance (or use --process).
+        #[arg(required_unless_present = "process", conflicts_with = "process")]
+        instance: Option<String>,
+        /// Replace the variables first (JSON; checked against the process's variables type).
+        #[arg(long, value_name = "JSON", conflicts_with = "process")]
+        variables: Option<String>,
+        /// Retry every faulted instance of this process.
+        #[arg(long)]
+        process: Option<String>,
+        /// With --process: only instances faulted with this fault name.
+        #[arg(long, requires = "process")]
+        fault: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a waiting or suspended instance to another version of its
+    /// definition, mapping its position by activity path; or, with --from,
+    /// every instance of a version that can move.
+    Migrate {
+        /// The instance (or use --from).
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        instance: Option<String>,
+        /// The target version (as `cairn definitions` prints it).
+        #[arg(long)]
+        to: String,
+        /// Migrate every waiting or suspended instance of this version.
+        #[arg(long)]
+        from: Option<String>,
+        /// An activity that moved: OLD_PATH=NEW_PATH (repeatable).
+        #[arg(long = "map", value_name = "OLD_PATH=NEW_PATH")]
+        map: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// An instance's history of persistence points, with the activity path and the reason for each.
     History {
         instance: String,
@@ -402,6 +457,13 @@ enum Command {
     Bench(crate::bench::Args),
     /// Run a small local HTTP partner that records every request it receives (for demos and tests).
     Partner(crate::partner::Args),
+    /// Create a process crate that builds on its own (the SDK and WIT vendored in it), with a README and a test.
+    New(crate::scaffold::Args),
+    /// Print a shell completion script: cairn completions bash > /etc/bash_completion.d/cairn
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -544,7 +606,15 @@ enum InTransitCommand {
 }
 
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv = match crate::config::expand(&Cli::command(), std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let cli = match Cli::command().try_get_matches_from(argv).and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
@@ -552,9 +622,19 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    // Commands that open a store themselves (offline tokens, check, bench)
+    // report through the same pipeline as the host; serve and restore choose
+    // their own format.
+    if !matches!(cli.command, Command::Serve { .. } | Command::Restore { .. }) {
+        let _ = crate::telemetry::init(crate::telemetry::LogFormat::Text);
+    }
     let client = Client::new(&cli.server, cli.token.as_deref(), cli.ca_cert.as_deref());
     let result = match cli.command {
-        Command::Restore { backup, data, listen, quiet_guests, shutdown_grace_ms, http, api, tls } => {
+        Command::Restore { backup, data, listen, quiet_guests, shutdown_grace_ms, log_format, http, api, tls } => {
+            if let Err(e) = crate::telemetry::init(log_format) {
+                eprintln!("error: {e:#}");
+                return EXIT_USAGE;
+            }
             let tls = match tls.load() {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -591,7 +671,11 @@ pub fn main() -> i32 {
             };
         }
         Command::Backup { name, json } => backup(&client, &name, json),
-        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, fuel_per_call, guest_log_max_bytes_per_call, guest_log_max_bytes_per_instance, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, http, api, tls } => {
+        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, fuel_per_call, guest_log_max_bytes_per_call, guest_log_max_bytes_per_instance, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, config: _, log_format, http, api, tls } => {
+            if let Err(e) = crate::telemetry::init(log_format) {
+                eprintln!("error: {e:#}");
+                return EXIT_USAGE;
+            }
             let tls = match tls.load() {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -648,6 +732,9 @@ pub fn main() -> i32 {
         Command::Suspend { instance, json } => control(&client, &instance, "suspend", json),
         Command::Resume { instance, json } => control(&client, &instance, "resume", json),
         Command::Terminate { instance, json } => control(&client, &instance, "terminate", json),
+        Command::Cancel { instance, json } => control(&client, &instance, "cancel", json),
+        Command::Migrate { instance, to, from, map, json } => migrate(&client, instance, &to, from, &map, json),
+        Command::Retry { instance, variables, process, fault, json } => retry(&client, instance, variables, process, fault, json),
         Command::Release { instance, json } => control(&client, &instance, "release", json),
         Command::History { instance, json } => history(&client, &instance, json),
         Command::Vars(VarsCommand::Set { instance, variables, json }) => set_vars(&client, &instance, &variables, json),
@@ -656,6 +743,11 @@ pub fn main() -> i32 {
         Command::Token(cmd) => token(&client, cmd),
         Command::Break(cmd) => breakpoints(&client, cmd),
         Command::Bench(args) => return crate::bench::run(args),
+        Command::New(args) => return crate::scaffold::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+            return 0;
+        }
         Command::Partner(args) => return crate::partner::run(args),
         Command::Promote { data, store, yes } => return promote(&data, store.as_deref(), yes),
         Command::Check { data, store, json } => return crate::check::run_check(&data, store.as_deref(), json),
@@ -1115,6 +1207,76 @@ fn control(client: &Client, id: &str, verb: &str, json_out: bool) -> Result<i32,
     Ok(0)
 }
 
+fn retry(
+    client: &Client,
+    instance: Option<String>,
+    variables: Option<String>,
+    process: Option<String>,
+    fault: Option<String>,
+    json_out: bool,
+) -> Result<i32, CliError> {
+    if let Some(process) = process {
+        let v = client.post_json("/v1/retry", &json!({ "process": process, "fault": fault }))?;
+        if json_out {
+            print_json(&v);
+        } else {
+            for id in v["retried"].as_array().into_iter().flatten() {
+                println!("retried {}", id.as_str().unwrap_or(""));
+            }
+            for r in v["refused"].as_array().into_iter().flatten() {
+                println!("refused {}: {}", r["id"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or(""));
+            }
+            println!("{} retried, {} refused", v["retried"].as_array().map_or(0, Vec::len), v["refused"].as_array().map_or(0, Vec::len));
+        }
+        return Ok(0);
+    }
+    let id = instance.unwrap_or_default();
+    let body = match variables {
+        Some(text) => json!({ "variables": parse_json_arg("--variables", &text)? }),
+        None => json!({}),
+    };
+    let v = client.post_json(&format!("/v1/instances/{}/retry", query_escape(&id)), &body)?;
+    if json_out {
+        print_json(&v);
+    } else {
+        println!("{} {} at {}", v["id"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["position"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
+fn migrate(client: &Client, instance: Option<String>, to: &str, from: Option<String>, map: &[String], json_out: bool) -> Result<i32, CliError> {
+    let mut paths = serde_json::Map::new();
+    for m in map {
+        let Some((old, new)) = m.split_once('=') else {
+            return Err(CliError(EXIT_USAGE, format!("--map {m}: expected OLD_PATH=NEW_PATH")));
+        };
+        paths.insert(old.to_string(), json!(new));
+    }
+    if let Some(from) = from {
+        let v = client.post_json("/v1/migrate", &json!({ "from": from, "to": to, "map": paths }))?;
+        if json_out {
+            print_json(&v);
+        } else {
+            for id in v["migrated"].as_array().into_iter().flatten() {
+                println!("migrated {}", id.as_str().unwrap_or(""));
+            }
+            for r in v["refused"].as_array().into_iter().flatten() {
+                println!("refused {}: {}", r["id"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or(""));
+            }
+            println!("{} migrated, {} refused", v["migrated"].as_array().map_or(0, Vec::len), v["refused"].as_array().map_or(0, Vec::len));
+        }
+        return Ok(0);
+    }
+    let id = instance.unwrap_or_default();
+    let v = client.post_json(&format!("/v1/instances/{}/migrate", query_escape(&id)), &json!({ "to": to, "map": paths }))?;
+    if json_out {
+        print_json(&v);
+    } else {
+        println!("{} {} at {} on version {}", v["id"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["position"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
+    }
+    Ok(0)
+}
+
 fn set_vars(client: &Client, id: &str, variables: &str, json_out: bool) -> Result<i32, CliError> {
     let body = parse_json_arg("VARIABLES", variables)?;
     let v = client.put_json(&format!("/v1/instances/{}/variables", query_escape(id)), &body)?;
@@ -1171,7 +1333,8 @@ fn breakpoints(client: &Client, cmd: BreakCommand) -> Result<i32, CliError> {
 }
 
 fn backup(client: &Client, name: &str, json_out: bool) -> Result<i32, CliError> {
-    let v = client.post_json("/v1/backup", &json!({ "name": name }))?;
+    let message = format!("backup {name}: the server is writing it");
+    let v = crate::progress::while_waiting(&message, json_out, || client.post_json("/v1/backup", &json!({ "name": name })))?;
     if json_out {
         print_json(&v);
     } else {
@@ -1189,18 +1352,36 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
     if !from.join("db").is_dir() {
         return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "not a Cairn backup (no db/ inside)"));
     }
-    copy_dir_all(from, to)
+    let progress = crate::progress::bar(dir_bytes(from), &format!("restore: copying {}", from.display()), true);
+    copy_dir_all(from, to, &progress)?;
+    progress.finish_and_clear();
+    Ok(())
 }
 
-fn copy_dir_all(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+/// The bytes of the files under `dir` (for the progress bar; unreadable entries count nothing).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn copy_dir_all(from: &std::path::Path, to: &std::path::Path, progress: &indicatif::ProgressBar) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
-            copy_dir_all(&entry.path(), &target)?;
+            copy_dir_all(&entry.path(), &target, progress)?;
         } else {
-            std::fs::copy(entry.path(), target)?;
+            progress.inc(std::fs::copy(entry.path(), target)?);
         }
     }
     Ok(())

@@ -10,6 +10,11 @@
 //! `--guest-log-max-bytes-per-instance` while the host runs; records beyond
 //! are dropped, and one notice at the end of the call says how many.
 //!
+//! Echoed (unless `--quiet-guests`), each record is also an event of the
+//! host's `tracing` pipeline (`crate::telemetry`), with target `guest` and
+//! the fields `instance`, `source`, `at` and `fields`: `--log-format json`
+//! and `RUST_LOG` (e.g. `guest=warn`) apply to it as to the host's own events.
+//!
 //! Owns the log file and the bytes each instance wrote (at most
 //! `TRACKED_INSTANCES` instances are tracked; past that the count restarts).
 
@@ -33,6 +38,9 @@ impl Quota {
         Quota { remaining: bytes, dropped: 0, dropped_for_instance: 0 }
     }
 }
+
+/// The `tracing` target of guest log records.
+pub const TARGET: &str = "guest";
 
 /// Instances whose written bytes are counted at once, at most.
 const TRACKED_INSTANCES: usize = 100_000;
@@ -137,7 +145,19 @@ impl GuestLog {
             let _ = f.lock().unwrap().write_all(line.as_bytes());
         }
         if self.echo {
-            eprintln!("guest {level} [{} {}] {message} {}", ctx.source, ctx.at, record["fields"]);
+            let fields = &record["fields"];
+            macro_rules! emit {
+                ($level:expr) => {
+                    tracing::event!(target: TARGET, $level, instance = %ctx.instance, source = %ctx.source, at = %ctx.at, %fields, "{message}")
+                };
+            }
+            match level {
+                "error" => emit!(tracing::Level::ERROR),
+                "warn" => emit!(tracing::Level::WARN),
+                "debug" => emit!(tracing::Level::DEBUG),
+                "trace" => emit!(tracing::Level::TRACE),
+                _ => emit!(tracing::Level::INFO),
+            }
         }
     }
 }

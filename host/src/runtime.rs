@@ -267,7 +267,20 @@ impl Runtime {
     /// Compiles (or loads from the cache) and links a component, and tells
     /// which world it implements. Errors say what is wrong with the bytes.
     pub fn load(&self, digest: &str, bytes: &[u8]) -> Result<Loaded> {
-        let component = self.compile(digest, bytes)?;
+        self.link(self.compile(digest, bytes)?)
+    }
+
+    /// The component from the compiled cache, linked, if the cache holds a
+    /// whole file of it made by this engine configuration (`None`: load it
+    /// from its bytes).
+    pub fn load_cached(&self, digest: &str) -> Option<Loaded> {
+        let path = self.cache_dir.as_ref()?.join(format!("{digest}.cwasm"));
+        let component = load_cached(&self.engine, &self.fingerprint, &path).ok()?;
+        self.link(component).ok()
+    }
+
+    /// Links a compiled component and tells which world it implements.
+    fn link(&self, component: Component) -> Result<Loaded> {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let has = |n: &str| exports.iter().any(|e| e == n);
@@ -314,7 +327,7 @@ impl Runtime {
             if path.exists() {
                 match load_cached(&self.engine, &self.fingerprint, path) {
                     Ok(c) => return Ok(c),
-                    Err(e) => eprintln!("cairn: compiled cache {} not used, compiling again: {e:#}", path.display()),
+                    Err(e) => tracing::warn!("compiled cache {} not used, compiling again: {e:#}", path.display()),
                 }
             }
         }
@@ -668,6 +681,21 @@ fn deserialize_checked(engine: &Engine, compiled: &[u8]) -> Result<Component> {
     unsafe { Component::deserialize(engine, compiled) }.map_err(|e| anyhow!("deserializing: {e:#}"))
 }
 
+fn pick_branches(branches: Vec<wit::PickBranch>) -> Vec<engine::definition::PickBranch> {
+    branches
+        .into_iter()
+        .map(|b| engine::definition::PickBranch {
+            trigger: match b.trigger {
+                wit::PickTrigger::Message(m) => {
+                    engine::definition::PickTrigger::Message { operation: m.operation, correlation: m.correlation, reader: m.reader }
+                }
+                wit::PickTrigger::AfterMs(ms) => engine::definition::PickTrigger::AfterMs(ms),
+            },
+            body: b.body,
+        })
+        .collect()
+}
+
 fn definition_from_wit(d: wit::Definition) -> engine::Definition {
     use engine::definition::{Property, ReceiveTimeout};
     let target = |t: wit::Target| match t {
@@ -741,31 +769,41 @@ fn definition_from_wit(d: wit::Definition) -> engine::Definition {
                     handlers: sc
                         .handlers
                         .into_iter()
-                        .map(|h| engine::definition::FaultHandler { fault: h.fault, reader: h.reader, body: h.body })
+                        .map(|h| engine::definition::FaultHandler { fault: h.fault, condition: h.condition, reader: h.reader, body: h.body })
                         .collect(),
                     compensation: sc.compensation,
                     timeout_ms: sc.timeout_ms,
+                    events: sc
+                        .events
+                        .into_iter()
+                        .map(|e| engine::definition::EventHandler {
+                            trigger: match e.trigger {
+                                wit::EventTrigger::Message(m) => engine::definition::EventTrigger::Message {
+                                    operation: m.operation,
+                                    correlation: m.correlation,
+                                    reader: m.reader,
+                                },
+                                wit::EventTrigger::AfterMs(ms) => engine::definition::EventTrigger::AfterMs(ms),
+                                wit::EventTrigger::Deadline(h) => engine::definition::EventTrigger::Deadline(h),
+                                wit::EventTrigger::EveryMs(ms) => engine::definition::EventTrigger::EveryMs(ms),
+                            },
+                            body: e.body,
+                        })
+                        .collect(),
                 },
                 wit::Activity::Compensate(scope) => engine::Activity::Compensate { scope },
                 wit::Activity::Rethrow => engine::Activity::Rethrow,
                 wit::Activity::Suspend(reason) => engine::Activity::Suspend { reason },
                 wit::Activity::Flow(branches) => engine::Activity::Flow { branches },
-                wit::Activity::ForEach(f) => engine::Activity::ForEach { items: f.items, parallel: f.parallel, body: f.body },
-                wit::Activity::Pick(branches) => engine::Activity::Pick {
-                    branches: branches
-                        .into_iter()
-                        .map(|b| engine::definition::PickBranch {
-                            trigger: match b.trigger {
-                                wit::PickTrigger::Message(m) => engine::definition::PickTrigger::Message {
-                                    operation: m.operation,
-                                    correlation: m.correlation,
-                                    reader: m.reader,
-                                },
-                                wit::PickTrigger::AfterMs(ms) => engine::definition::PickTrigger::AfterMs(ms),
-                            },
-                            body: b.body,
-                        })
-                        .collect(),
+                wit::Activity::ForEach(f) => {
+                    engine::Activity::ForEach { items: f.items, parallel: f.parallel, body: f.body, completion: f.completion }
+                }
+                wit::Activity::Pick(branches) => engine::Activity::Pick { branches: pick_branches(branches), creates_instance: false },
+                wit::Activity::CreatingPick(branches) => engine::Activity::Pick { branches: pick_branches(branches), creates_instance: true },
+                wit::Activity::RepeatUntil(w) => engine::Activity::RepeatUntil { condition: w.condition, body: w.body },
+                wit::Activity::Switch(sw) => engine::Activity::Switch {
+                    cases: sw.cases.into_iter().map(|c| engine::definition::SwitchCase { condition: c.condition, body: c.body }).collect(),
+                    otherwise: sw.otherwise,
                 },
                 wit::Activity::StartProcess(sp) => engine::Activity::StartProcess {
                     process: match sp.target {

@@ -94,10 +94,10 @@ pub fn serve(
         let local = listener.local_addr()?;
         let isolated = if svc.is_isolated() { " as an ISOLATED environment: outbound effects are recorded and printed" } else { "" };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        eprintln!("cairn: serving {scheme}://{local} (data in {data}){isolated}");
+        tracing::info!("serving {scheme}://{local} (data in {data}){isolated}; {}", svc.startup());
         if api.require_token && tls.is_none() {
-            eprintln!(
-                "cairn: warning: listening on {listen}, beyond loopback, over plain HTTP: bearer tokens and every request and answer travel in clear. Serve HTTPS with --tls-cert FILE --tls-key FILE, or put a TLS-terminating proxy in front"
+            tracing::warn!(
+                "listening on {listen}, beyond loopback, over plain HTTP: bearer tokens and every request and answer travel in clear. Serve HTTPS with --tls-cert FILE --tls-key FILE, or put a TLS-terminating proxy in front"
             );
         }
         // Our own accept loop rather than axum::serve: read timeouts, TLS,
@@ -120,7 +120,7 @@ pub fn serve(
                     Ok((stream, _)) => stream,
                     Err(e) => {
                         // Out of file descriptors and the like: keep serving.
-                        eprintln!("cairn: accepting a connection: {e}");
+                        tracing::warn!("accepting a connection: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -148,18 +148,20 @@ pub fn serve(
         let _ = stop_tx.send(true);
         // Long polls of workers end now rather than hold the grace period.
         svc.tasks.close_polls();
+        // So do the console's event streams.
+        svc.events.close();
         while connections.try_join_next().is_some() {}
         let open = connections.len();
-        eprintln!("cairn: shutting down: stopped accepting; {open} connection(s) open, {} ms grace", grace.as_millis());
+        tracing::info!("shutting down: stopped accepting; {open} connection(s) open, {} ms grace", grace.as_millis());
         let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await.is_ok();
         if !drained {
             let left = connections.len();
             connections.shutdown().await;
-            eprintln!("cairn: {left} connection(s) still open after the grace period were closed");
+            tracing::warn!("{left} connection(s) still open after the grace period were closed");
         }
-        eprintln!("cairn: shutting down: persisting live instances");
+        tracing::info!("shutting down: persisting live instances");
         svc.shutdown().await;
-        eprintln!("cairn: stopped");
+        tracing::info!("stopped");
         Ok(())
     })
 }

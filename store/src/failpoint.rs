@@ -6,8 +6,13 @@
 //! further; the abort comes 100 ms later, so that answers other threads had
 //! already on their way (an acknowledgement just committed) can leave, as
 //! they could before a real crash. Points: `before-commit` (a persistence
-//! point's batch is built but not written), `after-commit` (written, effects
-//! not yet dispatched), `after-commit-dispatch` (a committed invoke or send
+//! point's batch is built but not written), `pipelined` (a persistence point
+//! is submitted without waiting for the points before it to be written),
+//! `before-write` (the committer is about to write a group holding an
+//! instance's persistence point: it and everything queued behind it are
+//! lost), `after-commit` (a group of batches
+//! written, effects not yet dispatched), `after-point` (an instance's
+//! persistence point is known written, its effects not yet released), `after-commit-dispatch` (a committed invoke or send
 //! about to be dispatched), `mid-dispatch` (an activity ran, its result not
 //! yet delivered to the instance), `after-compensation-step` (one compensation
 //! handler's persistence point committed), `atomic-call` (a handler call inside

@@ -58,7 +58,7 @@ impl WriteHealth {
     pub fn failed(&self, reason: &str) {
         let mut failing = self.failing.lock().unwrap();
         if failing.is_none() {
-            eprintln!("cairn: writes to the store are failing: {reason} (retrying in the background)");
+            tracing::error!("writes to the store are failing: {reason} (retrying in the background)");
             *failing = Some((reason.to_string(), std::time::SystemTime::now()));
         }
     }
@@ -66,7 +66,7 @@ impl WriteHealth {
     pub fn ok(&self) {
         let mut failing = self.failing.lock().unwrap();
         if failing.take().is_some() {
-            eprintln!("cairn: writes to the store succeed again");
+            tracing::warn!("writes to the store succeed again");
         }
     }
 
@@ -94,7 +94,7 @@ impl Damage {
             return;
         }
         *total += 1;
-        eprintln!("cairn: DAMAGED DATA: {report} (skipped; the host is degraded until it is repaired: stop it and run `cairn check`)");
+        tracing::error!("DAMAGED DATA: {report} (skipped; the host is degraded until it is repaired: stop it and run `cairn check`)");
         if kept.len() < KEPT {
             kept.insert(key, report.reason);
         }

@@ -42,7 +42,7 @@ pub use health::{DamageReport, StoreHealth};
 pub use provision::fresh_postgres_database;
 pub use records::{
     CommitStats, ComponentKind, CorrelationKey, DeployedRecord, HistoryEntry, InTransit, InTransitState, InstanceFilter,
-    IntakeRecord, Reply, ResourceCheck, ResourceInfo, ResourceRow, Role, TimerKey, TokenRecord,
+    IntakeRecord, Moved, Reply, ResourceCheck, ResourceInfo, ResourceRow, Role, TimerKey, TokenRecord, GROUP_SIZE_BUCKETS,
 };
 
 use cairn_engine::{Delivery, Effect, Snapshot, Status};
@@ -52,8 +52,17 @@ use std::sync::Arc;
 /// The typed tables, as one backend implements them.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync {
+    /// Queues one batch for an atomic commit at once and returns what
+    /// resolves once it is durable (or refused). Batches commit in the order
+    /// they were submitted, so a caller may submit its next batch before the
+    /// last one resolved (pipelined persistence points): a batch whose fence
+    /// is based on an earlier one that failed fails too.
+    fn submit(&self, batch: WriteBatch) -> Committing;
+
     /// Commits one batch atomically; resolves once it is durable.
-    async fn commit(&self, batch: WriteBatch) -> Result<()>;
+    async fn commit(&self, batch: WriteBatch) -> Result<()> {
+        self.submit(batch).await
+    }
 
     // definitions
     async fn definitions(&self) -> Result<Vec<DeployedRecord>>;
@@ -119,6 +128,54 @@ pub trait Backend: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Damage met at run time, and whether writes are failing.
     fn health(&self) -> &StoreHealth;
+}
+
+/// A submitted batch on its way to the store (`Backend::submit`): resolves
+/// to its verdict once it is durable or refused.
+pub struct Committing(CommittingState);
+
+enum CommittingState {
+    Queued(tokio::sync::oneshot::Receiver<Result<()>>),
+    /// Refused before it was queued (the committer has stopped).
+    Refused(Option<StoreError>),
+}
+
+impl Committing {
+    /// A batch queued with the committer, which answers on `verdict`.
+    pub fn queued(verdict: tokio::sync::oneshot::Receiver<Result<()>>) -> Committing {
+        Committing(CommittingState::Queued(verdict))
+    }
+
+    /// A batch refused before it was queued.
+    pub fn refused(e: StoreError) -> Committing {
+        Committing(CommittingState::Refused(Some(e)))
+    }
+
+    /// The verdict if it is already known, without waiting.
+    pub fn verdict(&mut self) -> Option<Result<()>> {
+        match &mut self.0 {
+            CommittingState::Queued(rx) => match rx.try_recv() {
+                Ok(v) => Some(v),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(committer_stopped())),
+            },
+            CommittingState::Refused(e) => Some(Err(e.take().unwrap_or_else(committer_stopped))),
+        }
+    }
+}
+
+fn committer_stopped() -> StoreError {
+    StoreError::Storage("the committer has stopped".into())
+}
+
+impl std::future::Future for Committing {
+    type Output = Result<()>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<()>> {
+        match &mut self.0 {
+            CommittingState::Queued(rx) => std::pin::Pin::new(rx).poll(cx).map(|v| v.unwrap_or_else(|_| Err(committer_stopped()))),
+            CommittingState::Refused(e) => std::task::Poll::Ready(Err(e.take().unwrap_or_else(committer_stopped))),
+        }
+    }
 }
 
 /// Where the store lives.

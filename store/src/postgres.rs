@@ -64,7 +64,7 @@ use cairn_engine::{Delivery, Effect, Snapshot, Status};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use tokio::sync::{mpsc, oneshot};
@@ -483,7 +483,8 @@ pub async fn open(url: &str, fsync: bool) -> Result<crate::Store> {
     }
     let (queue, requests) = mpsc::unbounded_channel();
     let stats = Arc::new(Stats::default());
-    let committer = Committer { endpoint: endpoint.clone(), conn: Some(committer_conn), stats: stats.clone() };
+    let health = Arc::new(crate::health::StoreHealth::default());
+    let committer = Committer { endpoint: endpoint.clone(), conn: Some(committer_conn), stats: stats.clone(), health: health.clone() };
     let handle = tokio::spawn(committer.run(requests));
     Ok(Arc::new(PgStore {
         endpoint,
@@ -492,7 +493,7 @@ pub async fn open(url: &str, fsync: bool) -> Result<crate::Store> {
         queue,
         committer: Mutex::new(Some(handle)),
         stats,
-        health: Default::default(),
+        health,
     }))
 }
 
@@ -708,17 +709,15 @@ enum Request {
     Close,
 }
 
-#[derive(Default)]
-struct Stats {
-    batches: AtomicU64,
-    writes: AtomicU64,
-}
+type Stats = crate::records::CommitCounters;
 
 struct Committer {
     endpoint: Arc<Endpoint>,
     /// `None` after the connection was found closed and could not be reopened.
     conn: Option<Conn>,
     stats: Arc<Stats>,
+    /// Whether writes fail, observed on every verdict.
+    health: Arc<crate::health::StoreHealth>,
 }
 
 /// The transaction itself failed (the connection, or transaction control):
@@ -748,6 +747,7 @@ impl Committer {
                 Err(e) => vec![Err(e); batches.len()],
             };
             for (done, verdict) in dones.into_iter().zip(verdicts) {
+                self.health.writes.observe(&verdict);
                 let _ = done.send(verdict);
             }
         }
@@ -766,6 +766,9 @@ impl Committer {
 /// Commits what it can of a group in one transaction; one verdict per batch.
 async fn commit_group(conn: &Conn, batches: &[WriteBatch], stats: &Stats) -> Vec<Result<()>> {
     let client = &conn.client;
+    if batches.iter().any(|b| !b.fences.is_empty()) {
+        crate::failpoint::hit("before-write");
+    }
     let plans: Vec<Vec<Op>> = batches.iter().map(|b| plan(&conn.st, b)).collect();
     let verdicts = match optimistic(client, &plans).await {
         Ok(true) => Ok(vec![Ok(()); batches.len()]),
@@ -788,8 +791,7 @@ async fn commit_group(conn: &Conn, batches: &[WriteBatch], stats: &Stats) -> Vec
         return verdicts;
     }
     let result = client.batch_execute("COMMIT").await.map_err(|e| storage("committing a group of batches", e));
-    stats.batches.fetch_add(accepted as u64, Relaxed);
-    stats.writes.fetch_add(1, Relaxed);
+    stats.record(accepted);
     crate::failpoint::hit("after-commit");
     if let Err(e) = result {
         for v in verdicts.iter_mut().filter(|v| v.is_ok()) {
@@ -877,7 +879,7 @@ pub struct PgStore {
     queue: mpsc::UnboundedSender<Request>,
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stats: Arc<Stats>,
-    health: crate::health::StoreHealth,
+    health: Arc<crate::health::StoreHealth>,
 }
 
 impl PgStore {
@@ -906,13 +908,12 @@ impl PgStore {
 
 #[async_trait::async_trait]
 impl Backend for PgStore {
-    async fn commit(&self, batch: WriteBatch) -> Result<()> {
-        let (done, wait) = oneshot::channel();
-        let stopped = || StoreError::Storage("the committer has stopped".into());
-        self.queue.send(Request::Commit(batch, done)).map_err(|_| stopped())?;
-        let result = wait.await.map_err(|_| stopped())?;
-        self.health.writes.observe(&result);
-        result
+    fn submit(&self, batch: WriteBatch) -> crate::Committing {
+        let (done, verdict) = oneshot::channel();
+        match self.queue.send(Request::Commit(batch, done)) {
+            Ok(()) => crate::Committing::queued(verdict),
+            Err(_) => crate::Committing::refused(StoreError::Storage("the committer has stopped".into())),
+        }
     }
 
     async fn definitions(&self) -> Result<Vec<DeployedRecord>> {
@@ -1122,7 +1123,7 @@ impl Backend for PgStore {
     }
 
     fn commit_stats(&self) -> CommitStats {
-        CommitStats { batches: self.stats.batches.load(Relaxed), writes: self.stats.writes.load(Relaxed) }
+        self.stats.stats(self.endpoint.fsync)
     }
 
     fn kind(&self) -> &'static str {

@@ -51,6 +51,74 @@ pub struct HistoryEntry {
     /// calls ran again before it committed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resource_conflicts: u32,
+    /// What moved the instance to this point: the messages it consumed and
+    /// the activity call results it took since the previous point, the
+    /// messages it sent, and (on `created`) the instance that started it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_by: Vec<Moved>,
+}
+
+/// The longest body or call result a history entry keeps, in bytes; the
+/// rest is cut (`truncated`), so that history stays small beside snapshots.
+pub const MOVED_BODY_BYTES: usize = 16 << 10;
+
+/// One thing that moved an instance to a persistence point (`HistoryEntry::moved_by`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Moved {
+    /// A message the instance consumed; `body` is JSON text, cut at `MOVED_BODY_BYTES`.
+    Message {
+        message_id: String,
+        operation: String,
+        body: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// An activity call's result the instance took: its output (JSON text,
+    /// cut at `MOVED_BODY_BYTES`) or its fault.
+    CallResult {
+        call_id: u64,
+        output: Option<String>,
+        fault: Option<Fault>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// A message the instance sent to a process (`start`: a start-process,
+    /// whose message created the child instance it names by message id).
+    Sent { call_id: u64, message_id: String, process: String, operation: String, start: bool },
+    /// The instance was created by a message another instance sent: its parent.
+    StartedBy { instance: String, call_id: u64 },
+}
+
+impl Moved {
+    /// A consumed message, its body cut at `MOVED_BODY_BYTES`.
+    pub fn message(message_id: &str, operation: &str, body: &str) -> Moved {
+        let (body, truncated) = cut(body);
+        Moved::Message { message_id: message_id.to_string(), operation: operation.to_string(), body, truncated }
+    }
+
+    /// A call result taken, its output cut at `MOVED_BODY_BYTES`.
+    pub fn call_result(call_id: u64, result: &std::result::Result<String, Fault>) -> Moved {
+        match result {
+            Ok(out) => {
+                let (output, truncated) = cut(out);
+                Moved::CallResult { call_id, output: Some(output), fault: None, truncated }
+            }
+            Err(f) => Moved::CallResult { call_id, output: None, fault: Some(f.clone()), truncated: false },
+        }
+    }
+}
+
+/// `text` cut at `MOVED_BODY_BYTES` on a character boundary, and whether it was cut.
+fn cut(text: &str) -> (String, bool) {
+    if text.len() <= MOVED_BODY_BYTES {
+        return (text.to_string(), false);
+    }
+    let mut end = MOVED_BODY_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_string(), true)
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -217,10 +285,53 @@ impl InstanceFilter {
     }
 }
 
-/// Group-commit statistics, for the benchmark: batches asked for, and the
-/// writes (RocksDB write batches or PostgreSQL transactions) that carried them.
+/// Group-commit statistics, for the benchmark and `GET /metrics`: batches
+/// asked for, the writes (RocksDB write batches or PostgreSQL transactions)
+/// that carried them, whether each write is synced to disk, and how many
+/// batches each write carried.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct CommitStats {
     pub batches: u64,
     pub writes: u64,
+    /// Each write is synced (fsync, or PostgreSQL's synchronous commit).
+    pub fsync: bool,
+    /// Writes by batches carried, one count per bucket of
+    /// `GROUP_SIZE_BUCKETS` (not cumulative): `group_sizes[i]` counts the
+    /// writes that carried more than `GROUP_SIZE_BUCKETS[i - 1]` and at most
+    /// `GROUP_SIZE_BUCKETS[i]` batches.
+    pub group_sizes: [u64; GROUP_SIZE_BUCKETS.len()],
+}
+
+/// Upper bounds of the group-size buckets (batches per write); a group holds
+/// at most 1024 batches.
+pub const GROUP_SIZE_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
+
+/// The committers' counters behind `CommitStats` (atomics: written by the
+/// committer, read by anyone).
+#[derive(Default)]
+pub(crate) struct CommitCounters {
+    batches: std::sync::atomic::AtomicU64,
+    writes: std::sync::atomic::AtomicU64,
+    group_sizes: [std::sync::atomic::AtomicU64; GROUP_SIZE_BUCKETS.len()],
+}
+
+impl CommitCounters {
+    /// One write that carried `batches` batches.
+    pub(crate) fn record(&self, batches: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.batches.fetch_add(batches as u64, Relaxed);
+        self.writes.fetch_add(1, Relaxed);
+        let bucket = GROUP_SIZE_BUCKETS.iter().position(|b| batches as u64 <= *b).unwrap_or(GROUP_SIZE_BUCKETS.len() - 1);
+        self.group_sizes[bucket].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn stats(&self, fsync: bool) -> CommitStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        CommitStats {
+            batches: self.batches.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            fsync,
+            group_sizes: std::array::from_fn(|i| self.group_sizes[i].load(Relaxed)),
+        }
+    }
 }

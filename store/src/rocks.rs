@@ -46,7 +46,6 @@ use cairn_engine::{Delivery, Effect, Snapshot, Status};
 use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteOptions, DB};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -217,7 +216,9 @@ pub struct RocksStore {
     shared: Arc<Shared>,
     queue: mpsc::Sender<Request>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    stats: Arc<Stats>,
+    stats: Arc<CommitCounters>,
+    /// Every write is synced (`OpenOptions::fsync`).
+    fsync: bool,
 }
 
 /// What the readers and the committer share: the open database, which the
@@ -242,12 +243,6 @@ impl Shared {
 /// The handle of column family `cf` in `db`.
 fn handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
     db.cf_handle(cf.name()).expect("column family opened at start")
-}
-
-#[derive(Default)]
-struct Stats {
-    batches: AtomicU64,
-    writes: AtomicU64,
 }
 
 fn storage(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -304,13 +299,13 @@ impl RocksStore {
         build_live_index(&db)?;
         let shared = Arc::new(Shared { db: RwLock::new(Some(db)), path, health: StoreHealth::default() });
         let (tx, rx) = mpsc::channel::<Request>();
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(CommitCounters::default());
         let (committer_shared, committer_stats) = (shared.clone(), stats.clone());
         let handle = std::thread::Builder::new()
             .name("cairn-commit".into())
             .spawn(move || committer(committer_shared, rx, fsync, committer_stats))
             .map_err(|e| storage("starting the committer", e))?;
-        Ok(RocksStore { shared, queue: tx, committer: Mutex::new(Some(handle)), stats })
+        Ok(RocksStore { shared, queue: tx, committer: Mutex::new(Some(handle)), stats, fsync })
     }
 }
 
@@ -332,6 +327,9 @@ fn open_db(path: &Path, salvage_wal: bool) -> Result<DB> {
         // never acknowledged) is dropped; damage before it fails the open
         // rather than silently dropping acknowledged writes (see `wal_damaged`).
         opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+        // A start reads no table files' statistics: opening stays flat as
+        // the store grows.
+        opts.set_skip_stats_update_on_db_open(true);
         let cache = rocksdb::Cache::new_lru_cache(32 << 20);
         let cfs = || Cf::ALL.iter().map(|cf| {
             let mut cf_opts = Options::default();
@@ -354,8 +352,8 @@ fn open_db(path: &Path, salvage_wal: bool) -> Result<DB> {
                 opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
                 let db = DB::open_cf_descriptors(&opts, path, cfs())
                     .map_err(|e| storage(&format!("opening the store at {} (salvaging the write-ahead log)", path.display()), e))?;
-                eprintln!(
-                    "warning: the write-ahead log of the store at {} is damaged ({}): {e}. Opened with --salvage-wal: \
+                tracing::warn!(
+                    "the write-ahead log of the store at {} is damaged ({}): {e}. Opened with --salvage-wal: \
                      it was replayed up to the damage, and every write after it (acknowledged or not) was dropped.",
                     path.display(),
                     named.join(", ")
@@ -496,18 +494,19 @@ fn build_live_index(db: &DB) -> Result<()> {
     wb.put_cf(meta, keys::LIVE_INDEX, []);
     db.write(wb).map_err(|e| storage("writing the live index", e))?;
     if live > 0 {
-        eprintln!("cairn: built the index of live instances ({live}) for a store written before it existed");
+        tracing::info!("built the index of live instances ({live}) for a store written before it existed");
     }
     Ok(())
 }
 
 #[async_trait::async_trait]
 impl crate::Backend for RocksStore {
-    async fn commit(&self, batch: WriteBatch) -> Result<()> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let stopped = || StoreError::Storage("the committer has stopped".into());
-        self.queue.send(Request::Commit(batch, done)).map_err(|_| stopped())?;
-        wait.await.map_err(|_| stopped())?
+    fn submit(&self, batch: WriteBatch) -> crate::Committing {
+        let (done, verdict) = tokio::sync::oneshot::channel();
+        match self.queue.send(Request::Commit(batch, done)) {
+            Ok(()) => crate::Committing::queued(verdict),
+            Err(_) => crate::Committing::refused(StoreError::Storage("the committer has stopped".into())),
+        }
     }
 
     async fn definitions(&self) -> Result<Vec<DeployedRecord>> {
@@ -762,7 +761,7 @@ impl crate::Backend for RocksStore {
     }
 
     fn commit_stats(&self) -> CommitStats {
-        CommitStats { batches: self.stats.batches.load(Relaxed), writes: self.stats.writes.load(Relaxed) }
+        self.stats.stats(self.fsync)
     }
 
     fn kind(&self) -> &'static str {
@@ -892,7 +891,7 @@ fn resolve(db: &DB, group: &HashMap<RowKey, u64>, batch: &WriteBatch) -> Result<
     Ok((versions, moved))
 }
 
-fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Arc<Stats>) {
+fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Arc<CommitCounters>) {
     let mut write_opts = WriteOptions::default();
     write_opts.set_sync(fsync);
     let mut closing = false;
@@ -923,6 +922,8 @@ fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, s
         let mut fences: HashMap<String, u64> = HashMap::new();
         let mut rows: HashMap<RowKey, u64> = HashMap::new();
         let mut accepted = Vec::with_capacity(group.len());
+        // Whether the group holds an instance's persistence point.
+        let mut holds_point = false;
         'batches: for (batch, done) in group {
             for f in &batch.fences {
                 let found = match fences.get(&f.instance) {
@@ -955,14 +956,17 @@ fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, s
             for (w, version) in batch.writes.iter().zip(versions) {
                 put_write(&db, &mut wb, w, version);
             }
+            holds_point |= !batch.fences.is_empty();
             accepted.push(done);
         }
         if accepted.is_empty() {
             continue;
         }
+        if holds_point {
+            crate::failpoint::hit("before-write");
+        }
         let result = db.write_opt(wb, &write_opts).map_err(|e| storage("writing a batch", e));
-        stats.batches.fetch_add(accepted.len() as u64, Relaxed);
-        stats.writes.fetch_add(1, Relaxed);
+        stats.record(accepted.len());
         crate::failpoint::hit("after-commit");
         shared.health.writes.observe(&result);
         for done in accepted {
@@ -1029,13 +1033,13 @@ fn recover_writes(shared: &Shared, queue: &mpsc::Receiver<Request>, write_opts: 
                 let ok = probe(&db).is_ok();
                 *shared.db.write().unwrap() = Some(Arc::new(db));
                 if ok {
-                    eprintln!("cairn: the store at {} was reopened after a write failure", shared.path.display());
+                    tracing::warn!("the store at {} was reopened after a write failure", shared.path.display());
                     shared.health.writes.ok();
                     return true;
                 }
             }
             Err(e) => {
-                eprintln!("cairn: reopening the store after a write failure: {e} (retrying)");
+                tracing::error!("reopening the store after a write failure: {e} (retrying)");
                 // Without a database every read fails; the next try reopens again.
             }
         }

@@ -35,6 +35,8 @@ impl Machine<'_> {
                 }
             }
             Activity::While { body, .. } => truth.then_some(*body),
+            // Repeat-until: the body ran once more; it ends once the condition holds.
+            Activity::RepeatUntil { body, .. } => (!truth).then_some(*body),
             _ => unreachable!("condition on a node without one"),
         };
         match child {
@@ -67,12 +69,13 @@ impl Machine<'_> {
     /// The items stay in the frame (never copied whole per item).
     pub(super) fn next_item(&mut self, node: &Node) -> Option<Yield> {
         let Activity::ForEach { body, .. } = &node.activity else { unreachable!() };
+        let body = *body;
         let frame = self.top_mut();
         let Phase::Each { items, next } = &mut frame.phase else { unreachable!() };
         match items.get(*next as usize).cloned() {
             Some(item) => {
                 *next += 1;
-                self.snap.stack.push(Frame::new(*body, Some(item)));
+                self.snap.stack.push(Frame::new(body, Some(item)));
             }
             None => frame.phase = Phase::Done,
         }

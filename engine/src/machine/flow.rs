@@ -16,7 +16,7 @@
 use super::messages::pick_operations;
 use super::Machine;
 use crate::contract::{Input, Wait, Yield};
-use crate::definition::{Activity, Definition};
+use crate::definition::{Activity, Definition, EventTrigger};
 use crate::snapshot::{Branch, BranchState, Frame, Phase, Status};
 
 impl Machine<'_> {
@@ -43,6 +43,9 @@ impl Machine<'_> {
     /// The flow frame is on top: its active branch (if any) has finished.
     /// Run the next ready branch, join when all are done, or wait for any.
     pub(super) fn flow_step(&mut self) -> Option<Yield> {
+        if let Some(y) = self.parallel_completion() {
+            return Some(y);
+        }
         let now = self.now_ms;
         let def = self.def;
         let Phase::Flow { branches } = &mut self.top_mut().phase else { unreachable!() };
@@ -93,7 +96,7 @@ impl Machine<'_> {
 
 /// Whether a set-aside branch has something to do now: a due timer at its top,
 /// or a scope deadline passed anywhere in it.
-fn stack_ready(stack: &[Frame], now: u64) -> bool {
+pub(super) fn stack_ready(stack: &[Frame], now: u64) -> bool {
     if stack.iter().any(|f| f.deadline.is_some_and(|d| d.due_ms <= now)) {
         return true;
     }
@@ -101,13 +104,14 @@ fn stack_ready(stack: &[Frame], now: u64) -> bool {
         Some(Phase::AwaitTimer { due_ms, .. }) => *due_ms <= now,
         Some(Phase::AwaitMessage { timer: Some(t), .. }) => t.due_ms <= now,
         Some(Phase::AwaitPick { timers }) => timers.iter().any(|(_, t)| t.due_ms <= now),
+        Some(Phase::Listening { timer, .. }) => timer.is_some_and(|t| t.due_ms <= now),
         Some(Phase::Flow { branches }) => branches.iter().any(|b| b.state == BranchState::Waiting && stack_ready(&b.stack, now)),
         _ => false,
     }
 }
 
 /// What a set-aside branch waits for.
-fn stack_waits(stack: &[Frame], def: &Definition) -> Vec<Wait> {
+pub(super) fn stack_waits(stack: &[Frame], def: &Definition) -> Vec<Wait> {
     let Some(top) = stack.last() else { return Vec::new() };
     match &top.phase {
         Phase::AwaitMessage { operation, timer } => {
@@ -116,7 +120,12 @@ fn stack_waits(stack: &[Frame], def: &Definition) -> Vec<Wait> {
         Phase::AwaitTimer { timer_id, due_ms } => vec![Wait::Timer { timer_id: *timer_id, due_ms: *due_ms }],
         Phase::AwaitInvoke { call_id } => vec![Wait::Invoke { call_id: *call_id }],
         Phase::AwaitPick { .. } => match &def.node(top.node).activity {
-            Activity::Pick { branches } => vec![Wait::Pick { operations: pick_operations(branches) }],
+            Activity::Pick { branches, .. } => vec![Wait::Pick { operations: pick_operations(branches) }],
+            _ => Vec::new(),
+        },
+        Phase::Listening { timer: Some(t), .. } => vec![Wait::Timer { timer_id: t.timer_id, due_ms: t.due_ms }],
+        Phase::Listening { timer: None, .. } => match def.event_trigger(top.node) {
+            Some(EventTrigger::Message { operation, .. }) => vec![Wait::Message { operation: operation.clone(), due_ms: None }],
             _ => Vec::new(),
         },
         Phase::Flow { branches } => {

@@ -4,12 +4,16 @@
 
 use super::{Expect, Machine};
 use crate::contract::{Delivery, Effect, Wait, Yield};
-use crate::definition::{Activity, CorrelationSet, Node, PickBranch, PickTrigger, ReceiveTimeout};
+use crate::definition::{Activity, CorrelationSet, Node, PickBranch, PickTrigger};
 use crate::snapshot::{Fault, PendingRequest, Phase, Status, TimerRef};
 
 impl Machine<'_> {
     /// A receive begins: with a timeout, its deadline handler runs first.
-    pub(super) fn start_receive(&mut self, operation: &str, timeout: Option<&ReceiveTimeout>) -> Option<Yield> {
+    pub(super) fn start_receive(&mut self, node: &Node) -> Option<Yield> {
+        let Activity::Receive { operation, timeout, correlation, creates_instance, .. } = &node.activity else { unreachable!() };
+        if let Some(set) = correlation.as_ref().filter(|c| !creates_instance && !self.snap.correlations.contains_key(*c)) {
+            return self.correlation_violation(set);
+        }
         match timeout {
             Some(t) => Some(self.call(t.deadline, None, Expect::ReceiveDeadline)),
             None => {
@@ -32,7 +36,16 @@ impl Machine<'_> {
 
     /// A pick begins: its timer branches set their timers, and it waits for
     /// the first message or timer.
-    pub(super) fn start_pick(&mut self, branches: &[PickBranch]) {
+    pub(super) fn start_pick(&mut self, branches: &[PickBranch], creates_instance: bool) -> Option<Yield> {
+        if !creates_instance {
+            let uninitialised = branches.iter().find_map(|b| match &b.trigger {
+                PickTrigger::Message { correlation: Some(set), .. } if !self.snap.correlations.contains_key(set) => Some(set),
+                _ => None,
+            });
+            if let Some(set) = uninitialised {
+                return self.correlation_violation(set);
+            }
+        }
         let mut timers = Vec::new();
         for (i, b) in branches.iter().enumerate() {
             if let PickTrigger::AfterMs(ms) = b.trigger {
@@ -40,12 +53,23 @@ impl Machine<'_> {
             }
         }
         self.top_mut().phase = Phase::AwaitPick { timers };
+        None
+    }
+
+    /// A receive (pick, event handler) would wait on correlation set `set`,
+    /// which no message has initialised: nothing could ever reach it, so it
+    /// faults instead of waiting forever.
+    pub(super) fn correlation_violation(&mut self, set: &str) -> Option<Yield> {
+        self.raise(Fault::new(
+            "cairn.correlation-violation",
+            format!("waits on correlation set '{set}', which is not initialised: no message of this instance has given it values, so no message could reach it"),
+        ))
     }
 
     /// A pick waits for the first of its messages, unless one of its timers
     /// is due: then that timer's branch runs.
     pub(super) fn awaiting_pick(&mut self, node: &Node, timers: Vec<(u32, TimerRef)>) -> Option<Yield> {
-        let Activity::Pick { branches } = &node.activity else { unreachable!() };
+        let Activity::Pick { branches, .. } = &node.activity else { unreachable!() };
         // A due timer wins (the earliest; on a tie, the first branch),
         // even over a message already queued: that one stays queued.
         let due = timers.iter().filter(|(_, t)| t.due_ms <= self.now_ms).min_by_key(|(i, t)| (t.due_ms, *i));
@@ -83,7 +107,8 @@ impl Machine<'_> {
                     }
                 }
             }
-            (Phase::AwaitPick { timers }, Activity::Pick { branches }) => {
+            (&Phase::Listening { event, .. }, _) => self.event_message_arrived(event, delivery),
+            (Phase::AwaitPick { timers }, Activity::Pick { branches, .. }) => {
                 let (i, reader) = branches
                     .iter()
                     .enumerate()
@@ -126,7 +151,7 @@ impl Machine<'_> {
     /// the branch's body.
     pub(super) fn pick_message_done(&mut self, branch: u32, delivery: Delivery) {
         let node = self.def.node(self.top().node);
-        let Activity::Pick { branches } = &node.activity else { unreachable!() };
+        let Activity::Pick { branches, .. } = &node.activity else { unreachable!() };
         let b = &branches[branch as usize];
         let PickTrigger::Message { correlation, .. } = &b.trigger else { unreachable!() };
         let body = b.body;
@@ -137,7 +162,7 @@ impl Machine<'_> {
 
     /// Consumes a message in the next persistence point, initializing its
     /// correlation set if this is the set's first message.
-    fn take_message(&mut self, delivery: Delivery, correlation: &Option<String>, request_response: bool) {
+    pub(super) fn take_message(&mut self, delivery: Delivery, correlation: &Option<String>, request_response: bool) {
         self.effects.push(Effect::ConsumeMessage { seq: delivery.seq });
         if let Some(set_name) = correlation {
             if !self.snap.correlations.contains_key(set_name) {

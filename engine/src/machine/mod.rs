@@ -20,17 +20,22 @@
 //! rethrow, suspend, terminate), `messages` (receive, reply, pick,
 //! correlation), `calls` (invoke, send, start-process), `timers` (wait,
 //! receive timeouts, scope deadlines), `scopes` (long-running and atomic
-//! scopes, fault propagation, compensation) and `flow` (flow and parallel
-//! for-each branches). Their step methods return `Some(yield)` when the
+//! scopes, fault propagation, compensation), `flow` (flow and parallel
+//! for-each branches), `loops` (repeat-until, switch, for-each completion
+//! conditions) and `events` (event handlers of scopes). Their step methods return `Some(yield)` when the
 //! driver has something to do, and `None` to let the run loop go on.
 
 mod basic;
 mod calls;
+mod events;
 mod flow;
+mod lifecycle;
+mod loops;
 mod messages;
 mod scopes;
 mod timers;
 
+pub use lifecycle::CANCELLED;
 pub use messages::correlation_values;
 
 use crate::contract::{Control, Delivery, Effect, HandlerCall, Input, PersistencePoint, Reason, Wait, Yield};
@@ -45,7 +50,7 @@ pub struct Machine<'d> {
     /// Activity components whose calls are pure functions of their input
     /// (no outbound capability): an invoke of one takes no dispatch
     /// persistence point; the driver runs it inline.
-    pure_activities: std::collections::BTreeSet<String>,
+    pure_activities: std::sync::Arc<std::collections::BTreeSet<String>>,
     snap: Snapshot,
     /// Effects decided since the last persistence point, in order.
     effects: Vec<Effect>,
@@ -55,6 +60,9 @@ pub struct Machine<'d> {
     committed: Position,
     /// What the handler call in flight is for.
     expecting: Option<Expect>,
+    /// The latest fault raised and the stack where it was raised, while it
+    /// propagates (`lifecycle`: a retry starts there). In memory only.
+    raised: Option<(crate::snapshot::FaultRecord, Vec<Frame>)>,
     now_ms: u64,
 }
 
@@ -90,8 +98,18 @@ enum Expect {
     Deadline,
     ReceiveDeadline,
     // scopes
-    CatchReader,
+    CatchReader(usize),
     CompensationStep,
+    /// A fault handler's condition: `order` lists the candidate handlers
+    /// (by index, most specific first), `at` the one asked.
+    FaultCondition { order: Vec<usize>, at: usize },
+    // loops
+    SwitchCase(u32),
+    Completion,
+    FlowCompletion,
+    // events
+    EventReader(Delivery),
+    EventDeadline,
 }
 
 impl<'d> Machine<'d> {
@@ -107,6 +125,7 @@ impl<'d> Machine<'d> {
             effects: Vec::new(),
             persist_path: String::new(),
             expecting: None,
+            raised: None,
             now_ms: 0,
         }
     }
@@ -131,7 +150,7 @@ impl<'d> Machine<'d> {
 
     /// Activity paths to stop at (`Reason::Breakpoint`), for this definition.
     /// The activity components whose calls are pure (see `pure_activities`).
-    pub fn set_pure_activities(&mut self, names: std::collections::BTreeSet<String>) {
+    pub fn set_pure_activities(&mut self, names: std::sync::Arc<std::collections::BTreeSet<String>>) {
         self.pure_activities = names;
     }
 
@@ -213,8 +232,11 @@ impl<'d> Machine<'d> {
     pub fn step(&mut self, input: Input, now_ms: u64) -> Yield {
         self.now_ms = now_ms;
         self.snap.updated_ms = now_ms;
+        if let Input::Control(Control::Retry { variables }) = input {
+            return self.retry(variables);
+        }
         if self.snap.status.is_terminal() {
-            return Yield::Finished(terminal_reason(self.snap.status));
+            return Yield::Finished(self.finished_reason());
         }
         if let Input::Control(c) = input {
             return self.control(c);
@@ -257,6 +279,8 @@ impl<'d> Machine<'d> {
                 self.truncate_stack(0);
                 self.finish(Status::Terminated)
             }
+            Control::Cancel => self.cancel(),
+            Control::Retry { variables } => self.retry(variables),
             Control::Resume | Control::SetVariables(_) => self.step(Input::Continue, self.now_ms),
         }
     }
@@ -308,11 +332,20 @@ impl<'d> Machine<'d> {
             Expect::SendBody => self.dispatch_send(node, output),
             Expect::Deadline => self.wait_until(&output),
             Expect::ReceiveDeadline => self.receive_until(node, &output),
-            Expect::CatchReader => {
-                self.caught_fault_read(node);
+            Expect::CatchReader(h) => {
+                self.caught_fault_read(node, h);
                 None
             }
             Expect::CompensationStep => self.compensation_step_done(),
+            Expect::FaultCondition { order, at } => self.fault_condition_decided(&output, order, at),
+            Expect::SwitchCase(case) => self.switch_case_decided(node, &output, case),
+            Expect::Completion => self.completion_decided(node, &output),
+            Expect::FlowCompletion => self.flow_completion_decided(&output),
+            Expect::EventReader(delivery) => {
+                self.event_message_done(delivery);
+                None
+            }
+            Expect::EventDeadline => self.event_deadline_set(&output),
         }
     }
 
@@ -337,7 +370,7 @@ impl<'d> Machine<'d> {
                 Phase::Enter => self.enter(node, frame.broke),
                 Phase::Started => self.start(node),
                 &Phase::Child { next } => self.child_finished(node, next),
-                Phase::Each { .. } => self.next_item(node),
+                Phase::Each { .. } => self.each_step(node),
                 Phase::AwaitMessage { operation, timer } => {
                     let (operation, timer) = (operation.clone(), *timer);
                     self.awaiting_message(node, operation, timer)
@@ -348,11 +381,10 @@ impl<'d> Machine<'d> {
                 }
                 &Phase::AwaitTimer { timer_id, due_ms } => self.awaiting_timer(timer_id, due_ms),
                 &Phase::AwaitInvoke { call_id } => self.await_(Wait::Invoke { call_id }),
+                Phase::Flow { .. } if matches!(node.activity, Activity::Scope { .. }) => self.events_step(node),
                 Phase::Flow { .. } => self.flow_step(),
-                Phase::Handling { .. } => {
-                    self.fault_handled();
-                    None
-                }
+                &Phase::Listening { event, timer } => self.listening(event, timer),
+                Phase::Handling { .. } => self.fault_handled(),
                 Phase::Compensating { queue, then } => {
                     let (step, then) = (queue.first().cloned(), then.clone());
                     self.compensate_next(step.as_ref(), then)
@@ -394,22 +426,25 @@ impl<'d> Machine<'d> {
             Activity::IfElse { condition, .. } | Activity::While { condition, .. } => {
                 Some(self.call(*condition, None, Expect::Condition))
             }
-            Activity::ForEach { items, parallel, body } => self.start_for_each(items, *parallel, *body),
+            Activity::RepeatUntil { body, .. } => {
+                self.top_mut().phase = Phase::Child { next: 1 };
+                self.push(*body);
+                None
+            }
+            Activity::Switch { cases, .. } => Some(self.call(cases[0].condition, None, Expect::SwitchCase(0))),
+            Activity::ForEach { items, parallel, body, .. } => self.start_for_each(items, *parallel, *body),
             Activity::Throw { fault, message, data } => self.start_throw(fault, message, *data),
             Activity::Rethrow => self.rethrow(),
             Activity::Suspend { .. } => Some(self.suspend()),
             Activity::Terminate => Some(self.finish(Status::Terminated)),
-            Activity::Receive { operation, timeout, .. } => self.start_receive(operation, timeout.as_ref()),
+            Activity::Receive { .. } => self.start_receive(node),
             Activity::Reply { body, .. } => Some(self.call(*body, None, Expect::ReplyBody)),
-            Activity::Pick { branches } => {
-                self.start_pick(branches);
-                None
-            }
+            Activity::Pick { branches, creates_instance } => self.start_pick(branches, *creates_instance),
             Activity::Invoke { input, .. } => Some(self.call(*input, None, Expect::InvokeInput)),
             Activity::Send { body, .. } | Activity::StartProcess { body, .. } => Some(self.call(*body, None, Expect::SendBody)),
             Activity::Wait { wait } => self.start_wait(wait),
-            Activity::Scope { body, atomic, timeout_ms, .. } => {
-                self.start_scope(*body, atomic.is_some(), *timeout_ms);
+            Activity::Scope { body, atomic, timeout_ms, events, .. } => {
+                self.start_scope(*body, atomic.is_some(), *timeout_ms, events);
                 None
             }
             Activity::Compensate { scope } => {
@@ -431,8 +466,10 @@ impl<'d> Machine<'d> {
                 self.next_child(children, next);
                 None
             }
-            Activity::While { condition, .. } => Some(self.call(*condition, None, Expect::Condition)),
-            Activity::IfElse { .. } | Activity::Pick { .. } => {
+            Activity::While { condition, .. } | Activity::RepeatUntil { condition, .. } => {
+                Some(self.call(*condition, None, Expect::Condition))
+            }
+            Activity::IfElse { .. } | Activity::Pick { .. } | Activity::Switch { .. } => {
                 self.top_mut().phase = Phase::Done;
                 None
             }
@@ -528,7 +565,9 @@ impl<'d> Machine<'d> {
                     self.effects.push(Effect::ClearTimer { timer_id: t.timer_id, due_ms: t.due_ms });
                 }
             }
-            Phase::AwaitTimer { timer_id, due_ms } | Phase::AwaitMessage { timer: Some(TimerRef { timer_id, due_ms }), .. } => {
+            Phase::AwaitTimer { timer_id, due_ms }
+            | Phase::AwaitMessage { timer: Some(TimerRef { timer_id, due_ms }), .. }
+            | Phase::Listening { timer: Some(TimerRef { timer_id, due_ms }), .. } => {
                 self.effects.push(Effect::ClearTimer { timer_id, due_ms })
             }
             _ => {}

@@ -15,13 +15,13 @@
 
 use super::{Expect, Machine};
 use crate::contract::{Effect, Reason, Yield};
-use crate::definition::{Activity, FaultHandler, Node, NodeId, ProcessKind};
+use crate::definition::{Activity, EventHandler, FaultHandler, Node, NodeId, ProcessKind};
 use crate::snapshot::{AfterCompensation, AtomicAttempt, CompensationStep, Fault, FaultRecord, Phase, Registered, Status};
 
 impl Machine<'_> {
     /// A scope begins: its deadline timer is set, an atomic scope records
     /// what a fault rolls back to, and its body runs.
-    pub(super) fn start_scope(&mut self, body: NodeId, atomic: bool, timeout_ms: Option<u64>) {
+    pub(super) fn start_scope(&mut self, body: NodeId, atomic: bool, timeout_ms: Option<u64>, events: &[EventHandler]) {
         if let Some(ms) = timeout_ms {
             let timer = self.set_timer(self.now_ms.saturating_add(ms));
             self.top_mut().deadline = Some(timer);
@@ -30,8 +30,12 @@ impl Machine<'_> {
             let attempt = AtomicAttempt { attempt: 1, variables: self.snap.variables.clone(), effects_len: self.effects.len() };
             self.top_mut().atomic = Some(attempt);
         }
-        self.top_mut().phase = Phase::Child { next: 1 };
-        self.push(body);
+        if events.is_empty() {
+            self.top_mut().phase = Phase::Child { next: 1 };
+            self.push(body);
+        } else {
+            self.start_events(body, events);
+        }
     }
 
     /// A scope's body completed: register the scope's compensation with the
@@ -80,26 +84,31 @@ impl Machine<'_> {
         self.persistent().then(|| self.persist(Reason::Compensated))
     }
 
-    /// A fault handler's reader returned: the handler's body, if any, runs.
-    pub(super) fn caught_fault_read(&mut self, node: &Node) {
+    /// Fault handler `h`'s reader returned: the handler's body, if any, runs.
+    pub(super) fn caught_fault_read(&mut self, node: &Node, h: usize) {
         let Activity::Scope { handlers, .. } = &node.activity else { unreachable!() };
-        let Phase::Handling { caught } = &self.top().phase else { unreachable!() };
-        if let Some(b) = handler_for(handlers, &caught.fault.name).and_then(|h| h.body) {
+        if let Some(b) = handlers[h].body {
             self.push(b);
         }
     }
 
     /// A fault handler finished: the scope ends as completed (without
     /// registering its compensation).
-    pub(super) fn fault_handled(&mut self) {
+    pub(super) fn fault_handled(&mut self) -> Option<Yield> {
         self.clear_deadline();
+        if let Some(cancel) = self.cancel_onward() {
+            return cancel;
+        }
         self.top_mut().phase = Phase::Done;
+        None
     }
 
     /// Raises a fault at the current activity (see `propagate`).
     pub(super) fn raise(&mut self, fault: Fault) -> Option<Yield> {
         let path = self.snap.path(self.def);
-        self.propagate(FaultRecord { fault, path })
+        let record = FaultRecord { fault, path };
+        self.note_raised(&record);
+        self.propagate(record)
     }
 
     /// Finds the innermost scope whose body is running and hands it the
@@ -115,9 +124,13 @@ impl Machine<'_> {
         self.expecting = None;
         let def = self.def;
         let catcher = self.snap.stack.iter().rposition(|f| {
-            matches!(def.node(f.node).activity, Activity::Scope { .. }) && matches!(f.phase, Phase::Child { .. })
+            matches!(def.node(f.node).activity, Activity::Scope { .. }) && matches!(f.phase, Phase::Child { .. } | Phase::Flow { .. })
         });
         let Some(i) = catcher else {
+            if self.snap.cancelling {
+                return self.cancel_ends(record);
+            }
+            self.keep_retry_point(&record);
             if self.def.kind == ProcessKind::Microflow {
                 // A microflow is one transaction: a fault that ends it takes
                 // back the messages it would have sent.
@@ -127,35 +140,88 @@ impl Machine<'_> {
             return Some(self.finish(Status::Faulted));
         };
         self.truncate_stack(i + 1);
+        // Its event handlers end with the body.
+        self.cancel_branches();
+        self.top_mut().phase = Phase::Child { next: 1 };
         if let Some(attempt) = self.top_mut().atomic.take() {
             if let Some(backoff) = self.roll_back(attempt) {
                 return (backoff > 0).then_some(Yield::Sleep(backoff));
             }
         }
         let Activity::Scope { handlers, .. } = &self.def.node(self.top().node).activity else { unreachable!() };
-        match handler_for(handlers, &record.fault.name) {
-            Some(h) => {
-                let (reader, body) = (h.reader, h.body);
+        let order = handler_order(handlers, &record.fault.name);
+        self.top_mut().phase = Phase::Handling { caught: record };
+        self.try_fault_handlers(order, 0)
+    }
+
+    /// Tries the candidate fault handlers of the scope on top (handling the
+    /// fault in its `Phase::Handling`) from `order[at]`: the first without a
+    /// condition, or whose condition holds, catches. With none left, the
+    /// default handler runs: the completed inner scopes are compensated
+    /// (and, for the process scope, the process's own compensation handler
+    /// after them), then the fault goes further out.
+    fn try_fault_handlers(&mut self, order: Vec<usize>, at: usize) -> Option<Yield> {
+        let node = self.def.node(self.top().node);
+        let Activity::Scope { handlers, compensation, .. } = &node.activity else { unreachable!() };
+        let Phase::Handling { caught } = &self.top().phase else { unreachable!() };
+        let record = caught.clone();
+        let message = serde_json::json!({
+            "name": record.fault.name,
+            "message": record.fault.message,
+            "data": serde_json::from_str::<serde_json::Value>(&record.fault.data).unwrap_or(serde_json::Value::Null),
+        })
+        .to_string();
+        let Some(&h) = order.get(at) else {
+            let is_process_scope = self.snap.stack.len() == 1 && self.top().node == self.def.root;
+            let frame = self.top_mut();
+            let mut queue = compensation_queue(&std::mem::take(&mut frame.completed));
+            if let (true, Some(handler)) = (is_process_scope, compensation) {
+                queue.push(CompensationStep { scope: node.name.clone(), handler: *handler, variables: self.snap.variables.clone() });
+            }
+            self.top_mut().phase = Phase::Compensating { queue, then: AfterCompensation::Rethrow(record) };
+            return None;
+        };
+        let handler = &handlers[h];
+        if let Some(condition) = handler.condition {
+            return Some(self.call(condition, Some(message), Expect::FaultCondition { order, at }));
+        }
+        // Caught: the fault will not leave the process.
+        self.forget_raised();
+        match (handler.reader, handler.body) {
+            (Some(r), _) => return Some(self.call(r, Some(message), Expect::CatchReader(h))),
+            (None, Some(b)) => self.push(b),
+            (None, None) => {}
+        }
+        None
+    }
+
+    /// A fault handler's condition on the fault answered: it catches, or
+    /// the next candidate is tried.
+    pub(super) fn fault_condition_decided(&mut self, output: &Option<String>, order: Vec<usize>, at: usize) -> Option<Yield> {
+        match super::parse_output::<bool>(output) {
+            Ok(true) => {
+                let node = self.def.node(self.top().node);
+                let Activity::Scope { handlers, .. } = &node.activity else { unreachable!() };
+                let h = order[at];
+                let Phase::Handling { caught } = &self.top().phase else { unreachable!() };
                 let message = serde_json::json!({
-                    "name": record.fault.name,
-                    "message": record.fault.message,
-                    "data": serde_json::from_str::<serde_json::Value>(&record.fault.data).unwrap_or(serde_json::Value::Null),
+                    "name": caught.fault.name,
+                    "message": caught.fault.message,
+                    "data": serde_json::from_str::<serde_json::Value>(&caught.fault.data).unwrap_or(serde_json::Value::Null),
                 })
                 .to_string();
-                self.top_mut().phase = Phase::Handling { caught: record };
-                match (reader, body) {
-                    (Some(r), _) => return Some(self.call(r, Some(message), Expect::CatchReader)),
+                // Caught: the fault will not leave the process.
+                self.forget_raised();
+                match (handlers[h].reader, handlers[h].body) {
+                    (Some(r), _) => return Some(self.call(r, Some(message), Expect::CatchReader(h))),
                     (None, Some(b)) => self.push(b),
                     (None, None) => {}
                 }
+                None
             }
-            None => {
-                let frame = self.top_mut();
-                let queue = compensation_queue(&std::mem::take(&mut frame.completed));
-                frame.phase = Phase::Compensating { queue, then: AfterCompensation::Rethrow(record) };
-            }
+            Ok(false) => self.try_fault_handlers(order, at + 1),
+            Err(e) => self.raise(Fault::new("cairn.bad-handler-output", format!("fault handler condition: {e}"))),
         }
-        None
     }
 
     /// Rolls the atomic scope at the top of the stack back to its start: the
@@ -189,14 +255,25 @@ impl Machine<'_> {
     }
 }
 
-/// The handler for `fault`: one that names it, else a catch-all.
-fn handler_for<'a>(handlers: &'a [FaultHandler], fault: &str) -> Option<&'a FaultHandler> {
-    handlers.iter().find(|h| h.fault.as_deref() == Some(fault)).or_else(|| handlers.iter().find(|h| h.fault.is_none()))
+/// The handlers that may catch `fault`, most specific first: those that
+/// name it with a condition on its data, those that name it, catch-alls
+/// with a condition, catch-alls; in declaration order within each.
+fn handler_order(handlers: &[FaultHandler], fault: &str) -> Vec<usize> {
+    let rank = |h: &FaultHandler| match (h.fault.as_deref(), h.condition.is_some()) {
+        (Some(f), true) if f == fault => Some(0),
+        (Some(f), false) if f == fault => Some(1),
+        (None, true) => Some(2),
+        (None, false) => Some(3),
+        _ => None,
+    };
+    let mut order: Vec<(u8, usize)> = handlers.iter().enumerate().filter_map(|(i, h)| rank(h).map(|r| (r, i))).collect();
+    order.sort();
+    order.into_iter().map(|(_, i)| i).collect()
 }
 
 /// Compensation order: newest completed scope first, and within a scope its
 /// own inner scopes before it (inside-out).
-fn compensation_queue(completed: &[Registered]) -> Vec<CompensationStep> {
+pub(super) fn compensation_queue(completed: &[Registered]) -> Vec<CompensationStep> {
     let mut queue = Vec::new();
     for r in completed.iter().rev() {
         queue.extend(compensation_queue(&r.inner));

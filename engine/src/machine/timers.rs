@@ -101,7 +101,7 @@ impl Machine<'_> {
             .snap
             .stack
             .iter()
-            .position(|f| f.deadline.is_some_and(|d| d.due_ms <= now) && matches!(f.phase, Phase::Child { .. }))?;
+            .position(|f| f.deadline.is_some_and(|d| d.due_ms <= now) && matches!(f.phase, Phase::Child { .. } | Phase::Flow { .. }))?;
         self.truncate_stack(i + 1);
         self.clear_deadline();
         let path = self.snap.path(self.def);

@@ -14,26 +14,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const APPROVAL_LIMIT: f64 = 1000.0;
 
+/// The variables of an order-approval instance.
 #[derive(Serialize, Deserialize, Default)]
-struct Order {
-    order_id: String,
-    customer: String,
-    lines: Vec<Line>,
-    total: f64,
+pub struct Order {
+    pub order_id: String,
+    pub customer: String,
+    pub lines: Vec<Line>,
+    pub total: f64,
     /// Deadline of the approval wait, ms since the Unix epoch.
-    approval_due_ms: u64,
-    approved: Option<bool>,
-    approver: Option<String>,
-    status: String,
+    pub approval_due_ms: u64,
+    pub approved: Option<bool>,
+    pub approver: Option<String>,
+    pub status: String,
     /// Where the notifier posts a rejection (a partner's URL), if anywhere.
     #[serde(default)]
-    webhook: Option<String>,
+    pub webhook: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
-struct Line {
-    sku: String,
-    qty: u32,
+pub struct Line {
+    pub sku: String,
+    pub qty: u32,
 }
 
 #[derive(Deserialize)]
@@ -62,7 +63,8 @@ struct Quote {
     total: f64,
 }
 
-fn define(p: &mut Process<Order>) -> Activity {
+/// Builds the process (public so that its tests run it natively with `cairn-testkit`).
+pub fn define(p: &mut Process<Order>) -> Activity {
     p.correlation_set("order", &[("order_id", "/order_id")]);
 
     let submit = p

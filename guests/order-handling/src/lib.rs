@@ -1,4 +1,4 @@
-//! OrderHandling, the main process of the reference scenario (DESIGN.md
+//! OrderHandling, the main process of the reference scenario (docs/semantics.md
 //! section 8). Long-running. It takes an order (an instance-creating receive
 //! correlated by order id), starts CheckCustomerAccountStatus asynchronously,
 //! sends the order to UpdateOrderDatabase one way, and waits for the account

@@ -57,10 +57,9 @@ fn define(p: &mut Process<Vars>) -> Activity {
         },
         None,
     );
-    // Mode "slow": a scope with a 300 ms deadline waits for a message that
-    // never comes; the timeout fault is caught by the scope's own handler.
-    p.correlation_set("key", &[("key", "/key")]);
-    let never = p.receive_any("never", "never-comes").correlate("key");
+    // Mode "slow": a scope with a 300 ms deadline waits an hour; the
+    // timeout fault is caught by the scope's own handler.
+    let never = p.wait_for("never", std::time::Duration::from_secs(3600));
     let window = p.scope("window", never).timeout(std::time::Duration::from_millis(300));
     let window = p.on_fault(
         window,

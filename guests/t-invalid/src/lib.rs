@@ -1,4 +1,4 @@
-//! Test guest "invalid": every definition error of DESIGN.md section 2 that
+//! Test guest "invalid": every definition error of docs/semantics.md section 2 that
 //! applies to a long-running process, at once. Deploy must reject it and
 //! name each activity.
 
@@ -21,7 +21,11 @@ fn define(p: &mut Process<Vars>) -> Activity {
     let tx = p.atomic_scope("tx", pause, Retry::none());
     // A compensate naming a scope that does not exist.
     let undo = p.compensate_scope("undo", "no-such-scope");
-    p.sequence("main", vec![first, lost, late, answer, tx, undo])
+    // A receive on a correlation set that nothing initialises (no
+    // instance-creating receive or pick uses it).
+    p.correlation_set("never-set", &[("id", "/id")]);
+    let orphan = p.receive_any("orphan", "orphaned").correlate("never-set");
+    p.sequence("main", vec![first, lost, late, answer, tx, undo, orphan])
 }
 
 cairn_guest::export_process!("invalid", Vars, define);

@@ -69,6 +69,7 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
     });
     Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/v1/definitions", post(deploy).layer(DefaultBodyLimit::max(config.max_component_bytes)).get(list_definitions))
         .route("/v1/definitions/external", post(tasks::deploy_external))
         .route("/v1/tasks", get(tasks::list_tasks))
@@ -78,6 +79,10 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
         .route("/v1/instances/{id}", get(show_instance))
         .route("/v1/instances/{id}/history", get(instance_history))
         .route("/v1/instances/{id}/variables", axum::routing::put(set_variables))
+        .route("/v1/instances/{id}/retry", post(retry_instance))
+        .route("/v1/retry", post(retry_faulted))
+        .route("/v1/instances/{id}/migrate", post(migrate_instance))
+        .route("/v1/migrate", post(migrate_version))
         .route("/v1/instances/{id}/{verb}", post(control_instance))
         .route("/v1/messages", post(send_message))
         .route("/v1/backup", post(backup))
@@ -89,6 +94,7 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
         .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .merge(crate::console::routes())
         .fallback(|| async { error(Error::new(ErrorKind::NotFound, "no such route; see the README's HTTP reference")) })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(Extension(config.clone()))
@@ -96,6 +102,16 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(auth, require_role))
         .layer(axum::middleware::from_fn_with_state(config, json_errors))
         .with_state(svc)
+}
+
+/// `GET /metrics`: Prometheus text (OpenMetrics 1.0.0), see `crate::metrics`.
+/// Like every GET it needs a reader token once a token exists or the host
+/// listens beyond loopback (Prometheus sends one with `authorization`).
+async fn metrics(State(svc): State<Service>) -> Response {
+    match svc.metrics_text().await {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response(),
+        Err(e) => error(e),
+    }
 }
 
 /// Every error is `{"error": "…"}`: this turns axum's own plain-text
@@ -474,6 +490,7 @@ async fn control_instance(State(svc): State<Service>, Path((id, verb)): Path<(St
             "suspend" => Control::Suspend,
             "resume" => Control::Resume,
             "terminate" => Control::Terminate,
+            "cancel" => Control::Cancel,
             // `resubmit` is the older name of `release`, kept so existing scripts work.
             "release" | "resubmit" => {
                 svc.release(&id).await?;
@@ -481,7 +498,7 @@ async fn control_instance(State(svc): State<Service>, Path((id, verb)): Path<(St
                 return Ok((StatusCode::OK, summary_json(&s, &svc)));
             }
             other => {
-                return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use suspend, resume, terminate or release")))
+                return Err(Error::new(ErrorKind::NotFound, format!("unknown verb '{other}': use suspend, resume, terminate, cancel, retry or release")))
             }
         };
         let s = svc.control(&id, control).await?;
@@ -497,6 +514,69 @@ async fn set_variables(State(svc): State<Service>, Path(id): Path<String>, body:
         let mut v = summary_json(&s, &svc);
         v["variables"] = variables(&s);
         Ok((StatusCode::OK, v))
+    }
+    .await)
+}
+
+/// `POST /v1/instances/{id}/retry`, optionally with `{"variables": …}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    variables: Option<Value>,
+}
+
+async fn retry_instance(State(svc): State<Service>, Path(id): Path<String>, body: Bytes) -> Response {
+    respond(async {
+        let request: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) { RetryRequest::default() } else { parse_json(&body)? };
+        let s = svc.retry(&id, request.variables.map(|v| v.to_string())).await?;
+        Ok((StatusCode::OK, summary_json(&s, &svc)))
+    }
+    .await)
+}
+
+/// `POST /v1/retry` with `{"process": P, "fault": NAME}` (fault optional).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkRetryRequest {
+    process: String,
+    fault: Option<String>,
+}
+
+async fn retry_faulted(State(svc): State<Service>, body: Bytes) -> Response {
+    respond(async {
+        let request: BulkRetryRequest = parse_json(&body)?;
+        let report = svc.retry_faulted(&request.process, request.fault.as_deref()).await?;
+        Ok((StatusCode::OK, json!(report)))
+    }
+    .await)
+}
+
+/// `POST /v1/instances/{id}/migrate`: `{"to": VERSION, "map"?: {OLD_PATH: NEW_PATH}}`;
+/// `POST /v1/migrate` also names `"from": VERSION`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateRequest {
+    from: Option<String>,
+    to: String,
+    #[serde(default)]
+    map: std::collections::BTreeMap<String, String>,
+}
+
+async fn migrate_instance(State(svc): State<Service>, Path(id): Path<String>, body: Bytes) -> Response {
+    respond(async {
+        let request: MigrateRequest = parse_json(&body)?;
+        let s = svc.migrate(&id, &request.to, &request.map).await?;
+        Ok((StatusCode::OK, summary_json(&s, &svc)))
+    }
+    .await)
+}
+
+async fn migrate_version(State(svc): State<Service>, body: Bytes) -> Response {
+    respond(async {
+        let request: MigrateRequest = parse_json(&body)?;
+        let from = request.from.ok_or_else(|| Error::new(ErrorKind::BadInput, "name the version to migrate from: \"from\""))?;
+        let report = svc.migrate_version(&from, &request.to, &request.map).await?;
+        Ok((StatusCode::OK, json!(report)))
     }
     .await)
 }

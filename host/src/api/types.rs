@@ -7,7 +7,7 @@
 //! shows the engine's internal frames.
 
 use cairn_engine::{Definition, Effect, FaultRecord, Phase, Reason, Snapshot, Status, Target};
-use cairn_store::{ComponentKind, DeployedRecord, HistoryEntry, InTransit, InTransitState, Reply};
+use cairn_store::{ComponentKind, DeployedRecord, HistoryEntry, InTransit, InTransitState, Moved, Reply};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -217,6 +217,56 @@ pub struct HistoryView {
     /// Times this point lost a resource conflict and its calls ran again (absent when none).
     #[serde(skip_serializing_if = "is_zero")]
     pub resource_conflicts: u32,
+    /// What moved the instance to this point (absent when nothing is recorded).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub moved_by: Vec<MovedView>,
+}
+
+/// One thing that moved an instance to a persistence point.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum MovedView {
+    /// A message it consumed (`body`: JSON text, cut at 16 KiB).
+    Message {
+        message_id: String,
+        operation: String,
+        body: String,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// An activity call's result it took: its output (JSON text) or its fault.
+    CallResult {
+        call_id: u64,
+        output: Option<String>,
+        fault: Option<FaultView>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// A message it sent to a process (`start`: a start-process).
+    Sent { call_id: u64, message_id: String, process: String, operation: String, start: bool },
+    /// The instance whose message created it: its parent.
+    StartedBy { instance: String, call_id: u64 },
+}
+
+impl From<&Moved> for MovedView {
+    fn from(m: &Moved) -> MovedView {
+        match m {
+            Moved::Message { message_id, operation, body, truncated } => {
+                MovedView::Message { message_id: message_id.clone(), operation: operation.clone(), body: body.clone(), truncated: *truncated }
+            }
+            Moved::CallResult { call_id, output, fault, truncated } => {
+                MovedView::CallResult { call_id: *call_id, output: output.clone(), fault: fault.as_ref().map(FaultView::from), truncated: *truncated }
+            }
+            Moved::Sent { call_id, message_id, process, operation, start } => MovedView::Sent {
+                call_id: *call_id,
+                message_id: message_id.clone(),
+                process: process.clone(),
+                operation: operation.clone(),
+                start: *start,
+            },
+            Moved::StartedBy { instance, call_id } => MovedView::StartedBy { instance: instance.clone(), call_id: *call_id },
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -232,6 +282,7 @@ impl From<&HistoryEntry> for HistoryView {
             status: h.status.into(),
             path: h.path.clone(),
             resource_conflicts: h.resource_conflicts,
+            moved_by: h.moved_by.iter().map(MovedView::from).collect(),
         }
     }
 }
@@ -251,6 +302,9 @@ pub fn reason_name(r: Reason) -> &'static str {
         Reason::Resumed => "resumed",
         Reason::VariablesSet => "variables-set",
         Reason::Breakpoint => "breakpoint",
+        Reason::Retried => "retried",
+        Reason::Cancelled => "cancelled",
+        Reason::Migrated => "migrated",
         Reason::Completed => "completed",
         Reason::Faulted => "faulted",
         Reason::Terminated => "terminated",

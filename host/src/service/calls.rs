@@ -35,6 +35,17 @@ pub struct Calls {
     /// Calls whose persistence point lost a resource conflict: they run
     /// again whatever their idempotency (the first run's result never committed).
     reruns: Mutex<HashSet<(String, u64)>>,
+    /// Calls retrying by their policy now: (instance, call id) -> the
+    /// attempt under way and the fault of the one before (for the console).
+    attempts: Mutex<HashMap<(String, u64), CallAttempt>>,
+}
+
+/// Where a call retrying by its policy stands.
+#[derive(Clone, Debug)]
+pub struct CallAttempt {
+    pub attempt: u32,
+    /// The fault that ended the previous attempt.
+    pub last_fault: Option<Fault>,
 }
 
 impl Calls {
@@ -45,6 +56,16 @@ impl Calls {
 
     fn take_rerun(&self, instance: &str, call_id: u64) -> bool {
         self.reruns.lock().unwrap().remove(&(instance.to_string(), call_id))
+    }
+
+    /// The attempt a call of `instance` is at, once it has failed at least once.
+    pub fn attempt(&self, instance: &str, call_id: u64) -> Option<CallAttempt> {
+        self.attempts.lock().unwrap().get(&(instance.to_string(), call_id)).cloned()
+    }
+
+    /// Outbox entries being carried out now: the dispatch queue.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().unwrap().len()
     }
 
     fn is_in_flight(&self, instance: &str, call_id: u64) -> bool {
@@ -103,10 +124,7 @@ impl Service {
                         match self.accept_message(m, Some(&process)).await {
                             Ok(a) if !a.duplicate => return,
                             Ok(_) => {}
-                            Err(e) => eprintln!(
-                                "cairn: instance {instance}: send of '{operation}' to process '{process}' was rejected: {}",
-                                e.message
-                            ),
+                            Err(e) => tracing::warn!(instance, "send of '{operation}' to process '{process}' was rejected: {}", e.message),
                         }
                     }
                     Target::Activity(name) if self.registry.external(&name).is_some() => {
@@ -115,7 +133,7 @@ impl Service {
                         let policy = InvokePolicy::default();
                         let outcome = self.external_call(instance, call_id, &name, &operation, &body, &key, &policy, 1, Durable::Send).await;
                         if let Some(Err(f)) = outcome {
-                            eprintln!("cairn: instance {instance}: one-way call of '{operation}' on external activity '{name}' faulted: {}: {}", f.name, f.message);
+                            tracing::warn!(instance, "one-way call of '{operation}' on external activity '{name}' faulted: {}: {}", f.name, f.message);
                         }
                         return;
                     }
@@ -130,29 +148,26 @@ impl Service {
                             done.push(Write::OutboxRemove { instance: instance.to_string(), call_id });
                             match result {
                                 Ok(_) => super::resources::accesses_into(&resources, &mut done),
-                                Err(f) => eprintln!(
-                                    "cairn: instance {instance}: one-way call of '{operation}' on activity '{name}' faulted: {}: {}",
-                                    f.name, f.message
-                                ),
+                                Err(f) => tracing::warn!(instance, "one-way call of '{operation}' on activity '{name}' faulted: {}: {}", f.name, f.message),
                             }
                             match self.store.commit(done).await {
                                 Err(StoreError::Conflict { .. }) => continue,
-                                Err(e) => eprintln!("cairn: instance {instance}: clearing a delivered send: {e}"),
+                                Err(e) => tracing::error!(instance, "clearing a delivered send: {e}"),
                                 Ok(()) => {}
                             }
                             return;
                         }
-                        eprintln!("cairn: instance {instance}: one-way call of '{operation}' on activity '{name}' kept conflicting on its resources; it stays in the outbox");
+                        tracing::warn!(instance, "one-way call of '{operation}' on activity '{name}' kept conflicting on its resources; it stays in the outbox");
                         return;
                     }
                 }
                 let mut done = WriteBatch::new();
                 done.push(Write::OutboxRemove { instance: instance.to_string(), call_id });
                 if let Err(e) = self.store.commit(done).await {
-                    eprintln!("cairn: instance {instance}: clearing a delivered send: {e}");
+                    tracing::error!(instance, "clearing a delivered send: {e}");
                 }
             }
-            other => eprintln!("cairn: instance {instance}: {other:?} is not dispatchable"),
+            other => tracing::error!(instance, "{other:?} is not dispatchable"),
         }
     }
 
@@ -187,10 +202,17 @@ impl Service {
             };
             match retry_in {
                 Some(ms) if !self.is_shutting_down() => {
+                    let last_fault = result.err();
+                    self.calls.attempts.lock().unwrap().insert((instance.to_string(), call_id), CallAttempt { attempt: attempt + 1, last_fault });
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     attempt += 1;
                 }
-                _ => return (result, resources),
+                _ => {
+                    if attempt > first_attempt {
+                        self.calls.attempts.lock().unwrap().remove(&(instance.to_string(), call_id));
+                    }
+                    return (result, resources);
+                }
             }
         }
     }
@@ -219,8 +241,11 @@ impl Service {
                     let fault = Fault::new("cairn.unknown-activity", format!("no activity component named '{name}' is deployed"));
                     return (Err(fault), ResourceAccesses::default());
                 };
-                let Loaded::Activity(component) = &deployed.component else { unreachable!() };
-                let component = component.clone();
+                let component = match self.registry.component(&deployed).await {
+                    Ok(Loaded::Activity(component)) => component.clone(),
+                    Ok(_) => unreachable!("an activity's newest version is an activity component"),
+                    Err(e) => return (Err(Fault::new("cairn.internal", format!("activity '{name}': {e:#}"))), ResourceAccesses::default()),
+                };
                 let http = OutboundCall {
                     policy: self.http.clone(),
                     grant: deployed.http_grant.clone(),
@@ -238,9 +263,15 @@ impl Service {
                 let log = LogContext { sink: self.guest_log(), source: name.clone(), instance: instance.to_string(), at: idempotency_key.to_string() };
                 let svc = self.clone();
                 let (op, inp) = (operation.to_string(), input.to_string());
-                let result = tokio::task::spawn_blocking(move || svc.runtime.invoke(&component, &op, &inp, log, timeout, Some(http), Some(access)))
+                let started = std::time::Instant::now();
+                let span = tracing::info_span!("activity_call", instance, activity = %name, operation, at = idempotency_key);
+                let result = tokio::task::spawn_blocking(move || span.in_scope(|| svc.runtime.invoke(&component, &op, &inp, log, timeout, Some(http), Some(access))))
                     .await
                     .unwrap_or_else(|e| Err(Fault::new("cairn.internal", format!("activity task failed: {e}"))));
+                self.metrics.activity_call(name, started.elapsed());
+                if let Err(f) = &result {
+                    tracing::debug!(instance, activity = %name, operation, fault = %f.name, "activity call faulted: {}", f.message);
+                }
                 let accesses = resources.lock().unwrap().take();
                 let cap = self.config.limits.max_variables_bytes;
                 let result = result.and_then(|out| match out.len() > cap {
@@ -367,9 +398,7 @@ impl Service {
                         result: None,
                     };
                     self.put_in_transit(record).await?;
-                    eprintln!(
-                        "cairn: instance {instance}: non-idempotent call {call_id} ('{operation}' on {target}) was in flight: held for an operator (cairn in-transit ls)"
-                    );
+                    tracing::warn!(instance, "non-idempotent call {call_id} ('{operation}' on {target}) was in flight: held for an operator (cairn in-transit ls)");
                 }
                 Some(InTransitState::Held) => {}
                 Some(state @ (InTransitState::Resubmitted | InTransitState::Abandoned)) => {
@@ -443,8 +472,9 @@ impl Service {
                 held.state = InTransitState::Held;
                 held.since_ms = crate::now_ms();
                 self.put_in_transit(held).await?;
-                eprintln!(
-                    "cairn: instance {instance}: non-idempotent task {instance}:{call_id} ('{operation}' on {target}) was leased to a worker: held for an operator (cairn in-transit ls)"
+                tracing::warn!(
+                    instance,
+                    "non-idempotent task {instance}:{call_id} ('{operation}' on {target}) was leased to a worker: held for an operator (cairn in-transit ls)"
                 );
             }
             Some(InTransitState::Held) => {}

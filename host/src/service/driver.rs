@@ -8,20 +8,25 @@
 //!   rejects a write from any other, and a rejected driver stops.
 //! - Handler calls run in a fresh sandbox each (`Runtime::call`).
 //! - Effects leave only after the batch that holds them commits
-//!   (`after_commit`).
+//!   (`after_commit`). Persistence points are pipelined: the driver goes on
+//!   computing while its last points are being written (`Pipeline`), and
+//!   waits for them before anything leaves the host that a point decided
+//!   (dispatched calls and sends, replies, operators told), before a call
+//!   with capabilities runs inline, and before it idles or ends. A new
+//!   instance's first point is awaited: it is the message's acceptance.
 //! - A driver waiting for a message or a timer idles for `--idle-ms`, then
 //!   leaves memory: the instance is dehydrated; a message or a timer
 //!   rehydrates it in a new driver.
 //! - At shutdown a driver commits (reason `shutdown`) only when it has no
 //!   input in hand: never between a handler call and its result.
 
-use super::{Service, Wake};
+use super::{InstanceEvent, Service, Wake};
 use crate::now_ms;
 use crate::runtime::{LogContext, Loaded, Session};
 use cairn_engine::{
     Control, Delivery, Effect, Fault, HandlerOutput, Input, Machine, PersistencePoint, ProcessKind, Reason, ResourceAccesses, Snapshot, Status, Wait, Yield,
 };
-use cairn_store::{CorrelationKey, HistoryEntry, Reply, TimerKey, Write, WriteBatch};
+use cairn_store::{CorrelationKey, HistoryEntry, Moved, Reply, TimerKey, Write, WriteBatch};
 use anyhow::{anyhow, Result};
 use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -38,6 +43,10 @@ pub struct Creation {
     pub ack: tokio::sync::oneshot::Sender<Result<(), crate::service::Error>>,
 }
 
+/// Most messages and call results one history entry records (a microflow
+/// or an atomic scope may take many between two points).
+const MAX_MOVED: usize = 64;
+
 /// Drives instance `id` while it has something to do. `creation`: a new
 /// instance, not yet stored, until its first persistence point commits.
 pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: UnboundedReceiver<Wake>, mut creation: Option<Creation>) {
@@ -47,8 +56,10 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
     let mut conflicts: u32 = 0;
     // Persistence points (or loads) that failed for a storage reason in a row.
     let mut failures: u32 = 0;
+    use tracing::Instrument;
+    let span = tracing::info_span!("instance", instance = %id);
     loop {
-        match drive(&svc, &id, &mut rx, &mut conflicts, &mut creation).await {
+        match drive(&svc, &id, &mut rx, &mut conflicts, &mut creation).instrument(span.clone()).await {
             Err(e) if e.is::<ResourceConflict>() => {
                 conflicts += 1;
                 // A little later each time, so that contenders spread out.
@@ -64,7 +75,7 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
                     break;
                 }
                 if failures == 0 {
-                    eprintln!("cairn: instance {id} waits for the store to take writes again: {e:#}");
+                    tracing::warn!(instance = %id, "waits for the store to take writes again: {e:#}");
                 }
                 failures += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100 << failures.min(3))).await;
@@ -73,7 +84,7 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
                 }
             }
             Err(e) => {
-                eprintln!("cairn: instance {id} stopped: {e:#}");
+                tracing::error!(instance = %id, "instance stopped: {e:#}");
                 break;
             }
             Ok(()) => break,
@@ -100,24 +111,44 @@ impl std::fmt::Display for ResourceConflict {
 
 impl std::error::Error for ResourceConflict {}
 
-/// Commits a persistence point's batch; a resource conflict marks the
-/// point's dispatched calls to run again and becomes `ResourceConflict`.
+/// Commits a persistence point's batch and waits for it.
 async fn commit_batch(svc: &Service, id: &str, b: WriteBatch, effects: &[Effect]) -> Result<()> {
-    match svc.store.commit(b).await {
-        Ok(()) => Ok(()),
-        Err(e @ cairn_store::StoreError::Conflict { .. }) => {
+    svc.store.commit(b).await.map_err(|e| refused(svc, id, e, effects))
+}
+
+/// The error of a refused persistence point; a resource conflict marks the
+/// point's calls to run again and becomes `ResourceConflict`.
+fn refused(svc: &Service, id: &str, e: cairn_store::StoreError, effects: &[Effect]) -> anyhow::Error {
+    match e {
+        e @ cairn_store::StoreError::Conflict { .. } => {
             let calls = effects.iter().filter_map(|e| match e {
                 Effect::ResourceWrites { call_id, .. } => Some(*call_id),
                 _ => None,
             });
             svc.calls.rerun(id, calls);
-            Err(ResourceConflict(e).into())
+            ResourceConflict(e).into()
         }
-        Err(e) => Err(e.into()),
+        e => e.into(),
     }
 }
 
+/// Drives the instance until it idles out, ends or fails; whatever it
+/// submitted is settled before it returns (released if it committed).
 async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, conflicts: &mut u32, creation: &mut Option<Creation>) -> Result<()> {
+    let mut pipeline = Pipeline::new(id);
+    let driven = drive_machine(svc, id, rx, conflicts, creation, &mut pipeline).await;
+    let settled = pipeline.drain(svc, conflicts).await;
+    driven.and(settled)
+}
+
+async fn drive_machine(
+    svc: &Service,
+    id: &str,
+    rx: &mut UnboundedReceiver<Wake>,
+    conflicts: &mut u32,
+    creation: &mut Option<Creation>,
+    pipeline: &mut Pipeline,
+) -> Result<()> {
     let snap = match creation {
         Some(c) => c.snapshot.clone(),
         None => match svc.load_snapshot(id).await? {
@@ -125,15 +156,20 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
             None => return Ok(()),
         },
     };
+    // A terminal instance is loaded only to be retried.
+    let mut early = Vec::new();
     if snap.status.is_terminal() {
-        return Ok(());
+        early = super::lifecycle::retry_wakes(rx, snap.status);
+        if early.is_empty() {
+            return Ok(());
+        }
     }
     let deployed = svc
         .registry
         .deployed(&snap.version)
         .ok_or_else(|| anyhow!("definition version {} of process '{}' is not deployed", snap.version, snap.process))?;
     let def = deployed.record.definition.as_ref().ok_or_else(|| anyhow!("version {} is not a process", snap.version))?;
-    let Loaded::Process(component) = &deployed.component else {
+    let Loaded::Process(component) = svc.registry.component(&deployed).await? else {
         return Err(anyhow!("version {} is not a process component", snap.version));
     };
     // Outbox entries this driver has sent on their way.
@@ -146,7 +182,8 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
         anyhow!("{reason}")
     })?;
     m.set_breakpoints(svc.operator.breakpoints_of(&def.name));
-    m.set_pure_activities(svc.registry.pure_activities());
+    let pure = svc.registry.pure_activities();
+    m.set_pure_activities(pure.clone());
     let mut consumed: HashSet<u64> = HashSet::new();
     let mut inbox = match creation {
         Some(c) => vec![c.delivery.clone()],
@@ -165,14 +202,25 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
     // Operator verbs waiting to apply, and the callers to tell once they are committed.
     let mut controls: VecDeque<(Control, Responder)> = VecDeque::new();
     let mut told: Vec<Responder> = Vec::new();
+    for w in early {
+        absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls, None).await?;
+    }
     let mut input = Input::Continue;
+    // What moved the instance since its last persistence point (messages
+    // consumed, call results taken), for the next point's history entry.
+    let mut moved: Vec<Moved> = Vec::new();
     loop {
         if input == Input::Continue {
             // Between transitions: take in what arrived, and apply an
             // operator verb if one waits (never inside an atomic scope).
             while let Ok(w) = rx.try_recv() {
+                if matches!(w, Wake::Resume) {
+                    // Resume reads the inbox and outbox as stored.
+                    pipeline.drain(svc, conflicts).await?;
+                }
                 absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls, creation.as_ref().map(|c| &c.delivery)).await?;
             }
+            pipeline.release_ready(svc, conflicts)?;
             if m.in_atomic().is_none() {
                 if let Some((c, responder)) = controls.pop_front() {
                     told.push(responder);
@@ -189,8 +237,13 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
             if m.in_atomic().is_some() {
                 return Ok(());
             }
-            commit(svc, &mut m, Reason::Shutdown, &mut sent, conflicts, creation).await?;
+            commit(svc, &mut m, Reason::Shutdown, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
             return Ok(());
+        }
+        match &input {
+            Input::Message(d) if moved.len() < MAX_MOVED => moved.push(Moved::message(&d.message_id, &d.operation, &d.body)),
+            Input::InvokeResult { call_id, result, .. } if moved.len() < MAX_MOVED => moved.push(Moved::call_result(*call_id, result)),
+            _ => {}
         }
         let y = m.step(input, now_ms());
         input = match y {
@@ -204,7 +257,9 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                 let variables = m.snapshot().variables.clone();
                 let atomic = m.in_atomic();
                 let cap = svc.config.limits.max_variables_bytes;
-                let result = tokio::task::block_in_place(|| match atomic {
+                let span = tracing::debug_span!("handler_call", process = %def.name, at = %log.at, handler = call.handler);
+                let started = std::time::Instant::now();
+                let result = tokio::task::block_in_place(|| span.in_scope(|| match atomic {
                     None => {
                         session = None;
                         svc.runtime
@@ -226,19 +281,20 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                         }
                         r
                     }
-                });
+                }));
+                svc.metrics.handler_call(&def.name, started.elapsed());
                 Input::Handler(result)
             }
             Yield::Persist(reason) => {
                 session = None;
-                commit(svc, &mut m, reason, &mut sent, conflicts, creation).await?;
-                tell(&mut told);
+                commit(svc, &mut m, reason, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
                 Input::Continue
             }
             Yield::Suspended => {
                 if m.needs_persistence() || creation.is_some() {
-                    commit(svc, &mut m, Reason::Suspended, &mut sent, conflicts, creation).await?;
+                    commit(svc, &mut m, Reason::Suspended, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
                 }
+                pipeline.drain(svc, conflicts).await?;
                 tell(&mut told);
                 // A call in flight keeps the driver, so that its result is not lost.
                 let call_in_flight = m.awaits_call();
@@ -251,15 +307,18 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                 Input::Continue
             }
             Yield::Sleep(ms) => {
+                pipeline.drain(svc, conflicts).await?;
                 tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                 Input::Continue
             }
             Yield::Finished(reason) => {
                 if def.kind == ProcessKind::Microflow && !def.keep_final_state && m.snapshot().status == Status::Completed {
+                    pipeline.drain(svc, conflicts).await?;
                     discard(svc, &mut m, creation).await?;
                 } else {
-                    commit(svc, &mut m, reason, &mut sent, conflicts, creation).await?;
+                    commit(svc, &mut m, reason, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
                 }
+                pipeline.drain(svc, conflicts).await?;
                 tell(&mut told);
                 for (_, responder) in controls.drain(..) {
                     let _ = responder.send(Err("the instance has ended".into()));
@@ -276,19 +335,20 @@ async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, confli
                     // Decided but not committed: a pure call, or one of a
                     // microflow or atomic scope. It runs inline; nothing of
                     // it has left the host, so a crash runs it again.
-                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id).await;
+                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id, &pure, pipeline, conflicts).await?;
                     Input::InvokeResult { call_id, result, resources }
                 } else if def.kind == ProcessKind::Microflow || m.in_atomic().is_some() {
                     // A microflow, or an atomic scope, is one transaction: its calls run inline.
                     let Some(call_id) = first_invoke(&wait) else {
                         return Err(anyhow!("a transaction waits for {wait:?}, which deploy validation forbids"));
                     };
-                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id).await;
+                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id, &pure, pipeline, conflicts).await?;
                     Input::InvokeResult { call_id, result, resources }
                 } else {
                     if m.needs_persistence() || creation.is_some() {
-                        commit(svc, &mut m, Reason::Waiting, &mut sent, conflicts, creation).await?;
+                        commit(svc, &mut m, Reason::Waiting, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
                     }
+                    pipeline.drain(svc, conflicts).await?;
                     tell(&mut told);
                     let Some(wakes) = idle(svc, id, rx, first_invoke(&wait).is_some(), svc.idle()).await else {
                         return Ok(());
@@ -455,19 +515,38 @@ fn created(creation: &mut Option<Creation>) {
     }
 }
 
-/// Runs a microflow's (or atomic scope's) invoke at once, without an outbox entry.
-async fn invoke_inline(svc: &Service, m: &mut Machine<'_>, id: &str, call_id: u64) -> (Result<String, Fault>, ResourceAccesses) {
+/// Runs a pure call, or a microflow's (or atomic scope's) invoke, at once,
+/// without an outbox entry. A call with capabilities leaves the host: the
+/// points before it are made durable first.
+// The driver's state, one argument per part it uses.
+#[allow(clippy::too_many_arguments)]
+async fn invoke_inline(
+    svc: &Service,
+    m: &mut Machine<'_>,
+    id: &str,
+    call_id: u64,
+    pure: &std::sync::Arc<std::collections::BTreeSet<String>>,
+    pipeline: &mut Pipeline,
+    conflicts: &mut u32,
+) -> Result<(Result<String, Fault>, ResourceAccesses)> {
     let Some(Effect::Invoke { target, operation, input, idempotency_key, policy, .. }) = m.take_invoke(call_id) else {
-        return (Err(Fault::new("cairn.internal", "the invoke to run is not among the pending effects")), ResourceAccesses::default());
+        return Ok((Err(Fault::new("cairn.internal", "the invoke to run is not among the pending effects")), ResourceAccesses::default()));
     };
+    if !matches!(&target, cairn_engine::Target::Activity(name) if pure.contains(name)) {
+        pipeline.drain(svc, conflicts).await?;
+    }
     let earlier = m.pending_resource_writes();
     let result = svc.call_with_policy(id, call_id, &target, &operation, &input, &idempotency_key, &policy, 1, earlier).await;
     crate::failpoint::hit("inline-call");
-    result
+    Ok(result)
 }
 
 /// Writes one persistence point: the snapshot, its history entry and every
-/// effect since the last one, in one batch; then hands the effects on.
+/// effect since the last one, in one batch, submitted to the store; its
+/// effects and the operators in `told` are handed on once it is durable
+/// (`Pipeline`). A new instance's first point is awaited.
+// The driver's state, one argument per part it may change.
+#[allow(clippy::too_many_arguments)]
 async fn commit(
     svc: &Service,
     m: &mut Machine<'_>,
@@ -475,13 +554,34 @@ async fn commit(
     sent: &mut HashSet<u64>,
     conflicts: &mut u32,
     creation: &mut Option<Creation>,
+    pipeline: &mut Pipeline,
+    told: &mut Vec<Responder>,
+    moved: &mut Vec<Moved>,
 ) -> Result<()> {
     let PersistencePoint { snapshot, based_on, effects, reason, path, at_ms } = m.persistence_point(reason, now_ms());
     let id = snapshot.id.clone();
     let fence = snapshot.fence;
     let mut b = WriteBatch::new();
     b.fence(&id, based_on, fence);
-    let entry = HistoryEntry { fence, at_ms, reason, status: snapshot.status, path, resource_conflicts: *conflicts };
+    let mut moved_by = std::mem::take(moved);
+    moved_by.extend(effects.iter().filter_map(|e| match e {
+        Effect::Send { call_id, target: cairn_engine::Target::Process(process), operation, message_id, start, .. } => {
+            Some(Moved::Sent { call_id: *call_id, message_id: message_id.clone(), process: process.clone(), operation: operation.clone(), start: *start })
+        }
+        _ => None,
+    }));
+    // Only when someone listens: then the event costs a few clones.
+    let event = svc.events.listening().then(|| InstanceEvent {
+        id: id.clone(),
+        process: snapshot.process.clone(),
+        version: snapshot.version.clone(),
+        status: snapshot.status,
+        path: path.clone(),
+        reason,
+        fence,
+        at_ms,
+    });
+    let entry = HistoryEntry { fence, at_ms, reason, status: snapshot.status, path, resource_conflicts: *conflicts, moved_by };
     b.push(Write::History { instance: id.clone(), entry });
     let keep = svc.history_limit().max(1);
     if fence > keep {
@@ -490,21 +590,130 @@ async fn commit(
     for e in &effects {
         effect_writes(&snapshot, e, &mut b);
     }
+    let (process, status) = (snapshot.process.clone(), snapshot.status);
     b.push(Write::Instance(Box::new(snapshot)));
-    with_creation(&mut b, creation);
     crate::failpoint::hit("before-commit");
-    commit_batch(svc, &id, b, &effects).await?;
-    created(creation);
-    *conflicts = 0;
-    if reason == Reason::Compensated {
-        crate::failpoint::hit("after-compensation-step");
-    }
+    // Entries this driver sends on their way once the point is durable (a
+    // Resume meanwhile must not send them again).
     sent.extend(effects.iter().filter_map(|e| match e {
         Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => Some(*call_id),
         _ => None,
     }));
-    after_commit(svc, &id, effects);
+    let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, created: creation.is_some() };
+    if creation.is_some() {
+        // The first point of a new instance accepts its message.
+        with_creation(&mut b, creation);
+        commit_batch(svc, &id, b, &point.effects).await?;
+        created(creation);
+        *conflicts = 0;
+        point.release(svc, &id);
+        return Ok(());
+    }
+    if !pipeline.is_empty() {
+        crate::failpoint::hit("pipelined");
+    }
+    pipeline.submit(svc, b, point);
     Ok(())
+}
+
+/// The persistence points a driver submitted and does not yet know durable,
+/// oldest first, with what each lets leave the host once it is. The store
+/// commits one instance's batches in order and refuses a batch whose fence
+/// is based on one that failed, so when a point fails every later one fails
+/// too, and the instance goes on from its last durable point: a crash, or a
+/// refused point, loses only work whose effects never left.
+struct Pipeline {
+    id: String,
+    in_flight: VecDeque<InFlight>,
+}
+
+/// One submitted persistence point and what it holds back.
+struct InFlight {
+    /// `None` only while the point is built.
+    committing: Option<cairn_store::Committing>,
+    reason: Reason,
+    effects: Vec<Effect>,
+    told: Vec<Responder>,
+    /// For the event stream, when someone listened as it was built.
+    event: Option<InstanceEvent>,
+    /// For the metrics and the log.
+    process: String,
+    status: Status,
+    fence: u64,
+    /// The first point of a new instance.
+    created: bool,
+}
+
+impl InFlight {
+    /// The point is durable: its effects go, its operators are told.
+    fn release(mut self, svc: &Service, id: &str) {
+        crate::failpoint::hit("after-point");
+        svc.metrics.persistence_point(&self.process, self.status, self.created);
+        tracing::debug!(fence = self.fence, reason = ?self.reason, status = self.status.as_str(), "persistence point");
+        if self.reason == Reason::Compensated {
+            crate::failpoint::hit("after-compensation-step");
+        }
+        after_commit(svc, id, self.effects);
+        tell(&mut self.told);
+        if let Some(event) = self.event {
+            svc.events.publish(event);
+        }
+    }
+}
+
+impl Pipeline {
+    fn new(id: &str) -> Pipeline {
+        Pipeline { id: id.to_string(), in_flight: VecDeque::new() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    fn submit(&mut self, svc: &Service, batch: WriteBatch, mut point: InFlight) {
+        point.committing = Some(svc.store.submit(batch));
+        self.in_flight.push_back(point);
+    }
+
+    /// Releases the oldest points already durable, without waiting.
+    fn release_ready(&mut self, svc: &Service, conflicts: &mut u32) -> Result<()> {
+        while let Some(front) = self.in_flight.front_mut() {
+            let Some(verdict) = front.committing.as_mut().and_then(|c| c.verdict()) else { break };
+            let point = self.in_flight.pop_front().expect("a front point");
+            self.settle(svc, point, verdict, conflicts)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every point in flight, releasing each that committed. On
+    /// the first that failed, waits for the rest (refused, being based on
+    /// it) and returns its error.
+    async fn drain(&mut self, svc: &Service, conflicts: &mut u32) -> Result<()> {
+        let mut first_error = None;
+        while let Some(mut point) = self.in_flight.pop_front() {
+            let verdict = match point.committing.take() {
+                Some(c) => c.await,
+                None => Ok(()),
+            };
+            if first_error.is_none() {
+                if let Err(e) = self.settle(svc, point, verdict, conflicts) {
+                    first_error = Some(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn settle(&self, svc: &Service, point: InFlight, verdict: cairn_store::Result<()>, conflicts: &mut u32) -> Result<()> {
+        match verdict {
+            Ok(()) => {
+                *conflicts = 0;
+                point.release(svc, &self.id);
+                Ok(())
+            }
+            Err(e) => Err(refused(svc, &self.id, e, &point.effects)),
+        }
+    }
 }
 
 /// The writes that record `effect` in its persistence point.

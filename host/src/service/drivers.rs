@@ -126,7 +126,7 @@ impl Drivers {
                 }
             }
             if tokio::time::timeout_at(deadline, emptied).await.is_err() {
-                eprintln!("cairn: {} instances did not stop in time", self.count());
+                tracing::warn!("{} instances did not stop in time", self.count());
                 return;
             }
         }

@@ -10,7 +10,7 @@
 use super::{new_id, Error, ErrorKind, Service};
 use crate::now_ms;
 use cairn_engine::{self as engine, correlation_values, Delivery, Snapshot};
-use cairn_store::{ComponentKind, CorrelationKey, HistoryEntry, IntakeRecord, Write, WriteBatch};
+use cairn_store::{ComponentKind, CorrelationKey, HistoryEntry, IntakeRecord, Moved, Write, WriteBatch};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,12 +163,18 @@ impl Service {
     async fn route(&self, m: &MessageIn, process: Option<&str>, res: &Reservations) -> Result<Route, Error> {
         let processes: Vec<Arc<Deployed>> =
             self.registry.processes().into_iter().filter(|d| process.is_none_or(|p| d.record.name == p)).collect();
-        // 1. An instance that correlates: any version of the process may hold it.
+        // 1. An instance that correlates: any version of the process may
+        // hold it. With several instance-creating receives (in a flow), the
+        // messages after the first route to the instance it created.
         let mut missing = Vec::new();
         for d in processes.iter().filter(|_| !m.create_only) {
             let def = d.definition().expect("process records hold their definition");
+            let shared = def.creating_receive_count() > 1;
             for sub in def.subscriptions() {
-                let (Some(set_name), false) = (&sub.correlation, sub.creates_instance) else { continue };
+                let Some(set_name) = &sub.correlation else { continue };
+                if sub.creates_instance && !shared {
+                    continue;
+                }
                 if sub.operation != m.operation {
                     continue;
                 }
@@ -189,24 +195,20 @@ impl Service {
                 }
             }
         }
-        // 2. A process that creates instances on this operation: its newest version.
-        let mut creators: Vec<Arc<Deployed>> = Vec::new();
+        // 2. A process that creates instances on this operation (by a
+        // receive, or a branch of a pick): its newest version.
+        let mut creators: Vec<(Arc<Deployed>, engine::definition::Subscription)> = Vec::new();
         for d in processes.iter().filter(|d| self.registry.is_latest(d)) {
             let def = d.definition().expect("process records hold their definition");
-            if let Some((_, node)) = def.creating_receive() {
-                if let engine::Activity::Receive { operation, .. } = &node.activity {
-                    if *operation == m.operation {
-                        creators.push(d.clone());
-                    }
-                }
+            if let Some(sub) = def.creating_subscriptions().into_iter().find(|s| s.operation == m.operation) {
+                creators.push((d.clone(), sub));
             }
         }
-        creators.sort_by(|a, b| a.record.name.cmp(&b.record.name));
-        if let Some(d) = creators.into_iter().next() {
+        creators.sort_by(|a, b| a.0.record.name.cmp(&b.0.record.name));
+        if let Some((d, sub)) = creators.into_iter().next() {
             let def = d.definition().expect("process records hold their definition");
-            let (_, node) = def.creating_receive().expect("a creator has a creating receive");
-            let correlation = match &node.activity {
-                engine::Activity::Receive { correlation: Some(set_name), .. } => {
+            let correlation = match &sub.correlation {
+                Some(set_name) => {
                     let set = def.correlation_set(set_name).expect("validated at deploy");
                     let values = correlation_values(set, &m.body)
                         .map_err(|e| Error::new(ErrorKind::BadInput, format!("cannot start process '{}': {e}", def.name)))?;
@@ -226,7 +228,7 @@ impl Service {
                     }
                     Some(key)
                 }
-                _ => None,
+                None => None,
             };
             return Ok(Route::Create { deployed: d, correlation });
         }
@@ -256,7 +258,7 @@ impl Service {
                 snap.correlations.insert(key.set.clone(), key.values.clone());
                 b.push(Write::Correlation { key: key.clone(), instance: instance.to_string() });
             }
-            created = Some(put_new_instance(&mut b, snap));
+            created = Some(put_new_instance(&mut b, snap, m.sent_by.as_ref()));
         }
         let seq = self.intake.inbox_seq.fetch_add(1, Ordering::SeqCst);
         let delivery = Delivery { seq, message_id: message_id.to_string(), operation: m.operation.clone(), body: m.body.clone() };
@@ -270,8 +272,11 @@ impl Service {
     }
 
     async fn commit_intake(&self, m: &MessageIn, message_id: &str, route: &Route, instance: &str) -> Result<(), Error> {
-        let (b, _, _) = self.intake_writes(m, message_id, route, instance);
+        let (b, created, _) = self.intake_writes(m, message_id, route, instance);
         self.store.commit(b).await?;
+        if let Some(snap) = created {
+            self.metrics.instance_started(&snap.process);
+        }
         Ok(())
     }
 
@@ -298,10 +303,9 @@ impl Service {
             .latest(ComponentKind::Process, process)
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no process named '{process}' is deployed")))?;
         let def = deployed.definition().expect("process records hold their definition");
-        if let Some((_, node)) = def.creating_receive() {
-            let engine::Activity::Receive { operation, .. } = &node.activity else { unreachable!() };
+        if let Some(sub) = def.creating_subscriptions().into_iter().next() {
             let body = input.unwrap_or(serde_json::Value::Object(Default::default())).to_string();
-            let m = MessageIn { create_only: true, ..MessageIn::new(operation.clone(), body) };
+            let m = MessageIn { create_only: true, ..MessageIn::new(sub.operation, body) };
             return self.accept_message(m, Some(process)).await;
         }
         let mut variables: serde_json::Value = serde_json::from_str(&def.initial_variables).map_err(anyhow::Error::from)?;
@@ -318,19 +322,23 @@ impl Service {
         let id = new_id();
         let snap = Snapshot::new(id.clone(), def, deployed.record.version.clone(), variables.to_string(), now_ms());
         let mut b = WriteBatch::new();
-        put_new_instance(&mut b, snap);
+        put_new_instance(&mut b, snap, None);
         self.store.commit(b).await?;
+        self.metrics.instance_started(process);
         self.wake(&id);
         Ok(Accepted { message_id: String::new(), instance: id, created: true, duplicate: false })
     }
 }
 
-/// A new instance's first persistence point: fence 1, its snapshot and its `created` history entry.
-/// Returns the snapshot as written.
-fn put_new_instance(b: &mut WriteBatch, mut snap: Snapshot) -> Snapshot {
+/// A new instance's first persistence point: fence 1, its snapshot and its
+/// `created` history entry, naming the instance that sent the creating
+/// message (`sent_by`: its parent), if one did. Returns the snapshot as written.
+fn put_new_instance(b: &mut WriteBatch, mut snap: Snapshot, sent_by: Option<&(String, u64)>) -> Snapshot {
     snap.fence = 1;
     b.fence(&snap.id, 0, 1);
-    let entry = HistoryEntry { fence: 1, at_ms: snap.created_ms, reason: engine::Reason::Created, status: snap.status, path: String::new(), resource_conflicts: 0 };
+    let moved_by = sent_by.map(|(instance, call_id)| Moved::StartedBy { instance: instance.clone(), call_id: *call_id }).into_iter().collect();
+    let entry =
+        HistoryEntry { fence: 1, at_ms: snap.created_ms, reason: engine::Reason::Created, status: snap.status, path: String::new(), resource_conflicts: 0, moved_by };
     b.push(Write::History { instance: snap.id.clone(), entry });
     b.push(Write::Instance(Box::new(snap.clone())));
     snap

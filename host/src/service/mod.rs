@@ -12,6 +12,8 @@
 //! | `Timers` | `timers.rs` | durable timers due in memory; the timer loop |
 //! | `Replies` | `replies.rs` | callers waiting for a reply |
 //! | `Operator` | `operator.rs` | operator verbs, breakpoints, parked instances |
+//! | `Events` | `events.rs` | the live stream of persistence points (the console's `GET /v1/events`) |
+//! | (lifecycle) | `lifecycle.rs` | retry of faulted instances, cancel, variables checked by the guest |
 //! | recovery | `recovery.rs` | what resumes at start |
 //!
 //! Lock order, where locks meet: `Intake::reservations` (async) is held
@@ -29,7 +31,9 @@
 mod calls;
 mod driver;
 mod drivers;
+mod events;
 mod intake;
+mod lifecycle;
 mod operator;
 mod recovery;
 mod registry;
@@ -38,9 +42,11 @@ mod resources;
 mod tasks;
 mod timers;
 
-pub use calls::Calls;
+pub use calls::{CallAttempt, Calls};
 pub use drivers::Drivers;
+pub use events::{Events, InstanceEvent};
 pub use intake::{Accepted, Intake, MessageIn};
+pub use lifecycle::{MigrateReport, Refused, RetryReport};
 pub use operator::Operator;
 pub use registry::{Deployed, Registry};
 pub use replies::Replies;
@@ -200,16 +206,21 @@ pub struct Inner {
     pub timers: Timers,
     pub replies: Replies,
     pub operator: Operator,
+    pub events: Events,
     config: Config,
     guest_log: Arc<GuestLog>,
     /// Whether the previous run of the host ended with a controlled shutdown.
     clean_start: AtomicBool,
+    /// Where the start went (`Service::startup`), for the serving line.
+    startup: std::sync::OnceLock<String>,
     shutting_down: AtomicBool,
     /// An isolated environment (marked so in the store, or made so at this
     /// start): where its outbound effects are recorded instead of sent.
     isolated: Option<Arc<IsolatedEffects>>,
     /// The host's outbound HTTP policy, shared by every activity call.
     pub http: Arc<HttpPolicy>,
+    /// What `GET /metrics` serves (`crate::metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The wiring: a cheap handle on every component.
@@ -227,14 +238,18 @@ impl Service {
     /// Opens the store, loads every deployed component, and starts recovery
     /// and the timer loop in the background (the API can serve at once).
     pub async fn start(config: Config) -> anyhow::Result<Service> {
+        let began = std::time::Instant::now();
         std::fs::create_dir_all(&config.data_dir)?;
         let options = cairn_store::OpenOptions { fsync: config.fsync, salvage_wal: config.salvage_wal };
         let store = cairn_store::open_with(&config.store, options).await?;
+        let store_opened = began.elapsed();
         let runtime = Arc::new(Runtime::new(config.limits.clone(), Some(config.data_dir.join("compiled")))?);
+        let runtime_made = began.elapsed();
         let guest_log = Arc::new(GuestLog::open(&config.data_dir.join("guest-log.jsonl"), config.echo_guest_log, config.limits.guest_log_bytes_per_instance)?);
         let registry = Registry::load(&store, &runtime).await?;
         let timers = Timers::load(&store).await?;
         let operator = Operator::load(&store).await?;
+        let loaded = began.elapsed();
         let isolated = store.isolated().await?;
         if config.isolated && !isolated {
             let mut b = WriteBatch::new();
@@ -243,7 +258,9 @@ impl Service {
         }
         let isolated = (isolated || config.isolated).then(|| Arc::new(IsolatedEffects::new(config.data_dir.join("isolated-effects.jsonl"))));
         let http = Arc::new(config.http.policy(isolated.clone())?);
+        let metrics = Arc::new(crate::metrics::Metrics::new(store.clone()));
         let svc = Service(Arc::new(Inner {
+            metrics,
             store,
             runtime,
             registry,
@@ -254,9 +271,11 @@ impl Service {
             timers,
             replies: Replies::default(),
             operator,
+            events: Events::default(),
             config,
             guest_log,
             clean_start: AtomicBool::new(false),
+            startup: std::sync::OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             isolated,
             http,
@@ -267,12 +286,21 @@ impl Service {
         let mut b = WriteBatch::new();
         b.push(Write::CleanShutdown(false));
         svc.store.commit(b).await?;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        let _ = svc.startup.set(format!(
+            "ready in {:.0} ms: store opened {:.0} ms, runtime {:.0} ms, definitions, timers and operator state {:.0} ms, first write {:.0} ms; recovery goes on in the background",
+            ms(began.elapsed()),
+            ms(store_opened),
+            ms(runtime_made - store_opened),
+            ms(loaded - runtime_made),
+            ms(began.elapsed() - loaded)
+        ));
         tokio::spawn(timers::run(svc.clone()));
         tokio::spawn(tasks::run(svc.clone()));
         let recovering = svc.clone();
         tokio::spawn(async move {
             if let Err(e) = recovery::recover(&recovering).await {
-                eprintln!("cairn: recovery failed: {e:#}");
+                tracing::error!("recovery failed: {e:#}");
             }
         });
         Ok(svc)
@@ -355,12 +383,33 @@ impl Service {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// How long the start took and where the time went.
+    pub fn startup(&self) -> &str {
+        self.startup.get().map(String::as_str).unwrap_or("")
+    }
+
     pub fn clean_start(&self) -> bool {
         self.clean_start.load(Ordering::SeqCst)
     }
 
     pub async fn load_snapshot(&self, id: &str) -> Result<Option<Snapshot>, StoreError> {
         self.store.instance(id).await
+    }
+
+    /// The metrics as a scrape gets them: first the series read where they
+    /// live (live-index counts, timers, the dispatch queue, drivers in memory).
+    pub async fn metrics_text(&self) -> Result<String, Error> {
+        use cairn_engine::Status;
+        for status in [Status::Running, Status::Waiting, Status::Suspended] {
+            let n = self.store.count_instances(status).await?;
+            self.metrics.instances.get_or_create(&vec![("status", status.as_str().to_string())]).set(n as i64);
+        }
+        let (pending, due) = self.timers.counts(crate::now_ms());
+        self.metrics.timers_pending.set(pending as i64);
+        self.metrics.timers_due.set(due as i64);
+        self.metrics.dispatch_queue.set(self.calls.in_flight() as i64);
+        self.metrics.instances_in_memory.set(self.drivers.count() as i64);
+        Ok(self.metrics.render())
     }
 
     /// Makes sure a driver runs for `id` and tells it to look again.
@@ -377,10 +426,10 @@ impl Service {
         let mut b = WriteBatch::new();
         b.push(Write::CleanShutdown(true));
         if let Err(e) = self.store.commit(b).await {
-            eprintln!("cairn: recording the controlled shutdown: {e}");
+            tracing::error!("recording the controlled shutdown: {e}");
         }
         if let Err(e) = self.store.flush().await {
-            eprintln!("cairn: flushing the store: {e}");
+            tracing::error!("flushing the store: {e}");
         }
         self.store.close().await;
     }

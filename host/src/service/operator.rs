@@ -119,7 +119,15 @@ impl Service {
         if let C::SetVariables(v) = &control {
             serde_json::from_str::<serde_json::Value>(v)
                 .map_err(|e| Error::new(ErrorKind::BadInput, format!("variables are not valid JSON: {e}")))?;
+            self.check_variables(&snap.version, v).await?;
         }
+        self.send_control(id, control).await
+    }
+
+    /// Hands a verb to the instance's driver, waits until it is committed,
+    /// and returns the instance as it then stands.
+    pub(super) async fn send_control(&self, id: &str, control: Control) -> Result<Snapshot, Error> {
+        let conflict = |why: String| Err(Error::new(ErrorKind::Conflict, why));
         let (tx, rx) = oneshot::channel();
         self.drivers.wake(self, id, Wake::Control(control, tx));
         match tokio::time::timeout(std::time::Duration::from_secs(30), rx).await {

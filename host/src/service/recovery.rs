@@ -15,6 +15,14 @@ use std::collections::BTreeSet;
 /// crash, running instances of definitions with deferred recovery are
 /// parked until an operator releases them.
 pub async fn recover(svc: &Service) -> anyhow::Result<()> {
+    let progress = crate::progress::spinner("recovery: listing running instances");
+    let found = recover_with(svc, &progress).await;
+    progress.finish_and_clear();
+    svc.metrics.recovery_done.set(1);
+    found
+}
+
+async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar) -> anyhow::Result<()> {
     let crashed = !svc.clean_start();
     let mut resume = BTreeSet::new();
     let mut park = Vec::new();
@@ -33,8 +41,9 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
                 }
             }
         }
-        Err(e) => eprintln!("cairn: recovery: listing running instances: {e} (going on with the rest)"),
+        Err(e) => tracing::error!("recovery: listing running instances: {e} (going on with the rest)"),
     }
+    progress.set_message("recovery: listing inboxes");
     match svc.store.inbox_owners().await {
         Ok(owners) => {
             for id in owners {
@@ -43,19 +52,20 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
                         resume.insert(id);
                     }
                     Ok(_) => {}
-                    Err(e) => eprintln!("cairn: recovery: instance {id} is not resumed: {e}"),
+                    Err(e) => tracing::error!(instance = %id, "recovery: instance {id} is not resumed: {e}"),
                 }
             }
         }
         Err(e) => {
             // A damaged block ends the scan: look up each waiting instance's
             // own inbox instead, so only the instances in the block are missed.
-            eprintln!("cairn: recovery: listing inboxes: {e} (looking at each waiting instance instead)");
+            tracing::error!("recovery: listing inboxes: {e} (looking at each waiting instance instead)");
             for id in waiting_with(svc, Table::Inbox).await {
                 resume.insert(id);
             }
         }
     }
+    progress.set_message("recovery: reading the outbox");
     match svc.store.all_outbox().await {
         Ok(outbox) => {
             for (id, effect) in outbox {
@@ -64,19 +74,20 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
                     Ok(_) => {
                         resume.insert(id);
                     }
-                    Err(e) => eprintln!("cairn: recovery: instance {id} is not resumed: {e}"),
+                    Err(e) => tracing::error!(instance = %id, "recovery: instance {id} is not resumed: {e}"),
                 }
             }
         }
         Err(e) => {
-            eprintln!("cairn: recovery: reading the outbox: {e} (looking at each waiting instance's instead)");
+            tracing::error!("recovery: reading the outbox: {e} (looking at each waiting instance's instead)");
             for id in waiting_with(svc, Table::Outbox).await {
                 resume.insert(id);
             }
         }
     }
     if !park.is_empty() {
-        eprintln!("cairn: deferred recovery: {} instances parked until released (cairn release ID)", park.len());
+        tracing::warn!("deferred recovery: {} instances parked until released (cairn release ID)", park.len());
+        svc.metrics.recovery_parked.set(park.len() as i64);
         let mut b = WriteBatch::new();
         for id in &park {
             b.push(Write::Parked { instance: id.clone(), parked: true });
@@ -85,14 +96,19 @@ pub async fn recover(svc: &Service) -> anyhow::Result<()> {
         // Parked in memory first, so that no timer or message loads one meanwhile.
         svc.operator.park(park);
         if let Err(e) = svc.store.commit(b).await {
-            eprintln!("cairn: recording parked instances (they stay parked until this host stops): {e}");
+            tracing::error!("recording parked instances (they stay parked until this host stops): {e}");
         }
     }
     if !resume.is_empty() {
-        eprintln!("cairn: resuming {} instances", resume.len());
+        tracing::info!("resuming {} instances", resume.len());
     }
+    svc.metrics.recovery_found.set(resume.len() as i64);
+    progress.set_length(resume.len() as u64);
+    progress.set_message(format!("recovery: resuming {} instances", resume.len()));
     for id in resume {
         svc.wake(&id);
+        svc.metrics.recovery_resumed.inc();
+        progress.inc(1);
     }
     Ok(())
 }
@@ -115,7 +131,7 @@ async fn waiting_with(svc: &Service, table: Table) -> Vec<String> {
         match entries {
             Ok(0) => {}
             Ok(_) => found.push(s.id),
-            Err(e) => eprintln!("cairn: recovery: instance {} is not resumed: {e}", s.id),
+            Err(e) => tracing::error!(instance = %s.id, "recovery: instance {} is not resumed: {e}", s.id),
         }
     }
     found

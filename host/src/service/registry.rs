@@ -3,7 +3,9 @@
 //! Owns the in-memory map of versions (one `RwLock`, never held across an
 //! await or while taking another lock). Deploy compiles and checks a
 //! component, stores its record and bytes in one batch, then publishes it
-//! here; nothing is stored unless every check passes.
+//! here; nothing is stored unless every check passes. At start only the
+//! records are read: a version's compiled component is loaded on its first
+//! use (`Registry::component`), from the compiled cache when it holds it.
 
 use super::{hex, Error, ErrorKind};
 use crate::now_ms;
@@ -13,12 +15,14 @@ use crate::runtime::{Loaded, Runtime};
 use cairn_engine::Definition;
 use cairn_store::{ComponentKind, DeployedRecord, Store, Write, WriteBatch};
 use sha2::Digest;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 pub struct Deployed {
     pub record: DeployedRecord,
-    pub component: Loaded,
+    /// The compiled component: set at deploy, or on first use after a start
+    /// (`Registry::component`).
+    component: std::sync::OnceLock<Loaded>,
     /// The deployment's outbound HTTP grant, parsed from `record.allow_http`.
     pub http_grant: Vec<UrlPrefix>,
     /// The deployment's resource grant, parsed from `record.resources`.
@@ -26,10 +30,14 @@ pub struct Deployed {
 }
 
 impl Deployed {
-    fn new(record: DeployedRecord, component: Loaded) -> Result<Deployed, String> {
+    fn new(record: DeployedRecord, component: Option<Loaded>) -> Result<Deployed, String> {
         let http_grant = record.allow_http.iter().map(|p| UrlPrefix::parse(p).map_err(|e| format!("'{p}': {e}"))).collect::<Result<_, _>>()?;
         let resource_grants = record.resources.iter().map(|g| ResourceGrant::parse(g)).collect::<Result<_, _>>()?;
-        Ok(Deployed { record, component, http_grant, resource_grants })
+        let loaded = std::sync::OnceLock::new();
+        if let Some(c) = component {
+            let _ = loaded.set(c);
+        }
+        Ok(Deployed { record, component: loaded, http_grant, resource_grants })
     }
 
     /// The definition of a process version.
@@ -43,6 +51,9 @@ struct Versions {
     by_version: HashMap<String, Arc<Deployed>>,
     /// (kind, name) -> newest version.
     latest: HashMap<(ComponentKind, String), String>,
+    /// The activities whose newest version is pure (`Registry::pure_activities`),
+    /// worked out again at each deploy.
+    pure: Arc<BTreeSet<String>>,
 }
 
 impl Versions {
@@ -56,38 +67,70 @@ impl Versions {
             self.latest.insert(key, d.record.version.clone());
         }
         self.by_version.insert(d.record.version.clone(), d);
+        self.pure = Arc::new(self.pure_now());
     }
 
     fn latest(&self, kind: ComponentKind, name: &str) -> Option<Arc<Deployed>> {
         let v = self.latest.get(&(kind, name.to_string()))?;
         self.by_version.get(v).cloned()
     }
+
+    fn pure_now(&self) -> BTreeSet<String> {
+        self.latest
+            .iter()
+            .filter(|((kind, _), _)| *kind == ComponentKind::Activity)
+            .filter_map(|((_, name), version)| {
+                let d = self.by_version.get(version)?;
+                // An external activity's tasks go to workers: never inline.
+                (d.http_grant.is_empty() && d.resource_grants.is_empty() && d.record.external.is_none()).then(|| name.clone())
+            })
+            .collect()
+    }
 }
 
 pub struct Registry {
     versions: RwLock<Versions>,
+    /// Where components are loaded from on first use.
+    store: Store,
+    runtime: Arc<Runtime>,
 }
 
 impl Registry {
-    /// Loads and compiles every stored version.
-    pub async fn load(store: &Store, runtime: &Runtime) -> anyhow::Result<Registry> {
+    /// Reads every stored version's record; components load on first use.
+    pub async fn load(store: &Store, runtime: &Arc<Runtime>) -> anyhow::Result<Registry> {
         let mut versions = Versions::default();
         for record in store.definitions().await? {
-            if record.external.is_some() {
-                let deployed = Deployed::new(record, Loaded::External).map_err(|e| anyhow::anyhow!("an external activity: {e}"))?;
-                versions.insert(Arc::new(deployed));
-                continue;
-            }
-            let bytes = store
-                .component(&record.version)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("component bytes of {} {} are missing", record.name, record.version))?;
-            let component = runtime.load(&record.version, &bytes)?;
+            let external = record.external.is_some().then_some(Loaded::External);
             let what = format!("{} {}", record.name, record.version);
-            let deployed = Deployed::new(record, component).map_err(|e| anyhow::anyhow!("the HTTP grant of {what}: {e}"))?;
+            let deployed = Deployed::new(record, external).map_err(|e| anyhow::anyhow!("the grant of {what}: {e}"))?;
             versions.insert(Arc::new(deployed));
         }
-        Ok(Registry { versions: RwLock::new(versions) })
+        Ok(Registry { versions: RwLock::new(versions), store: store.clone(), runtime: runtime.clone() })
+    }
+
+    /// The compiled component of `d`, loaded on its first use since the
+    /// start: from the compiled cache when it holds it, else compiled from
+    /// the stored bytes (and cached).
+    pub async fn component<'d>(&self, d: &'d Deployed) -> anyhow::Result<&'d Loaded> {
+        if let Some(loaded) = d.component.get() {
+            return Ok(loaded);
+        }
+        let version = &d.record.version;
+        let loaded = match tokio::task::block_in_place(|| self.runtime.load_cached(version)) {
+            Some(loaded) => loaded,
+            None => {
+                let bytes = self
+                    .store
+                    .component(version)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("the component bytes of {} {version} are missing (see `cairn check`)", d.record.name))?;
+                tokio::task::block_in_place(|| self.runtime.load(version, &bytes))
+                    .map_err(|e| anyhow::anyhow!("loading {} {version}: {e:#}", d.record.name))?
+            }
+        };
+        // Two first uses at once may both load it; one is kept.
+        let _ = d.component.set(loaded);
+        Ok(d.component.get().expect("set above"))
     }
 
     pub fn deployed(&self, version: &str) -> Option<Arc<Deployed>> {
@@ -102,17 +145,8 @@ impl Registry {
     /// capability (no HTTP grant, no resource grant): a call of one is a
     /// pure function of its input, run inline with no dispatch persistence
     /// point (`Machine::set_pure_activities`).
-    pub fn pure_activities(&self) -> std::collections::BTreeSet<String> {
-        let v = self.versions.read().unwrap();
-        v.latest
-            .iter()
-            .filter(|((kind, _), _)| *kind == ComponentKind::Activity)
-            .filter_map(|((_, name), version)| {
-                let d = v.by_version.get(version)?;
-                // An external activity's tasks go to workers: never inline.
-                (d.http_grant.is_empty() && d.resource_grants.is_empty() && d.record.external.is_none()).then(|| name.clone())
-            })
-            .collect()
+    pub fn pure_activities(&self) -> Arc<BTreeSet<String>> {
+        self.versions.read().unwrap().pure.clone()
     }
 
     /// The operations of the newest version of activity `name` if it is
@@ -149,7 +183,7 @@ impl Registry {
         };
         let mut b = WriteBatch::new();
         b.push(Write::Definition { record: Box::new(record.clone()), component: Vec::new() });
-        let deployed = Deployed::new(record.clone(), Loaded::External).map_err(|e| Error::new(ErrorKind::BadInput, e))?;
+        let deployed = Deployed::new(record.clone(), Some(Loaded::External)).map_err(|e| Error::new(ErrorKind::BadInput, e))?;
         store.commit(b).await?;
         self.versions.write().unwrap().insert(Arc::new(deployed));
         Ok((record, true))
@@ -229,7 +263,7 @@ impl Registry {
         record.resources = resources;
         let mut b = WriteBatch::new();
         b.push(Write::Definition { record: Box::new(record.clone()), component: bytes });
-        let deployed = Deployed::new(record.clone(), component).map_err(|e| Error::new(ErrorKind::BadInput, format!("grant {e}")))?;
+        let deployed = Deployed::new(record.clone(), Some(component)).map_err(|e| Error::new(ErrorKind::BadInput, format!("grant {e}")))?;
         store.commit(b).await?;
         self.versions.write().unwrap().insert(Arc::new(deployed));
         Ok((record, true))

@@ -369,7 +369,7 @@ impl Service {
                 Some(Event::LeaseExpired) => {
                     // A lost worker is not a failure of the task: offered
                     // again, after the retry policy's first backoff if it has one.
-                    eprintln!("cairn: task {id} ('{operation}' on external activity '{activity}'): the lease of attempt {attempt} expired; offered again");
+                    tracing::warn!(instance, "task {id} ('{operation}' on external activity '{activity}'): the lease of attempt {attempt} expired; offered again");
                     policy.retry.as_ref().map_or(0, |r| r.initial_backoff_ms)
                 }
             };
@@ -405,10 +405,11 @@ impl Service {
         b.push(Write::InTransit(Box::new(record)));
         // Should the write fail, the `Leased` record holds it after a restart all the same.
         if let Err(e) = self.store.commit(b).await {
-            eprintln!("cairn: instance {instance}: recording held task {call_id}: {e}");
+            tracing::error!(instance, "recording held task {call_id}: {e}");
         }
-        eprintln!(
-            "cairn: instance {instance}: the lease of non-idempotent task {instance}:{call_id} ('{operation}' on external activity '{activity}') expired: held for an operator (cairn in-transit ls)"
+        tracing::warn!(
+            instance,
+            "the lease of non-idempotent task {instance}:{call_id} ('{operation}' on external activity '{activity}') expired: held for an operator (cairn in-transit ls)"
         );
     }
 

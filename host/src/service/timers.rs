@@ -32,6 +32,12 @@ impl Timers {
         self.due.lock().unwrap().remove(timer);
     }
 
+    /// How many timers are held, and how many of them are due at `now`.
+    pub fn counts(&self, now: u64) -> (usize, usize) {
+        let due = self.due.lock().unwrap();
+        (due.len(), due.iter().take_while(|t| t.due_ms <= now).count())
+    }
+
     /// Wakes the loop so it sees the host is shutting down.
     pub fn stop(&self) {
         self.changed.notify_waiters();
@@ -56,6 +62,7 @@ pub async fn run(svc: Service) {
         }
         let changed = svc.timers.changed.notified();
         let (due, next) = svc.timers.take_due(now_ms());
+        svc.metrics.timers_fired.inc_by(due.len() as u64);
         for t in due {
             svc.wake(&t.instance);
         }

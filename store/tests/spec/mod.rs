@@ -36,7 +36,7 @@ pub fn delivery(seq: u64) -> Delivery {
 }
 
 pub fn entry(fence: u64) -> HistoryEntry {
-    HistoryEntry { fence, at_ms: 100 + fence, reason: Reason::Waiting, status: Status::Waiting, path: "main/wait".into(), resource_conflicts: 0 }
+    HistoryEntry { fence, at_ms: 100 + fence, reason: Reason::Waiting, status: Status::Waiting, path: "main/wait".into(), resource_conflicts: 0, moved_by: Vec::new() }
 }
 
 pub fn held(instance: &str, call_id: u64) -> InTransit {
