@@ -179,7 +179,7 @@ impl Machine<'_> {
             return None;
         }
         self.snap.fault = Some(record);
-        self.finish(Status::Terminated);
-        Some(Yield::Finished(Reason::Cancelled))
+        // Terminated while cancelling: finished for the reason `Cancelled`.
+        Some(self.finish(Status::Terminated))
     }
 }

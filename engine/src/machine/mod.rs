@@ -275,8 +275,10 @@ impl<'d> Machine<'d> {
                 self.persist(Reason::VariablesSet)
             }
             Control::Terminate => {
-                // Whatever it waited for is withdrawn with it.
+                // Whatever it waited for is withdrawn with it, and a cancel
+                // under way stops short: the instance ends terminated.
                 self.truncate_stack(0);
+                self.snap.cancelling = false;
                 self.finish(Status::Terminated)
             }
             Control::Cancel => self.cancel(),
@@ -436,7 +438,11 @@ impl<'d> Machine<'d> {
             Activity::Throw { fault, message, data } => self.start_throw(fault, message, *data),
             Activity::Rethrow => self.rethrow(),
             Activity::Suspend { .. } => Some(self.suspend()),
-            Activity::Terminate => Some(self.finish(Status::Terminated)),
+            Activity::Terminate => {
+                // A terminate in a handler of a cancel ends the cancel too.
+                self.snap.cancelling = false;
+                Some(self.finish(Status::Terminated))
+            }
             Activity::Receive { .. } => self.start_receive(node),
             Activity::Reply { body, .. } => Some(self.call(*body, None, Expect::ReplyBody)),
             Activity::Pick { branches, creates_instance } => self.start_pick(branches, *creates_instance),
@@ -537,7 +543,8 @@ impl<'d> Machine<'d> {
             };
             self.effects.push(Effect::Reply { message_id: request.message_id, body: "null".into(), fault: Some(fault) });
         }
-        Yield::Finished(terminal_reason(status))
+        // The same reason a later step gives (a cancel ends terminated).
+        Yield::Finished(self.finished_reason())
     }
 
     /// Pops frames above `len`, withdrawing what they were waiting for: their

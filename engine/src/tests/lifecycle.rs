@@ -149,6 +149,27 @@ fn cancel_runs_the_scope_handlers_then_compensates_completed_scopes_and_terminat
 }
 
 #[test]
+fn a_terminate_during_a_cancel_ends_the_instance_terminated_for_good() {
+    // A scope waiting for a message, whose catch-all handler suspends: a
+    // cancel runs the handler, which stops; the operator then terminates.
+    let mut t = Tree::new();
+    let r = t.receive("wait-for-it", "later", false);
+    let stop = t.add("stop", Activity::Suspend { reason: "look first".into() }, T::Default);
+    let handlers = vec![definition::FaultHandler { fault: None, condition: None, reader: None, body: Some(stop) }];
+    let waiting = t.add("waiting", Activity::Scope { body: r, atomic: None, handlers, compensation: None, timeout_ms: None, events: vec![] }, T::Default);
+    let def = t.seq(vec![waiting], ProcessKind::LongRunning);
+    let mut m = Machine::new(&def, correlated(Snapshot::new("i1".into(), &def, "v1".into(), r#"{"n":0,"trace":[]}"#.into(), 0)));
+    let mut answer = |c: &HandlerCall, v: &str| Ok(scope_handler(v, c, &[]));
+    let (y, _) = run_until_stop(&mut m, Input::Continue, &mut answer);
+    assert!(matches!(y, Yield::Await(Wait::Message { .. })), "{y:?}");
+    let (y, _) = run_until_stop(&mut m, Input::Control(Control::Cancel), &mut answer);
+    assert_eq!(y, Yield::Suspended, "the cancel's handler suspended the instance");
+    let (y, _) = run_until_stop(&mut m, Input::Control(Control::Terminate), &mut answer);
+    assert_eq!(y, Yield::Finished(Reason::Terminated));
+    assert_eq!(m.step(Input::Continue, 6_000), Yield::Finished(Reason::Terminated), "a finished instance stays finished");
+}
+
+#[test]
 fn a_migrated_instance_goes_on_after_its_activity_in_the_target_order_or_is_refused_naming_the_frame() {
     // v1: a; wait-here; b      v2: a; inserted; wait-here; b      v3: a; elsewhere; b
     let v1 = {
