@@ -38,6 +38,10 @@ echo "==> running tests (store: RocksDB)" >&2
 # shellcheck disable=SC2086
 cargo test --release $host_packages -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
 
+# The guest SDK's Rust docs: their examples compile (and run, where they need no host).
+echo "==> cargo test -p cairn-guest --doc" >&2
+cargo test --release -p cairn-guest --doc 2>&1 | tee -a "$log" || status=$?
+
 echo "==> running the end-to-end, crash, bad-input, partner, resource and worker tests again (store: PostgreSQL)" >&2
 if ensure_postgres && start_postgres; then
     CAIRN_TEST_STORE=postgres cargo test --release -p cairn-tests --test e2e --test crash --test bad_input --test partners --test resources --test workers \

@@ -2,7 +2,9 @@
 //! for-each with a completion condition (sequential and parallel), fault
 //! handlers matching on data, the process scope's fault and compensation
 //! handlers, event handlers on a scope and on the process, several ways to
-//! create an instance, and correlation violations at deploy and run time.
+//! create an instance, and correlation violations at deploy and run time;
+//! and components built against the first release of the process world
+//! still deploy and run.
 
 use cairn_tests::{eventually, Host, TempDir};
 use serde_json::{json, Value};
@@ -204,4 +206,23 @@ fn an_instance_creating_pick_takes_either_message_and_an_uninitialised_set_is_a_
     assert_eq!(v["fault"]["name"], "cairn.correlation-violation");
     assert_eq!(v["fault"]["path"], "main/confirm");
     assert!(v["fault"]["message"].as_str().unwrap().contains("correlation set 'order'"), "{v:#}");
+}
+
+#[test]
+fn a_component_built_against_the_first_release_of_the_process_world_deploys_starts_and_completes() {
+    // t-legacy-world uses wit-bindgen directly on wit/process-legacy, the
+    // world before event handlers, switch and the other later constructs.
+    let (_d, h) = host("legacy-world");
+    let deployed = h.deploy("t_legacy_world", None);
+    assert_eq!(deployed["name"], "legacy", "{deployed:#}");
+
+    for (n, doubled, big) in [(1, 2, false), (3, 6, true)] {
+        let out = h.cairn(&["start", "legacy", "--input", &json!({ "n": n }).to_string(), "--wait", "--json"]);
+        let v = out.json();
+        assert_eq!(out.code, 0, "{v:#}");
+        assert_eq!(v["status"], "completed", "{v:#}");
+        assert_eq!(v["variables"]["n"], doubled);
+        assert_eq!(v["variables"]["big"], big, "the if's condition handler ran through the old world's call");
+        assert!(reasons(&v).contains(&("waiting".to_string(), "main/pause".to_string())), "the wait is a persistence point: {v:#}");
+    }
 }

@@ -12,9 +12,12 @@
 //! - `contract`: what the driver feeds the machine and what it gets back,
 //!   including the `PersistencePoint` it commits. API boundary.
 //! - `machine`: the interpreter, `Machine`, one file per activity family.
+//! - `from_wit`: the `definition_from_wit!` macro, the one conversion from a
+//!   component's WIT definition types to `Definition` (host and testkit).
 
 pub mod contract;
 pub mod definition;
+mod from_wit;
 pub mod machine;
 pub mod migration;
 pub mod snapshot;

@@ -2,11 +2,16 @@
 //! `describe` hands the host (nodes with child and handler indices), with
 //! indices, names and pointers drawn from small sets so that most inputs come
 //! close to valid, and some are out of range, cyclic, shared or misnamed.
+//! It covers every construct of the engine's `Definition`: event handlers
+//! (message and alarms), repeat-until, switch, for-each with a completion
+//! condition, fault handlers with data conditions, a process scope around
+//! the root (the process's own fault, compensation and event handlers),
+//! several instance-creating receives and creating picks.
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use cairn_engine::definition::{
-    AtomicPolicy, CorrelationSet, FaultHandler, InvokePolicy, PickBranch, PickTrigger, Property, ReceiveTimeout, RetryPolicy,
-    Transaction, WaitFor,
+    AtomicPolicy, CorrelationSet, EventHandler, EventTrigger, FaultHandler, InvokePolicy, PickBranch, PickTrigger, Property,
+    ReceiveTimeout, RetryPolicy, SwitchCase, Transaction, WaitFor,
 };
 use cairn_engine::{Activity, Definition, Node, ProcessKind, Target};
 
@@ -63,6 +68,27 @@ pub struct ArbDefinition {
     nodes: Vec<ArbNode>,
     root: u8,
     handler_count: u8,
+    /// A process scope wrapped around the root: the process's handlers.
+    process_scope: Option<ArbScopeHandlers>,
+}
+
+/// A scope's handlers: fault handlers (name, data condition, reader, body),
+/// compensation, timeout and event handlers.
+#[derive(Debug, Arbitrary)]
+struct ArbScopeHandlers {
+    handlers: Vec<(Option<Op>, Option<u8>, Option<u8>, Option<u8>)>,
+    compensation: Option<u8>,
+    timeout_ms: Option<u64>,
+    events: Vec<ArbEvent>,
+}
+
+/// An event handler: its trigger and body.
+#[derive(Debug, Arbitrary)]
+enum ArbEvent {
+    Message { operation: Op, correlation: Option<Op>, reader: Option<u8>, body: u8 },
+    AfterMs(u64, u8),
+    Deadline(u8, u8),
+    EveryMs(u64, u8),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -86,14 +112,16 @@ enum ArbActivity {
     WaitDeadline(u8),
     Throw(Op, Option<u8>),
     Terminate,
-    Scope { body: u8, atomic: Option<(u32, u64)>, handlers: Vec<(Option<Op>, Option<u8>, Option<u8>)>, compensation: Option<u8>, timeout_ms: Option<u64> },
+    Scope { body: u8, atomic: Option<(u32, u64)>, handlers: ArbScopeHandlers },
     Compensate(Option<Name>),
     Rethrow,
     Suspend,
     StartProcess(Name, Op, u8),
-    Pick(Vec<ArbPickBranch>),
+    Pick(Vec<ArbPickBranch>, bool),
     Flow(Vec<u8>),
-    ForEach(Pointer, bool, u8),
+    ForEach(Pointer, bool, u8, Option<u8>),
+    RepeatUntil(u8, u8),
+    Switch(Vec<(u8, u8)>, Option<u8>),
 }
 
 /// A pick branch: a message trigger (operation, set, reader) or else a
@@ -105,24 +133,63 @@ const VARIABLES: &[&str] = &["{}", r#"{"items":[1,2,3],"n":0}"#, "[]", "null", "
 impl ArbDefinition {
     pub fn build(self) -> Definition {
         let kind = if self.microflow { ProcessKind::Microflow } else { ProcessKind::LongRunning };
-        Definition {
-            name: self.name.0,
-            kind,
-            keep_final_state: self.keep_final_state,
-            deferred_recovery: self.deferred_recovery,
-            initial_variables: VARIABLES[self.variables as usize % VARIABLES.len()].to_string(),
-            correlation_sets: self
+        let correlation_sets = self
                 .sets
                 .into_iter()
                 .map(|(name, props)| CorrelationSet {
                     name: name.0,
                     properties: props.into_iter().map(|(n, p)| Property { name: n.0, pointer: p.0 }).collect(),
                 })
-                .collect(),
-            nodes: self.nodes.into_iter().map(ArbNode::build).collect(),
-            root: self.root.into(),
+                .collect();
+        let mut nodes: Vec<Node> = self.nodes.into_iter().map(ArbNode::build).collect();
+        let mut root = self.root.into();
+        if let Some(process) = self.process_scope {
+            nodes.push(Node { name: "process".into(), activity: process.scope(root, None), transaction: Transaction::Default });
+            root = (nodes.len() - 1) as u32;
+        }
+        Definition {
+            name: self.name.0,
+            kind,
+            keep_final_state: self.keep_final_state,
+            deferred_recovery: self.deferred_recovery,
+            initial_variables: VARIABLES[self.variables as usize % VARIABLES.len()].to_string(),
+            correlation_sets,
+            nodes,
+            root,
             handler_count: self.handler_count.into(),
         }
+    }
+}
+
+impl ArbScopeHandlers {
+    fn scope(self, body: u32, atomic: Option<AtomicPolicy>) -> Activity {
+        let id = u32::from;
+        Activity::Scope {
+            body,
+            atomic,
+            handlers: self
+                .handlers
+                .into_iter()
+                .map(|(f, c, r, b)| FaultHandler { fault: f.map(|f| f.0), condition: c.map(id), reader: r.map(id), body: b.map(id) })
+                .collect(),
+            compensation: self.compensation.map(id),
+            timeout_ms: self.timeout_ms,
+            events: self.events.into_iter().map(ArbEvent::build).collect(),
+        }
+    }
+}
+
+impl ArbEvent {
+    fn build(self) -> EventHandler {
+        let (trigger, body) = match self {
+            ArbEvent::Message { operation, correlation, reader, body } => {
+                (EventTrigger::Message { operation: operation.0, correlation: correlation.map(|c| c.0), reader: reader.map(u32::from) }, body)
+            }
+            ArbEvent::AfterMs(ms, body) => (EventTrigger::AfterMs(ms), body),
+            ArbEvent::Deadline(h, body) => (EventTrigger::Deadline(h.into()), body),
+            ArbEvent::EveryMs(ms, body) => (EventTrigger::EveryMs(ms), body),
+        };
+        EventHandler { trigger, body: body.into() }
     }
 }
 
@@ -186,22 +253,15 @@ impl ArbActivity {
             ArbActivity::WaitDeadline(h) => Activity::Wait { wait: WaitFor::Deadline(h.into()) },
             ArbActivity::Throw(f, d) => Activity::Throw { fault: f.0, message: "thrown".into(), data: d.map(id) },
             ArbActivity::Terminate => Activity::Terminate,
-            ArbActivity::Scope { body, atomic, handlers, compensation, timeout_ms } => Activity::Scope {
-                body: body.into(),
-                atomic: atomic.map(|(max_attempts, backoff_ms)| AtomicPolicy { max_attempts, backoff_ms: backoff_ms % 100 }),
-                handlers: handlers
-                    .into_iter()
-                    .map(|(f, r, b)| FaultHandler { fault: f.map(|f| f.0), condition: None, reader: r.map(id), body: b.map(id) })
-                    .collect(),
-                compensation: compensation.map(id),
-                timeout_ms,
-                events: Vec::new(),
-            },
+            ArbActivity::Scope { body, atomic, handlers } => handlers.scope(
+                body.into(),
+                atomic.map(|(max_attempts, backoff_ms)| AtomicPolicy { max_attempts, backoff_ms: backoff_ms % 100 }),
+            ),
             ArbActivity::Compensate(s) => Activity::Compensate { scope: s.map(|s| s.0) },
             ArbActivity::Rethrow => Activity::Rethrow,
             ArbActivity::Suspend => Activity::Suspend { reason: "fuzz".into() },
             ArbActivity::StartProcess(p, op, b) => Activity::StartProcess { process: p.0, operation: op.0, body: b.into() },
-            ArbActivity::Pick(branches) => Activity::Pick {
+            ArbActivity::Pick(branches, creates_instance) => Activity::Pick {
                 branches: branches
                     .into_iter()
                     .map(|(m, ms, body)| PickBranch {
@@ -212,10 +272,17 @@ impl ArbActivity {
                         body: body.into(),
                     })
                     .collect(),
-                creates_instance: false,
+                creates_instance,
             },
             ArbActivity::Flow(b) => Activity::Flow { branches: b.into_iter().map(id).collect() },
-            ArbActivity::ForEach(p, parallel, body) => Activity::ForEach { items: p.0, parallel, body: body.into(), completion: None },
+            ArbActivity::ForEach(p, parallel, body, completion) => {
+                Activity::ForEach { items: p.0, parallel, body: body.into(), completion: completion.map(id) }
+            }
+            ArbActivity::RepeatUntil(c, b) => Activity::RepeatUntil { condition: c.into(), body: b.into() },
+            ArbActivity::Switch(cases, otherwise) => Activity::Switch {
+                cases: cases.into_iter().map(|(c, b)| SwitchCase { condition: c.into(), body: b.into() }).collect(),
+                otherwise: otherwise.map(id),
+            },
         }
     }
 }

@@ -12,7 +12,12 @@
 //! operation going to the call's `ResourceAccess` (`resources.rs`); process
 //! components may not (process handlers decide, activities act), so there
 //! are two linkers and a component is linked by the world its exports tell,
-//! and refused at load if a process imports wasi:http.
+//! and refused at load if a process imports wasi:http. A process component
+//! built against the first release of the process world
+//! (`wit/process-legacy`, before the later language constructs) links to
+//! that world when it does not match the current one, so components already
+//! deployed keep running; both worlds' definitions convert with the engine's
+//! `definition_from_wit!`.
 //!
 //! The deadline also bounds WASI sleeps and polls, which epochs cannot
 //! interrupt (`bound_sleeps`); each call's guest log is bounded by a quota
@@ -36,13 +41,22 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-/// The `bindgen!` output of the two worlds; `resources.rs` implements the
-/// host side of `cairn:resource/tables` from here.
+/// The `bindgen!` output of the worlds; `resources.rs` implements the host
+/// side of `cairn:resource/tables` from here. `process_legacy` is the first
+/// release of the process world (`wit/process-legacy`): components built
+/// against it keep deploying and running.
 pub(crate) mod bindings {
     pub mod process {
         wasmtime::component::bindgen!({
             world: "cairn:process/process",
             path: "../wit/process",
+        });
+    }
+    pub mod process_legacy {
+        wasmtime::component::bindgen!({
+            world: "cairn:process/process",
+            path: "../wit/process-legacy",
+            with: { "cairn:log/logging": super::process::cairn::log::logging },
         });
     }
     pub mod activity {
@@ -56,6 +70,7 @@ pub(crate) mod bindings {
 
 use bindings::process::cairn::log::logging;
 use bindings::process::cairn::process::types as wit;
+use bindings::process_legacy::cairn::process::types as legacy_wit;
 
 /// Limits applied to every guest call.
 #[derive(Clone, Debug)]
@@ -182,14 +197,65 @@ impl wasmtime::ResourceLimiter for Limiter {
 /// traps poisons it: drop it and start another.
 pub struct Session {
     store: Store<GuestState>,
-    instance: bindings::process::Process,
+    instance: ProcessInstance,
     refused: Arc<AtomicBool>,
 }
 
 /// A compiled, linked process component, ready to instantiate.
 #[derive(Clone)]
 pub struct ProcessComponent {
-    pre: bindings::process::ProcessPre<GuestState>,
+    pre: ProcessPre,
+}
+
+/// A process component of the current world, or of its first release.
+#[derive(Clone)]
+enum ProcessPre {
+    Current(bindings::process::ProcessPre<GuestState>),
+    Legacy(bindings::process_legacy::ProcessPre<GuestState>),
+}
+
+enum ProcessInstance {
+    Current(bindings::process::Process),
+    Legacy(bindings::process_legacy::Process),
+}
+
+impl ProcessPre {
+    fn instantiate(&self, store: &mut Store<GuestState>) -> wasmtime::Result<ProcessInstance> {
+        Ok(match self {
+            ProcessPre::Current(pre) => ProcessInstance::Current(pre.instantiate(store)?),
+            ProcessPre::Legacy(pre) => ProcessInstance::Legacy(pre.instantiate(store)?),
+        })
+    }
+}
+
+impl ProcessInstance {
+    fn describe(&self, store: &mut Store<GuestState>) -> wasmtime::Result<engine::Definition> {
+        Ok(match self {
+            ProcessInstance::Current(i) => definition_from_wit(i.call_describe(store)?),
+            ProcessInstance::Legacy(i) => definition_from_legacy_wit(i.call_describe(store)?),
+        })
+    }
+
+    /// The world's `call`: the handler's output, or the fault it returned.
+    fn call(
+        &self,
+        store: &mut Store<GuestState>,
+        handler: u32,
+        variables: &str,
+        message: Option<&str>,
+        item: Option<&str>,
+    ) -> wasmtime::Result<Result<HandlerOutput, engine::Fault>> {
+        Ok(match self {
+            ProcessInstance::Current(i) => i
+                .call_call(store, handler, variables, message, item)?
+                .map(|out| HandlerOutput { variables: out.variables, output: out.output })
+                .map_err(|f| engine::Fault { name: f.name, message: f.message, data: f.data }),
+            ProcessInstance::Legacy(i) => i
+                .call_call(store, handler, variables, message, item)?
+                .map(|out| HandlerOutput { variables: out.variables, output: out.output })
+                .map_err(|f| engine::Fault { name: f.name, message: f.message, data: f.data }),
+        })
+    }
 }
 
 /// A compiled, linked activity component, ready to instantiate.
@@ -303,8 +369,15 @@ impl Runtime {
             )
         })?;
         if is_process {
-            let pre = bindings::process::ProcessPre::new(pre)
-                .map_err(|e| anyhow!("the component exports describe/call with the wrong types for world cairn:process/process: {e:#}"))?;
+            // The current world, else its first release (components built
+            // before the later constructs), else the current world's error.
+            let pre = match bindings::process::ProcessPre::new(pre.clone()) {
+                Ok(current) => ProcessPre::Current(current),
+                Err(e) => match bindings::process_legacy::ProcessPre::new(pre) {
+                    Ok(legacy) => ProcessPre::Legacy(legacy),
+                    Err(_) => bail!("the component exports describe/call with the wrong types for world cairn:process/process: {e:#}"),
+                },
+            };
             Ok(Loaded::Process(ProcessComponent { pre }))
         } else if has("invoke") {
             let pre = bindings::activity::ActivityPre::new(pre)
@@ -388,8 +461,7 @@ impl Runtime {
     pub fn describe(&self, component: &ProcessComponent) -> Result<engine::Definition, engine::Fault> {
         let (mut store, refused) = self.store(None, no_outbound(), ResourceCall::default());
         let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
-        let def = instance.call_describe(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
-        Ok(definition_from_wit(def))
+        instance.describe(&mut store).map_err(|e| self.trap_fault(e, &refused))
     }
 
     /// Runs one handler on the variables in a fresh instance.
@@ -430,13 +502,9 @@ impl Runtime {
         state.log_quota = crate::guestlog::Quota::new(self.limits.guest_log_bytes_per_call);
         session.store.set_epoch_deadline(self.deadline_ticks());
         self.refuel(&mut session.store);
-        let result = session.instance.call_call(&mut session.store, handler, variables, message, item);
+        let result = session.instance.call(&mut session.store, handler, variables, message, item);
         session.store.data_mut().end_call_log(self.limits.guest_log_bytes_per_call);
-        match result {
-            Ok(Ok(out)) => Ok(HandlerOutput { variables: out.variables, output: out.output }),
-            Ok(Err(f)) => Err(engine::Fault { name: f.name, message: f.message, data: f.data }),
-            Err(e) => Err(self.trap_fault(e, &session.refused)),
-        }
+        result.unwrap_or_else(|e| Err(self.trap_fault(e, &session.refused)))
     }
 
     /// Performs one activity call in a fresh instance, within `timeout` if
@@ -681,159 +749,5 @@ fn deserialize_checked(engine: &Engine, compiled: &[u8]) -> Result<Component> {
     unsafe { Component::deserialize(engine, compiled) }.map_err(|e| anyhow!("deserializing: {e:#}"))
 }
 
-fn pick_branches(branches: Vec<wit::PickBranch>) -> Vec<engine::definition::PickBranch> {
-    branches
-        .into_iter()
-        .map(|b| engine::definition::PickBranch {
-            trigger: match b.trigger {
-                wit::PickTrigger::Message(m) => {
-                    engine::definition::PickTrigger::Message { operation: m.operation, correlation: m.correlation, reader: m.reader }
-                }
-                wit::PickTrigger::AfterMs(ms) => engine::definition::PickTrigger::AfterMs(ms),
-            },
-            body: b.body,
-        })
-        .collect()
-}
-
-fn definition_from_wit(d: wit::Definition) -> engine::Definition {
-    use engine::definition::{Property, ReceiveTimeout};
-    let target = |t: wit::Target| match t {
-        wit::Target::Activity(n) => engine::Target::Activity(n),
-        wit::Target::Process(n) => engine::Target::Process(n),
-    };
-    let nodes = d
-        .nodes
-        .into_iter()
-        .map(|n| engine::Node {
-            name: n.name,
-            transaction: match n.transaction {
-                wit::Transaction::Default => engine::Transaction::Default,
-                wit::Transaction::CommitBefore => engine::Transaction::CommitBefore,
-                wit::Transaction::CommitAfter => engine::Transaction::CommitAfter,
-                wit::Transaction::Participates => engine::Transaction::Participates,
-                wit::Transaction::RequiresOwn => engine::Transaction::RequiresOwn,
-            },
-            activity: match n.activity {
-                wit::Activity::Sequence(children) => engine::Activity::Sequence { children },
-                wit::Activity::Snippet(handler) => engine::Activity::Snippet { handler },
-                wit::Activity::IfElse(i) => engine::Activity::IfElse {
-                    condition: i.condition,
-                    then_branch: i.then_branch,
-                    else_branch: i.else_branch,
-                },
-                wit::Activity::WhileLoop(w) => engine::Activity::While { condition: w.condition, body: w.body },
-                wit::Activity::Receive(r) => engine::Activity::Receive {
-                    operation: r.operation,
-                    correlation: r.correlation,
-                    creates_instance: r.creates_instance,
-                    request_response: r.request_response,
-                    reader: r.reader,
-                    timeout: r.timeout.map(|t| ReceiveTimeout { deadline: t.deadline, on_timeout: t.on_timeout }),
-                },
-                wit::Activity::Reply(r) => engine::Activity::Reply { operation: r.operation, body: r.body },
-                wit::Activity::Invoke(i) => engine::Activity::Invoke {
-                    target: target(i.target),
-                    operation: i.operation,
-                    input: i.input,
-                    output: i.output,
-                    policy: engine::definition::InvokePolicy {
-                        idempotent: i.policy.idempotent,
-                        retry_on_recovery: i.policy.retry_on_recovery,
-                        retry: i.policy.retry.map(|r| engine::definition::RetryPolicy {
-                            max_attempts: r.max_attempts.max(1),
-                            initial_backoff_ms: r.initial_backoff_ms,
-                            max_backoff_ms: r.max_backoff_ms,
-                            faults: r.faults,
-                        }),
-                        timeout_ms: i.policy.timeout_ms,
-                    },
-                },
-                wit::Activity::Send(s) => {
-                    engine::Activity::Send { target: target(s.target), operation: s.operation, body: s.body }
-                }
-                wit::Activity::Wait(w) => engine::Activity::Wait {
-                    wait: match w {
-                        wit::WaitNode::DurationMs(ms) => engine::WaitFor::DurationMs(ms),
-                        wit::WaitNode::Deadline(h) => engine::WaitFor::Deadline(h),
-                    },
-                },
-                wit::Activity::Throw(t) => engine::Activity::Throw { fault: t.fault, message: t.message, data: t.data },
-                wit::Activity::Terminate => engine::Activity::Terminate,
-                wit::Activity::Scope(sc) => engine::Activity::Scope {
-                    body: sc.body,
-                    atomic: sc.atomic.map(|a| engine::definition::AtomicPolicy {
-                        max_attempts: a.max_attempts.max(1),
-                        backoff_ms: a.backoff_ms,
-                    }),
-                    handlers: sc
-                        .handlers
-                        .into_iter()
-                        .map(|h| engine::definition::FaultHandler { fault: h.fault, condition: h.condition, reader: h.reader, body: h.body })
-                        .collect(),
-                    compensation: sc.compensation,
-                    timeout_ms: sc.timeout_ms,
-                    events: sc
-                        .events
-                        .into_iter()
-                        .map(|e| engine::definition::EventHandler {
-                            trigger: match e.trigger {
-                                wit::EventTrigger::Message(m) => engine::definition::EventTrigger::Message {
-                                    operation: m.operation,
-                                    correlation: m.correlation,
-                                    reader: m.reader,
-                                },
-                                wit::EventTrigger::AfterMs(ms) => engine::definition::EventTrigger::AfterMs(ms),
-                                wit::EventTrigger::Deadline(h) => engine::definition::EventTrigger::Deadline(h),
-                                wit::EventTrigger::EveryMs(ms) => engine::definition::EventTrigger::EveryMs(ms),
-                            },
-                            body: e.body,
-                        })
-                        .collect(),
-                },
-                wit::Activity::Compensate(scope) => engine::Activity::Compensate { scope },
-                wit::Activity::Rethrow => engine::Activity::Rethrow,
-                wit::Activity::Suspend(reason) => engine::Activity::Suspend { reason },
-                wit::Activity::Flow(branches) => engine::Activity::Flow { branches },
-                wit::Activity::ForEach(f) => {
-                    engine::Activity::ForEach { items: f.items, parallel: f.parallel, body: f.body, completion: f.completion }
-                }
-                wit::Activity::Pick(branches) => engine::Activity::Pick { branches: pick_branches(branches), creates_instance: false },
-                wit::Activity::CreatingPick(branches) => engine::Activity::Pick { branches: pick_branches(branches), creates_instance: true },
-                wit::Activity::RepeatUntil(w) => engine::Activity::RepeatUntil { condition: w.condition, body: w.body },
-                wit::Activity::Switch(sw) => engine::Activity::Switch {
-                    cases: sw.cases.into_iter().map(|c| engine::definition::SwitchCase { condition: c.condition, body: c.body }).collect(),
-                    otherwise: sw.otherwise,
-                },
-                wit::Activity::StartProcess(sp) => engine::Activity::StartProcess {
-                    process: match sp.target {
-                        wit::Target::Process(n) | wit::Target::Activity(n) => n,
-                    },
-                    operation: sp.operation,
-                    body: sp.body,
-                },
-            },
-        })
-        .collect();
-    engine::Definition {
-        name: d.name,
-        kind: match d.kind {
-            wit::ProcessKind::LongRunning => engine::ProcessKind::LongRunning,
-            wit::ProcessKind::Microflow => engine::ProcessKind::Microflow,
-        },
-        keep_final_state: d.keep_final_state,
-        deferred_recovery: d.deferred_recovery,
-        initial_variables: d.initial_variables,
-        correlation_sets: d
-            .correlation_sets
-            .into_iter()
-            .map(|c| engine::CorrelationSet {
-                name: c.name,
-                properties: c.properties.into_iter().map(|p| Property { name: p.name, pointer: p.pointer }).collect(),
-            })
-            .collect(),
-        nodes,
-        root: d.root,
-        handler_count: d.handler_count,
-    }
-}
+cairn_engine::definition_from_wit!(fn definition_from_wit(wit));
+cairn_engine::definition_from_wit!(legacy fn definition_from_legacy_wit(legacy_wit));

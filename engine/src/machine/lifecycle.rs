@@ -12,11 +12,13 @@
 //!   (`Phase::Enter`), or, inside an atomic scope, the outermost atomic
 //!   scope not yet begun: nothing inside one was ever persisted. What the
 //!   fault withdrew is set up again: timers of the frames below (and of
-//!   set-aside flow branches) are set again, a set-aside branch whose call
-//!   was given up makes the call again, the correlations are initialized
-//!   again, and the requests the fault answered wait for their reply again
+//!   set-aside flow branches and listening event handlers) are set again,
+//!   a set-aside branch whose call was given up makes the call again, the
+//!   correlations are initialized again, and the requests the fault answered wait for their reply again
 //!   (a reply then replaces the fault as the request's answer).
-//!   Compensation that ran while the fault propagated is not undone.
+//!   Compensation that ran while the fault propagated is not undone, and
+//!   the scopes it compensated are not registered again (a later fault
+//!   does not compensate them twice).
 //! - A cancel raises `cairn.cancelled` where the instance stands and marks
 //!   it `cancelling`: each scope running takes it like any fault (its
 //!   handler for it or its catch-all runs, else its default handler
@@ -56,7 +58,16 @@ impl Machine<'_> {
         if self.def.kind != ProcessKind::LongRunning || self.snap.cancelling {
             return;
         }
-        if let Some((_, stack)) = raised.filter(|(r, _)| r == record) {
+        if let Some((_, mut stack)) = raised.filter(|(r, _)| r == record) {
+            // Each scope the fault went out through compensated its
+            // completed inner scopes (no handler caught it): they stay
+            // compensated, not registered again for a second compensation.
+            let def = self.def;
+            for f in &mut stack {
+                if matches!(def.node(f.node).activity, Activity::Scope { .. }) && matches!(f.phase, Phase::Child { .. } | Phase::Flow { .. }) {
+                    f.completed.clear();
+                }
+            }
             let (correlations, requests) = (self.snap.correlations.clone(), self.snap.requests.clone());
             self.snap.retry = Some(RetryPoint { stack, correlations, requests });
         }
@@ -113,6 +124,8 @@ impl Machine<'_> {
             Phase::AwaitTimer { timer_id, due_ms } => timers.push(crate::snapshot::TimerRef { timer_id: *timer_id, due_ms: *due_ms }),
             Phase::AwaitMessage { timer: Some(t), .. } => timers.push(*t),
             Phase::AwaitPick { timers: ts } => timers.extend(ts.iter().map(|(_, t)| *t)),
+            // An event handler's alarm, listening beside its scope's body.
+            Phase::Listening { timer: Some(t), .. } => timers.push(*t),
             Phase::Flow { branches } => {
                 let mut branches = std::mem::take(branches);
                 for b in &mut branches {

@@ -217,3 +217,145 @@ fn a_migrated_instance_goes_on_after_its_activity_in_the_target_order_or_is_refu
     let moved = crate::migration::migrate(&waiting, &v1, &v3, &map).expect("mapped");
     assert_eq!(moved.path(&v3), "main/elsewhere");
 }
+
+/// The timers a wait is for, flows included.
+fn awaited_timers(wait: &Wait) -> Vec<u64> {
+    match wait {
+        Wait::Timer { timer_id, .. } => vec![*timer_id],
+        Wait::Many(waits) => waits.iter().flat_map(awaited_timers).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_retry_sets_again_the_timer_of_an_alarm_event_handler_that_was_listening() {
+    // Scope "work": pause 50 ms, check (faults the first time), hold 500 ms;
+    // beside it, an alarm every 100 ms. The fault withdraws the alarm's
+    // timer; the retry must set it again, or the alarm never fires.
+    let mut t = Tree::new();
+    let pause = t.wait("pause", 50);
+    let check = t.snippet("check", T::Default);
+    let hold = t.wait("hold", 500);
+    let body = t.add("body", Activity::Sequence { children: vec![pause, check, hold] }, T::Default);
+    let tick = t.snippet("tick", T::Default);
+    let events = vec![definition::EventHandler { trigger: definition::EventTrigger::EveryMs(100), body: tick }];
+    let work = t.add(
+        "work",
+        Activity::Scope { body, atomic: None, handlers: vec![], compensation: None, timeout_ms: None, events },
+        T::Default,
+    );
+    let def = t.seq(vec![work], ProcessKind::LongRunning);
+    def.validate().unwrap();
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    let mut effects = Vec::new();
+    let mut input = Input::Continue;
+    let mut now = 0;
+    let mut faulted_once = false;
+    let mut retried = false;
+    for _ in 0..100 {
+        match m.step(input, now) {
+            Yield::Call(c) => {
+                let fail = c.handler == 0 && !faulted_once;
+                faulted_once |= fail;
+                input = Input::Handler(if fail { Err(Fault::new("not-yet", "first check")) } else { ok(&m.snapshot().variables) });
+            }
+            Yield::Persist(r) => {
+                effects.extend(m.persistence_point(r, now).effects);
+                input = Input::Continue;
+            }
+            Yield::Finished(Reason::Faulted) if !retried => {
+                m.persistence_point(Reason::Faulted, now);
+                retried = true;
+                effects.clear();
+                now += 10;
+                input = Input::Control(Control::Retry { variables: None });
+            }
+            Yield::Await(wait) if retried => {
+                if m.needs_persistence() {
+                    effects.extend(m.persistence_point(Reason::Waiting, now).effects);
+                }
+                let set: Vec<u64> = effects.iter().filter_map(|e| if let Effect::SetTimer { timer_id, .. } = e { Some(*timer_id) } else { None }).collect();
+                let awaited = awaited_timers(&wait);
+                assert_eq!(awaited.len(), 2, "the hold and the alarm: {wait:?}");
+                for id in awaited {
+                    assert!(set.contains(&id), "timer {id} is awaited but was not set again after the retry: {wait:?}, set {set:?}");
+                }
+                return;
+            }
+            Yield::Await(wait) => {
+                if m.needs_persistence() {
+                    m.persistence_point(Reason::Waiting, now);
+                }
+                now = wait_due(&wait).expect("a timer");
+                input = Input::Continue;
+            }
+            y => panic!("unexpected {y:?}"),
+        }
+    }
+    panic!("did not get to the retry");
+}
+
+/// The earliest due time a wait is for.
+fn wait_due(wait: &Wait) -> Option<u64> {
+    match wait {
+        Wait::Timer { due_ms, .. } => Some(*due_ms),
+        Wait::Many(waits) => waits.iter().filter_map(wait_due).min(),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_scope_compensated_while_the_fault_went_out_is_not_compensated_again_after_a_retry() {
+    // process scope { outer scope { inner scope (a; compensation undo); check }; last }
+    // check faults the first time: outer's default handler compensates
+    // inner. Retried, check passes and last faults: the process scope
+    // compensates outer, whose inner was already compensated.
+    let mut t = Tree::new();
+    let a = t.snippet("a", T::Default);
+    let undo = t.handler();
+    let inner = t.add(
+        "inner",
+        Activity::Scope { body: a, atomic: None, handlers: vec![], compensation: Some(undo), timeout_ms: None, events: vec![] },
+        T::Default,
+    );
+    let check = t.snippet("check", T::Default);
+    let outer_body = t.add("body", Activity::Sequence { children: vec![inner, check] }, T::Default);
+    let outer = t.add(
+        "outer",
+        Activity::Scope { body: outer_body, atomic: None, handlers: vec![], compensation: None, timeout_ms: None, events: vec![] },
+        T::Default,
+    );
+    let last = t.snippet("last", T::Default);
+    let steps = t.add("steps", Activity::Sequence { children: vec![outer, last] }, T::Default);
+    let mut def = t.seq(vec![], ProcessKind::LongRunning);
+    def.nodes.pop();
+    def.nodes.push(Node {
+        name: "process".into(),
+        activity: Activity::Scope { body: steps, atomic: None, handlers: vec![], compensation: None, timeout_ms: None, events: vec![] },
+        transaction: T::Default,
+    });
+    def.root = (def.nodes.len() - 1) as NodeId;
+    def.validate().unwrap();
+    let (check_h, last_h) = (2, 3);
+    let calls = std::cell::RefCell::new(Vec::new());
+    let mut answer = |c: &HandlerCall, v: &str| {
+        calls.borrow_mut().push(c.handler);
+        let first_check = c.handler == check_h && calls.borrow().iter().filter(|h| **h == check_h).count() == 1;
+        if first_check || c.handler == last_h {
+            return Err(Fault::new("boom", "fails"));
+        }
+        ok(v)
+    };
+    let mut m = Machine::new(&def, Snapshot::new("i1".into(), &def, "v1".into(), "{}".into(), 0));
+    let (y, _) = run_until_stop(&mut m, Input::Continue, &mut answer);
+    assert_eq!(y, Yield::Finished(Reason::Faulted));
+    assert_eq!(calls.borrow().iter().filter(|h| **h == undo).count(), 1, "inner compensated as the fault went out: {:?}", calls.borrow());
+    let (y, _) = run_until_stop(&mut m, Input::Control(Control::Retry { variables: None }), &mut answer);
+    assert_eq!(y, Yield::Finished(Reason::Faulted), "last faults");
+    assert_eq!(
+        calls.borrow().iter().filter(|h| **h == undo).count(),
+        1,
+        "inner's compensation ran once, not again when the process compensated outer: {:?}",
+        calls.borrow()
+    );
+}
