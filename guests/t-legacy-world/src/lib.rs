@@ -10,9 +10,10 @@
 wit_bindgen::generate!({
     world: "cairn:process/process",
     path: "../../wit/process-legacy",
+    generate_all,
 });
 
-use cairn::process::types::{Activity, CallOutput, Definition, Fault, IfNode, Node, ProcessKind, Transaction, WaitNode};
+use cairn::process::types::{self as wit, Activity, IfNode, Node, ProcessKind, Transaction, WaitNode};
 use serde_json::{json, Value};
 
 const DOUBLE: u32 = 0;
@@ -22,9 +23,9 @@ const MARK: u32 = 2;
 struct Legacy;
 
 impl Guest for Legacy {
-    fn describe() -> Definition {
+    fn describe() -> wit::Definition {
         let node = |name: &str, activity| Node { name: name.into(), activity, transaction: Transaction::Default };
-        Definition {
+        wit::Definition {
             name: "legacy".into(),
             kind: ProcessKind::LongRunning,
             keep_final_state: false,
@@ -43,8 +44,8 @@ impl Guest for Legacy {
         }
     }
 
-    fn call(handler: u32, variables: String, _message: Option<String>, _item: Option<String>) -> Result<CallOutput, Fault> {
-        let fault = |name: &str, message: String| Fault { name: name.into(), message, data: "null".into() };
+    fn call(handler: u32, variables: String, _message: Option<String>, _item: Option<String>) -> Result<wit::CallOutput, wit::Fault> {
+        let fault = |name: &str, message: String| wit::Fault { name: name.into(), message, data: "null".into() };
         let mut v: Value = serde_json::from_str(&variables).map_err(|e| fault("legacy.bad-variables", e.to_string()))?;
         let n = v["n"].as_i64().unwrap_or(0);
         let output = match handler {
@@ -59,7 +60,7 @@ impl Guest for Legacy {
             }
             other => return Err(fault("legacy.no-such-handler", format!("handler {other}"))),
         };
-        Ok(CallOutput { variables: v.to_string(), output })
+        Ok(wit::CallOutput { variables: v.to_string(), output })
     }
 }
 
