@@ -10,7 +10,7 @@
 use crate::codec;
 use arbitrary::Unstructured;
 use cairn_engine::{
-    Activity, Control, Definition, Delivery, Fault, HandlerCall, HandlerOutput, Input, Machine, ProcessKind, Reason, ResourceAccesses, Snapshot, Wait,
+    Control, Definition, Delivery, Fault, HandlerCall, HandlerOutput, Input, Machine, ProcessKind, Reason, ResourceAccesses, Snapshot, Wait,
     Yield,
 };
 
@@ -114,10 +114,16 @@ impl<'d> Driver<'d> {
         }
     }
 
-    /// Whether `wait` is for the message of the definition's instance-creating receive.
+    /// Whether `wait` is for the message of one of the definition's
+    /// instance-creating receives (first in the process, or in its process
+    /// scope, or in a flow that is): intake put that message in the inbox,
+    /// and the host's driver takes it from there.
     fn creating_message(&self, wait: &Wait) -> bool {
-        let creating = self.def.creating_receive().map(|(_, n)| &n.activity);
-        matches!((wait, creating), (Wait::Message { operation, .. }, Some(Activity::Receive { operation: op, .. })) if operation == op)
+        match wait {
+            Wait::Message { operation, .. } => self.def.creating_subscriptions().iter().any(|s| s.operation == *operation),
+            Wait::Many(waits) => !waits.is_empty() && waits.iter().all(|w| self.creating_message(w)),
+            _ => false,
+        }
     }
 
     fn control(&self, u: &mut Unstructured) -> Control {
