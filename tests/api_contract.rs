@@ -136,11 +136,16 @@ fn schemathesis_finds_no_server_error_and_no_response_outside_the_document() {
         // A 5xx, a status the document does not list, a body, content type or header outside it.
         .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance"])
         .args(["--phases", "examples,coverage,fuzzing"])
-        .args(["--max-examples", "20", "--seed", "14", "--workers", "2"])
-        .args(["--request-timeout", "20", "--max-time", "150"])
+        // One worker: hypothesis's lambda descriptions call ast.parse, which
+        // CPython 3.11 does not always survive from two threads at once.
+        .args(["--max-examples", "10", "--seed", "14", "--workers", "1"])
+        .args(["--request-timeout", "20", "--max-time", "110"])
         .args(["--suppress-health-check", "all"])
         // An endless stream of server-sent events: its contract is the content type, checked below.
         .args(["--exclude-path", "/v1/events"])
+        // Schemathesis learns token ids from GET /v1/tokens and would revoke
+        // the one it runs with (every later request a 401): checked below instead.
+        .args(["--exclude-operation-id", "revoke_token"])
         .args(["--report", "junit", "--report-dir"])
         .arg(&report)
         .args(["--no-color"])
@@ -170,6 +175,14 @@ fn schemathesis_finds_no_server_error_and_no_response_outside_the_document() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.to_ascii_lowercase().contains("content-type: text/event-stream"), "{head}");
     assert!(head.contains("event: open"), "{head}");
+    // Revoking a token answers as documented: `{"id", "revoked": true}`, then 404.
+    let (code, v) = h.post("/v1/tokens", br#"{"role": "reader"}"#);
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(delete(&h, &format!("/v1/tokens/{id}"), &admin), (200, json!({ "id": id, "revoked": true })));
+    let (code, v) = delete(&h, &format!("/v1/tokens/{id}x"), &admin);
+    assert!(code == 404 && v["error"].is_string(), "{code} {v}");
+
     let (code, v) = h.get("/v1/health");
     assert_eq!((code, &v["status"]), (200, &json!("ok")), "the host is still healthy after the run: {v}");
     h.terminate();
@@ -192,6 +205,12 @@ fn event_stream_head(url: &str, token: &str) -> String {
         }
     }
     String::from_utf8_lossy(&seen).into_owned()
+}
+
+fn delete(h: &Host, path: &str, token: &str) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut r = agent.delete(format!("{}{path}", h.url)).header("authorization", format!("Bearer {token}")).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null))
 }
 
 fn output(dir: &Path) -> String {

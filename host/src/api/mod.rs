@@ -357,10 +357,14 @@ async fn health(State(svc): State<Service>) -> Response {
         ("allow_http" = Option<Vec<String>>, Query, explode = true, description = "URL prefixes an activity component may call over HTTP (repeats)"),
         ("resource" = Option<Vec<String>>, Query, explode = true, description = "Resources the component may use (repeats)"),
     ),
-    request_body(content = doc::ComponentBytes, content_type = "application/wasm", description = "The component's bytes (a WebAssembly component)"),
+    request_body(
+        content((doc::ComponentBytes = "application/wasm"), (doc::ComponentBytes = "application/octet-stream")),
+        description = "The component's bytes (a WebAssembly component; the host reads the bytes whatever the content type)"
+    ),
     responses(
         (status = 201, description = "Deployed", body = doc::Deployed),
         (status = 200, description = "This version was deployed already", body = doc::Deployed),
+        (status = 404, description = "A resource named in `resource` does not exist (create it first: `POST /v1/resources`)", body = doc::ErrorBody),
         (status = 409, description = "The name is taken by a component of another kind", body = doc::ErrorBody),
         (status = 422, description = "Not a component Cairn can run (the message says why)", body = doc::ErrorBody),
     )

@@ -81,7 +81,7 @@ pub const SECURITY_SCHEME: &str = "bearer";
         crate::console::views::search,
         crate::console::views::positions,
     ),
-    components(schemas(ErrorBody, InstanceEvent)),
+    components(schemas(ErrorBody, InstanceEvent, InstanceVerb, TaskVerb, InTransitVerb)),
     modifiers(&Contract),
     tags(
         (name = "host", description = "Health, metrics and this document"),
