@@ -139,7 +139,8 @@ fn schemathesis_finds_no_server_error_and_no_response_outside_the_document() {
         // One worker: hypothesis's lambda descriptions call ast.parse, which
         // CPython 3.11 does not always survive from two threads at once.
         .args(["--max-examples", "10", "--seed", "14", "--workers", "1"])
-        .args(["--request-timeout", "20", "--max-time", "110"])
+        // A poll of tasks may wait up to 60 s by design (`wait_ms`, a long poll).
+        .args(["--request-timeout", "70", "--max-time", "110"])
         .args(["--suppress-health-check", "all"])
         // An endless stream of server-sent events: its contract is the content type, checked below.
         .args(["--exclude-path", "/v1/events"])
