@@ -25,13 +25,15 @@ pub fn new_token(role: Role, note: &str, now_ms: u64) -> (String, TokenRecord) {
     (token, record)
 }
 
-/// The role a request needs: `None` for `GET /v1/health` and the web
-/// console's static assets (the page asks for a token); admin for backups
+/// The role a request needs: `None` for `GET /v1/health`, the OpenAPI
+/// document `GET /v1/openapi.json` (the contract is no secret: clients are
+/// generated from it) and the web console's static assets (the page asks
+/// for a token); admin for backups
 /// and tokens; worker for the task routes of workers (`POST /v1/tasks/…`,
 /// which operator and admin may use too); reader for every other GET;
 /// operator for the rest.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
-    if (path == "/v1/health" || crate::console::is_public_asset(path)) && method == Method::GET {
+    if (path == "/v1/health" || path == "/v1/openapi.json" || crate::console::is_public_asset(path)) && method == Method::GET {
         return None;
     }
     if path == "/v1/backup" || path == "/v1/tokens" || path.starts_with("/v1/tokens/") {

@@ -7,11 +7,14 @@
 //! are the types of `types`, never engine or store types.
 
 pub mod auth;
+pub mod openapi;
 mod tasks;
 pub mod types;
 
 use cairn_engine::{Control, Snapshot, Status};
 use types::*;
+use openapi as doc;
+use utoipa::ToSchema;
 use crate::service::{BackupTarget, Error, ErrorKind, MessageIn, Service};
 use auth::TokenCache;
 use cairn_store::{InTransitState, InstanceFilter, Role, Write, WriteBatch};
@@ -20,7 +23,8 @@ use axum::extract::{DefaultBodyLimit, Extension, FromRequestParts, Path, RawQuer
 use axum::http::{header, request::Parts, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -58,6 +62,70 @@ pub fn router(svc: Service) -> Router {
     router_with(svc, ApiConfig::default())
 }
 
+/// One route of the API: its method, its path (axum's syntax, `{param}`,
+/// which is OpenAPI's too) and what serves it.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    service: MethodRouter<Service>,
+}
+
+impl Route {
+    fn new<H: Handler<T, Service>, T: 'static>(method: Method, path: &'static str, handler: H) -> Route {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+        Route { method, path, service: axum::routing::on(filter, handler) }
+    }
+
+    /// A request body limit of its own (deploy's component).
+    fn body_limit(mut self, bytes: usize) -> Route {
+        self.service = self.service.layer(DefaultBodyLimit::max(bytes));
+        self
+    }
+}
+
+/// Every route the host serves, in one list: `router_with` builds the router
+/// from it, and the contract test (`openapi::tests`) checks that the OpenAPI
+/// document has exactly these methods and paths.
+pub fn routes(config: &ApiConfig) -> Vec<Route> {
+    let mut routes = vec![
+        Route::new(Method::GET, "/v1/health", health),
+        Route::new(Method::GET, "/v1/openapi.json", openapi::document),
+        Route::new(Method::GET, "/metrics", metrics),
+        Route::new(Method::POST, "/v1/definitions", deploy).body_limit(config.max_component_bytes),
+        Route::new(Method::GET, "/v1/definitions", list_definitions),
+        Route::new(Method::POST, "/v1/definitions/external", tasks::deploy_external),
+        Route::new(Method::GET, "/v1/tasks", tasks::list_tasks),
+        Route::new(Method::POST, "/v1/tasks/poll", tasks::poll),
+        Route::new(Method::POST, "/v1/tasks/{id}/{verb}", tasks::finish),
+        Route::new(Method::POST, "/v1/instances", start),
+        Route::new(Method::GET, "/v1/instances", list_instances),
+        Route::new(Method::GET, "/v1/instances/{id}", show_instance),
+        Route::new(Method::GET, "/v1/instances/{id}/history", instance_history),
+        Route::new(Method::PUT, "/v1/instances/{id}/variables", set_variables),
+        Route::new(Method::POST, "/v1/instances/{id}/retry", retry_instance),
+        Route::new(Method::POST, "/v1/retry", retry_faulted),
+        Route::new(Method::POST, "/v1/instances/{id}/migrate", migrate_instance),
+        Route::new(Method::POST, "/v1/migrate", migrate_version),
+        Route::new(Method::POST, "/v1/instances/{id}/{verb}", control_instance),
+        Route::new(Method::POST, "/v1/messages", send_message),
+        Route::new(Method::POST, "/v1/backup", backup),
+        Route::new(Method::GET, "/v1/breakpoints", list_breakpoints),
+        Route::new(Method::POST, "/v1/breakpoints", set_breakpoint),
+        Route::new(Method::DELETE, "/v1/breakpoints", clear_breakpoint),
+        Route::new(Method::GET, "/v1/resources", list_resources),
+        Route::new(Method::POST, "/v1/resources", create_resource),
+        Route::new(Method::GET, "/v1/resources/{name}", scan_resource),
+        Route::new(Method::GET, "/v1/resources/{name}/keys/{key}", get_resource_key),
+        Route::new(Method::GET, "/v1/in-transit", list_in_transit),
+        Route::new(Method::POST, "/v1/in-transit/{id}/{verb}", resolve_in_transit),
+        Route::new(Method::GET, "/v1/tokens", list_tokens),
+        Route::new(Method::POST, "/v1/tokens", create_token),
+        Route::new(Method::DELETE, "/v1/tokens/{id}", revoke_token),
+    ];
+    routes.extend(crate::console::routes().into_iter().map(|(method, path, service)| Route { method, path, service }));
+    routes
+}
+
 pub fn router_with(svc: Service, config: ApiConfig) -> Router {
     let config = Arc::new(config);
     let tokens = Arc::new(TokenCache::default());
@@ -67,34 +135,12 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
         require_token: config.require_token,
         max_body: config.max_component_bytes.max(config.max_body_bytes),
     });
-    Router::new()
-        .route("/v1/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/v1/definitions", post(deploy).layer(DefaultBodyLimit::max(config.max_component_bytes)).get(list_definitions))
-        .route("/v1/definitions/external", post(tasks::deploy_external))
-        .route("/v1/tasks", get(tasks::list_tasks))
-        .route("/v1/tasks/poll", post(tasks::poll))
-        .route("/v1/tasks/{id}/{verb}", post(tasks::finish))
-        .route("/v1/instances", post(start).get(list_instances))
-        .route("/v1/instances/{id}", get(show_instance))
-        .route("/v1/instances/{id}/history", get(instance_history))
-        .route("/v1/instances/{id}/variables", axum::routing::put(set_variables))
-        .route("/v1/instances/{id}/retry", post(retry_instance))
-        .route("/v1/retry", post(retry_faulted))
-        .route("/v1/instances/{id}/migrate", post(migrate_instance))
-        .route("/v1/migrate", post(migrate_version))
-        .route("/v1/instances/{id}/{verb}", post(control_instance))
-        .route("/v1/messages", post(send_message))
-        .route("/v1/backup", post(backup))
-        .route("/v1/breakpoints", get(list_breakpoints).post(set_breakpoint).delete(clear_breakpoint))
-        .route("/v1/resources", get(list_resources).post(create_resource))
-        .route("/v1/resources/{name}", get(scan_resource))
-        .route("/v1/resources/{name}/keys/{key}", get(get_resource_key))
-        .route("/v1/in-transit", get(list_in_transit))
-        .route("/v1/in-transit/{id}/{verb}", post(resolve_in_transit))
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token))
-        .merge(crate::console::routes())
+    // Routes of one path with different methods merge into one method router.
+    let mut router = Router::new();
+    for route in routes(&config) {
+        router = router.route(route.path, route.service);
+    }
+    router
         .fallback(|| async { error(Error::new(ErrorKind::NotFound, "no such route; see the README's HTTP reference")) })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(Extension(config.clone()))
@@ -107,6 +153,10 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
 /// `GET /metrics`: Prometheus text (OpenMetrics 1.0.0), see `crate::metrics`.
 /// Like every GET it needs a reader token once a token exists or the host
 /// listens beyond loopback (Prometheus sends one with `authorization`).
+#[utoipa::path(
+    get, path = "/metrics", tag = "host",
+    responses((status = 200, description = "Prometheus text (OpenMetrics 1.0.0)", body = String, content_type = "application/openmetrics-text"))
+)]
 async fn metrics(State(svc): State<Service>) -> Response {
     match svc.metrics_text().await {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response(),
@@ -272,6 +322,10 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> 
 
 /// `ok`, or `degraded` with the reasons: writes failing, damaged records
 /// met. Degraded is still 200: the host serves what it can.
+#[utoipa::path(
+    get, path = "/v1/health", tag = "host",
+    responses((status = 200, description = "`ok`, or `degraded` with the reasons (still 200: the host serves what it can)", body = doc::Health))
+)]
 async fn health(State(svc): State<Service>) -> Response {
     let health = svc.store.health();
     let mut reasons = Vec::new();
@@ -296,6 +350,25 @@ async fn health(State(svc): State<Service>) -> Response {
 }
 
 /// `?name=NAME&allow_http=PREFIX&allow_http=…` (`allow_http` repeats).
+#[utoipa::path(
+    post, path = "/v1/definitions", tag = "definitions",
+    params(
+        ("name" = Option<String>, Query, description = "The name to deploy under (default: the component's own)"),
+        ("allow_http" = Option<Vec<String>>, Query, explode = true, description = "URL prefixes an activity component may call over HTTP (repeats)"),
+        ("resource" = Option<Vec<String>>, Query, explode = true, description = "Resources the component may use (repeats)"),
+    ),
+    request_body(
+        content((doc::ComponentBytes = "application/wasm"), (doc::ComponentBytes = "application/octet-stream")),
+        description = "The component's bytes (a WebAssembly component; the host reads the bytes whatever the content type)"
+    ),
+    responses(
+        (status = 201, description = "Deployed", body = doc::Deployed),
+        (status = 200, description = "This version was deployed already", body = doc::Deployed),
+        (status = 404, description = "A resource named in `resource` does not exist (create it first: `POST /v1/resources`)", body = doc::ErrorBody),
+        (status = 409, description = "The name is taken by a component of another kind", body = doc::ErrorBody),
+        (status = 422, description = "Not a component Cairn can run (the message says why)", body = doc::ErrorBody),
+    )
+)]
 async fn deploy(State(svc): State<Service>, RawQuery(query): RawQuery, body: Bytes) -> Response {
     respond(async {
         if body.is_empty() {
@@ -329,17 +402,33 @@ async fn deploy(State(svc): State<Service>, RawQuery(query): RawQuery, body: Byt
     .await)
 }
 
+#[utoipa::path(
+    get, path = "/v1/definitions", tag = "definitions",
+    responses((status = 200, description = "Every deployed version", body = doc::DefinitionList))
+)]
 async fn list_definitions(State(svc): State<Service>) -> Response {
     let defs: Vec<DefinitionView> = svc.registry.definitions().iter().map(|(r, latest)| DefinitionView::new(r, *latest)).collect();
     Json(json!({ "definitions": defs })).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct StartRequest {
+    /// The process to start (its latest version).
     process: String,
+    /// The instance's input (JSON).
     input: Option<Value>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/instances", tag = "instances",
+    request_body = StartRequest,
+    responses(
+        (status = 201, description = "Started", body = doc::Started),
+        (status = 404, description = "No process of that name is deployed", body = doc::ErrorBody),
+        (status = 409, description = "The start conflicts with an existing instance", body = doc::ErrorBody),
+        (status = 422, description = "The input does not fit the process", body = doc::ErrorBody),
+    )
+)]
 async fn start(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: StartRequest = parse_json(&body)?;
@@ -368,6 +457,16 @@ fn summary_json(s: &Snapshot, svc: &Service) -> Value {
     json!(summary(s, svc))
 }
 
+#[utoipa::path(
+    get, path = "/v1/instances", tag = "instances",
+    params(
+        ("status" = Option<InstanceStatus>, Query, description = "Only instances of this status"),
+        ("process" = Option<String>, Query, description = "Only instances of this process"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 1000, at most 10000)"),
+        ("after" = Option<String>, Query, description = "After this id (`next_after` of the page before)"),
+    ),
+    responses((status = 200, description = "A page of instances in id order", body = doc::InstanceList))
+)]
 async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) -> Response {
     respond(async {
         let status = match q.status.as_deref() {
@@ -398,6 +497,11 @@ async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) 
     .await)
 }
 
+#[utoipa::path(
+    get, path = "/v1/instances/{id}", tag = "instances",
+    params(("id" = String, Path, description = "The instance id")),
+    responses((status = 200, description = "The instance in full", body = InstanceDetail), (status = 404, description = "No such instance", body = doc::ErrorBody))
+)]
 async fn show_instance(State(svc): State<Service>, Path(id): Path<String>) -> Response {
     respond(async {
         let s = svc
@@ -423,16 +527,32 @@ async fn show_instance(State(svc): State<Service>, Path(id): Path<String>) -> Re
     .await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct SendRequest {
+    /// The operation the message is for.
     operation: String,
+    /// The message body (JSON).
     body: Value,
+    /// The message id: a message of an id seen before is a duplicate (default: a new id).
     id: Option<String>,
+    /// Wait for the reply of a request-response operation.
     #[serde(default)]
     wait_reply: bool,
+    /// How long to wait for the reply (default 30000).
     timeout_ms: Option<u64>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/messages", tag = "messages",
+    request_body = SendRequest,
+    responses(
+        (status = 202, description = "Accepted", body = doc::MessageAccepted),
+        (status = 200, description = "A message of this id was accepted before (`duplicate`)", body = doc::MessageAccepted),
+        (status = 404, description = "No process takes this operation, or no instance matches its correlation", body = doc::ErrorBody),
+        (status = 409, description = "The message conflicts with an instance or an earlier message", body = doc::ErrorBody),
+        (status = 422, description = "The body does not fit the operation", body = doc::ErrorBody),
+    )
+)]
 async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: SendRequest = parse_json(&body)?;
@@ -454,6 +574,10 @@ async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
     .await)
 }
 
+#[utoipa::path(
+    get, path = "/v1/in-transit", tag = "operator",
+    responses((status = 200, description = "Calls held after a crash, and what became of them", body = doc::HeldCallList))
+)]
 async fn list_in_transit(State(svc): State<Service>) -> Response {
     respond(async {
         let calls: Vec<HeldCallView> = svc.in_transit(None).await?.iter().map(HeldCallView::from).collect();
@@ -462,6 +586,18 @@ async fn list_in_transit(State(svc): State<Service>) -> Response {
     .await)
 }
 
+#[utoipa::path(
+    post, path = "/v1/in-transit/{id}/{verb}", tag = "operator",
+    params(
+        ("id" = String, Path, description = "`INSTANCE:CALL`"),
+        ("verb" = doc::InTransitVerb, Path, description = "`resubmit` (send the call again) or `abandon` (give it up)"),
+    ),
+    responses(
+        (status = 200, description = "The call, resolved", body = HeldCallView),
+        (status = 404, description = "No such held call, or an unknown verb", body = doc::ErrorBody),
+        (status = 409, description = "The call is not held", body = doc::ErrorBody),
+    )
+)]
 async fn resolve_in_transit(State(svc): State<Service>, Path((id, verb)): Path<(String, String)>) -> Response {
     respond(async {
         let state = match verb.as_str() {
@@ -475,6 +611,11 @@ async fn resolve_in_transit(State(svc): State<Service>, Path((id, verb)): Path<(
     .await)
 }
 
+#[utoipa::path(
+    get, path = "/v1/instances/{id}/history", tag = "instances",
+    params(("id" = String, Path, description = "The instance id")),
+    responses((status = 200, description = "Its persistence points, oldest first", body = doc::InstanceHistory), (status = 404, description = "No such instance", body = doc::ErrorBody))
+)]
 async fn instance_history(State(svc): State<Service>, Path(id): Path<String>) -> Response {
     respond(async {
         svc.load_snapshot(&id).await?.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance with id '{id}'")))?;
@@ -484,6 +625,15 @@ async fn instance_history(State(svc): State<Service>, Path(id): Path<String>) ->
     .await)
 }
 
+#[utoipa::path(
+    post, path = "/v1/instances/{id}/{verb}", tag = "instances",
+    params(("id" = String, Path, description = "The instance id"), ("verb" = doc::InstanceVerb, Path, description = "What to do: `release` lets an instance parked by deferred recovery go on (`resubmit` is its older name)")),
+    responses(
+        (status = 200, description = "The instance after the control", body = InstanceSummary),
+        (status = 404, description = "No such instance, or an unknown verb", body = doc::ErrorBody),
+        (status = 409, description = "The instance's status does not allow it (a completed instance cannot be suspended, say)", body = doc::ErrorBody),
+    )
+)]
 async fn control_instance(State(svc): State<Service>, Path((id, verb)): Path<(String, String)>) -> Response {
     respond(async {
         let control = match verb.as_str() {
@@ -507,6 +657,17 @@ async fn control_instance(State(svc): State<Service>, Path((id, verb)): Path<(St
     .await)
 }
 
+#[utoipa::path(
+    put, path = "/v1/instances/{id}/variables", tag = "instances",
+    params(("id" = String, Path, description = "The instance id")),
+    request_body(content = Object, description = "The new variables (JSON)"),
+    responses(
+        (status = 200, description = "The instance with its new variables", body = doc::WithVariables),
+        (status = 404, description = "No such instance", body = doc::ErrorBody),
+        (status = 409, description = "The instance's status does not allow it", body = doc::ErrorBody),
+        (status = 422, description = "The variables do not fit the process", body = doc::ErrorBody),
+    )
+)]
 async fn set_variables(State(svc): State<Service>, Path(id): Path<String>, body: Bytes) -> Response {
     respond(async {
         let new_variables: Value = parse_json(&body)?;
@@ -519,12 +680,24 @@ async fn set_variables(State(svc): State<Service>, Path(id): Path<String>, body:
 }
 
 /// `POST /v1/instances/{id}/retry`, optionally with `{"variables": …}`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RetryRequest {
+    /// Variables to retry with (JSON; default: those it has).
     variables: Option<Value>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/instances/{id}/retry", tag = "instances",
+    params(("id" = String, Path, description = "The instance id")),
+    request_body(content = RetryRequest, description = "Optional: new variables to retry with (an empty body retries as it is)"),
+    responses(
+        (status = 200, description = "The instance, running again from where it faulted", body = InstanceSummary),
+        (status = 404, description = "No such instance", body = doc::ErrorBody),
+        (status = 409, description = "The instance is not faulted", body = doc::ErrorBody),
+        (status = 422, description = "The variables do not fit the process", body = doc::ErrorBody),
+    )
+)]
 async fn retry_instance(State(svc): State<Service>, Path(id): Path<String>, body: Bytes) -> Response {
     respond(async {
         let request: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) { RetryRequest::default() } else { parse_json(&body)? };
@@ -535,13 +708,20 @@ async fn retry_instance(State(svc): State<Service>, Path(id): Path<String>, body
 }
 
 /// `POST /v1/retry` with `{"process": P, "fault": NAME}` (fault optional).
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BulkRetryRequest {
+    /// Retry the faulted instances of this process.
     process: String,
+    /// Only those faulted with this fault name.
     fault: Option<String>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/retry", tag = "instances",
+    request_body = BulkRetryRequest,
+    responses((status = 200, description = "The instances retried and those refused", body = doc::RetryReport))
+)]
 async fn retry_faulted(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let request: BulkRetryRequest = parse_json(&body)?;
@@ -553,15 +733,29 @@ async fn retry_faulted(State(svc): State<Service>, body: Bytes) -> Response {
 
 /// `POST /v1/instances/{id}/migrate`: `{"to": VERSION, "map"?: {OLD_PATH: NEW_PATH}}`;
 /// `POST /v1/migrate` also names `"from": VERSION`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MigrateRequest {
+    /// The version to move instances from (`POST /v1/migrate` only).
     from: Option<String>,
+    /// The version to move to.
     to: String,
+    /// Old activity path -> new path, for activities that moved.
     #[serde(default)]
     map: std::collections::BTreeMap<String, String>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/instances/{id}/migrate", tag = "instances",
+    params(("id" = String, Path, description = "The instance id")),
+    request_body = MigrateRequest,
+    responses(
+        (status = 200, description = "The instance on its new version", body = InstanceSummary),
+        (status = 404, description = "No such instance or version", body = doc::ErrorBody),
+        (status = 409, description = "The instance is not waiting or suspended, or the version is of another process", body = doc::ErrorBody),
+        (status = 422, description = "Its position or variables do not fit the new version", body = doc::ErrorBody),
+    )
+)]
 async fn migrate_instance(State(svc): State<Service>, Path(id): Path<String>, body: Bytes) -> Response {
     respond(async {
         let request: MigrateRequest = parse_json(&body)?;
@@ -571,6 +765,16 @@ async fn migrate_instance(State(svc): State<Service>, Path(id): Path<String>, bo
     .await)
 }
 
+#[utoipa::path(
+    post, path = "/v1/migrate", tag = "instances",
+    request_body = MigrateRequest,
+    responses(
+        (status = 200, description = "The instances migrated and those refused", body = doc::MigrateReport),
+        (status = 404, description = "No such version", body = doc::ErrorBody),
+        (status = 409, description = "The versions are of different processes", body = doc::ErrorBody),
+        (status = 422, description = "The new version cannot take these instances", body = doc::ErrorBody),
+    )
+)]
 async fn migrate_version(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let request: MigrateRequest = parse_json(&body)?;
@@ -581,17 +785,28 @@ async fn migrate_version(State(svc): State<Service>, body: Bytes) -> Response {
     .await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct BreakpointRequest {
+    /// The process name.
     process: String,
+    /// The activity path to stop before.
     path: String,
 }
 
+#[utoipa::path(
+    get, path = "/v1/breakpoints", tag = "operator",
+    responses((status = 200, description = "Every breakpoint", body = doc::BreakpointList))
+)]
 async fn list_breakpoints(State(svc): State<Service>) -> Response {
     let list: Vec<Value> = svc.operator.breakpoints().into_iter().map(|(process, path)| json!({ "process": process, "path": path })).collect();
     Json(json!({ "breakpoints": list })).into_response()
 }
 
+#[utoipa::path(
+    post, path = "/v1/breakpoints", tag = "operator",
+    request_body = BreakpointRequest,
+    responses((status = 200, description = "Set", body = doc::BreakpointChanged), (status = 404, description = "No such process or activity path", body = doc::ErrorBody))
+)]
 async fn set_breakpoint(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: BreakpointRequest = parse_json(&body)?;
@@ -601,6 +816,11 @@ async fn set_breakpoint(State(svc): State<Service>, body: Bytes) -> Response {
     .await)
 }
 
+#[utoipa::path(
+    delete, path = "/v1/breakpoints", tag = "operator",
+    request_body = BreakpointRequest,
+    responses((status = 200, description = "Cleared", body = doc::BreakpointChanged), (status = 404, description = "No such process or activity path", body = doc::ErrorBody))
+)]
 async fn clear_breakpoint(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: BreakpointRequest = parse_json(&body)?;
@@ -612,12 +832,22 @@ async fn clear_breakpoint(State(svc): State<Service>, body: Bytes) -> Response {
 
 /// `{"name": NAME}`: a backup in BACKUP_ROOT/NAME. `{"dir": DIR}` (the older
 /// form) is taken only when DIR resolves inside the backup root.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct BackupRequest {
+    /// The backup's name: one plain name under the backup root.
     name: Option<String>,
+    /// The older form: a directory inside the backup root.
     dir: Option<String>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/backup", tag = "operator",
+    request_body = BackupRequest,
+    responses(
+        (status = 201, description = "The backup, made", body = doc::BackupMade),
+        (status = 409, description = "A backup of that name exists", body = doc::ErrorBody),
+    )
+)]
 async fn backup(State(svc): State<Service>, Extension(config): Extension<Arc<ApiConfig>>, body: Bytes) -> Response {
     respond(async {
         let req: BackupRequest = parse_json(&body)?;
@@ -633,11 +863,20 @@ async fn backup(State(svc): State<Service>, Extension(config): Extension<Arc<Api
     .await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct CreateResource {
+    /// The resource's name.
     name: String,
 }
 
+#[utoipa::path(
+    post, path = "/v1/resources", tag = "operator",
+    request_body = CreateResource,
+    responses(
+        (status = 201, description = "Created", body = doc::ResourceCreated),
+        (status = 200, description = "It existed already", body = doc::ResourceCreated),
+    )
+)]
 async fn create_resource(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: CreateResource = parse_json(&body)?;
@@ -648,6 +887,10 @@ async fn create_resource(State(svc): State<Service>, body: Bytes) -> Response {
     .await)
 }
 
+#[utoipa::path(
+    get, path = "/v1/resources", tag = "operator",
+    responses((status = 200, description = "Every resource", body = doc::ResourceList))
+)]
 async fn list_resources(State(svc): State<Service>) -> Response {
     respond(async {
         let list: Vec<Value> = svc.store.resources().await?.iter().map(|r| json!({ "name": r.name, "created_ms": r.created_ms })).collect();
@@ -663,6 +906,16 @@ struct ScanQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/resources/{name}", tag = "operator",
+    params(
+        ("name" = String, Path, description = "The resource"),
+        ("prefix" = Option<String>, Query, description = "Only keys with this prefix"),
+        ("after" = Option<String>, Query, description = "Keys after this one (`next_after` of the page before)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)"),
+    ),
+    responses((status = 200, description = "A page of keys in order", body = doc::ResourceScan), (status = 404, description = "No such resource", body = doc::ErrorBody))
+)]
 async fn scan_resource(State(svc): State<Service>, Path(name): Path<String>, Query(q): Query<ScanQuery>) -> Response {
     respond(async {
         svc.resource(&name).await?;
@@ -678,6 +931,11 @@ async fn scan_resource(State(svc): State<Service>, Path(name): Path<String>, Que
     .await)
 }
 
+#[utoipa::path(
+    get, path = "/v1/resources/{name}/keys/{key}", tag = "operator",
+    params(("name" = String, Path, description = "The resource"), ("key" = String, Path, description = "The key")),
+    responses((status = 200, description = "The key's value and version", body = doc::ResourceKey), (status = 404, description = "No such resource or key", body = doc::ErrorBody))
+)]
 async fn get_resource_key(State(svc): State<Service>, Path((name, key)): Path<(String, String)>) -> Response {
     respond(async {
         svc.resource(&name).await?;
@@ -692,9 +950,11 @@ async fn get_resource_key(State(svc): State<Service>, Path((name, key)): Path<(S
     .await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct CreateToken {
+    /// `worker`, `reader`, `operator` or `admin`.
     role: String,
+    /// What the token is for.
     #[serde(default)]
     note: String,
 }
@@ -703,6 +963,11 @@ fn token_json(t: &cairn_store::TokenRecord) -> Value {
     json!({ "id": t.id, "role": t.role.name(), "created_ms": t.created_ms, "note": t.note })
 }
 
+#[utoipa::path(
+    post, path = "/v1/tokens", tag = "tokens",
+    request_body = CreateToken,
+    responses((status = 201, description = "The token, shown this once", body = doc::TokenCreated))
+)]
 async fn create_token(State(svc): State<Service>, Extension(tokens): Extension<Arc<TokenCache>>, body: Bytes) -> Response {
     respond(async {
         let req: CreateToken = parse_json(&body)?;
@@ -721,6 +986,10 @@ async fn create_token(State(svc): State<Service>, Extension(tokens): Extension<A
     .await)
 }
 
+#[utoipa::path(
+    get, path = "/v1/tokens", tag = "tokens",
+    responses((status = 200, description = "Every token (never its secret)", body = doc::TokenList))
+)]
 async fn list_tokens(State(svc): State<Service>) -> Response {
     respond(async {
         let list: Vec<Value> = svc.store.tokens().await?.iter().map(token_json).collect();
@@ -729,6 +998,11 @@ async fn list_tokens(State(svc): State<Service>) -> Response {
     .await)
 }
 
+#[utoipa::path(
+    delete, path = "/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id (`tok-…`)")),
+    responses((status = 200, description = "Revoked", body = doc::TokenRevoked), (status = 404, description = "No such token", body = doc::ErrorBody))
+)]
 async fn revoke_token(State(svc): State<Service>, Extension(tokens): Extension<Arc<TokenCache>>, Path(id): Path<String>) -> Response {
     respond(async {
         if !svc.store.tokens().await?.iter().any(|t| t.id == id) {

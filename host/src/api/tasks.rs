@@ -17,7 +17,7 @@ const MAX_TASKS_PER_POLL: usize = 1000;
 /// The longest lease a poll or heartbeat may ask for (an hour).
 const MAX_LEASE_MS: u64 = 3_600_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeployExternal {
     name: String,
@@ -26,6 +26,15 @@ struct DeployExternal {
 }
 
 /// `POST /v1/definitions/external`: an external activity by name with its operations.
+#[utoipa::path(
+    post, path = "/v1/definitions/external", tag = "definitions",
+    request_body = DeployExternal,
+    responses(
+        (status = 201, description = "Deployed", body = super::openapi::DeployedExternal),
+        (status = 200, description = "Deployed already with these operations", body = super::openapi::DeployedExternal),
+        (status = 409, description = "The name is taken by a component of another kind", body = super::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn deploy_external(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: DeployExternal = parse_json(&body)?;
@@ -40,7 +49,7 @@ pub(super) async fn deploy_external(State(svc): State<Service>, body: Bytes) -> 
     .await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Poll {
     activity: String,
@@ -73,6 +82,14 @@ fn task_json(t: &TaskInfo) -> Value {
 
 /// `POST /v1/tasks/poll`: waits up to `wait_ms` for tasks of `activity`
 /// (of `operations`, if given) and leases up to `max` to `worker`.
+#[utoipa::path(
+    post, path = "/v1/tasks/poll", tag = "tasks",
+    request_body = Poll,
+    responses(
+        (status = 200, description = "The tasks leased to the worker (none when `wait_ms` passed without one)", body = super::openapi::TaskBatch),
+        (status = 404, description = "No external activity of that name is deployed", body = super::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn poll(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: Poll = parse_json(&body)?;
@@ -99,7 +116,7 @@ pub(super) async fn poll(State(svc): State<Service>, body: Bytes) -> Response {
     .await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct FaultBody {
     name: String,
     #[serde(default)]
@@ -108,7 +125,7 @@ struct FaultBody {
     data: Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Finish {
     attempt: u32,
@@ -129,6 +146,19 @@ struct Finish {
 
 /// `POST /v1/tasks/{id}/complete` (`output`), `/fail` (`fault`,
 /// `retryable`), `/heartbeat` (`lease_ms`?): each names its `attempt`.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/{verb}", tag = "tasks",
+    params(
+        ("id" = String, Path, description = "The task's id (`INSTANCE:CALL`)"),
+        ("verb" = super::openapi::TaskVerb, Path, description = "`complete` (with `output`), `fail` (with `fault`, `retryable`) or `heartbeat` (`lease_ms`?)"),
+    ),
+    request_body = Finish,
+    responses(
+        (status = 200, description = "Completed or failed (`TaskFinished`), or, for a heartbeat, the task with its lease extended (`Task`)", body = super::openapi::TaskOrFinished),
+        (status = 404, description = "No such task, or an unknown verb", body = super::openapi::ErrorBody),
+        (status = 409, description = "The attempt, worker or lease is not the task's current one", body = super::openapi::ErrorBody),
+    )
+)]
 pub(super) async fn finish(State(svc): State<Service>, Path((id, verb)): Path<(String, String)>, body: Bytes) -> Response {
     let req: Finish = match parse_json(&body) {
         Ok(r) => r,
@@ -167,6 +197,11 @@ pub(super) struct ListTasks {
 }
 
 /// `GET /v1/tasks?activity=NAME`: waiting and leased tasks, and held ones.
+#[utoipa::path(
+    get, path = "/v1/tasks", tag = "tasks",
+    params(("activity" = Option<String>, Query, description = "Only tasks of this external activity")),
+    responses((status = 200, description = "Waiting, leased and held tasks", body = super::openapi::TaskList))
+)]
 pub(super) async fn list_tasks(State(svc): State<Service>, Query(q): Query<ListTasks>) -> Response {
     respond(async {
         let wanted = |a: &str| q.activity.as_deref().is_none_or(|w| w == a);

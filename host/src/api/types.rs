@@ -9,11 +9,12 @@
 use cairn_engine::{Definition, Effect, FaultRecord, Phase, Reason, Snapshot, Status, Target};
 use cairn_store::{ComponentKind, DeployedRecord, HistoryEntry, InTransit, InTransitState, Moved, Reply};
 use serde::Serialize;
+use utoipa::ToSchema;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// An instance's status.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceStatus {
     Running,
@@ -38,7 +39,7 @@ impl From<Status> for InstanceStatus {
 }
 
 /// One line of a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InstanceSummary {
     pub id: String,
     pub process: String,
@@ -66,7 +67,7 @@ impl InstanceSummary {
 
 /// A fault: its name, message, data (JSON text) and, for one that ended an
 /// instance, the activity path where it was raised.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FaultView {
     pub name: String,
     pub message: String,
@@ -88,7 +89,7 @@ impl From<&cairn_engine::Fault> for FaultView {
 }
 
 /// The reply to a request-response message.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReplyView {
     pub body: Value,
     pub fault: Option<FaultView>,
@@ -101,7 +102,7 @@ impl From<&Reply> for ReplyView {
 }
 
 /// A call's target: an activity component or a process, by name.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TargetView {
     pub kind: &'static str,
     pub name: String,
@@ -117,14 +118,14 @@ impl From<&Target> for TargetView {
 }
 
 /// A timer an instance waits for.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TimerView {
     pub timer_id: u64,
     pub due_ms: u64,
 }
 
 /// What the innermost activity of an instance is doing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case", tag = "phase")]
 pub enum WaitView {
     /// A message of `operation`, with a timeout timer if the receive has one.
@@ -133,7 +134,11 @@ pub enum WaitView {
     /// An activity call's result.
     AwaitInvoke { call_id: u64 },
     /// The first of a pick's messages or timers (timers by branch).
-    AwaitPick { timers: Vec<(u32, TimerView)> },
+    AwaitPick {
+        /// `[branch, timer]` pairs.
+        #[schema(value_type = Vec<Vec<serde_json::Value>>)]
+        timers: Vec<(u32, TimerView)>,
+    },
     /// Branches of a flow, each running, waiting or done.
     Flow { branches: usize },
     /// Any other point of an activity's life.
@@ -169,7 +174,7 @@ impl From<&Phase> for WaitView {
 }
 
 /// An activity call or send in the outbox: dispatched, result not yet consumed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PendingCallView {
     /// `invoke` or `send`.
     pub effect: &'static str,
@@ -207,7 +212,7 @@ impl PendingCallView {
 }
 
 /// A persistence point in an instance's history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HistoryView {
     pub fence: u64,
     pub at_ms: u64,
@@ -223,7 +228,7 @@ pub struct HistoryView {
 }
 
 /// One thing that moved an instance to a persistence point.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum MovedView {
     /// A message it consumed (`body`: JSON text, cut at 16 KiB).
@@ -312,7 +317,7 @@ pub fn reason_name(r: Reason) -> &'static str {
 }
 
 /// A held call: a non-idempotent activity call found in flight after a crash.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct HeldCallView {
     /// `INSTANCE:CALL`, what `cairn in-transit resubmit` takes.
     pub id: String,
@@ -349,7 +354,7 @@ impl From<&InTransit> for HeldCallView {
 }
 
 /// One instance in full.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct InstanceDetail {
     #[serde(flatten)]
     pub summary: InstanceSummary,
@@ -374,7 +379,7 @@ pub fn variables(s: &Snapshot) -> Value {
 }
 
 /// A deployed version in a listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DefinitionView {
     pub name: String,
     pub version: String,

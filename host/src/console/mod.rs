@@ -22,15 +22,14 @@
 //!   (`service::Events`); the page reads them with `fetch` so that the
 //!   bearer token travels in the `Authorization` header as for every route.
 
-mod views;
+pub(crate) mod views;
 
 use crate::service::{InstanceEvent, Service};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::extract::State;
-use axum::Router;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -45,20 +44,48 @@ pub fn is_public_asset(path: &str) -> bool {
     path == "/" || path.starts_with("/console/")
 }
 
-/// The console's routes; `api::router_with` merges them before its layers,
-/// so that authentication and JSON errors apply to them as to every route.
-pub fn routes() -> Router<Service> {
-    Router::new()
-        .route("/", get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }))
-        .route("/console/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
-        .route("/console/diagram.js", get(|| async { asset(DIAGRAM_JS, "text/javascript; charset=utf-8") }))
-        .route("/console/app.css", get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
-        .route("/console/icon.svg", get(|| async { asset(ICON_SVG, "image/svg+xml") }))
-        .route("/v1/definitions/{version}/tree", get(views::tree))
-        .route("/v1/definitions/{version}/heat", get(views::heat))
-        .route("/v1/instances/search", get(views::search))
-        .route("/v1/instances/{id}/positions", get(views::positions))
-        .route("/v1/events", get(events))
+/// The console's routes (method, path, handler); `api::routes` lists them
+/// with the rest, so that authentication and JSON errors apply to them as
+/// to every route, and the OpenAPI document describes them.
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Service>)> {
+    vec![
+        (Method::GET, "/", get(index_html)),
+        (Method::GET, "/console/app.js", get(app_js)),
+        (Method::GET, "/console/diagram.js", get(diagram_js)),
+        (Method::GET, "/console/app.css", get(app_css)),
+        (Method::GET, "/console/icon.svg", get(icon_svg)),
+        (Method::GET, "/v1/definitions/{version}/tree", get(views::tree)),
+        (Method::GET, "/v1/definitions/{version}/heat", get(views::heat)),
+        (Method::GET, "/v1/instances/search", get(views::search)),
+        (Method::GET, "/v1/instances/{id}/positions", get(views::positions)),
+        (Method::GET, "/v1/events", get(events)),
+    ]
+}
+
+/// `GET /`: the console's page.
+#[utoipa::path(get, path = "/", tag = "console", responses((status = 200, description = "The web console's page", body = String, content_type = "text/html")))]
+pub(crate) async fn index_html() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+#[utoipa::path(get, path = "/console/app.js", tag = "console", responses((status = 200, description = "The console's script", body = String, content_type = "text/javascript")))]
+pub(crate) async fn app_js() -> Response {
+    asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+#[utoipa::path(get, path = "/console/diagram.js", tag = "console", responses((status = 200, description = "The console's diagram script", body = String, content_type = "text/javascript")))]
+pub(crate) async fn diagram_js() -> Response {
+    asset(DIAGRAM_JS, "text/javascript; charset=utf-8")
+}
+
+#[utoipa::path(get, path = "/console/app.css", tag = "console", responses((status = 200, description = "The console's style sheet", body = String, content_type = "text/css")))]
+pub(crate) async fn app_css() -> Response {
+    asset(APP_CSS, "text/css; charset=utf-8")
+}
+
+#[utoipa::path(get, path = "/console/icon.svg", tag = "console", responses((status = 200, description = "The console's icon", body = String, content_type = "image/svg+xml")))]
+pub(crate) async fn icon_svg() -> Response {
+    asset(ICON_SVG, "image/svg+xml")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -72,7 +99,18 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 /// version, status, path, reason, fence and time after each persistence
 /// point; `event: lagged` when this stream fell behind (look again at
 /// everything). Ends when the host shuts down.
-async fn events(State(svc): State<Service>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "console",
+    responses((
+        status = 200,
+        description = "A stream of server-sent events: `open` first, then `instance` (data: an `InstanceEvent` as JSON) after each persistence point, `lagged` (data: how many events were missed) when the stream fell behind. It lasts until the client goes or the host stops.",
+        body = String,
+        content_type = "text/event-stream"
+    ))
+)]
+pub(crate) async fn events(State(svc): State<Service>) -> Response {
     // Dropped with the stream when the client goes: the count goes down.
     let subscription = svc.events.subscribe();
     let stream = futures_util::stream::unfold(subscription, |mut sub| async move {

@@ -54,6 +54,11 @@ fn definition_of(svc: &Service, version: &str) -> Result<(String, Definition), E
 }
 
 /// `GET /v1/definitions/{version}/tree`.
+#[utoipa::path(
+    get, path = "/v1/definitions/{version}/tree", tag = "console",
+    params(("version" = String, Path, description = "A deployed process version")),
+    responses((status = 200, description = "The process's activity tree", body = crate::api::openapi::ActivityTree), (status = 404, description = "No such version, or it is an activity", body = crate::api::openapi::ErrorBody))
+)]
 pub async fn tree(State(svc): State<Service>, Path(version): Path<String>) -> Response {
     respond((|| -> Result<Value, Error> {
         let (name, def) = definition_of(&svc, &version)?;
@@ -221,6 +226,11 @@ async fn scan(svc: &Service, mut filter: InstanceFilter, mut keep: impl FnMut(&S
 /// `GET /v1/definitions/{version}/heat`: for every activity path, how many
 /// instances of the version are there by status (every branch of a flow
 /// counts), and how many faulted there (the path the fault was raised at).
+#[utoipa::path(
+    get, path = "/v1/definitions/{version}/heat", tag = "console",
+    params(("version" = String, Path, description = "A deployed process version")),
+    responses((status = 200, description = "Instances of the version by activity path and status", body = crate::api::openapi::Heat), (status = 404, description = "No such version, or it is an activity", body = crate::api::openapi::ErrorBody))
+)]
 pub async fn heat(State(svc): State<Service>, Path(version): Path<String>) -> Response {
     respond(
         async {
@@ -273,6 +283,20 @@ pub struct SearchQuery {
 /// `GET /v1/instances/search`: the matches in id order, a page at a time
 /// (`limit`, default 50, at most 1000, after the id `after`), with `total`
 /// matches and `next_after` when more follow.
+#[utoipa::path(
+    get, path = "/v1/instances/search", tag = "console",
+    params(
+        ("process" = Option<String>, Query, description = "Only instances of this process"),
+        ("version" = Option<String>, Query, description = "A version, or its first characters"),
+        ("status" = Option<InstanceStatus>, Query, description = "Only instances of this status"),
+        ("correlation" = Option<String>, Query, description = "A text one of the instance's correlation values contains"),
+        ("from_ms" = Option<u64>, Query, description = "Created at or after (ms since the Unix epoch)"),
+        ("to_ms" = Option<u64>, Query, description = "Created before (ms since the Unix epoch)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 50, 1 to 1000)"),
+        ("after" = Option<String>, Query, description = "After this id (`next_after` of the page before)"),
+    ),
+    responses((status = 200, description = "A page of matches in id order, with the total", body = crate::api::openapi::SearchPage))
+)]
 pub async fn search(State(svc): State<Service>, Query(q): Query<SearchQuery>) -> Response {
     respond(
         async {
@@ -368,6 +392,11 @@ fn walk_stack<'a>(def: &Definition, stack: &'a [Frame], base: &str, state: &'sta
 }
 
 /// `GET /v1/instances/{id}/positions`.
+#[utoipa::path(
+    get, path = "/v1/instances/{id}/positions", tag = "console",
+    params(("id" = String, Path, description = "The instance id")),
+    responses((status = 200, description = "Every branch's position, why it stopped, its parent and children", body = crate::api::openapi::Positions), (status = 404, description = "No such instance", body = crate::api::openapi::ErrorBody))
+)]
 pub async fn positions(State(svc): State<Service>, Path(id): Path<String>) -> Response {
     respond(
         async {
