@@ -3,7 +3,8 @@
 # store unit tests and every test against the real cairn binary and real
 # guest components on the RocksDB store, then the end-to-end, crash,
 # bad-input, partner, resource and worker tests and the store specification
-# again on PostgreSQL (a throwaway cluster, see env.sh), and at last a short
+# again on PostgreSQL, with the language and lifecycle tests (a throwaway
+# cluster, see env.sh), and at last a short
 # run of every fuzz target (scripts/fuzz.sh 20: each builds and runs 20 s clean).
 # The web console's test runs in headless Chromium (ensure_browser_tools).
 # Every step runs even if an earlier one failed; the exit status is non-zero
@@ -42,9 +43,10 @@ cargo test --release $host_packages -- --test-threads "$threads" 2>&1 | tee -a "
 echo "==> cargo test -p cairn-guest --doc" >&2
 cargo test --release -p cairn-guest --doc 2>&1 | tee -a "$log" || status=$?
 
-echo "==> running the end-to-end, crash, bad-input, partner, resource and worker tests again (store: PostgreSQL)" >&2
+echo "==> running the end-to-end, crash, bad-input, partner, resource, worker, language and lifecycle tests again (store: PostgreSQL)" >&2
 if ensure_postgres && start_postgres; then
     CAIRN_TEST_STORE=postgres cargo test --release -p cairn-tests --test e2e --test crash --test bad_input --test partners --test resources --test workers \
+        --test language --test lifecycle \
         -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
     # The store's table specification, on PostgreSQL (CAIRN_TEST_PG is set).
     cargo test --release -p cairn-store --test postgres 2>&1 | tee -a "$log" || status=$?

@@ -6,31 +6,16 @@
 //! and components built against the first release of the process world
 //! still deploy and run.
 
-use cairn_tests::{eventually, Host, TempDir};
+use cairn_tests::{eventually, history_steps, quiet_host, Host};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn host(tag: &str) -> (TempDir, Host) {
-    let dir = TempDir::new(tag);
-    let host = Host::start(dir.path(), &["--quiet-guests"], &[]);
-    (dir, host)
-}
-
 /// Starts process "language" with these variables and waits for its end.
 fn start(h: &Host, input: Value) -> (i32, Value) {
     let out = h.cairn(&["start", "language", "--input", &input.to_string(), "--wait", "--json"]);
     (out.code, out.json())
-}
-
-fn reasons(v: &Value) -> Vec<(String, String)> {
-    v["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["reason"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
-        .collect()
 }
 
 fn send(h: &Host, operation: &str, body: Value) -> Value {
@@ -41,7 +26,7 @@ fn send(h: &Host, operation: &str, body: Value) -> Value {
 
 #[test]
 fn repeat_until_runs_its_body_at_least_once_and_switch_takes_the_first_case_that_holds() {
-    let (_d, h) = host("repeat-switch");
+    let (_d, h) = quiet_host("repeat-switch", &[]);
     h.deploy("t_language", None);
 
     let (code, v) = start(&h, json!({ "mode": "repeat", "goal": 3 }));
@@ -60,7 +45,7 @@ fn repeat_until_runs_its_body_at_least_once_and_switch_takes_the_first_case_that
 
 #[test]
 fn a_for_each_ends_once_its_completion_condition_holds_and_a_parallel_one_cancels_the_rest() {
-    let (_d, h) = host("for-each-until");
+    let (_d, h) = quiet_host("for-each-until", &[]);
     h.deploy("t_language", None);
 
     let (code, v) = start(&h, json!({ "mode": "each", "items": [1, 2, 3, 4, 5] }));
@@ -77,7 +62,7 @@ fn a_for_each_ends_once_its_completion_condition_holds_and_a_parallel_one_cancel
 
 #[test]
 fn the_most_specific_fault_handler_catches_by_name_and_data_then_name_then_catch_all() {
-    let (_d, h) = host("fault-data");
+    let (_d, h) = quiet_host("fault-data", &[]);
     h.deploy("t_language", None);
     for (fault, code, caught) in [
         ("declined", 51, "declined:51"),
@@ -93,7 +78,7 @@ fn the_most_specific_fault_handler_catches_by_name_and_data_then_name_then_catch
 
 #[test]
 fn the_process_scope_catches_what_no_scope_caught_and_otherwise_compensates_the_process() {
-    let (_d, h) = host("process-scope");
+    let (_d, h) = quiet_host("process-scope", &[]);
     h.deploy("t_language", None);
 
     let (code, v) = start(&h, json!({ "mode": "process", "fault": "fatal" }));
@@ -113,13 +98,13 @@ fn the_process_scope_catches_what_no_scope_caught_and_otherwise_compensates_the_
         "the completed scope is compensated, then the process as a whole"
     );
     let compensated: Vec<String> =
-        reasons(&v).into_iter().filter(|(r, _)| r == "compensated").map(|(_, p)| p).collect();
+        history_steps(&v).into_iter().filter(|(r, _)| r == "compensated").map(|(_, p)| p).collect();
     assert_eq!(compensated.len(), 2, "one persistence point per compensation step: {v:#}");
 }
 
 #[test]
 fn event_handlers_fire_on_messages_and_alarms_beside_the_scope_body_and_end_with_it() {
-    let (_d, h) = host("events");
+    let (_d, h) = quiet_host("events", &[]);
     h.deploy("t_events", None);
     let id = send(&h, "open", json!({ "case": "c1" }))["instance"].as_str().unwrap().to_string();
 
@@ -160,13 +145,13 @@ fn event_handlers_fire_on_messages_and_alarms_beside_the_scope_body_and_end_with
     assert_eq!(v["variables"]["at_deadline"], 1);
     assert_eq!(v["variables"]["handled"], 2, "no note handler after its scope ended");
     assert_eq!(v["variables"]["ticks"], v["variables"]["ticks_at_close"], "no tick after its scope ended");
-    let r = reasons(&v);
+    let r = history_steps(&v);
     assert!(r.iter().any(|(reason, path)| reason == "commit-after" && path == "process/main/work/close"), "{r:?}");
 }
 
 #[test]
 fn two_instance_creating_receives_the_first_message_creates_and_the_other_routes_to_it() {
-    let (_d, h) = host("creation");
+    let (_d, h) = quiet_host("creation", &[]);
     h.deploy("t_creation", None);
     for (first, second, deal) in [("order", "payment", "d1"), ("payment", "order", "d2")] {
         let a = send(&h, first, json!({ "deal": deal }));
@@ -184,7 +169,7 @@ fn two_instance_creating_receives_the_first_message_creates_and_the_other_routes
 
 #[test]
 fn an_instance_creating_pick_takes_either_message_and_an_uninitialised_set_is_a_correlation_violation() {
-    let (_d, h) = host("creating-pick");
+    let (_d, h) = quiet_host("creating-pick", &[]);
     h.deploy("t_creating_pick", None);
 
     let order = send(&h, "order", json!({ "order_id": "o1" }));
@@ -212,7 +197,7 @@ fn an_instance_creating_pick_takes_either_message_and_an_uninitialised_set_is_a_
 fn a_component_built_against_the_first_release_of_the_process_world_deploys_starts_and_completes() {
     // t-legacy-world uses wit-bindgen directly on wit/process-legacy, the
     // world before event handlers, switch and the other later constructs.
-    let (_d, h) = host("legacy-world");
+    let (_d, h) = quiet_host("legacy-world", &[]);
     let deployed = h.deploy("t_legacy_world", None);
     assert_eq!(deployed["name"], "legacy", "{deployed:#}");
 
@@ -223,6 +208,6 @@ fn a_component_built_against_the_first_release_of_the_process_world_deploys_star
         assert_eq!(v["status"], "completed", "{v:#}");
         assert_eq!(v["variables"]["n"], doubled);
         assert_eq!(v["variables"]["big"], big, "the if's condition handler ran through the old world's call");
-        assert!(reasons(&v).contains(&("waiting".to_string(), "main/pause".to_string())), "the wait is a persistence point: {v:#}");
+        assert!(history_steps(&v).contains(&("waiting".to_string(), "main/pause".to_string())), "the wait is a persistence point: {v:#}");
     }
 }

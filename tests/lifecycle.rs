@@ -3,15 +3,14 @@
 //! handlers, variables checked by the guest before they are stored, and
 //! each transactional behaviour override visible in the history.
 
-use cairn_tests::{Host, TempDir};
+use cairn_tests::{history_steps, quiet_host, Host, TempDir};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn host(tag: &str) -> (TempDir, Host) {
-    let dir = TempDir::new(tag);
-    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    let (dir, h) = quiet_host(tag, &[]);
     h.deploy("t_lifecycle", None);
     (dir, h)
 }
@@ -27,13 +26,7 @@ fn start(h: &Host, key: &str, allow: bool, status: &str) -> (String, Value) {
 
 /// The instance's history as (reason, path) pairs.
 fn history(h: &Host, id: &str) -> Vec<(String, String)> {
-    let v = h.ok_json(&["history", id]);
-    v["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["reason"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
-        .collect()
+    history_steps(&h.ok_json(&["history", id]))
 }
 
 fn steps(v: &Value) -> Vec<String> {

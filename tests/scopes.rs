@@ -2,37 +2,22 @@
 //! compensation of one named scope, fault handlers (by name, catch-all,
 //! rethrow, fault data), and a crash in the middle of compensation.
 
-use cairn_tests::{Host, TempDir};
+use cairn_tests::{history_steps, quiet_host, Host, TempDir};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn host(tag: &str, env: &[(&str, &str)]) -> (TempDir, Host) {
-    let dir = TempDir::new(tag);
-    let host = Host::start(dir.path(), &["--quiet-guests"], env);
-    (dir, host)
-}
 
 fn start(h: &Host, process: &str, mode: &str) -> (i32, Value) {
     let out = h.cairn(&["start", process, "--input", &json!({ "mode": mode }).to_string(), "--wait", "--json"]);
     (out.code, out.json())
 }
 
-fn reasons(v: &Value) -> Vec<(String, String)> {
-    v["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["reason"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
-        .collect()
-}
-
 const UNDO_TRACE: [&str; 3] = ["undo b1 at step 2", "undo b at step 3", "undo a at step 1"];
 
 #[test]
 fn a_failing_last_scope_compensates_the_completed_ones_in_reverse_with_their_own_variables() {
-    let (_d, h) = host("compensate-order", &[]);
+    let (_d, h) = quiet_host("compensate-order", &[]);
     h.deploy("t_compensation", None);
     let (code, v) = start(&h, "compensation", "fail");
     assert_eq!(code, 4, "{v:#}");
@@ -40,7 +25,7 @@ fn a_failing_last_scope_compensates_the_completed_ones_in_reverse_with_their_own
     assert_eq!(v["variables"]["trace"], json!(UNDO_TRACE), "newest first, inner scopes before their outer one");
     assert_eq!(v["fault"]["name"], "boom");
     assert_eq!(v["fault"]["path"], "main/mode/outer/outer-body/c/c-body/boom");
-    let r = reasons(&v);
+    let r = history_steps(&v);
     let completed: Vec<&str> = r.iter().filter(|(reason, _)| reason == "scope-completed").map(|(_, p)| p.as_str()).collect();
     assert_eq!(
         completed,
@@ -52,7 +37,7 @@ fn a_failing_last_scope_compensates_the_completed_ones_in_reverse_with_their_own
 
 #[test]
 fn a_fault_handler_can_compensate_one_named_scope_and_continue() {
-    let (_d, h) = host("compensate-named", &[]);
+    let (_d, h) = quiet_host("compensate-named", &[]);
     h.deploy("t_compensation", None);
     let (code, v) = start(&h, "compensation", "refund");
     assert_eq!(code, 0, "{v:#}");
@@ -62,7 +47,7 @@ fn a_fault_handler_can_compensate_one_named_scope_and_continue() {
 
 #[test]
 fn fault_handlers_catch_by_name_or_catch_all_and_see_the_fault_data() {
-    let (_d, h) = host("fault-handlers", &[]);
+    let (_d, h) = quiet_host("fault-handlers", &[]);
     h.deploy("t_faults", None);
 
     let (code, v) = start(&h, "faults", "known");
@@ -84,7 +69,7 @@ fn fault_handlers_catch_by_name_or_catch_all_and_see_the_fault_data() {
 
 #[test]
 fn a_rethrown_fault_leaves_the_process_with_its_original_path_and_data() {
-    let (_d, h) = host("rethrow", &[]);
+    let (_d, h) = quiet_host("rethrow", &[]);
     h.deploy("t_faults", None);
     let (code, v) = start(&h, "faults", "fatal");
     assert_eq!(code, 4, "{v:#}");
@@ -110,7 +95,7 @@ fn a_crash_in_the_middle_of_compensation_runs_each_handler_exactly_once() {
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
     let v = h.wait_status(&id, "faulted", WAIT);
     assert_eq!(v["variables"]["trace"], json!(UNDO_TRACE), "the step done before the crash is not run again");
-    assert_eq!(reasons(&v).iter().filter(|(reason, _)| reason == "compensated").count(), 3);
+    assert_eq!(history_steps(&v).iter().filter(|(reason, _)| reason == "compensated").count(), 3);
 }
 
 fn guest_records(h: &Host, message: &str, key: &str) -> usize {
@@ -124,7 +109,7 @@ fn deploy_atomic(h: &Host) {
 
 #[test]
 fn an_atomic_scope_shares_a_non_serializable_object_and_persists_once() {
-    let (_d, h) = host("atomic-ok", &[]);
+    let (_d, h) = quiet_host("atomic-ok", &[]);
     deploy_atomic(&h);
     let out = h.cairn(&["start", "atomic", "--input", r#"{"mode":"ok","key":"a1"}"#, "--wait", "--json"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
@@ -132,7 +117,7 @@ fn an_atomic_scope_shares_a_non_serializable_object_and_persists_once() {
     assert_eq!(v["variables"]["total"], 10);
     assert_eq!(v["variables"]["opened_by"], "a1", "the second handler saw the object the first made");
     assert_eq!(v["variables"]["uses_seen"], json!([1, 2, 0]), "shared within the scope, gone after it");
-    let r = reasons(&v);
+    let r = history_steps(&v);
     let r: Vec<(&str, &str)> = r.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     assert_eq!(r, [("created", ""), ("scope-completed", "main/batch"), ("completed", "")], "no persistence point inside");
     let deadline = Instant::now() + WAIT;
@@ -144,7 +129,7 @@ fn an_atomic_scope_shares_a_non_serializable_object_and_persists_once() {
 
 #[test]
 fn a_failing_atomic_scope_rolls_back_retries_and_drops_its_buffered_sends() {
-    let (_d, h) = host("atomic-fail", &[]);
+    let (_d, h) = quiet_host("atomic-fail", &[]);
     deploy_atomic(&h);
     let out = h.cairn(&["start", "atomic", "--input", r#"{"mode":"fail","key":"f1"}"#, "--wait", "--json"]);
     assert_eq!(out.code, 4, "{}{}", out.stdout, out.stderr);
@@ -173,7 +158,7 @@ fn a_crash_inside_an_atomic_scope_leaves_nothing_of_it_and_it_runs_again() {
     let v = h.wait_status(&id, "completed", WAIT);
     assert_eq!(v["variables"]["total"], 10, "the scope ran again from its start, once");
     assert_eq!(guest_records(&h, "atomic attempt", "c1"), 2);
-    let r = reasons(&v);
+    let r = history_steps(&v);
     assert_eq!(r.iter().filter(|(reason, _)| reason == "scope-completed").count(), 1);
     let deadline = Instant::now() + WAIT;
     while guest_records(&h, "recorded", "c1") == 0 {
@@ -186,12 +171,12 @@ fn a_crash_inside_an_atomic_scope_leaves_nothing_of_it_and_it_runs_again() {
 
 #[test]
 fn a_scope_whose_deadline_passes_while_waiting_faults_with_a_timeout_its_handler_can_catch() {
-    let (_d, h) = host("scope-timeout", &[]);
+    let (_d, h) = quiet_host("scope-timeout", &[]);
     h.deploy("t_faults", None);
     let (code, v) = start(&h, "faults", "slow");
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["variables"]["timed_out"], true);
     assert_eq!(v["variables"]["after"], true);
-    let r = reasons(&v);
+    let r = history_steps(&v);
     assert!(r.iter().any(|(reason, path)| reason == "waiting" && path == "main/slow?/window/never"), "{r:?}");
 }

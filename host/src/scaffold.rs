@@ -75,7 +75,7 @@ pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(!root.exists(), "{} already exists: choose another name or --dir", root.display());
     let files: Vec<(&str, String)> = vec![
         ("Cargo.toml", manifest(name)),
-        ("src/lib.rs", LIB.replace("{{name}}", name)),
+        ("src/lib.rs", lib(name)),
         ("README.md", README.replace("{{name}}", name).replace("{{wasm}}", &name.replace('-', "_"))),
         (".gitignore", "/target\n".to_string()),
         ("vendor/cairn-guest/Cargo.toml", SDK_MANIFEST.to_string()),
@@ -116,61 +116,20 @@ serde_json = "1"
     )
 }
 
-const LIB: &str = r#"//! The `{{name}}` process: greets whoever says hello, after a pause.
-//!
-//! Build: `cargo build --release --target wasm32-wasip2`; deploy the
-//! component `target/wasm32-wasip2/release/*.wasm` with `cairn deploy`.
-
-use cairn_guest::{log, Activity, Process};
-use serde::{Deserialize, Serialize};
-use std::time::Duration;
-
-/// The variables: everything that survives between activities.
-#[derive(Serialize, Deserialize, Default)]
-pub struct Greeting {
-    pub name: String,
-    pub text: String,
+/// The new crate's `src/lib.rs`: `guests/hello`'s, which the tests run,
+/// with the new name in place of the process name `hello`.
+fn lib(name: &str) -> String {
+    HELLO
+        .replace(HELLO_TITLE, &format!("//! The `{name}` process: greets whoever says hello, after a pause.\n"))
+        .replace(HELLO_EXPORT, &format!("export_process!(\"{name}\""))
 }
 
-/// The message that starts an instance (operation `hello`).
-#[derive(Deserialize)]
-pub struct Hello {
-    pub name: String,
-}
-
-/// What the process says: plain Rust, tested natively (`cargo test`).
-pub fn greeting(name: &str) -> String {
-    format!("Hello, {name}!")
-}
-
-fn define(p: &mut Process<Greeting>) -> Activity {
-    let take = p
-        .receive("take", "hello", |v: &mut Greeting, m: Hello| {
-            v.name = m.name;
-            Ok(())
-        })
-        .creates_instance();
-    let pause = p.wait_for("pause", Duration::from_millis(200));
-    let greet = p.snippet("greet", |v| {
-        v.text = greeting(&v.name);
-        log::info("greeted", &[("name", &v.name)]);
-        Ok(())
-    });
-    p.sequence("main", vec![take, pause, greet])
-}
-
-cairn_guest::export_process!("{{name}}", Greeting, define);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn greets_by_name() {
-        assert_eq!(greeting("Ada"), "Hello, Ada!");
-    }
-}
-"#;
+const HELLO: &str = include_str!("../../guests/hello/src/lib.rs");
+const HELLO_TITLE: &str = "//! The `hello` process: greets whoever says hello, after a pause. It is
+//! the README tutorial's process, and the template of `cairn new NAME`,
+//! which writes this file with NAME in place of the process name.
+";
+const HELLO_EXPORT: &str = "export_process!(\"hello\"";
 
 const README: &str = r#"# {{name}}
 
@@ -205,3 +164,17 @@ tree built with `Process` (receive, snippet, wait, scopes, invokes of
 activities, flows). `cargo doc --open` shows the SDK's documentation, with an
 example on every item.
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_names_the_new_process_and_nothing_of_hello_is_left() {
+        let text = lib("order-intake");
+        assert!(text.starts_with("//! The `order-intake` process: greets"), "{text}");
+        assert!(text.contains("export_process!(\"order-intake\""), "{text}");
+        assert!(!text.contains("export_process!(\"hello\""));
+        assert!(!text.contains("template of `cairn new"));
+    }
+}

@@ -474,3 +474,22 @@ pub fn eventually(what: &str, within: Duration, f: impl Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A host on a fresh data directory named after `tag`, with guest log lines
+/// kept quiet and the extra environment `env`; the directory lives as long
+/// as the returned `TempDir`.
+pub fn quiet_host(tag: &str, env: &[(&str, &str)]) -> (TempDir, Host) {
+    let dir = TempDir::new(tag);
+    let host = Host::start(dir.path(), &["--quiet-guests"], env);
+    (dir, host)
+}
+
+/// An instance view's history as (reason, path) pairs, oldest first.
+pub fn history_steps(view: &serde_json::Value) -> Vec<(String, String)> {
+    view["history"]
+        .as_array()
+        .expect("an instance view with a history")
+        .iter()
+        .map(|e| (e["reason"].as_str().unwrap().to_string(), e["path"].as_str().unwrap().to_string()))
+        .collect()
+}

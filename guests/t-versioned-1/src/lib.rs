@@ -1,3 +1,3 @@
 //! Test guest "versioned", version 1.
-const VERSION: u32 = 1;
 include!("body.rs");
+versioned_process!(1, "go");

@@ -1,3 +1,3 @@
 //! Test guest "versioned", version 2: same process, different bytes.
-const VERSION: u32 = 2;
 include!("../../t-versioned-1/src/body.rs");
+versioned_process!(2, "go");
