@@ -131,6 +131,11 @@ impl Service {
         let svc = self.clone();
         let (mid, inst) = (message_id.clone(), instance.clone());
         let created = matches!(route, Route::Create { .. });
+        // A new long-running instance's driver already holds its message
+        // (`driver::Creation`) and runs on: a wake would only make it wait
+        // for the points it has in flight before it reads the inbox again.
+        let driver_has_it = matches!(&route, Route::Create { deployed, .. }
+            if deployed.definition().is_some_and(|d| d.kind == engine::ProcessKind::LongRunning));
         let (done, outcome) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let result = match &route {
@@ -139,9 +144,7 @@ impl Service {
                 // point (the receive that consumes the message), and answers
                 // once it has. A microflow's first point is its end, so its
                 // message is stored at once.
-                Route::Create { deployed, .. } if deployed.definition().is_some_and(|d| d.kind == engine::ProcessKind::LongRunning) => {
-                    svc.create_instance(&m, &mid, &route, &inst).await
-                }
+                _ if driver_has_it => svc.create_instance(&m, &mid, &route, &inst).await,
                 _ => svc.commit_intake(&m, &mid, &route, &inst).await,
             };
             let mut res = svc.intake.reservations.lock().await;
@@ -151,12 +154,14 @@ impl Service {
             }
             drop(res);
             let committed = result.is_ok();
-            if done.send(result).is_err() && committed {
+            if done.send(result).is_err() && committed && !driver_has_it {
                 svc.wake(&inst);
             }
         });
         outcome.await.map_err(|_| Error::new(ErrorKind::Internal, "the intake task ended without an answer"))??;
-        self.wake(&instance);
+        if !driver_has_it {
+            self.wake(&instance);
+        }
         Ok(Accepted { message_id, instance, created, duplicate: false })
     }
 
