@@ -1201,21 +1201,27 @@ fn definitions(client: &Client, json_out: bool) -> Result<i32, CliError> {
         return Ok(EXIT_OK);
     }
     let now = crate::now_ms();
-    let mut rows = Vec::new();
+    let rows: Vec<Vec<String>> = v
+        .definitions
+        .iter()
+        .map(|d| {
+            vec![
+                d.kind.clone(),
+                d.name.clone(),
+                d.version.clone(),
+                if d.latest { "yes".into() } else { String::new() },
+                d.size.to_string(),
+                format!("{} ({})", utc(d.deployed_ms), ago(d.deployed_ms, now)),
+            ]
+        })
+        .collect();
+    print_table(&["KIND", "NAME", "VERSION", "LATEST", "SIZE", "DEPLOYED (UTC)"], &rows);
+    // Grants after the table, so that a long URL does not widen a column.
     for d in &v.definitions {
-        rows.push(vec![
-            d.kind.clone(),
-            d.name.clone(),
-            d.version.clone(),
-            if d.latest { "yes".into() } else { String::new() },
-            d.size.to_string(),
-            format!("{} ({})", utc(d.deployed_ms), ago(d.deployed_ms, now)),
-        ]);
         for prefix in &d.allow_http {
-            rows.push(vec![String::new(), format!("  may call {prefix}"), String::new(), String::new(), String::new(), String::new()]);
+            println!("{} {} may call {prefix}", d.name, d.version);
         }
     }
-    print_table(&["KIND", "NAME", "VERSION", "LATEST", "SIZE", "DEPLOYED (UTC)"], &rows);
     Ok(EXIT_OK)
 }
 
