@@ -1993,6 +1993,21 @@ mod tests {
     }
 
     #[test]
+    fn waits_are_said_in_words() {
+        let waits = |v: Value| -> BTreeMap<String, Value> { serde_json::from_value(v).unwrap() };
+        let now = 1_795_458_001_000;
+        let call = waits(json!({ "what": "call", "call": {
+            "call_id": 3, "operation": "charge", "target": { "kind": "activity", "name": "payments" }, "key": "k",
+            "attempt": 2, "last_fault": { "name": "net.down", "message": "connection refused", "data": "null" },
+        }}));
+        assert_eq!(describe_wait(&call, now), "call 3: charge on payments, attempt 2, last fault net.down: connection refused");
+        let message = waits(json!({ "what": "message", "operation": "approve", "correlation": { "set": "order", "values": "[\"A-1\"]" }, "timeout_due_ms": now + 120_000 }));
+        assert_eq!(describe_wait(&message, now), "a message 'approve' with correlation order = [\"A-1\"]; times out 2026-11-23 18:22:01 UTC (in 2 min)");
+        let timer = waits(json!({ "what": "timer", "due_ms": now + 60_000 }));
+        assert_eq!(describe_wait(&timer, now), "a timer due 2026-11-23 18:21:01 UTC (in 1 min)");
+    }
+
+    #[test]
     fn rocksdb_lock_errors_are_recognised() {
         assert!(is_lock_error("opening the store: IO error: While lock file: /d/db/LOCK: Resource temporarily unavailable"));
         assert!(!is_lock_error("no space left on device"));
