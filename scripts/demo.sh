@@ -76,16 +76,21 @@ explain "Order A-100 is small: it creates an instance (correlated by order_id), 
 step send submit-order --body '{"order_id":"A-100","customer":"ada","lines":[{"sku":"widget","qty":4}]}' --wait-reply
 explain "Order A-200 is above the approval limit: after its quote the instance waits, persisted and out of memory, for an approve message with the same order_id."
 step send submit-order --body '{"order_id":"A-200","customer":"bob","lines":[{"sku":"gizmo","qty":3}]}' --wait-reply
+explain "cairn show says what A-200's instance waits for: an approve message whose order_id is A-200 (its correlation), or its approval window's timer."
+A200=$("$CAIRN" ls --process order-approval --status waiting --newest-first --limit 1 --json | sed -n 's/.*"id": "\(.*\)",/\1/p' | head -1)
+step show "$A200"
 explain "The approval finds A-200's instance by correlation (order_id), and the order is confirmed."
 step send approve --body '{"order_id":"A-200","approved":true,"approver":"carol"}'
 explain "Order A-300 waits for an approval for one second only: the durable timer fires, the order is rejected, and the notifier POSTs the rejection to the order's webhook (the local partner) with an Idempotency-Key."
 step send submit-order --body '{"order_id":"A-300","customer":"eve","lines":[{"sku":"gadget","qty":20}],"approval_window_ms":1000,"webhook":"'"$PARTNER"'/notify/rejections"}' --wait-reply
 echo; echo "(waiting for A-300's approval window to pass)"; sleep 1.5
 guest_lines
-explain "Every instance, and the last one in full: its variables and its history of persistence points."
+explain "Every instance (stderr says how many of how many, and the command for the next page), then the last one in full: its variables and its history of persistence points, with their times."
 step ls --process order-approval
-LAST=$("$CAIRN" ls --process order-approval --json | sed -n 's/.*"id": "\(.*\)",/\1/p' | tail -1)
+LAST=$("$CAIRN" ls --process order-approval --newest-first --limit 1 --json | sed -n 's/.*"id": "\(.*\)",/\1/p' | head -1)
 step show "$LAST"
+explain "A typo gets a suggestion from the server (and exit code 1; 'cairn --help' lists the exit codes)."
+step start order-aproval || true
 echo; echo "==> what the partner received (the notifier's POST, with the host's Idempotency-Key):"
 cat "$DATA/partner.out"
 if [ "$KEEP" = 1 ]; then

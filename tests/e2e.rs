@@ -279,7 +279,7 @@ fn ls_pages_through_instances_with_a_total_and_a_hint() {
     assert!(last["next_after"].is_null(), "the last page names no next one: {last:#}");
     // People get a hint on stderr.
     let human = h.cairn(&["ls", "--status", "waiting", "--limit", "2"]);
-    assert!(human.stderr.contains("2 shown of 5") && human.stderr.contains(&format!("--after {next}")), "{}", human.stderr);
+    assert!(human.stderr.contains("showing 1-2 of 5") && human.stderr.contains("--page 2") && human.stderr.contains(&format!("--after {next}")), "{}", human.stderr);
 }
 
 #[test]

@@ -92,7 +92,7 @@ fn the_cli_deploys_starts_and_lists_over_https() {
     assert_eq!(instances[0]["process"], "hello", "{listed}");
     // And with the flag rather than the environment.
     let ca = cert.to_str().unwrap();
-    let out = cli(&[], &["--server", &h.url, "--ca-cert", ca, "definitions", "--json"]);
+    let out = cli(&[], &["definitions", "--json", "--server", &h.url, "--ca-cert", ca]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("\"hello\""), "{}", out.stdout);
 
@@ -108,13 +108,13 @@ fn the_cli_deploys_starts_and_lists_over_https() {
     assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("invalid peer certificate"), "{}", out.stderr);
     // A --ca-cert that is not a certificate is a usage error naming the file.
-    let out = cli(&[("CAIRN_SERVER", &h.url)], &["--ca-cert", key.to_str().unwrap(), "ls"]);
+    let out = cli(&[("CAIRN_SERVER", &h.url)], &["ls", "--ca-cert", key.to_str().unwrap()]);
     assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains(key.to_str().unwrap()) && out.stderr.contains("holds no certificate"), "{}", out.stderr);
 
     // Plain HTTP to the HTTPS port: a plain 400 that says so, nothing served.
     let plain = format!("http://{}", address(&h));
-    let out = cli(&[], &["--server", &plain, "ls"]);
+    let out = cli(&[], &["ls", "--server", &plain]);
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("this port serves HTTPS only"), "{}", out.stderr);
     let mut raw = TcpStream::connect(address(&h)).unwrap();
@@ -129,7 +129,7 @@ fn the_cli_deploys_starts_and_lists_over_https() {
     let plain_dir = TempDir::new("tls-plain");
     let p = Host::start(plain_dir.path(), &["--quiet-guests"], &[]);
     let https = p.url.replace("http://", "https://");
-    let out = cli(&[("CAIRN_CA_CERT", ca)], &["--server", &https, "ls"]);
+    let out = cli(&[("CAIRN_CA_CERT", ca)], &["ls", "--server", &https]);
     assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("TLS with the Cairn server"), "{}", out.stderr);
 

@@ -1,15 +1,24 @@
-//! The command line: `cairn serve` starts the host; every other command is a
-//! client of the HTTP API at `--server` (env `CAIRN_SERVER`).
+//! The command line: `cairn serve` starts the host; the commands that talk
+//! to a server take `--server` (env `CAIRN_SERVER`), `--token` and
+//! `--ca-cert` (the `Connection` arguments) and speak the HTTP API through
+//! the typed client of `cairn-client`. Commands that do not talk to a
+//! server (`serve`, `new`, `check`, `bench`, …) do not take them.
 //!
-//! Exit codes: 0 success; 1 the server refused the request (its error is
-//! printed); 2 usage error; 3 the server could not be reached; 4 `--wait`
-//! saw the instance end faulted or terminated.
+//! Exit codes (`EXIT_CODES`, printed by `--help`): 0 success; 1 the server
+//! refused the request (its error is printed) or the command failed; 2
+//! usage error; 3 the server could not be reached; 4 `--wait` saw the
+//! instance end faulted or terminated; 5 the data directory is in use by
+//! another cairn process. With `--json`, an error is one JSON object on
+//! stderr: `{"error", "exit_code", "kind", "status"?, "code"?}`.
 
 use crate::runtime::Limits;
 use crate::service::Config;
+use cairn_client::types::{FaultView, HistoryView, InstanceStatus, Positions};
+use cairn_client::{Client, ListInstances, SendMessage};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Outbound HTTP of activity components: the host's ceiling, stand-ins for
@@ -101,15 +110,32 @@ impl TlsArgs {
     }
 }
 
+
+pub const EXIT_OK: i32 = 0;
 pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNREACHABLE: i32 = 3;
 pub const EXIT_INSTANCE_FAILED: i32 = 4;
+pub const EXIT_DATA_IN_USE: i32 = 5;
 
-#[derive(Parser)]
-#[command(name = "cairn", version, about = "Cairn: a durable process host for WebAssembly components")]
-struct Cli {
-    /// URL of the Cairn server the client commands talk to.
+/// The exit codes, as `cairn --help` prints them (and docs/cli.md lists them).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the server refused the request (its error is printed), or the command failed
+  2  usage error: a bad flag or argument, unreadable file, invalid JSON
+  3  the server could not be reached (connection or TLS)
+  4  `start --wait` saw the instance end faulted or terminated
+  5  the data directory is in use by another cairn process
+  (`check` and `repair` say 0 clean, 1 problems left, 2 not checked.)
+With --json, an error is one JSON object on stderr:
+  {\"error\": MESSAGE, \"exit_code\": N, \"kind\": ..., \"status\": HTTP, \"code\": API_CODE}";
+
+/// Where the server is and how to talk to it: the commands that talk to a
+/// server flatten this in (`serve`, `new`, `check`, … do not take it).
+#[derive(clap::Args, Clone, Debug)]
+struct Connection {
+    /// URL of the Cairn server (http://HOST:PORT or https://HOST:PORT).
     #[arg(long, global = true, env = "CAIRN_SERVER", default_value = "http://127.0.0.1:7700")]
     server: String,
     /// Bearer token sent with every request (`cairn token create` makes one).
@@ -120,6 +146,17 @@ struct Cli {
     /// usual public roots. For `--server https://…`.
     #[arg(long, global = true, env = "CAIRN_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+}
+
+impl Connection {
+    fn client(&self) -> Client {
+        Client::new(&self.server, self.token.as_deref(), self.ca_cert.as_deref())
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Cairn: a durable process host for WebAssembly components", after_help = EXIT_CODES)]
+struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -198,8 +235,11 @@ enum Command {
     Backup {
         /// A plain name (no '/', '..' or absolute path).
         name: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Restore a backup into a new data directory and serve it as an isolated environment.
     Restore {
@@ -211,6 +251,7 @@ enum Command {
         /// Address to listen on (give it a port of its own).
         #[arg(long, default_value = "127.0.0.1:7701")]
         listen: String,
+        /// Do not echo guest log records to stderr (they still go to DATA/guest-log.jsonl).
         #[arg(long)]
         quiet_guests: bool,
         /// On SIGTERM/SIGINT, milliseconds requests in flight get to finish before their connections are closed.
@@ -252,6 +293,7 @@ enum Command {
         /// Not checked here: a PostgreSQL store has its own tools (pg_amcheck).
         #[arg(long)]
         store: Option<String>,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -268,12 +310,14 @@ enum Command {
         /// Confirm: without it, prints what it would do and changes nothing.
         #[arg(long)]
         yes: bool,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Deploy a process or activity component (.wasm), or an external
     /// activity (`--external NAME --operation OP…`) whose tasks workers take.
     Deploy {
+        /// The component file (.wasm), built for wasm32-wasip2.
         #[arg(required_unless_present = "external")]
         file: Option<PathBuf>,
         /// Deploy an external activity NAME (no component): workers outside
@@ -295,19 +339,26 @@ enum Command {
         /// NAME:read or NAME:write; repeatable. The resource must exist.
         #[arg(long = "resource", value_name = "NAME[:read|write]")]
         resources: Vec<String>,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// List deployed definitions and activity components.
     Definitions {
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Start an instance of a process.
     Start {
+        /// The process to start (its latest version), as `cairn definitions` lists it.
         process: String,
         /// JSON input: the message of the process's instance-creating receive, or initial variables.
-        #[arg(long)]
+        #[arg(long, value_name = "JSON")]
         input: Option<String>,
         /// Wait until the instance completes and print its final variables.
         #[arg(long)]
@@ -315,14 +366,18 @@ enum Command {
         /// With --wait: give up after this many seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Send a message; it is routed by correlation or creates an instance.
     Send {
+        /// The operation the message is for (a receive's operation).
         operation: String,
         /// JSON body of the message.
-        #[arg(long)]
+        #[arg(long, value_name = "JSON")]
         body: String,
         /// Message id; a message id seen before is acknowledged and not delivered again.
         #[arg(long)]
@@ -330,10 +385,13 @@ enum Command {
         /// Wait for the reply of a request-response receive.
         #[arg(long)]
         wait_reply: bool,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
-    /// List instances.
+    /// List instances, a page at a time, with the total and the command for the next page.
     Ls {
         /// Only instances in this status: running, waiting, suspended, completed, faulted or terminated.
         #[arg(long)]
@@ -341,53 +399,86 @@ enum Command {
         /// Only instances of this process.
         #[arg(long)]
         process: Option<String>,
-        /// At most this many (a page; at most 10000).
-        #[arg(long, default_value_t = 1000)]
+        /// Instances per page (the server caps it at 10000).
+        #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// The next page: instances whose id comes after this one (as the previous page's hint says).
-        #[arg(long)]
+        /// Which page: 1 is the first (oldest, or newest with --newest-first).
+        #[arg(long, default_value_t = 1, conflicts_with = "after", value_parser = clap::value_parser!(u64).range(1..))]
+        page: u64,
+        /// Instances after this id instead of a page number (the cheapest way through many pages).
+        #[arg(long, value_name = "ID")]
         after: Option<String>,
+        /// The newest instances first.
+        #[arg(long)]
+        newest_first: bool,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
-    /// Show one instance: status, position, variables, history.
+    /// Show one instance: status, position, what it waits for or where it faulted, variables, history.
     Show {
+        /// The instance id (as `cairn ls` prints it).
         instance: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Suspend an instance: it stops at its next transition until resumed (messages still queue).
     Suspend {
+        /// The instance id.
         instance: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Resume a suspended instance.
     Resume {
+        /// The instance id.
         instance: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Release an instance parked by deferred recovery after a crash: it is loaded and goes on.
     #[command(alias = "resubmit")]
     Release {
+        /// The instance id.
         instance: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// End an instance at once; what it waited for is withdrawn.
     Terminate {
+        /// The instance id.
         instance: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Cancel an instance: `cairn.cancelled` is raised where it stands, the
     /// scopes running run their fault handlers (or compensate), the completed
     /// top-level scopes are compensated, then it ends terminated.
     Cancel {
+        /// The instance id.
         instance: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Retry a faulted instance from the activity that faulted, optionally
     /// with new variables; or, with --process (and --fault), every faulted
@@ -405,8 +496,11 @@ enum Command {
         /// With --process: only instances faulted with this fault name.
         #[arg(long, requires = "process")]
         fault: Option<String>,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Move a waiting or suspended instance to another version of its
     /// definition, mapping its position by activity path; or, with --from,
@@ -424,35 +518,68 @@ enum Command {
         /// An activity that moved: OLD_PATH=NEW_PATH (repeatable).
         #[arg(long = "map", value_name = "OLD_PATH=NEW_PATH")]
         map: Vec<String>,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
-    /// An instance's history of persistence points, with the activity path and the reason for each.
+    /// An instance's history of persistence points, with the time, the activity path and the reason for each.
     History {
+        /// The instance id.
         instance: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Variables of a suspended instance.
-    #[command(subcommand)]
-    Vars(VarsCommand),
+    Vars {
+        #[command(subcommand)]
+        cmd: VarsCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Breakpoints: an instance reaching one is persisted and suspended before the activity.
-    #[command(name = "break", subcommand)]
-    Break(BreakCommand),
+    #[command(name = "break")]
+    Break {
+        #[command(subcommand)]
+        cmd: BreakCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Non-idempotent calls found in flight after a crash, held for an operator.
-    #[command(name = "in-transit", subcommand)]
-    InTransit(InTransitCommand),
+    #[command(name = "in-transit")]
+    InTransit {
+        #[command(subcommand)]
+        cmd: InTransitCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Tasks of external activities: waiting, leased (with worker and attempt) and held.
-    #[command(subcommand)]
-    Tasks(TasksCommand),
+    Tasks {
+        #[command(subcommand)]
+        cmd: TasksCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Resources: named tables of JSON documents that activities read and
     /// write in the same persistence point as the instance that calls them.
-    #[command(subcommand)]
-    Resource(ResourceCommand),
+    Resource {
+        #[command(subcommand)]
+        cmd: ResourceCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// API bearer tokens (admin): create, list, revoke. Through the server,
     /// or offline on a stopped host's store with --data DIR [--store URL].
-    #[command(subcommand)]
-    Token(TokenCommand),
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCommand,
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Run the benchmarks in-process on a temporary data directory.
     Bench(crate::bench::Args),
     /// Run a small local HTTP partner that records every request it receives (for demos and tests).
@@ -469,11 +596,28 @@ enum Command {
 #[derive(Subcommand)]
 enum BreakCommand {
     /// Set a breakpoint on an activity path (as `cairn show` prints it) of a process.
-    Set { process: String, path: String },
+    Set {
+        /// The process (its name).
+        process: String,
+        /// The activity path, e.g. main/approval/wait.
+        path: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Clear a breakpoint.
-    Clear { process: String, path: String },
+    Clear {
+        /// The process (its name).
+        process: String,
+        /// The activity path.
+        path: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// List breakpoints.
     Ls {
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -483,8 +627,11 @@ enum BreakCommand {
 enum VarsCommand {
     /// Replace the variables of a suspended instance with JSON.
     Set {
+        /// The (suspended) instance id.
         instance: String,
+        /// The new variables (JSON; checked against the process's variables type).
         variables: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -494,24 +641,31 @@ enum VarsCommand {
 enum ResourceCommand {
     /// Create a resource (nothing changes if it exists).
     Create {
+        /// The resource's name.
         name: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
     /// List resources.
     Ls {
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
     /// Show one key of a resource: its version and value.
     Get {
+        /// The resource's name.
         name: String,
+        /// The key.
         key: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
     /// List the keys of a resource in key order.
     Scan {
+        /// The resource's name.
         name: String,
         /// Only keys that start with this.
         #[arg(long, default_value = "")]
@@ -522,6 +676,7 @@ enum ResourceCommand {
         /// At most this many rows (the server caps it at 1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -550,6 +705,7 @@ enum TokenCommand {
         note: String,
         #[command(flatten)]
         offline: OfflineStore,
+        /// Print the answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -557,14 +713,17 @@ enum TokenCommand {
     Ls {
         #[command(flatten)]
         offline: OfflineStore,
+        /// Print the answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token by id.
     Revoke {
+        /// The token's id (`tok-…`, as `token ls` prints it).
         id: String,
         #[command(flatten)]
         offline: OfflineStore,
+        /// Print the answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -577,6 +736,7 @@ enum TasksCommand {
         /// Only the tasks of this external activity.
         #[arg(long)]
         activity: Option<String>,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -586,6 +746,7 @@ enum TasksCommand {
 enum InTransitCommand {
     /// List held calls.
     Ls {
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -593,6 +754,7 @@ enum InTransitCommand {
     Resubmit {
         /// INSTANCE:CALL, as `ls` shows.
         id: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -600,6 +762,7 @@ enum InTransitCommand {
     Abandon {
         /// INSTANCE:CALL, as `ls` shows.
         id: String,
+        /// Print the server's answer as JSON (errors too, on stderr).
         #[arg(long)]
         json: bool,
     },
@@ -607,28 +770,42 @@ enum InTransitCommand {
 
 pub fn main() -> i32 {
     use clap::{CommandFactory, FromArgMatches};
-    let argv = match crate::config::expand(&Cli::command(), std::env::args_os().collect()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `--json` anywhere asks for errors as JSON too, usage errors included.
+    let json_errors = args.iter().skip(1).any(|a| a == "--json");
+    let argv = match crate::config::expand(&Cli::command(), args) {
         Ok(argv) => argv,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return EXIT_USAGE;
-        }
+        Err(e) => return report(json_errors, CliError::new(EXIT_USAGE, e.to_string())),
     };
     let cli = match Cli::command().try_get_matches_from(argv).and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            if !e.use_stderr() {
+                let _ = e.print();
+                return EXIT_OK;
+            }
+            if json_errors {
+                let text = e.render().to_string();
+                let message = text.trim().trim_start_matches("error: ").lines().next().unwrap_or("").to_string();
+                return report(true, CliError::new(EXIT_USAGE, message));
+            }
             let _ = e.print();
-            return code;
+            return EXIT_USAGE;
         }
     };
+    // A client's output piped into `head` ends quietly when the pipe
+    // closes, as other Unix tools do, rather than panicking in println!.
+    // The host and the partner keep SIGPIPE ignored: their sockets report
+    // a closed peer as an error instead.
+    if !matches!(cli.command, Command::Serve { .. } | Command::Restore { .. } | Command::Partner(_) | Command::Bench(_)) {
+        restore_sigpipe();
+    }
     // Commands that open a store themselves (offline tokens, check, bench)
     // report through the same pipeline as the host; serve and restore choose
     // their own format.
     if !matches!(cli.command, Command::Serve { .. } | Command::Restore { .. }) {
         let _ = crate::telemetry::init(crate::telemetry::LogFormat::Text);
     }
-    let client = Client::new(&cli.server, cli.token.as_deref(), cli.ca_cert.as_deref());
     let result = match cli.command {
         Command::Restore { backup, data, listen, quiet_guests, shutdown_grace_ms, log_format, http, api, tls } => {
             if let Err(e) = crate::telemetry::init(log_format) {
@@ -649,7 +826,7 @@ pub fn main() -> i32 {
             eprintln!("cairn: restored {} into {}; starting an isolated environment", backup.display(), data.display());
             let store = cairn_store::Location::Embedded { data_dir: data.clone() };
             let config = Config {
-                data_dir: data,
+                data_dir: data.clone(),
                 store,
                 fsync: true,
                 salvage_wal: false,
@@ -663,14 +840,10 @@ pub fn main() -> i32 {
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !crate::server::is_loopback(&listen);
             return match crate::server::serve(config, api, &listen, Duration::from_millis(shutdown_grace_ms), tls) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("cairn restore: {e:#}");
-                    1
-                }
+                Ok(()) => EXIT_OK,
+                Err(e) => serve_failed("cairn restore", &data, &e),
             };
         }
-        Command::Backup { name, json } => backup(&client, &name, json),
         Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, fuel_per_call, guest_log_max_bytes_per_call, guest_log_max_bytes_per_instance, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, config: _, log_format, http, api, tls } => {
             if let Err(e) = crate::telemetry::init(log_format) {
                 eprintln!("error: {e:#}");
@@ -691,7 +864,7 @@ pub fn main() -> i32 {
                 }
             };
             let config = Config {
-                data_dir: data,
+                data_dir: data.clone(),
                 store,
                 fsync: !no_fsync,
                 salvage_wal,
@@ -712,41 +885,41 @@ pub fn main() -> i32 {
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !crate::server::is_loopback(&listen);
             return match crate::server::serve(config, api, &listen, Duration::from_millis(shutdown_grace_ms), tls) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("cairn serve: {e:#}");
-                    1
-                }
+                Ok(()) => EXIT_OK,
+                Err(e) => serve_failed("cairn serve", &data, &e),
             };
         }
-        Command::Deploy { external: Some(name), operations, json, .. } => deploy_external(&client, &name, &operations, json),
-        Command::Deploy { file, name, allow_http, resources, json, .. } => {
-            deploy(&client, &file.unwrap_or_default(), name, &allow_http, &resources, json)
+        Command::Backup { name, json, conn } => backup(&conn.client(), &name, json),
+        Command::Deploy { external: Some(name), operations, json, conn, .. } => deploy_external(&conn.client(), &name, &operations, json),
+        Command::Deploy { file, name, allow_http, resources, json, conn, .. } => {
+            deploy(&conn.client(), &file.unwrap_or_default(), name, &allow_http, &resources, json)
         }
-        Command::Tasks(TasksCommand::Ls { activity, json }) => tasks_ls(&client, activity, json),
-        Command::Definitions { json } => definitions(&client, json),
-        Command::Start { process, input, wait, timeout, json } => start(&client, &process, input, wait, timeout, json),
-        Command::Send { operation, body, id, wait_reply, json } => send(&client, &operation, &body, id, wait_reply, json),
-        Command::Ls { status, process, limit, after, json } => ls(&client, status, process, limit, after, json),
-        Command::Show { instance, json } => show(&client, &instance, json),
-        Command::Suspend { instance, json } => control(&client, &instance, "suspend", json),
-        Command::Resume { instance, json } => control(&client, &instance, "resume", json),
-        Command::Terminate { instance, json } => control(&client, &instance, "terminate", json),
-        Command::Cancel { instance, json } => control(&client, &instance, "cancel", json),
-        Command::Migrate { instance, to, from, map, json } => migrate(&client, instance, &to, from, &map, json),
-        Command::Retry { instance, variables, process, fault, json } => retry(&client, instance, variables, process, fault, json),
-        Command::Release { instance, json } => control(&client, &instance, "release", json),
-        Command::History { instance, json } => history(&client, &instance, json),
-        Command::Vars(VarsCommand::Set { instance, variables, json }) => set_vars(&client, &instance, &variables, json),
-        Command::InTransit(cmd) => in_transit(&client, cmd),
-        Command::Resource(cmd) => resource(&client, cmd),
-        Command::Token(cmd) => token(&client, cmd),
-        Command::Break(cmd) => breakpoints(&client, cmd),
+        Command::Tasks { cmd: TasksCommand::Ls { activity, json }, conn } => tasks_ls(&conn.client(), activity, json),
+        Command::Definitions { json, conn } => definitions(&conn.client(), json),
+        Command::Start { process, input, wait, timeout, json, conn } => start(&conn.client(), &process, input, wait, timeout, json),
+        Command::Send { operation, body, id, wait_reply, json, conn } => send(&conn.client(), operation, &body, id, wait_reply, json),
+        Command::Ls { status, process, limit, page, after, newest_first, json, conn } => {
+            ls(&conn.client(), LsArgs { status, process, limit, page, after, newest_first }, json)
+        }
+        Command::Show { instance, json, conn } => show(&conn.client(), &instance, json),
+        Command::Suspend { instance, json, conn } => control(&conn.client(), &instance, "suspend", json),
+        Command::Resume { instance, json, conn } => control(&conn.client(), &instance, "resume", json),
+        Command::Terminate { instance, json, conn } => control(&conn.client(), &instance, "terminate", json),
+        Command::Cancel { instance, json, conn } => control(&conn.client(), &instance, "cancel", json),
+        Command::Migrate { instance, to, from, map, json, conn } => migrate(&conn.client(), instance, &to, from, &map, json),
+        Command::Retry { instance, variables, process, fault, json, conn } => retry(&conn.client(), instance, variables, process, fault, json),
+        Command::Release { instance, json, conn } => control(&conn.client(), &instance, "release", json),
+        Command::History { instance, json, conn } => history(&conn.client(), &instance, json),
+        Command::Vars { cmd: VarsCommand::Set { instance, variables, json }, conn } => set_vars(&conn.client(), &instance, &variables, json),
+        Command::InTransit { cmd, conn } => in_transit(&conn.client(), cmd),
+        Command::Resource { cmd, conn } => resource(&conn.client(), cmd),
+        Command::Token { cmd, conn } => token(&conn.client(), cmd),
+        Command::Break { cmd, conn } => breakpoints(&conn.client(), cmd),
         Command::Bench(args) => return crate::bench::run(args),
         Command::New(args) => return crate::scaffold::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
-            return 0;
+            return EXIT_OK;
         }
         Command::Partner(args) => return crate::partner::run(args),
         Command::Promote { data, store, yes } => return promote(&data, store.as_deref(), yes),
@@ -755,313 +928,351 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(CliError(code, message)) => {
-            eprintln!("error: {message}");
-            code
-        }
+        Err(e) => report(json_errors, e),
     }
 }
 
-struct CliError(i32, String);
-
-struct Client {
-    base: String,
-    /// The HTTP(S) agent, or why it could not be made (an unreadable
-    /// --ca-cert), reported by the first request, so that commands that
-    /// send none (`serve`, offline ones) are not held to it.
-    agent: Result<ureq::Agent, String>,
-    /// `Authorization: Bearer …`, sent with every request.
-    authorization: Option<String>,
+/// Prints an error (as JSON on stderr with `--json`) and returns its exit code.
+fn report(json_errors: bool, e: CliError) -> i32 {
+    if json_errors {
+        let mut v = e.api.unwrap_or_else(|| json!({ "kind": if e.code == EXIT_USAGE { "usage" } else { "error" } }));
+        v["error"] = json!(e.message);
+        v["exit_code"] = json!(e.code);
+        eprintln!("{v}");
+    } else {
+        eprintln!("error: {}", e.message);
+    }
+    e.code
 }
 
-impl Client {
-    fn new(base: &str, token: Option<&str>, ca_cert: Option<&std::path::Path>) -> Client {
-        let agent = Client::tls_config(ca_cert).map(|tls| {
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(600)))
-                .tls_config(tls)
-                .build()
-                .into()
-        });
-        let authorization = token.map(str::trim).filter(|t| !t.is_empty()).map(|t| format!("Bearer {t}"));
-        Client { base: base.trim_end_matches('/').to_string(), agent, authorization }
-    }
-
-    /// TLS for `https://` servers (rustls, ring): the certificates of
-    /// `--ca-cert` as the only roots if given, else Mozilla's public roots.
-    fn tls_config(ca_cert: Option<&std::path::Path>) -> Result<ureq::tls::TlsConfig, String> {
-        let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
-        if let Some(path) = ca_cert {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA certificate file {} (--ca-cert): {e}", path.display()))?;
-            let mut roots = Vec::new();
-            for item in ureq::tls::parse_pem(&pem) {
-                match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => roots.push(c),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("the CA certificate file {} (--ca-cert) is not valid PEM: {e}", path.display())),
-                }
-            }
-            if roots.is_empty() {
-                return Err(format!(
-                    "the CA certificate file {} (--ca-cert) holds no certificate (expected a PEM block '-----BEGIN CERTIFICATE-----')",
-                    path.display()
-                ));
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
-        }
-        Ok(tls.build())
-    }
-
-    fn agent(&self) -> Result<&ureq::Agent, CliError> {
-        self.agent.as_ref().map_err(|e| CliError(EXIT_USAGE, e.clone()))
-    }
-
-    fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.authorization {
-            Some(a) => r.header("authorization", a),
-            None => r,
-        }
-    }
-
-    fn finish(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, CliError> {
-        let mut resp = r.map_err(|e| match tls_failure(&e) {
-            Some(why) => CliError(EXIT_UNREACHABLE, format!("TLS with the Cairn server at {} failed: {why}", self.base)),
-            None => CliError(EXIT_UNREACHABLE, format!("cannot reach the Cairn server at {}: {e} (start it with `cairn serve`, or set --server / CAIRN_SERVER)", self.base)),
-        })?;
-        let status = resp.status().as_u16();
-        let body: Value = resp
-            .body_mut()
-            .read_json()
-            .map_err(|e| CliError(EXIT_REFUSED, format!("the server answered {status} with a body that is not JSON: {e}")))?;
-        if status >= 400 {
-            let msg = body["error"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
-            return Err(CliError(EXIT_REFUSED, msg));
-        }
-        Ok(body)
-    }
-
-    fn get(&self, path: &str) -> Result<Value, CliError> {
-        self.finish(self.auth(self.agent()?.get(format!("{}{path}", self.base))).call())
-    }
-
-    fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        self.finish(
-            self.auth(self.agent()?.post(format!("{}{path}", self.base)))
-                .header("content-type", "application/json")
-                .send(body.to_string().as_bytes()),
-        )
-    }
-
-    fn put_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        self.finish(
-            self.auth(self.agent()?.put(format!("{}{path}", self.base)))
-                .header("content-type", "application/json")
-                .send(body.to_string().as_bytes()),
-        )
-    }
-
-    fn delete_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        self.finish(
-            self.auth(self.agent()?.delete(format!("{}{path}", self.base)))
-                .force_send_body()
-                .header("content-type", "application/json")
-                .send(body.to_string().as_bytes()),
-        )
-    }
-
-    fn post_bytes(&self, path: &str, bytes: &[u8]) -> Result<Value, CliError> {
-        self.finish(self.auth(self.agent()?.post(format!("{}{path}", self.base))).header("content-type", "application/wasm").send(bytes))
+/// SIGPIPE back to its default (end the process) for client commands.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler
+    // of ours; it is done before any other thread runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
-/// A TLS failure (rustls's error, as such or inside an I/O error), said with what to do about it.
-fn tls_failure(e: &ureq::Error) -> Option<String> {
-    use tokio_rustls::rustls::{self, CertificateError};
-    let e: &rustls::Error = match e {
-        ureq::Error::Rustls(e) => e,
-        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
-        _ => return None,
-    };
-    let hint = match e {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
-            "the server's certificate is not signed by a trusted root: if it is self-signed or from a private CA, trust it with --ca-cert FILE / CAIRN_CA_CERT"
+#[cfg(not(unix))]
+fn restore_sigpipe() {}
+
+/// Whether a store error says another process holds the data directory
+/// (RocksDB's lock file).
+pub fn is_lock_error(text: &str) -> bool {
+    text.contains("While lock file") || text.contains("lock hold by current process") || text.contains("LOCK: Resource temporarily unavailable")
+}
+
+/// Says why `serve`/`restore` could not run; a data directory another
+/// process holds gets its own message and exit code.
+fn serve_failed(what: &str, data: &Path, e: &anyhow::Error) -> i32 {
+    let text = format!("{e:#}");
+    if is_lock_error(&text) {
+        eprintln!("error: {}", in_use_message(data));
+        return EXIT_DATA_IN_USE;
+    }
+    eprintln!("{what}: {text}");
+    EXIT_REFUSED
+}
+
+/// "the data directory X is in use by another cairn process (pid N)…".
+fn in_use_message(data: &Path) -> String {
+    let pid = lock_holder(data).map(|p| format!(" (pid {p})")).unwrap_or_default();
+    format!(
+        "the data directory {} is in use by another cairn process{pid}: stop that host first, or give this one a data directory of its own (--data)",
+        data.display()
+    )
+}
+
+/// The process holding RocksDB's lock file in `data`, if the system says (fcntl F_GETLK).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn lock_holder(data: &Path) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    for lock in [data.join("db").join("LOCK"), data.join("LOCK")] {
+        let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(&lock) else { continue };
+        // SAFETY: an all-zero `flock` is a valid value; fcntl(F_GETLK) only
+        // writes into it, and the descriptor stays open for the call.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: as above.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+        if r == 0 && fl.l_type != libc::F_UNLCK as libc::c_short && fl.l_pid > 0 {
+            return Some(fl.l_pid);
         }
-        rustls::Error::InvalidCertificate(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => {
-            "the server's certificate does not name the host in --server: use a name or address its subjectAltName lists"
+    }
+    None
+}
+
+#[cfg(not(unix))]
+fn lock_holder(_data: &Path) -> Option<i32> {
+    None
+}
+
+/// A failed command: its exit code, its message, and the API's error as JSON (for `--json`).
+struct CliError {
+    code: i32,
+    message: String,
+    api: Option<Value>,
+}
+
+impl CliError {
+    fn new(code: i32, message: impl Into<String>) -> CliError {
+        CliError { code, message: message.into(), api: None }
+    }
+}
+
+impl From<cairn_client::Error> for CliError {
+    fn from(e: cairn_client::Error) -> CliError {
+        use cairn_client::Error as E;
+        let code = match &e {
+            E::Api { .. } | E::BadResponse { .. } => EXIT_REFUSED,
+            E::Unreachable { .. } => EXIT_UNREACHABLE,
+            E::Config { .. } => EXIT_USAGE,
+        };
+        let mut message = e.message().to_string();
+        if let E::Unreachable { tls: false, .. } = e {
+            message.push_str(" (start it with `cairn serve`, or set --server / CAIRN_SERVER)");
         }
-        rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => "the server's certificate has expired",
-        rustls::Error::InvalidCertificate(CertificateError::Other(other)) if other.to_string().contains("CaUsedAsEndEntity") => {
-            "the server's certificate is a CA certificate (basicConstraints CA:TRUE) used as the server's own: make it with CA:FALSE (see the README's TLS section)"
-        }
-        _ => "is the server serving HTTPS at this address, and is --ca-cert the right certificate?",
-    };
-    Some(format!("{e}: {hint}"))
+        CliError { code, message, api: Some(e.to_json()) }
+    }
 }
 
 fn parse_json_arg(flag: &str, text: &str) -> Result<Value, CliError> {
-    serde_json::from_str(text).map_err(|e| CliError(EXIT_USAGE, format!("{flag} is not valid JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| CliError::new(EXIT_USAGE, format!("{flag} is not valid JSON: {e}")))
 }
 
-fn print_json(v: &Value) {
+fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap());
 }
 
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+// ---- Times and tables for people ----
+
+/// `2026-11-23 18:20:01` (UTC) of milliseconds since the Unix epoch.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date of a day count (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
+/// `3 min ago`, `in 2 h`, `just now`.
+pub fn ago(ms: u64, now_ms: u64) -> String {
+    let (d, future) = if ms > now_ms { (ms - now_ms, true) } else { (now_ms - ms, false) };
+    let s = d / 1000;
+    let span = match s {
+        0 => return "just now".to_string(),
+        1..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=86_399 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    };
+    if future {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// `2026-11-23 18:20:01 UTC (3 min ago)`.
+fn when(ms: u64, now_ms: u64) -> String {
+    format!("{} UTC ({})", utc(ms), ago(ms, now_ms))
+}
+
+/// `3,000`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Prints rows under a header, each column as wide as its widest cell (the
+/// last one unpadded). Columns of our own: the cells are short ASCII, so
+/// a table crate would add a dependency and nothing we use.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn status_name(s: InstanceStatus) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+// ---- Commands ----
+
 fn deploy_external(client: &Client, name: &str, operations: &[String], json_out: bool) -> Result<i32, CliError> {
-    let v = client.post_json("/v1/definitions/external", &json!({ "name": name, "operations": operations }))?;
+    let v = client.deploy_external(name, operations)?;
     if json_out {
         print_json(&v);
     } else {
-        let verb = if v["created"].as_bool() == Some(true) { "deployed" } else { "already deployed" };
-        println!("{verb} external activity {} {}", v["name"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
-        for op in v["external"].as_array().into_iter().flatten() {
-            println!("  operation {}", op.as_str().unwrap_or(""));
+        let verb = if v.created { "deployed" } else { "already deployed" };
+        println!("{verb} external activity {} {}", v.name, v.version);
+        for op in v.external.iter().flatten() {
+            println!("  operation {op}");
         }
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn tasks_ls(client: &Client, activity: Option<String>, json_out: bool) -> Result<i32, CliError> {
-    let path = match &activity {
-        Some(a) => format!("/v1/tasks?activity={}", query_escape(a)),
-        None => "/v1/tasks".to_string(),
-    };
-    let v = client.get(&path)?;
+    let v = client.tasks(activity.as_deref())?;
     if json_out {
         print_json(&v);
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
-    println!("{:<48} {:<8} {:<24} {:<7} {:<16} IDEMPOTENCY KEY", "ID", "STATE", "OPERATION", "ATTEMPT", "WORKER");
-    for t in v["tasks"].as_array().into_iter().flatten() {
-        let op = format!("{} on {}", t["operation"].as_str().unwrap_or(""), t["activity"].as_str().unwrap_or(""));
-        println!(
-            "{:<48} {:<8} {:<24} {:<7} {:<16} {}",
-            t["id"].as_str().unwrap_or(""),
-            t["state"].as_str().unwrap_or(""),
-            op,
-            t["attempt"].as_u64().map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-            t["worker"].as_str().unwrap_or("-"),
-            t["idempotency_key"].as_str().unwrap_or("")
-        );
-    }
-    Ok(0)
+    let rows: Vec<Vec<String>> = v
+        .tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.state.clone(),
+                format!("{} on {}", t.operation, t.activity),
+                t.attempt.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                t.worker.clone().unwrap_or_else(|| "-".into()),
+                t.idempotency_key.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "STATE", "OPERATION", "ATTEMPT", "WORKER", "IDEMPOTENCY KEY"], &rows);
+    Ok(EXIT_OK)
 }
 
-fn deploy(
-    client: &Client,
-    file: &PathBuf,
-    name: Option<String>,
-    allow_http: &[String],
-    resources: &[String],
-    json_out: bool,
-) -> Result<i32, CliError> {
-    let bytes = std::fs::read(file).map_err(|e| CliError(EXIT_USAGE, format!("cannot read {}: {e}", file.display())))?;
-    let name = name.unwrap_or_else(|| {
-        file.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default()
-    });
-    let mut path = format!("/v1/definitions?name={}", query_escape(&name));
-    for prefix in allow_http {
-        path.push_str(&format!("&allow_http={}", query_escape(prefix)));
-    }
-    for grant in resources {
-        path.push_str(&format!("&resource={}", query_escape(grant)));
-    }
-    let v = client.post_bytes(&path, &bytes)?;
+fn deploy(client: &Client, file: &Path, name: Option<String>, allow_http: &[String], resources: &[String], json_out: bool) -> Result<i32, CliError> {
+    let bytes = std::fs::read(file).map_err(|e| CliError::new(EXIT_USAGE, format!("cannot read {}: {e}", file.display())))?;
+    let name = name.unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default());
+    let v = client.deploy(&bytes, Some(&name), allow_http, resources)?;
     if json_out {
         print_json(&v);
     } else {
-        let verb = if v["created"].as_bool() == Some(true) { "deployed" } else { "already deployed" };
-        println!("{verb} {} {} {}", v["kind"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
-        for prefix in v["allow_http"].as_array().into_iter().flatten() {
-            println!("  may call {}", prefix.as_str().unwrap_or(""));
+        let verb = if v.created { "deployed" } else { "already deployed" };
+        println!("{verb} {} {} {}", v.kind, v.name, v.version);
+        for prefix in &v.allow_http {
+            println!("  may call {prefix}");
         }
-        for grant in v["resources"].as_array().into_iter().flatten() {
-            println!("  may use resource {}", grant.as_str().unwrap_or(""));
+        for grant in &v.resources {
+            println!("  may use resource {grant}");
         }
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn definitions(client: &Client, json_out: bool) -> Result<i32, CliError> {
-    let v = client.get("/v1/definitions")?;
+    let v = client.definitions()?;
     if json_out {
         print_json(&v);
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
-    println!("{:<10} {:<32} {:<18} {:<7} {:>9}", "KIND", "NAME", "VERSION", "LATEST", "SIZE");
-    for d in v["definitions"].as_array().into_iter().flatten() {
-        println!(
-            "{:<10} {:<32} {:<18} {:<7} {:>9}",
-            d["kind"].as_str().unwrap_or(""),
-            d["name"].as_str().unwrap_or(""),
-            d["version"].as_str().unwrap_or(""),
-            if d["latest"].as_bool() == Some(true) { "yes" } else { "" },
-            d["size"]
-        );
-        for prefix in d["allow_http"].as_array().into_iter().flatten() {
-            println!("{:<10} may call {}", "", prefix.as_str().unwrap_or(""));
+    let now = crate::now_ms();
+    let rows: Vec<Vec<String>> = v
+        .definitions
+        .iter()
+        .map(|d| {
+            vec![
+                d.kind.clone(),
+                d.name.clone(),
+                d.version.clone(),
+                if d.latest { "yes".into() } else { String::new() },
+                d.size.to_string(),
+                format!("{} ({})", utc(d.deployed_ms), ago(d.deployed_ms, now)),
+            ]
+        })
+        .collect();
+    print_table(&["KIND", "NAME", "VERSION", "LATEST", "SIZE", "DEPLOYED (UTC)"], &rows);
+    // Grants after the table, so that a long URL does not widen a column.
+    for d in &v.definitions {
+        for prefix in &d.allow_http {
+            println!("{} {} may call {prefix}", d.name, d.version);
         }
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn start(client: &Client, process: &str, input: Option<String>, wait: bool, timeout: u64, json_out: bool) -> Result<i32, CliError> {
-    let mut req = json!({ "process": process });
-    if let Some(i) = input {
-        req["input"] = parse_json_arg("--input", &i)?;
-    }
-    let v = client.post_json("/v1/instances", &req)?;
-    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let input = input.map(|i| parse_json_arg("--input", &i)).transpose()?;
+    let v = client.start(process, input)?;
+    let id = v.id.clone();
     if !wait {
         if json_out {
             print_json(&v);
         } else {
             println!("{id}");
         }
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
     let started = Instant::now();
     let mut said_waiting = false;
     loop {
-        let inst = match client.get(&format!("/v1/instances/{id}")) {
+        let inst = match client.instance(&id) {
             Ok(i) => i,
             // It was there a moment ago: a microflow that keeps no final state.
-            Err(CliError(EXIT_REFUSED, msg)) if msg.starts_with("no instance with id") => {
+            Err(e) if e.is_not_found() => {
                 if json_out {
                     print_json(&json!({ "id": id, "status": "completed", "kept": false }));
                 } else {
                     println!("{id} completed (its final state is not kept)");
                 }
-                return Ok(0);
+                return Ok(EXIT_OK);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
-        let status = inst["status"].as_str().unwrap_or("");
-        match status {
-            "completed" | "faulted" | "terminated" => {
+        let status = status_name(inst.summary.status);
+        match inst.summary.status {
+            InstanceStatus::Completed | InstanceStatus::Faulted | InstanceStatus::Terminated => {
                 if json_out {
                     print_json(&inst);
                 } else {
                     println!("{id} {status}");
-                    if let Some(f) = inst["fault"].as_object() {
-                        println!("fault {} at {}: {}", f["name"].as_str().unwrap_or(""), f["path"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or(""));
+                    if let Some(f) = &inst.fault {
+                        println!("fault {} at {}: {}", f.name, f.path.as_deref().unwrap_or(""), f.message);
                     }
-                    println!("{}", serde_json::to_string_pretty(&inst["variables"]).unwrap());
+                    println!("{}", serde_json::to_string_pretty(&inst.variables).unwrap());
                 }
-                return Ok(if status == "completed" { 0 } else { EXIT_INSTANCE_FAILED });
+                return Ok(if inst.summary.status == InstanceStatus::Completed { EXIT_OK } else { EXIT_INSTANCE_FAILED });
             }
             _ => {
                 if started.elapsed() > Duration::from_secs(timeout) {
-                    return Err(CliError(EXIT_REFUSED, format!("instance {id} is still {status} after {timeout}s")));
+                    return Err(CliError::new(EXIT_REFUSED, format!("instance {id} is still {status} after {timeout}s")));
                 }
                 if !said_waiting && started.elapsed() > Duration::from_secs(2) && !json_out {
-                    eprintln!("waiting for {id} ({status} at {})...", inst["position"].as_str().unwrap_or(""));
+                    eprintln!("waiting for {id} ({status} at {})...", inst.summary.position);
                     said_waiting = true;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -1070,278 +1281,490 @@ fn start(client: &Client, process: &str, input: Option<String>, wait: bool, time
     }
 }
 
-fn send(client: &Client, operation: &str, body: &str, id: Option<String>, wait_reply: bool, json_out: bool) -> Result<i32, CliError> {
-    let mut req = json!({ "operation": operation, "body": parse_json_arg("--body", body)?, "wait_reply": wait_reply });
-    if let Some(id) = id {
-        req["id"] = json!(id);
-    }
-    let v = client.post_json("/v1/messages", &req)?;
+fn send(client: &Client, operation: String, body: &str, id: Option<String>, wait_reply: bool, json_out: bool) -> Result<i32, CliError> {
+    let message = SendMessage { operation, body: parse_json_arg("--body", body)?, id, wait_reply, timeout_ms: None };
+    let v = client.send(&message)?;
     if json_out {
         print_json(&v);
     } else {
-        let what = if v["duplicate"].as_bool() == Some(true) {
+        let what = if v.duplicate {
             "duplicate (already accepted) for"
-        } else if v["created"].as_bool() == Some(true) {
+        } else if v.created {
             "accepted; created"
         } else {
             "accepted for"
         };
-        println!("message {} {what} instance {}", v["message_id"].as_str().unwrap_or(""), v["instance"].as_str().unwrap_or(""));
-        if let Some(reply) = v.get("reply") {
-            match reply["fault"].as_object() {
-                Some(f) => println!("reply: fault {}: {}", f["name"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or("")),
-                None => println!("reply: {}", reply["body"]),
+        println!("message {} {what} instance {}", v.message_id, v.instance);
+        if let Some(reply) = &v.reply {
+            match &reply.fault {
+                Some(f) => println!("reply: fault {}: {}", f.name, f.message),
+                None => println!("reply: {}", reply.body),
             }
         }
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
-fn ls(client: &Client, status: Option<String>, process: Option<String>, limit: usize, after: Option<String>, json_out: bool) -> Result<i32, CliError> {
-    let mut q = format!("/v1/instances?limit={limit}");
-    if let Some(a) = &after {
-        q.push_str(&format!("&after={}", query_escape(a)));
-    }
-    let filters = format!(
-        "{}{}",
-        status.as_ref().map(|s| format!(" --status {s}")).unwrap_or_default(),
-        process.as_ref().map(|p| format!(" --process {p}")).unwrap_or_default()
-    );
-    if let Some(s) = status {
-        q.push_str(&format!("&status={}", query_escape(&s)));
-    }
-    if let Some(p) = process {
-        q.push_str(&format!("&process={}", query_escape(&p)));
-    }
-    let v = client.get(&q)?;
+/// What `cairn ls` asks for.
+struct LsArgs {
+    status: Option<String>,
+    process: Option<String>,
+    limit: usize,
+    page: u64,
+    after: Option<String>,
+    newest_first: bool,
+}
+
+fn ls(client: &Client, a: LsArgs, json_out: bool) -> Result<i32, CliError> {
+    let offset = if a.after.is_some() { 0 } else { (a.page as usize - 1).saturating_mul(a.limit) };
+    let q = ListInstances {
+        status: a.status.clone(),
+        process: a.process.clone(),
+        limit: Some(a.limit),
+        after: a.after.clone(),
+        offset: (offset > 0).then_some(offset),
+        newest_first: a.newest_first,
+    };
+    let v = client.instances(&q)?;
     if json_out {
         print_json(&v);
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
-    println!("{:<36}  {:<24} {:<11} POSITION", "ID", "PROCESS", "STATUS");
-    for i in v["instances"].as_array().into_iter().flatten() {
-        println!(
-            "{:<36}  {:<24} {:<11} {}",
-            i["id"].as_str().unwrap_or(""),
-            i["process"].as_str().unwrap_or(""),
-            i["status"].as_str().unwrap_or(""),
-            i["position"].as_str().unwrap_or("")
-        );
+    let now = crate::now_ms();
+    let rows: Vec<Vec<String>> = v
+        .instances
+        .iter()
+        .map(|i| vec![i.id.clone(), i.process.clone(), status_name(i.status), format!("{} ({})", utc(i.updated_ms), ago(i.updated_ms, now)), i.position.clone()])
+        .collect();
+    print_table(&["ID", "PROCESS", "STATUS", "UPDATED (UTC)", "POSITION"], &rows);
+    // The count, the total and the next page, on stderr (stdout stays the table).
+    let mut filters = String::new();
+    if let Some(s) = &a.status {
+        filters.push_str(&format!(" --status {s}"));
     }
-    let shown = v["count"].as_u64().unwrap_or(0);
-    match (v["total"].as_u64(), v["next_after"].as_str()) {
-        (Some(total), Some(next)) => eprintln!("{shown} shown of {total}; next page: cairn ls{filters} --after {next}"),
-        (None, Some(next)) => eprintln!("{shown} shown; more may follow: cairn ls{filters} --after {next}"),
-        (Some(total), None) => eprintln!("{shown} shown of {total}"),
-        (None, None) => {}
+    if let Some(p) = &a.process {
+        filters.push_str(&format!(" --process {p}"));
     }
-    Ok(0)
+    if a.limit != 50 {
+        filters.push_str(&format!(" --limit {}", a.limit));
+    }
+    if a.newest_first {
+        filters.push_str(" --newest-first");
+    }
+    let count = v.instances.len() as u64;
+    let total = v.total.map(|t| format!(" of {}", thousands(t))).unwrap_or_default();
+    let more = v.next_after.is_some() && v.total.is_none_or(|t| offset as u64 + count < t);
+    let shown = match (&a.after, count) {
+        (_, 0) => format!("no instances{}", if a.page > 1 { format!(" on page {}", a.page) } else { String::new() }),
+        (Some(after), _) => format!("showing {} after {after}", thousands(count)),
+        (None, _) => format!("showing {}-{}", thousands(offset as u64 + 1), thousands(offset as u64 + count)),
+    };
+    let next = match (&a.after, &v.next_after) {
+        (_, Some(next)) if more && a.after.is_some() => format!("; next: cairn ls{filters} --after {next}"),
+        (_, Some(next)) if more => format!("; next: cairn ls{filters} --page {} (or --after {next})", a.page + 1),
+        _ => String::new(),
+    };
+    eprintln!("{shown}{total}{next}");
+    Ok(EXIT_OK)
+}
+
+/// What a position waits for, in words (from `GET /v1/instances/{id}/positions`).
+fn describe_wait(waits: &BTreeMap<String, Value>, now: u64) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let due = |v: &Value| v.as_u64().map(|ms| when(ms, now));
+    let correlation = |c: &Value| match c["set"].as_str() {
+        Some(set) => format!(" with correlation {set} = {}", c["values"].as_str().map(str::to_string).unwrap_or_else(|| c["values"].to_string())),
+        None => String::new(),
+    };
+    let what = waits.get("what").map(s).unwrap_or_default();
+    match what.as_str() {
+        "message" => {
+            let mut out = format!("a message '{}'", waits.get("operation").map(s).unwrap_or_default());
+            if let Some(c) = waits.get("correlation") {
+                out.push_str(&correlation(c));
+            }
+            if let Some(t) = waits.get("timeout_due_ms").and_then(due) {
+                out.push_str(&format!("; times out {t}"));
+            }
+            out
+        }
+        "timer" => format!("a timer due {}", waits.get("due_ms").and_then(due).unwrap_or_else(|| "(unknown)".into())),
+        "call" => {
+            let c = waits.get("call").cloned().unwrap_or(Value::Null);
+            let mut out = format!("call {}: {} on {}", c["call_id"], s(&c["operation"]), s(&c["target"]["name"]));
+            if let Some(attempt) = c["attempt"].as_u64() {
+                out.push_str(&format!(", attempt {attempt}"));
+            }
+            if let Some(task) = c["task"].as_str() {
+                out.push_str(&format!(", task {task}"));
+            }
+            if let Some(f) = c["last_fault"].as_object() {
+                out.push_str(&format!(", last fault {}: {}", f["name"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or("")));
+            }
+            out
+        }
+        "pick" => {
+            let arms: Vec<String> = waits
+                .get("arms")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|arm| match arm["what"].as_str() {
+                    Some("message") => format!("a message '{}'{}", s(&arm["operation"]), correlation(&arm["correlation"])),
+                    _ => format!("a timer due {}", due(&arm["due_ms"]).unwrap_or_else(|| "(unknown)".into())),
+                })
+                .collect();
+            format!("the first of: {}", arms.join("; or "))
+        }
+        "handling" => {
+            let f = waits.get("fault").cloned().unwrap_or(Value::Null);
+            format!("its fault handler of {}: {} (running)", s(&f["name"]), s(&f["message"]))
+        }
+        "compensating" => "compensation to finish (running)".to_string(),
+        _ => format!("nothing: it is running ({})", waits.get("phase").map(s).unwrap_or_default()),
+    }
 }
 
 fn show(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
-    let v = client.get(&format!("/v1/instances/{}", query_escape(id)))?;
+    let v = client.instance(id)?;
     if json_out {
         print_json(&v);
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
-    println!("instance   {}", v["id"].as_str().unwrap_or(""));
-    println!("process    {} (version {})", v["process"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
-    println!("status     {}", v["status"].as_str().unwrap_or(""));
-    println!("position   {}", v["position"].as_str().unwrap_or(""));
-    println!("in memory  {}", v["in_memory"]);
-    if v["parked"] == true {
-        println!("parked     by deferred recovery: `cairn release {}` lets it go on", v["id"].as_str().unwrap_or(""));
+    // Where each branch stands and what it waits for; an older server may not have it.
+    let positions: Option<Positions> = client.positions(id).ok();
+    let now = crate::now_ms();
+    let i = &v.summary;
+    println!("instance   {}", i.id);
+    println!("process    {} (version {})", i.process, i.version);
+    println!("status     {}", status_name(i.status));
+    println!("position   {}", i.position);
+    println!("created    {}", when(i.created_ms, now));
+    println!("updated    {}", when(i.updated_ms, now));
+    if matches!(i.status, InstanceStatus::Waiting | InstanceStatus::Running | InstanceStatus::Suspended) {
+        match &positions {
+            Some(p) if !p.positions.is_empty() => {
+                for (n, pos) in p.positions.iter().enumerate() {
+                    let label = if n == 0 { "waits for " } else { "          " };
+                    println!("{label} {}  (at {})", describe_wait(&pos.waits, now), pos.path);
+                }
+            }
+            _ => {
+                if let Some(wait) = &v.wait {
+                    println!("waits for  {}", serde_json::to_string(wait).unwrap_or_default());
+                }
+            }
+        }
+        if let Some(stopped) = positions.as_ref().and_then(|p| p.stopped.as_ref()) {
+            println!("stopped    at {} by {}: {} (cairn resume {})", stopped.path, stopped.why, stopped.detail, i.id);
+        }
+        for c in &v.pending_calls {
+            println!("pending    {} {} on {} (call {}, key {})", c.effect, c.operation, c.target.name, c.call_id, c.key);
+        }
+        if v.inbox > 0 {
+            println!("inbox      {} message(s) not yet consumed", v.inbox);
+        }
     }
-    for t in v["in_transit"].as_array().into_iter().flatten() {
-        println!("in transit {} ({}): {} on {}", t["id"].as_str().unwrap_or(""), t["state"].as_str().unwrap_or(""), t["operation"].as_str().unwrap_or(""), t["target"]["name"].as_str().unwrap_or(""));
+    if v.parked {
+        println!("parked     by deferred recovery: `cairn release {}` lets it go on", i.id);
     }
-    if let Some(f) = v["fault"].as_object() {
-        println!("fault      {} at {}: {} (data {})", f["name"].as_str().unwrap_or(""), f["path"].as_str().unwrap_or(""), f["message"].as_str().unwrap_or(""), f["data"].as_str().unwrap_or("null"));
+    for t in &v.in_transit {
+        println!("in transit {} ({}): {} on {}", t.id, t.state, t.operation, t.target.name);
     }
-    println!("variables  {}", serde_json::to_string_pretty(&v["variables"]).unwrap().replace('\n', "\n           "));
+    if let Some(f) = &v.fault {
+        print_fault(f, i.status == InstanceStatus::Faulted, &i.id);
+    }
+    if !v.correlations.is_empty() {
+        let c: Vec<String> = v.correlations.iter().map(|(set, values)| format!("{set} = {values}")).collect();
+        println!("correlated {}", c.join(", "));
+    }
+    println!("in memory  {}", if v.in_memory { "yes" } else { "no" });
+    println!("variables  {}", serde_json::to_string_pretty(&v.variables).unwrap().replace('\n', "\n           "));
     println!("history");
-    for h in v["history"].as_array().into_iter().flatten() {
-        println!("  #{:<4} {:<14} {:<10} {}", h["fence"], h["reason"].as_str().unwrap_or(""), h["status"].as_str().unwrap_or(""), h["path"].as_str().unwrap_or(""));
+    print_history(&v.history, now, "  ");
+    Ok(EXIT_OK)
+}
+
+fn print_fault(f: &FaultView, ended: bool, id: &str) {
+    let at = f.path.as_deref().unwrap_or("?");
+    if ended {
+        println!("faulted at {at}: {}: {}", f.name, f.message);
+        if !f.data.is_empty() && f.data != "null" {
+            println!("fault data {}", f.data);
+        }
+        println!("           retry it from there: cairn retry {id} [--variables JSON]");
+    } else {
+        println!("fault      {} at {at}: {} (data {})", f.name, f.message, f.data);
     }
-    Ok(0)
+}
+
+fn print_history(history: &[HistoryView], now: u64, indent: &str) {
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|h| {
+            vec![
+                format!("{indent}#{}", h.fence),
+                utc(h.at_ms),
+                ago(h.at_ms, now),
+                h.reason.clone(),
+                status_name(h.status),
+                h.path.clone(),
+            ]
+        })
+        .collect();
+    let fence = format!("{indent}FENCE");
+    print_table(&[fence.as_str(), "AT (UTC)", "AGO", "REASON", "STATUS", "ACTIVITY"], &rows);
 }
 
 fn in_transit(client: &Client, cmd: InTransitCommand) -> Result<i32, CliError> {
     let (v, json_out) = match cmd {
         InTransitCommand::Ls { json } => {
-            let v = client.get("/v1/in-transit")?;
-            if !json {
-                println!("{:<48} {:<12} {:<28} IDEMPOTENCY KEY", "ID", "STATE", "CALL");
-                for c in v["calls"].as_array().into_iter().flatten() {
-                    let call = format!("{} on {}", c["operation"].as_str().unwrap_or(""), c["target"]["name"].as_str().unwrap_or(""));
-                    println!(
-                        "{:<48} {:<12} {:<28} {}",
-                        c["id"].as_str().unwrap_or(""),
-                        c["state"].as_str().unwrap_or(""),
-                        call,
-                        c["idempotency_key"].as_str().unwrap_or("")
-                    );
-                }
-                return Ok(0);
+            let list = client.in_transit()?;
+            if json {
+                print_json(&list);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .calls
+                    .iter()
+                    .map(|c| vec![c.id.clone(), c.state.clone(), format!("{} on {}", c.operation, c.target.name), c.idempotency_key.clone()])
+                    .collect();
+                print_table(&["ID", "STATE", "CALL", "IDEMPOTENCY KEY"], &rows);
             }
-            (v, json)
+            return Ok(EXIT_OK);
         }
-        InTransitCommand::Resubmit { id, json } => (client.post_json(&format!("/v1/in-transit/{}/resubmit", query_escape(&id)), &json!({}))?, json),
-        InTransitCommand::Abandon { id, json } => (client.post_json(&format!("/v1/in-transit/{}/abandon", query_escape(&id)), &json!({}))?, json),
+        InTransitCommand::Resubmit { id, json } => (client.resolve_in_transit(&id, "resubmit")?, json),
+        InTransitCommand::Abandon { id, json } => (client.resolve_in_transit(&id, "abandon")?, json),
     };
     if json_out {
         print_json(&v);
     } else {
-        println!("{} {}", v["id"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or(""));
+        println!("{} {}", v.id, v.state);
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn control(client: &Client, id: &str, verb: &str, json_out: bool) -> Result<i32, CliError> {
-    let v = client.post_json(&format!("/v1/instances/{}/{verb}", query_escape(id)), &json!({}))?;
+    let v = client.control(id, verb)?;
     if json_out {
         print_json(&v);
     } else {
-        println!("{} {} at {}", v["id"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["position"].as_str().unwrap_or(""));
+        println!("{} {} at {}", v.id, status_name(v.status), v.position);
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
-fn retry(
-    client: &Client,
-    instance: Option<String>,
-    variables: Option<String>,
-    process: Option<String>,
-    fault: Option<String>,
-    json_out: bool,
-) -> Result<i32, CliError> {
+fn retry(client: &Client, instance: Option<String>, variables: Option<String>, process: Option<String>, fault: Option<String>, json_out: bool) -> Result<i32, CliError> {
     if let Some(process) = process {
-        let v = client.post_json("/v1/retry", &json!({ "process": process, "fault": fault }))?;
+        let v = client.retry_faulted(&process, fault.as_deref())?;
         if json_out {
             print_json(&v);
         } else {
-            for id in v["retried"].as_array().into_iter().flatten() {
-                println!("retried {}", id.as_str().unwrap_or(""));
+            for id in &v.retried {
+                println!("retried {id}");
             }
-            for r in v["refused"].as_array().into_iter().flatten() {
-                println!("refused {}: {}", r["id"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or(""));
+            for r in &v.refused {
+                println!("refused {}: {}", r.id, r.error);
             }
-            println!("{} retried, {} refused", v["retried"].as_array().map_or(0, Vec::len), v["refused"].as_array().map_or(0, Vec::len));
+            println!("{} retried, {} refused", v.retried.len(), v.refused.len());
         }
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
     let id = instance.unwrap_or_default();
-    let body = match variables {
-        Some(text) => json!({ "variables": parse_json_arg("--variables", &text)? }),
-        None => json!({}),
-    };
-    let v = client.post_json(&format!("/v1/instances/{}/retry", query_escape(&id)), &body)?;
+    let variables = variables.map(|text| parse_json_arg("--variables", &text)).transpose()?;
+    let v = client.retry(&id, variables)?;
     if json_out {
         print_json(&v);
     } else {
-        println!("{} {} at {}", v["id"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["position"].as_str().unwrap_or(""));
+        println!("{} {} at {}", v.id, status_name(v.status), v.position);
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn migrate(client: &Client, instance: Option<String>, to: &str, from: Option<String>, map: &[String], json_out: bool) -> Result<i32, CliError> {
-    let mut paths = serde_json::Map::new();
+    let mut paths = BTreeMap::new();
     for m in map {
         let Some((old, new)) = m.split_once('=') else {
-            return Err(CliError(EXIT_USAGE, format!("--map {m}: expected OLD_PATH=NEW_PATH")));
+            return Err(CliError::new(EXIT_USAGE, format!("--map {m}: expected OLD_PATH=NEW_PATH")));
         };
-        paths.insert(old.to_string(), json!(new));
+        paths.insert(old.to_string(), new.to_string());
     }
     if let Some(from) = from {
-        let v = client.post_json("/v1/migrate", &json!({ "from": from, "to": to, "map": paths }))?;
+        let v = client.migrate_version(&from, to, &paths)?;
         if json_out {
             print_json(&v);
         } else {
-            for id in v["migrated"].as_array().into_iter().flatten() {
-                println!("migrated {}", id.as_str().unwrap_or(""));
+            for id in &v.migrated {
+                println!("migrated {id}");
             }
-            for r in v["refused"].as_array().into_iter().flatten() {
-                println!("refused {}: {}", r["id"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or(""));
+            for r in &v.refused {
+                println!("refused {}: {}", r.id, r.error);
             }
-            println!("{} migrated, {} refused", v["migrated"].as_array().map_or(0, Vec::len), v["refused"].as_array().map_or(0, Vec::len));
+            println!("{} migrated, {} refused", v.migrated.len(), v.refused.len());
         }
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
     let id = instance.unwrap_or_default();
-    let v = client.post_json(&format!("/v1/instances/{}/migrate", query_escape(&id)), &json!({ "to": to, "map": paths }))?;
+    let v = client.migrate(&id, to, &paths)?;
     if json_out {
         print_json(&v);
     } else {
-        println!("{} {} at {} on version {}", v["id"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or(""), v["position"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or(""));
+        println!("{} {} at {} on version {}", v.id, status_name(v.status), v.position, v.version);
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn set_vars(client: &Client, id: &str, variables: &str, json_out: bool) -> Result<i32, CliError> {
     let body = parse_json_arg("VARIABLES", variables)?;
-    let v = client.put_json(&format!("/v1/instances/{}/variables", query_escape(id)), &body)?;
+    let v = client.set_variables(id, &body)?;
     if json_out {
         print_json(&v);
     } else {
-        println!("{} variables set; still suspended (cairn resume {id})", v["id"].as_str().unwrap_or(""));
+        println!("{} variables set; still suspended (cairn resume {id})", v.summary.id);
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn history(client: &Client, id: &str, json_out: bool) -> Result<i32, CliError> {
-    let v = client.get(&format!("/v1/instances/{}/history", query_escape(id)))?;
+    let v = client.history(id)?;
     if json_out {
         print_json(&v);
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
-    println!("{:<6} {:<24} {:<16} {:<11} ACTIVITY", "FENCE", "AT (ms since epoch)", "REASON", "STATUS");
-    for h in v["history"].as_array().into_iter().flatten() {
-        println!(
-            "{:<6} {:<24} {:<16} {:<11} {}",
-            h["fence"],
-            h["at_ms"],
-            h["reason"].as_str().unwrap_or(""),
-            h["status"].as_str().unwrap_or(""),
-            h["path"].as_str().unwrap_or("")
-        );
-    }
-    Ok(0)
+    print_history(&v.history, crate::now_ms(), "");
+    Ok(EXIT_OK)
 }
 
 fn breakpoints(client: &Client, cmd: BreakCommand) -> Result<i32, CliError> {
     match cmd {
-        BreakCommand::Set { process, path } => {
-            client.post_json("/v1/breakpoints", &json!({ "process": process, "path": path }))?;
-            println!("breakpoint set on {process} {path}");
-        }
-        BreakCommand::Clear { process, path } => {
-            client.delete_json("/v1/breakpoints", &json!({ "process": process, "path": path }))?;
-            println!("breakpoint cleared on {process} {path}");
-        }
-        BreakCommand::Ls { json } => {
-            let v = client.get("/v1/breakpoints")?;
+        BreakCommand::Set { process, path, json } => {
+            let v = client.set_breakpoint(&process, &path)?;
             if json {
                 print_json(&v);
             } else {
-                for b in v["breakpoints"].as_array().into_iter().flatten() {
-                    println!("{} {}", b["process"].as_str().unwrap_or(""), b["path"].as_str().unwrap_or(""));
-                }
+                println!("breakpoint set on {process} {path}");
+            }
+        }
+        BreakCommand::Clear { process, path, json } => {
+            let v = client.clear_breakpoint(&process, &path)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("breakpoint cleared on {process} {path}");
+            }
+        }
+        BreakCommand::Ls { json } => {
+            let v = client.breakpoints()?;
+            if json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = v.breakpoints.iter().map(|b| vec![b.process.clone(), b.path.clone()]).collect();
+                print_table(&["PROCESS", "PATH"], &rows);
             }
         }
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn backup(client: &Client, name: &str, json_out: bool) -> Result<i32, CliError> {
     let message = format!("backup {name}: the server is writing it");
-    let v = crate::progress::while_waiting(&message, json_out, || client.post_json("/v1/backup", &json!({ "name": name })))?;
+    let v = crate::progress::while_waiting(&message, json_out, || client.backup(name))?;
     if json_out {
         print_json(&v);
     } else {
-        let dir = v["dir"].as_str().unwrap_or(name);
-        println!("backup written to {dir} on the server's machine (restore it there with: cairn restore {dir} --data NEW_DIR)");
+        println!("backup written to {} on the server's machine (restore it there with: cairn restore {} --data NEW_DIR)", v.dir, v.dir);
     }
-    Ok(0)
+    Ok(EXIT_OK)
+}
+
+fn resource(client: &Client, cmd: ResourceCommand) -> Result<i32, CliError> {
+    match cmd {
+        ResourceCommand::Create { name, json } => {
+            let v = client.create_resource(&name)?;
+            if json {
+                print_json(&v);
+            } else if v.created {
+                println!("created resource {name}");
+            } else {
+                println!("resource {name} already exists");
+            }
+        }
+        ResourceCommand::Ls { json } => {
+            let v = client.resources()?;
+            if json {
+                print_json(&v);
+            } else {
+                let now = crate::now_ms();
+                let rows: Vec<Vec<String>> = v.resources.iter().map(|r| vec![r.name.clone(), when(r.created_ms, now)]).collect();
+                print_table(&["NAME", "CREATED"], &rows);
+            }
+        }
+        ResourceCommand::Get { name, key, json } => {
+            let v = client.resource_key(&name, &key)?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{} (version {})", v.value, v.version);
+            }
+        }
+        ResourceCommand::Scan { name, prefix, after, limit, json } => {
+            let v = client.scan_resource(&name, &prefix, after.as_deref(), limit)?;
+            if json {
+                print_json(&v);
+            } else {
+                let rows: Vec<Vec<String>> = v.rows.iter().map(|r| vec![r.key.clone(), r.version.to_string(), r.value.to_string()]).collect();
+                print_table(&["KEY", "VERSION", "VALUE"], &rows);
+                if let Some(next) = &v.next_after {
+                    eprintln!("(more: cairn resource scan {name} --after {next})");
+                }
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// `cairn token …`: through the server (admin), or offline on a stopped host's store.
+fn token(client: &Client, cmd: TokenCommand) -> Result<i32, CliError> {
+    let (offline, json_out) = match &cmd {
+        TokenCommand::Create { offline, json, .. } | TokenCommand::Ls { offline, json } | TokenCommand::Revoke { offline, json, .. } => {
+            (offline.clone(), *json)
+        }
+    };
+    let v = if offline.data.is_some() || offline.store.is_some() {
+        token_offline(&offline, cmd)?
+    } else {
+        match cmd {
+            TokenCommand::Create { role, note, .. } => json!(client.create_token(&role, &note)?),
+            TokenCommand::Ls { .. } => json!(client.tokens()?),
+            TokenCommand::Revoke { id, .. } => json!(client.revoke_token(&id)?),
+        }
+    };
+    if json_out {
+        print_json(&v);
+    } else if let Some(token) = v["token"].as_str() {
+        println!("{token}");
+        eprintln!(
+            "created token {} (role {}): it is shown only this once; send it with --token or CAIRN_TOKEN",
+            v["id"].as_str().unwrap_or(""),
+            v["role"].as_str().unwrap_or("")
+        );
+    } else if let Some(list) = v["tokens"].as_array() {
+        let now = crate::now_ms();
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|t| {
+                vec![
+                    t["id"].as_str().unwrap_or("").to_string(),
+                    t["role"].as_str().unwrap_or("").to_string(),
+                    t["created_ms"].as_u64().map(|ms| when(ms, now)).unwrap_or_default(),
+                    t["note"].as_str().unwrap_or("").to_string(),
+                ]
+            })
+            .collect();
+        print_table(&["ID", "ROLE", "CREATED", "NOTE"], &rows);
+    } else {
+        println!("revoked token {}", v["id"].as_str().unwrap_or(""));
+    }
+    Ok(EXIT_OK)
 }
 
 /// Copies a backup directory into a new data directory, which must not exist.
@@ -1432,6 +1855,10 @@ fn promote(data: &std::path::Path, store: Option<&str>, yes: bool) -> i32 {
             println!("{} was not isolated: nothing changed", data.display());
             0
         }
+        Err(e) if is_lock_error(&e.to_string()) => {
+            eprintln!("error: {}", in_use_message(data));
+            EXIT_DATA_IN_USE
+        }
         Err(e) => {
             eprintln!("error: promoting {}: {e} (is a host still serving it? stop it first)", data.display());
             1
@@ -1439,105 +1866,16 @@ fn promote(data: &std::path::Path, store: Option<&str>, yes: bool) -> i32 {
     }
 }
 
-fn resource(client: &Client, cmd: ResourceCommand) -> Result<i32, CliError> {
-    match cmd {
-        ResourceCommand::Create { name, json } => {
-            let v = client.post_json("/v1/resources", &json!({ "name": name }))?;
-            if json {
-                print_json(&v);
-            } else if v["created"] == true {
-                println!("created resource {name}");
-            } else {
-                println!("resource {name} already exists");
-            }
-        }
-        ResourceCommand::Ls { json } => {
-            let v = client.get("/v1/resources")?;
-            if json {
-                print_json(&v);
-            } else {
-                for r in v["resources"].as_array().into_iter().flatten() {
-                    println!("{}", r["name"].as_str().unwrap_or(""));
-                }
-            }
-        }
-        ResourceCommand::Get { name, key, json } => {
-            let v = client.get(&format!("/v1/resources/{}/keys/{}", query_escape(&name), query_escape(&key)))?;
-            if json {
-                print_json(&v);
-            } else {
-                println!("{} (version {})", v["value"], v["version"]);
-            }
-        }
-        ResourceCommand::Scan { name, prefix, after, limit, json } => {
-            let mut path = format!("/v1/resources/{}?prefix={}&limit={limit}", query_escape(&name), query_escape(&prefix));
-            if let Some(after) = &after {
-                path.push_str(&format!("&after={}", query_escape(after)));
-            }
-            let v = client.get(&path)?;
-            if json {
-                print_json(&v);
-            } else {
-                let rows = v["rows"].as_array().cloned().unwrap_or_default();
-                let width = rows.iter().filter_map(|r| r["key"].as_str()).map(str::len).max().unwrap_or(3).max(3);
-                println!("{:<width$}  {:>7}  VALUE", "KEY", "VERSION");
-                for r in &rows {
-                    println!("{:<width$}  {:>7}  {}", r["key"].as_str().unwrap_or(""), r["version"], r["value"]);
-                }
-                if let Some(next) = v["next_after"].as_str() {
-                    println!("(more: --after {next})");
-                }
-            }
-        }
-    }
-    Ok(0)
-}
-
-/// `cairn token …`: through the server (admin), or offline on a stopped host's store.
-fn token(client: &Client, cmd: TokenCommand) -> Result<i32, CliError> {
-    let (offline, json_out) = match &cmd {
-        TokenCommand::Create { offline, json, .. } | TokenCommand::Ls { offline, json } | TokenCommand::Revoke { offline, json, .. } => {
-            (offline.clone(), *json)
-        }
-    };
-    let v = if offline.data.is_some() || offline.store.is_some() {
-        token_offline(&offline, cmd)?
-    } else {
-        match cmd {
-            TokenCommand::Create { role, note, .. } => client.post_json("/v1/tokens", &json!({ "role": role, "note": note }))?,
-            TokenCommand::Ls { .. } => client.get("/v1/tokens")?,
-            TokenCommand::Revoke { id, .. } => client.delete_json(&format!("/v1/tokens/{}", query_escape(&id)), &json!({}))?,
-        }
-    };
-    if json_out {
-        print_json(&v);
-    } else if let Some(token) = v["token"].as_str() {
-        println!("{token}");
-        eprintln!(
-            "created token {} (role {}): it is shown only this once; send it with --token or CAIRN_TOKEN",
-            v["id"].as_str().unwrap_or(""),
-            v["role"].as_str().unwrap_or("")
-        );
-    } else if let Some(list) = v["tokens"].as_array() {
-        println!("{:<18} {:<9} {:<15} NOTE", "ID", "ROLE", "CREATED (ms)");
-        for t in list {
-            println!("{:<18} {:<9} {:<15} {}", t["id"].as_str().unwrap_or(""), t["role"].as_str().unwrap_or(""), t["created_ms"], t["note"].as_str().unwrap_or(""));
-        }
-    } else {
-        println!("revoked token {}", v["id"].as_str().unwrap_or(""));
-    }
-    Ok(0)
-}
 
 /// A token command on the store itself (the host must be stopped; a
 /// running host sees the change only after a restart).
 fn token_offline(offline: &OfflineStore, cmd: TokenCommand) -> Result<Value, CliError> {
     let data = offline.data.clone().unwrap_or_else(|| PathBuf::from("."));
-    let location = cairn_store::Location::parse(offline.store.as_deref(), &data).map_err(|e| CliError(EXIT_USAGE, e))?;
+    let location = cairn_store::Location::parse(offline.store.as_deref(), &data).map_err(|e| CliError::new(EXIT_USAGE, e))?;
     if matches!(location, cairn_store::Location::Embedded { .. }) && !data.is_dir() {
-        return Err(CliError(EXIT_USAGE, format!("{} is not a data directory", data.display())));
+        return Err(CliError::new(EXIT_USAGE, format!("{} is not a data directory", data.display())));
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CliError(EXIT_REFUSED, e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CliError::new(EXIT_REFUSED, e.to_string()))?;
     let result = rt.block_on(async {
         let store = cairn_store::open(&location, true).await?;
         let out: Result<Result<Value, String>, cairn_store::StoreError> = async {
@@ -1578,10 +1916,100 @@ fn token_offline(offline: &OfflineStore, cmd: TokenCommand) -> Result<Value, Cli
     });
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(message)) => Err(CliError(EXIT_REFUSED, message)),
-        Err(e) => Err(CliError(
+        Ok(Err(message)) => Err(CliError::new(EXIT_REFUSED, message)),
+        Err(e) if is_lock_error(&e.to_string()) => Err(CliError::new(EXIT_DATA_IN_USE, in_use_message(&data))),
+        Err(e) => Err(CliError::new(
             EXIT_REFUSED,
             format!("opening the store of {}: {e} (is a host still serving it? stop it first, or give the server and --token instead)", data.display()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command has help text, and only commands
+    /// that talk to a server take --server.
+    #[test]
+    fn every_argument_has_help_and_only_server_commands_take_server() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>, with_server: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+                if id == "server" && cmd.get_subcommands().next().is_none() {
+                    with_server.push(path.to_string());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing, with_server);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let (mut missing, mut with_server) = (Vec::new(), Vec::new());
+        walk(&cmd, "cairn", &mut missing, &mut with_server);
+        assert!(missing.is_empty(), "arguments without help text: {missing:?}");
+        for local in ["serve", "restore", "promote", "check", "repair", "bench", "partner", "new", "completions"] {
+            assert!(!with_server.contains(&format!("cairn {local}")), "cairn {local} must not take --server");
+        }
+        for remote in ["cairn ls", "cairn show", "cairn start", "cairn vars set", "cairn token ls", "cairn tasks ls"] {
+            assert!(with_server.iter().any(|c| c == remote), "{remote} must take --server: {with_server:?}");
+        }
+    }
+
+    #[test]
+    fn server_flags_parse_after_the_command_and_are_refused_on_local_ones() {
+        assert!(Cli::try_parse_from(["cairn", "ls", "--server", "http://h:1", "--token", "t"]).is_ok());
+        assert!(Cli::try_parse_from(["cairn", "vars", "set", "i", "{}", "--server", "http://h:1"]).is_ok());
+        assert!(Cli::try_parse_from(["cairn", "serve", "--server", "http://h:1"]).is_err());
+        assert!(Cli::try_parse_from(["cairn", "new", "x", "--server", "http://h:1"]).is_err());
+        assert!(Cli::try_parse_from(["cairn", "check", "d", "--token", "t"]).is_err());
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let help = Cli::command().render_help().to_string();
+        assert!(help.contains("Exit codes:") && help.contains("5  the data directory is in use"), "{help}");
+    }
+
+    #[test]
+    fn times_and_counts_read_as_people_write_them() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_795_458_001_000), "2026-11-23 18:20:01");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(ago(1_000, 181_000), "3 min ago");
+        assert_eq!(ago(7_300_000, 100_000), "in 2 h");
+        assert_eq!(ago(5, 5), "just now");
+        assert_eq!(thousands(3000), "3,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn waits_are_said_in_words() {
+        let waits = |v: Value| -> BTreeMap<String, Value> { serde_json::from_value(v).unwrap() };
+        let now = 1_795_458_001_000;
+        let call = waits(json!({ "what": "call", "call": {
+            "call_id": 3, "operation": "charge", "target": { "kind": "activity", "name": "payments" }, "key": "k",
+            "attempt": 2, "last_fault": { "name": "net.down", "message": "connection refused", "data": "null" },
+        }}));
+        assert_eq!(describe_wait(&call, now), "call 3: charge on payments, attempt 2, last fault net.down: connection refused");
+        let message = waits(json!({ "what": "message", "operation": "approve", "correlation": { "set": "order", "values": "[\"A-1\"]" }, "timeout_due_ms": now + 120_000 }));
+        assert_eq!(describe_wait(&message, now), "a message 'approve' with correlation order = [\"A-1\"]; times out 2026-11-23 18:22:01 UTC (in 2 min)");
+        let timer = waits(json!({ "what": "timer", "due_ms": now + 60_000 }));
+        assert_eq!(describe_wait(&timer, now), "a timer due 2026-11-23 18:21:01 UTC (in 1 min)");
+    }
+
+    #[test]
+    fn rocksdb_lock_errors_are_recognised() {
+        assert!(is_lock_error("opening the store: IO error: While lock file: /d/db/LOCK: Resource temporarily unavailable"));
+        assert!(!is_lock_error("no space left on device"));
     }
 }

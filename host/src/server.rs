@@ -216,7 +216,7 @@ async fn refuse_plain_http(mut stream: tokio::net::TcpStream, local: std::net::S
         }
     }
     let body = serde_json::json!({
-        "error": format!("this port serves HTTPS only: use https://{local} (cairn --server https://…, with --ca-cert FILE for a self-signed certificate)")
+        "error": format!("this port serves HTTPS only: use https://{local} (cairn COMMAND --server https://…, with --ca-cert FILE for a self-signed certificate)")
     })
     .to_string();
     let answer = format!(

@@ -234,6 +234,16 @@ impl Host {
         }
     }
 
+    /// A typed client of this host (`cairn-client`), with its token and CA.
+    pub fn client(&self) -> cairn_client::Client {
+        cairn_client::Client::new(&self.url, self.token.as_deref(), self.ca_cert.as_deref())
+    }
+
+    /// The process id of `cairn serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the host runs").id()
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.data.join("serve.log")).unwrap_or_default()
     }

@@ -9,7 +9,8 @@
 pub mod auth;
 pub mod openapi;
 mod tasks;
-pub mod types;
+/// The API's request and response types live in the client crate (`cairn-client`), which the CLI and clients share.
+pub use cairn_client::types;
 
 use cairn_engine::{Control, Snapshot, Status};
 use types::*;
@@ -306,7 +307,26 @@ fn error(e: Error) -> Response {
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    (status, Json(json!({ "error": e.message }))).into_response()
+    let code = match e.kind {
+        ErrorKind::BadInput => "bad-input",
+        ErrorKind::NotFound => "not-found",
+        ErrorKind::Conflict => "conflict",
+        ErrorKind::Invalid => "invalid",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::NoSpace => "no-space",
+        ErrorKind::TooLarge => "too-large",
+        ErrorKind::Internal => "internal",
+    };
+    (status, Json(json!({ "error": e.message, "code": code }))).into_response()
+}
+
+/// A not-found error whose message has `marker` gets the closest deployed
+/// name appended: "… (did you mean 'hello'?)" (`service::suggest`).
+fn did_you_mean(mut e: Error, marker: &str, suggest: impl FnOnce() -> String) -> Error {
+    if e.kind == ErrorKind::NotFound && e.message.contains(marker) {
+        e.message.push_str(&suggest());
+    }
+    e
 }
 
 fn respond(r: Result<(StatusCode, Value), Error>) -> Response {
@@ -433,7 +453,7 @@ async fn start(State(svc): State<Service>, body: Bytes) -> Response {
     respond(async {
         let req: StartRequest = parse_json(&body)?;
         check_len("the process name", &req.process)?;
-        let a = svc.start_instance(&req.process, req.input).await?;
+        let a = svc.start_instance(&req.process, req.input).await.map_err(|e| did_you_mean(e, "no process named", || svc.suggest_process(&req.process)))?;
         let version = svc.load_snapshot(&a.instance).await?.map(|s| s.version).unwrap_or_default();
         Ok((StatusCode::CREATED, json!({ "id": a.instance, "process": req.process, "version": version })))
     }
@@ -446,7 +466,12 @@ struct ListQuery {
     process: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
+    offset: Option<usize>,
+    order: Option<String>,
 }
+
+/// The most instances `GET /v1/instances?offset=` skips.
+const MAX_LIST_OFFSET: usize = 1_000_000;
 
 fn summary(s: &Snapshot, svc: &Service) -> InstanceSummary {
     let deployed = svc.registry.deployed(&s.version);
@@ -463,9 +488,11 @@ fn summary_json(s: &Snapshot, svc: &Service) -> Value {
         ("status" = Option<InstanceStatus>, Query, description = "Only instances of this status"),
         ("process" = Option<String>, Query, description = "Only instances of this process"),
         ("limit" = Option<u64>, Query, description = "At most this many (default 1000, at most 10000)"),
-        ("after" = Option<String>, Query, description = "After this id (`next_after` of the page before)"),
+        ("after" = Option<String>, Query, description = "After this id (`next_after` of the page before); with `order=newest-first`, before it"),
+        ("offset" = Option<u64>, Query, description = "Skip this many first (page N of size L: offset (N-1)·L; at most 1000000)"),
+        ("order" = Option<String>, Query, description = "`oldest-first` (the default: id order, ids are time-ordered) or `newest-first`"),
     ),
-    responses((status = 200, description = "A page of instances in id order", body = doc::InstanceList))
+    responses((status = 200, description = "A page of instances in id order (or its reverse), with the total where it is known", body = doc::InstanceList))
 )]
 async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) -> Response {
     respond(async {
@@ -479,18 +506,49 @@ async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) 
             })?),
         };
         // A page at a time: at most `limit` (1000 by default, 10000 at most)
-        // in id order, after the id `after`; `next_after` names the next page.
+        // in id order (ids are time-ordered), after the id `after`, past
+        // `offset` more; `next_after` names the next page. Newest first
+        // lists every match (the store keeps no reverse index): the console
+        // and the CLI ask for it, an operator's look, not a worker's loop.
         let limit = q.limit.unwrap_or(1000).min(10_000);
-        let filter = InstanceFilter { status, process: q.process.clone(), after: q.after.clone().filter(|a| !a.is_empty()) };
-        let list = svc.store.instances(&filter, limit).await?;
+        let offset = q.offset.unwrap_or(0);
+        if offset > MAX_LIST_OFFSET {
+            return Err(Error::new(ErrorKind::BadInput, format!("offset {offset} is too large: at most {MAX_LIST_OFFSET} (page with `after` instead)")));
+        }
+        let newest_first = match q.order.as_deref() {
+            None | Some("") | Some("oldest-first") => false,
+            Some("newest-first") => true,
+            Some(other) => return Err(Error::new(ErrorKind::BadInput, format!("unknown order '{other}': use oldest-first or newest-first"))),
+        };
+        let after = q.after.clone().filter(|a| !a.is_empty());
+        let list: Vec<Snapshot> = if newest_first {
+            let filter = InstanceFilter { status, process: q.process.clone(), after: None };
+            let mut all = svc.store.instances(&filter, usize::MAX).await?;
+            all.reverse();
+            all.into_iter().filter(|s| after.as_deref().is_none_or(|a| s.id.as_str() < a)).skip(offset).take(limit).collect()
+        } else {
+            let filter = InstanceFilter { status, process: q.process.clone(), after };
+            svc.store.instances(&filter, limit.saturating_add(offset)).await?.into_iter().skip(offset).collect()
+        };
         let items: Vec<InstanceSummary> = list.iter().map(|s| summary(s, &svc)).collect();
         let mut body = json!({ "instances": items, "count": items.len() });
         if items.len() == limit && limit > 0 {
             body["next_after"] = json!(list.last().map(|s| s.id.clone()));
         }
-        // The total of a status needs no listing (an index, or the status column).
-        if let (Some(status), None) = (status, &q.process) {
-            body["total"] = json!(svc.store.count_instances(status).await?);
+        // The total needs no listing (an index, or the status column): of
+        // the status asked for, or of every status.
+        if q.process.is_none() {
+            let total = match status {
+                Some(status) => svc.store.count_instances(status).await?,
+                None => {
+                    let mut total = 0;
+                    for status in [Status::Running, Status::Waiting, Status::Suspended, Status::Completed, Status::Faulted, Status::Terminated] {
+                        total += svc.store.count_instances(status).await?;
+                    }
+                    total
+                }
+            };
+            body["total"] = json!(total);
         }
         Ok((StatusCode::OK, body))
     }
@@ -560,8 +618,12 @@ async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
         if let Some(id) = &req.id {
             check_len("the message id", id)?;
         }
+        let operation = req.operation.clone();
         let m = MessageIn { id: req.id, ..MessageIn::new(req.operation, req.body.to_string()) };
-        let accepted = svc.accept_message(m, None).await?;
+        let accepted = svc
+            .accept_message(m, None)
+            .await
+            .map_err(|e| did_you_mean(e, "no process creates instances on operation", || svc.suggest_operation(&operation)))?;
         let mut out = json!(accepted);
         if req.wait_reply {
             let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(30_000));

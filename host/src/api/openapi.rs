@@ -15,7 +15,7 @@
 //! `tests::every_route_is_documented` checks that the document has exactly
 //! the routes of `api::routes`.
 
-use super::types::*;
+pub use super::types::*;
 use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -191,12 +191,16 @@ fn error_response(description: &str) -> utoipa::openapi::Response {
 
 // ---- Shapes of the bodies handlers build with `json!` ----
 
-/// Every error: `{"error": MESSAGE}`.
+/// Every error: `{"error": MESSAGE}`, and for errors of the service a
+/// `code` (`bad-input`, `not-found`, `conflict`, `invalid`, `unavailable`,
+/// `no-space`, `too-large`, `internal`).
 #[derive(ToSchema)]
 #[schema(as = Error)]
 pub struct ErrorBody {
     /// What went wrong, and what to do about it.
     pub error: String,
+    /// What kind of error it is (absent on errors of the HTTP layer: 401, 403, 405, 413).
+    pub code: Option<String>,
 }
 
 /// The data of an `instance` event of `GET /v1/events`.
@@ -212,248 +216,6 @@ pub struct InstanceEvent {
     pub reason: String,
     pub fence: u64,
     pub at_ms: u64,
-}
-
-/// `GET /v1/health`.
-#[derive(ToSchema)]
-pub struct Health {
-    /// Whether the host is healthy (`status` is `ok`).
-    pub ok: bool,
-    /// `ok` or `degraded`: degraded still serves what it can.
-    #[schema(pattern = "^(ok|degraded)$")]
-    pub status: String,
-    /// Why the host is degraded (empty when ok).
-    pub reasons: Vec<String>,
-    /// Instances held in memory.
-    pub live_instances: u64,
-    /// Since when writes to the store fail (ms since the Unix epoch), while they do.
-    pub writes_failing_since_ms: Option<u64>,
-    /// Damaged records met, if any.
-    pub damaged_records: Option<u64>,
-    /// What the damaged records were.
-    pub damage: Option<Value>,
-}
-
-/// A component deployed (`POST /v1/definitions`).
-#[derive(ToSchema)]
-pub struct Deployed {
-    pub name: String,
-    /// The version: the sha256 of the component.
-    pub version: String,
-    /// `process` or `activity`.
-    pub kind: String,
-    /// False when this version was deployed already.
-    pub created: bool,
-    pub allow_http: Vec<String>,
-    pub resources: Vec<String>,
-}
-
-/// An external activity deployed (`POST /v1/definitions/external`).
-#[derive(ToSchema)]
-pub struct DeployedExternal {
-    pub name: String,
-    pub version: String,
-    /// Always `activity`.
-    pub kind: String,
-    /// Its operations (empty: any).
-    pub external: Option<Vec<String>>,
-    pub created: bool,
-}
-
-/// `GET /v1/definitions`.
-#[derive(ToSchema)]
-pub struct DefinitionList {
-    pub definitions: Vec<DefinitionView>,
-}
-
-/// An instance started (`POST /v1/instances`).
-#[derive(ToSchema)]
-pub struct Started {
-    pub id: String,
-    pub process: String,
-    pub version: String,
-}
-
-/// A page of instances (`GET /v1/instances`).
-#[derive(ToSchema)]
-pub struct InstanceList {
-    pub instances: Vec<InstanceSummary>,
-    pub count: u64,
-    /// Present when more may follow: pass it as `after` for the next page.
-    pub next_after: Option<String>,
-    /// All instances of the status asked for (only with `status` and no `process`).
-    pub total: Option<u64>,
-}
-
-/// `GET /v1/instances/{id}/history`.
-#[derive(ToSchema)]
-pub struct InstanceHistory {
-    pub id: String,
-    pub history: Vec<HistoryView>,
-}
-
-/// An instance after `PUT /v1/instances/{id}/variables`.
-#[derive(serde::Serialize, ToSchema)]
-pub struct WithVariables {
-    #[schema(inline)]
-    #[serde(flatten)]
-    pub summary: InstanceSummary,
-    pub variables: Value,
-}
-
-/// An instance an operation refused, and why.
-#[derive(ToSchema)]
-pub struct RefusedView {
-    pub id: String,
-    pub error: String,
-}
-
-/// `POST /v1/retry`.
-#[derive(ToSchema)]
-pub struct RetryReport {
-    pub retried: Vec<String>,
-    pub refused: Vec<RefusedView>,
-}
-
-/// `POST /v1/migrate`.
-#[derive(ToSchema)]
-pub struct MigrateReport {
-    pub migrated: Vec<String>,
-    pub refused: Vec<RefusedView>,
-}
-
-/// A message accepted (`POST /v1/messages`).
-#[derive(ToSchema)]
-pub struct MessageAccepted {
-    pub message_id: String,
-    /// The instance the message went to (or created).
-    pub instance: String,
-    /// Whether the message created the instance.
-    pub created: bool,
-    /// Whether a message of this id was accepted before (then 200, not 202).
-    pub duplicate: bool,
-    /// With `wait_reply`: the reply.
-    pub reply: Option<ReplyView>,
-}
-
-/// A backup made (`POST /v1/backup`).
-#[derive(ToSchema)]
-pub struct BackupMade {
-    pub name: String,
-    /// Where it is on the host.
-    pub dir: String,
-}
-
-/// A breakpoint: before the activity at `path` of `process`.
-#[derive(ToSchema)]
-pub struct Breakpoint {
-    pub process: String,
-    pub path: String,
-}
-
-/// `GET /v1/breakpoints`.
-#[derive(ToSchema)]
-pub struct BreakpointList {
-    pub breakpoints: Vec<Breakpoint>,
-}
-
-/// A breakpoint set or cleared.
-#[derive(ToSchema)]
-pub struct BreakpointChanged {
-    pub process: String,
-    pub path: String,
-    /// True after `POST`, false after `DELETE`.
-    pub set: bool,
-}
-
-/// A resource (a keyed store processes share).
-#[derive(ToSchema)]
-pub struct ResourceView {
-    pub name: String,
-    pub created_ms: u64,
-}
-
-/// `POST /v1/resources`.
-#[derive(ToSchema)]
-pub struct ResourceCreated {
-    pub name: String,
-    pub created_ms: u64,
-    /// False when it existed already (then 200, not 201).
-    pub created: bool,
-}
-
-/// `GET /v1/resources`.
-#[derive(ToSchema)]
-pub struct ResourceList {
-    pub resources: Vec<ResourceView>,
-}
-
-/// One key of a resource.
-#[derive(ToSchema)]
-pub struct ResourceRow {
-    pub key: String,
-    pub version: u64,
-    pub value: Value,
-}
-
-/// `GET /v1/resources/{name}`: a page of keys.
-#[derive(ToSchema)]
-pub struct ResourceScan {
-    pub name: String,
-    pub count: u64,
-    pub rows: Vec<ResourceRow>,
-    /// Pass as `after` for the next page (null when this is the last).
-    pub next_after: Option<String>,
-}
-
-/// `GET /v1/resources/{name}/keys/{key}`.
-#[derive(ToSchema)]
-pub struct ResourceKey {
-    pub name: String,
-    pub key: String,
-    pub version: u64,
-    pub value: Value,
-}
-
-/// `GET /v1/in-transit`.
-#[derive(ToSchema)]
-pub struct HeldCallList {
-    pub calls: Vec<HeldCallView>,
-    pub count: u64,
-}
-
-/// A token (its secret is never shown again after creation).
-#[derive(ToSchema)]
-pub struct TokenView {
-    pub id: String,
-    /// `worker`, `reader`, `operator` or `admin`.
-    pub role: String,
-    pub created_ms: u64,
-    pub note: String,
-}
-
-/// `POST /v1/tokens`: the token, shown this once.
-#[derive(ToSchema)]
-pub struct TokenCreated {
-    pub id: String,
-    pub role: String,
-    pub created_ms: u64,
-    pub note: String,
-    /// The secret to send as `Authorization: Bearer TOKEN`.
-    pub token: String,
-}
-
-/// `GET /v1/tokens`.
-#[derive(ToSchema)]
-pub struct TokenList {
-    pub tokens: Vec<TokenView>,
-}
-
-/// `DELETE /v1/tokens/{id}`.
-#[derive(ToSchema)]
-pub struct TokenRevoked {
-    pub id: String,
-    pub revoked: bool,
 }
 
 /// A task of an external activity.
@@ -479,32 +241,6 @@ pub struct Task {
 pub struct TaskBatch {
     pub count: u64,
     pub tasks: Vec<Task>,
-}
-
-/// A task in `GET /v1/tasks`: waiting, leased, or held after a crash.
-#[derive(ToSchema)]
-pub struct ListedTask {
-    pub id: String,
-    pub instance: String,
-    pub activity: String,
-    pub operation: String,
-    /// The call's input (absent for a held call).
-    pub input: Option<Value>,
-    pub idempotency_key: String,
-    /// `waiting`, `leased` or `held`.
-    pub state: String,
-    pub since_ms: u64,
-    pub attempt: Option<u32>,
-    pub lease_deadline_ms: Option<u64>,
-    pub lease: Option<String>,
-    pub worker: Option<String>,
-}
-
-/// `GET /v1/tasks`.
-#[derive(ToSchema)]
-pub struct TaskList {
-    pub count: u64,
-    pub tasks: Vec<ListedTask>,
 }
 
 /// A task's completion or failure acknowledged.
@@ -564,51 +300,6 @@ pub struct SearchPage {
     pub partial: bool,
     /// Present when more follow: pass it as `after`.
     pub next_after: Option<String>,
-}
-
-/// Where one branch of an instance stands.
-#[derive(ToSchema)]
-pub struct PositionView {
-    pub path: String,
-    /// `active`, or a set-aside flow branch's `ready` or `waiting`.
-    pub state: String,
-    /// The activity's kind.
-    pub kind: String,
-    /// What it waits for: `{"what": "message" | "timer" | "call" | "pick" | "handling" | "compensating" | "running", …}`.
-    pub waits: BTreeMap<String, Value>,
-}
-
-/// Why a suspended instance stopped.
-#[derive(ToSchema)]
-pub struct StoppedView {
-    pub path: String,
-    /// `breakpoint`, `suspend-activity` or `operator`.
-    pub why: String,
-    pub detail: String,
-}
-
-/// A parent or child instance.
-#[derive(ToSchema)]
-pub struct RelatedInstance {
-    pub id: String,
-    pub process: Option<String>,
-    pub status: Option<InstanceStatus>,
-}
-
-/// `GET /v1/instances/{id}/positions`.
-#[derive(ToSchema)]
-pub struct Positions {
-    pub id: String,
-    pub process: String,
-    pub version: String,
-    pub status: InstanceStatus,
-    pub fence: u64,
-    pub positions: Vec<PositionView>,
-    pub stopped: Option<StoppedView>,
-    pub fault: Option<FaultView>,
-    pub parent: Option<RelatedInstance>,
-    pub children: Vec<RelatedInstance>,
-    pub history: Vec<HistoryView>,
 }
 
 /// What `POST /v1/instances/{id}/{verb}` does.

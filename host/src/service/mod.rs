@@ -39,6 +39,7 @@ mod recovery;
 mod registry;
 mod replies;
 mod resources;
+mod suggest;
 mod tasks;
 mod timers;
 
