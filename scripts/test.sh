@@ -23,7 +23,7 @@ threads="${CAIRN_TEST_THREADS:-2}"
 # order-approval, whose tests run it natively with cairn-testkit). --release
 # so the build scripts' outputs (rocksdb's C++ above all) are the ones
 # build_all already made.
-host_packages="-p cairn-engine -p cairn -p cairn-tests -p cairn-worker -p cairn-testkit -p order-approval"
+host_packages="-p cairn-engine -p cairn -p cairn-client -p cairn-tests -p cairn-worker -p cairn-testkit -p order-approval"
 if [ -f store/Cargo.toml ]; then
     host_packages="$host_packages -p cairn-store"
 fi
