@@ -233,8 +233,10 @@ impl Service {
         earlier: Vec<ResourceWrite>,
     ) -> (Result<String, Fault>, ResourceAccesses) {
         let timeout = timeout_ms.map(std::time::Duration::from_millis);
-        let detail = serde_json::json!({ "target": target, "operation": operation, "input": input, "idempotency_key": idempotency_key });
-        self.record_isolated_effect(instance, "call", detail);
+        if self.is_isolated() {
+            let detail = serde_json::json!({ "target": target, "operation": operation, "input": input, "idempotency_key": idempotency_key });
+            self.record_isolated_effect(instance, "call", detail);
+        }
         match target {
             Target::Activity(name) => {
                 let Some(deployed) = self.registry.latest(ComponentKind::Activity, name) else {
@@ -261,13 +263,13 @@ impl Service {
                 )));
                 let access: crate::resources::Access = resources.clone();
                 let log = LogContext { sink: self.guest_log(), source: name.clone(), instance: instance.to_string(), at: idempotency_key.to_string() };
-                let svc = self.clone();
-                let (op, inp) = (operation.to_string(), input.to_string());
                 let started = std::time::Instant::now();
                 let span = tracing::info_span!("activity_call", instance, activity = %name, operation, at = idempotency_key);
-                let result = tokio::task::spawn_blocking(move || span.in_scope(|| svc.runtime.invoke(&component, &op, &inp, log, timeout, Some(http), Some(access))))
-                    .await
-                    .unwrap_or_else(|e| Err(Fault::new("cairn.internal", format!("activity task failed: {e}"))));
+                // On this task's thread, as the driver runs its handler
+                // calls: block_in_place hands the thread's other tasks to
+                // another thread for the call's duration, without the two
+                // thread hand-offs of spawn_blocking and its await.
+                let result = tokio::task::block_in_place(|| span.in_scope(|| self.runtime.invoke(&component, operation, input, log, timeout, Some(http), Some(access))));
                 self.metrics.activity_call(name, started.elapsed());
                 if let Err(f) = &result {
                     tracing::debug!(instance, activity = %name, operation, fault = %f.name, "activity call faulted: {}", f.message);
