@@ -191,7 +191,12 @@ enum Command {
         api: ApiArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        cluster: crate::cluster_cli::ClusterArgs,
     },
+    /// Cluster mode: see the hosts sharing a PostgreSQL store and who owns which partition.
+    #[command(subcommand)]
+    Cluster(crate::cluster_cli::ClusterCommand),
     /// Write an online, consistent backup of definitions and instances to
     /// NAME under the server's backup root (`serve --backup-dir`, default
     /// DATA/backups, on the server's machine); prints where it went.
@@ -659,6 +664,7 @@ pub fn main() -> i32 {
                 idle: Duration::ZERO,
                 isolated: true,
                 http: http.into(),
+                cluster: None,
             };
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !crate::server::is_loopback(&listen);
@@ -671,7 +677,8 @@ pub fn main() -> i32 {
             };
         }
         Command::Backup { name, json } => backup(&client, &name, json),
-        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, fuel_per_call, guest_log_max_bytes_per_call, guest_log_max_bytes_per_instance, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, config: _, log_format, http, api, tls } => {
+        Command::Cluster(crate::cluster_cli::ClusterCommand::Status { json }) => client.get("/v1/cluster").map(|v| crate::cluster_cli::print_status(&v, json)),
+        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, fuel_per_call, guest_log_max_bytes_per_call, guest_log_max_bytes_per_instance, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, config: _, log_format, http, api, tls, cluster } => {
             if let Err(e) = crate::telemetry::init(log_format) {
                 eprintln!("error: {e:#}");
                 return EXIT_USAGE;
@@ -708,6 +715,7 @@ pub fn main() -> i32 {
                 idle: Duration::from_millis(idle_ms),
                 isolated,
                 http: http.into(),
+                cluster: cluster.config(&listen),
             };
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !crate::server::is_loopback(&listen);

@@ -37,8 +37,27 @@ impl Service {
         if let Some(stored) = self.store.reply(message_id).await? {
             return Ok(stored);
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
+        // In a cluster the reply may be decided on another host: look in the
+        // store too, every 50 ms, until it is there.
+        let polled = async {
+            if self.cluster.is_none() {
+                return std::future::pending::<Reply>().await;
+            }
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if let Ok(Some(stored)) = self.store.reply(message_id).await {
+                    return stored;
+                }
+            }
+        };
+        let answered = async {
+            tokio::select! {
+                r = rx => r.ok(),
+                r = polled => Some(r),
+            }
+        };
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Some(reply)) => Ok(reply),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!("no reply to message {message_id} within {timeout:?}; the message was accepted and the reply may still come"),
