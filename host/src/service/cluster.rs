@@ -148,7 +148,7 @@ pub async fn run(svc: Service) {
             if let Ok(Err(e)) = tokio::time::timeout(tick, svc.registry.refresh()).await {
                 tracing::warn!("reading deployed versions: {e:#}");
             }
-            if round % SWEEP_EVERY == 0 {
+            if round.is_multiple_of(SWEEP_EVERY) {
                 let _ = tokio::time::timeout(tick, sweep(&svc)).await;
             }
         }
