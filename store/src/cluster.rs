@@ -32,8 +32,11 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-/// The channel hosts listen on for wake-ups.
+/// The channel hosts listen on for wake-ups (payload: an instance id).
 pub const WAKE_CHANNEL: &str = "cairn_wake";
+/// The channel of replies committed (payload: the request's message id), for
+/// hosts where a caller waits for a reply another host decided.
+pub const REPLY_CHANNEL: &str = "cairn_reply";
 
 /// How a host joins a cluster (`cairn serve --node …`).
 #[derive(Clone, Debug)]
@@ -331,14 +334,20 @@ impl Leases {
 
     /// Wakes `instance` on whichever host owns it.
     pub async fn notify(&self, instance: &str) -> Result<()> {
+        self.notify_on(WAKE_CHANNEL, instance).await
+    }
+
+    /// Sends `payload` to every host listening on `channel`.
+    pub async fn notify_on(&self, channel: &str, payload: &str) -> Result<()> {
         let c = self.client().await?;
-        c.execute("SELECT pg_notify($1, $2)", &[&WAKE_CHANNEL, &instance]).await.map_err(|e| failed("notifying the owner", e))?;
+        c.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).await.map_err(|e| failed("notifying the other hosts", e))?;
         Ok(())
     }
 
-    /// A new session listening on `WAKE_CHANNEL`: every payload (an instance
-    /// id) arrives on the receiver, which closes when the session ends.
-    pub async fn listen(&self) -> Result<mpsc::UnboundedReceiver<String>> {
+    /// A new session listening on `WAKE_CHANNEL` and `REPLY_CHANNEL`: every
+    /// notification arrives on the receiver as (channel, payload); the
+    /// receiver closes when the session ends.
+    pub async fn listen(&self) -> Result<mpsc::UnboundedReceiver<(String, String)>> {
         let (client, mut connection) = self
             .endpoint
             .config
@@ -350,7 +359,7 @@ impl Leases {
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) => {
-                        if tx.send(n.payload().to_string()).is_err() {
+                        if tx.send((n.channel().to_string(), n.payload().to_string())).is_err() {
                             return;
                         }
                     }
@@ -359,7 +368,10 @@ impl Leases {
                 }
             }
         });
-        client.batch_execute(&format!("LISTEN {WAKE_CHANNEL}")).await.map_err(|e| failed("listening for wake-ups", e))?;
+        client
+            .batch_execute(&format!("LISTEN {WAKE_CHANNEL}; LISTEN {REPLY_CHANNEL}"))
+            .await
+            .map_err(|e| failed("listening for wake-ups", e))?;
         // The session lives as long as its connection.
         tokio::spawn(async move {
             let _client = client;

@@ -401,7 +401,7 @@ async fn cluster_leases_fence_writes_by_partition_epoch() {
     // Wake-ups reach every listener.
     let mut wakes = la.listen().await.unwrap();
     lb.notify(id).await.unwrap();
-    assert_eq!(wakes.recv().await.as_deref(), Some(id));
+    assert_eq!(wakes.recv().await, Some((cairn_store::cluster::WAKE_CHANNEL.to_string(), id.to_string())));
     lb.leave().await.unwrap();
     assert_eq!(la.status().await.unwrap().nodes.len(), 1);
     a.close().await;

@@ -76,6 +76,20 @@ impl Service {
         }
     }
 
+    /// Tells the other hosts that the reply to `message_id` is stored (a
+    /// caller may wait for it there); nothing outside cluster mode.
+    pub fn notify_reply(&self, message_id: &str) {
+        if let Some(c) = &self.cluster {
+            let leases = c.leases.clone();
+            let id = message_id.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = leases.notify_on(cairn_store::cluster::REPLY_CHANNEL, &id).await {
+                    tracing::debug!("telling the other hosts of the reply to {id}: {e} (their callers read it from the store)");
+                }
+            });
+        }
+    }
+
     /// Nodes, partitions, owners, epochs and lease ages; None outside cluster mode.
     pub async fn cluster_status(&self) -> Option<Result<ClusterStatus, super::Error>> {
         let c = self.cluster.as_ref()?;
@@ -270,8 +284,17 @@ pub async fn listen(svc: Service) {
                     sweep(&svc).await;
                 }
                 first = false;
-                while let Some(id) = wakes.recv().await {
-                    if svc.owns(&id) {
+                while let Some((channel, id)) = wakes.recv().await {
+                    if channel == cairn_store::cluster::REPLY_CHANNEL {
+                        if svc.replies.waits(&id) {
+                            let svc = svc.clone();
+                            tokio::spawn(async move {
+                                if let Ok(Some(reply)) = svc.store.reply(&id).await {
+                                    svc.replies.answer(&id, reply);
+                                }
+                            });
+                        }
+                    } else if svc.owns(&id) {
                         svc.drivers.wake(&svc, &id, Wake::Resume);
                     }
                 }

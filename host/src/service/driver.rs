@@ -768,7 +768,10 @@ fn after_commit(svc: &Service, instance: &str, effects: Vec<Effect>) {
             Effect::ClearTimer { timer_id, due_ms } => svc.timers.clear(&TimerKey { due_ms, instance: instance.to_string(), timer_id }),
             Effect::Reply { message_id, body, fault } => {
                 let reply = Reply { body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null), fault };
-                svc.replies.answer(&message_id, reply);
+                if !svc.replies.answer(&message_id, reply) {
+                    // Cluster mode: the caller may wait on another host.
+                    svc.notify_reply(&message_id);
+                }
             }
             e @ (Effect::Invoke { .. } | Effect::Send { .. }) => {
                 crate::failpoint::hit("after-commit-dispatch");
