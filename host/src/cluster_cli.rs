@@ -61,9 +61,9 @@ pub fn print_status(v: &Value, json: bool) -> i32 {
             "{:<20} {:<32} {:>10} {:>6} {:>8}ms",
             n["name"].as_str().unwrap_or(""),
             n["advertise"].as_str().unwrap_or(""),
-            n["partitions"],
+            n["partitions"].to_string(),
             if n["live"].as_bool() == Some(true) { "yes" } else { "no" },
-            n["heartbeat_age_ms"]
+            n["heartbeat_age_ms"].to_string()
         );
     }
     println!();
@@ -72,7 +72,7 @@ pub fn print_status(v: &Value, json: bool) -> i32 {
         let remaining = p["lease_remaining_ms"].as_i64().unwrap_or(0);
         let owner = p["owner"].as_str().filter(|_| remaining > 0).unwrap_or("-");
         let age = p["lease_age_ms"].as_i64().map_or("-".to_string(), |a| format!("{a}ms"));
-        println!("{:>9} {:<20} {:>6} {:>10}ms {:>12}", p["partition"], owner, p["epoch"], remaining.max(0), age);
+        println!("{:>9} {:<20} {:>6} {:>10}ms {:>12}", p["partition"].to_string(), owner, p["epoch"].to_string(), remaining.max(0), age);
     }
     0
 }
