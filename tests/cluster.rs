@@ -14,6 +14,9 @@
 //!   delivers what it held back once it carries them again) stops its
 //!   instances before its leases lapse; the others take its partitions;
 //!   after it comes back none of its old writes lands.
+//! - The same with the host in a network namespace of its own, joined to the
+//!   others by a veth pair whose link is taken down (packets dropped), then
+//!   up again; skipped with a message where namespaces cannot be made.
 
 use cairn_tests::{cluster_database, eventually, Host, TempDir};
 use serde_json::{json, Value};
@@ -326,7 +329,12 @@ mod relay {
 
     impl Relay {
         pub fn start(upstream: String) -> Relay {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            Relay::start_on("127.0.0.1:0", upstream)
+        }
+
+        /// A relay listening on `bind` (an address and port, 0 for any port).
+        pub fn start_on(bind: &str, upstream: String) -> Relay {
+            let listener = TcpListener::bind(bind).unwrap();
             let port = listener.local_addr().unwrap().port();
             listener.set_nonblocking(true).unwrap();
             let cut = Arc::new(AtomicBool::new(false));
@@ -452,4 +460,140 @@ fn a_host_cut_off_from_the_database_stops_writing_and_none_of_its_old_writes_lan
     }
     check_exactly_once(&a, dir.path(), &["a", "b", "c"], &keys);
     drop(c);
+}
+
+/// A network namespace joined to this one by a veth pair: `HOST` is this
+/// side's address, `PEER` the namespace's; `cut` takes the link down.
+mod netns {
+    use std::process::Command;
+
+    pub struct Net {
+        pub name: String,
+        root_if: String,
+        pub host: String,
+    }
+
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    impl Net {
+        /// A namespace and its link, or why they cannot be made here.
+        pub fn make() -> Result<Net, String> {
+            let n = std::process::id() % 250 + 1;
+            let name = format!("cairn-t{n}");
+            let (root_if, ns_if) = (format!("cr{n}"), format!("cn{n}"));
+            let (host, peer) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+            ip(&["netns", "add", &name])?;
+            let net = Net { name: name.clone(), root_if: root_if.clone(), host: host.clone() };
+            ip(&["link", "add", &root_if, "type", "veth", "peer", "name", &ns_if])?;
+            ip(&["link", "set", &ns_if, "netns", &name])?;
+            ip(&["addr", "add", &format!("{host}/24"), "dev", &root_if])?;
+            ip(&["link", "set", &root_if, "up"])?;
+            ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{peer}/24"), "dev", &ns_if])?;
+            ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"])?;
+            ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
+            Ok(net)
+        }
+
+        pub fn cut(&self) {
+            ip(&["link", "set", &self.root_if, "down"]).unwrap();
+        }
+
+        pub fn restore(&self) {
+            ip(&["link", "set", &self.root_if, "up"]).unwrap();
+        }
+    }
+
+    impl Drop for Net {
+        fn drop(&mut self) {
+            let _ = ip(&["link", "del", &self.root_if]);
+            let _ = ip(&["netns", "del", &self.name]);
+        }
+    }
+}
+
+#[test]
+fn a_host_in_a_network_namespace_whose_link_goes_down_stops_writing_and_none_of_its_old_writes_lands() {
+    let test = "a_host_in_a_network_namespace_whose_link_goes_down_stops_writing_and_none_of_its_old_writes_lands";
+    let Some((dir, store)) = setup("cluster-netns") else { return };
+    let net = match netns::Net::make() {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("{test}: skipped (no network namespace can be made here: {e})");
+            return;
+        }
+    };
+    // c runs in the namespace and reaches the database through this side's
+    // end of the link (a relay there carries it on to the server on loopback).
+    let (base, database) = store.rsplit_once('/').unwrap();
+    let (user, addr) = base.rsplit_once('@').unwrap();
+    let bridge = relay::Relay::start_on(&format!("{}:0", net.host), addr.to_string());
+    let through = format!("{user}@{}:{}/{database}", net.host, bridge.port);
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    let c_dir = dir.path().join("c");
+    std::fs::create_dir_all(&c_dir).unwrap();
+    let log = std::fs::File::create(c_dir.join("serve.log")).unwrap();
+    let c = Killed(std::process::Command::new("ip")
+        .args(["netns", "exec", &net.name])
+        .arg(cairn_tests::cairn_bin())
+        .args(["serve", "--data"])
+        .arg(c_dir.join("store"))
+        .args(["--store", &through, "--node", "c", "--listen", "127.0.0.1:7700"])
+        .args(FLAGS)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("ip netns exec cairn serve"));
+    let c_log = || std::fs::read_to_string(c_dir.join("serve.log")).unwrap_or_default();
+    let balanced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_balanced(&a, &["a", "b", "c"])));
+    if balanced.is_err() {
+        panic!("c did not join from its namespace:\n{}", c_log());
+    }
+    a.deploy_effectful("t_recorder", "recorder");
+    a.deploy("t_crash", None);
+    eventually("b lists the deployed versions", WAIT, || b.get("/v1/definitions").1["definitions"].as_array().is_some_and(|d| d.len() >= 2));
+    let keys: Vec<String> = (0..45).map(|i| format!("n{i:02}")).collect();
+    for k in &keys {
+        send_any(&[&a, &b], "crash-start", json!({"key": k}), &format!("start-{k}"));
+    }
+    for k in &keys[..15] {
+        send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+    }
+    net.cut();
+    let cut_at = Instant::now();
+    eventually("c notices it cannot renew and stops its instances", WAIT, || c_log().contains("no lease renewed"));
+    wait_balanced(&a, &["a", "b"]);
+    eprintln!("link down: c's partitions moved to a and b {} ms after the cut", cut_at.elapsed().as_millis());
+    for k in &keys[15..] {
+        send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+    }
+    wait_all_completed(&a, "crashy", keys.len());
+    let snapshot: BTreeMap<String, Value> =
+        a.instances("crashy").into_iter().map(|i| (i["id"].as_str().unwrap().to_string(), a.instance(i["id"].as_str().unwrap()))).collect();
+    net.restore();
+    wait_balanced(&a, &["a", "b", "c"]);
+    for (id, before) in &snapshot {
+        let now = a.instance(id);
+        assert_eq!(now["fence"], before["fence"], "instance {id} was written after it completed: {now:#}");
+    }
+    check_exactly_once(&a, dir.path(), &["a", "b", "c"], &keys);
+    drop(c);
+}
+
+/// A child process killed (and reaped) when dropped, whatever the test did.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
