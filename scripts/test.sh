@@ -50,6 +50,9 @@ if ensure_postgres && start_postgres; then
         -- --test-threads "$threads" 2>&1 | tee -a "$log" || status=$?
     # The store's table specification, on PostgreSQL (CAIRN_TEST_PG is set).
     cargo test --release -p cairn-store --test postgres 2>&1 | tee -a "$log" || status=$?
+    # Cluster mode: three hosts over one database, one test at a time.
+    echo "==> cluster tests (three hosts over one PostgreSQL)" >&2
+    cargo test --release -p cairn-tests --test cluster -- --test-threads 1 2>&1 | tee -a "$log" || status=$?
     stop_postgres
 else
     echo "==> could not start PostgreSQL" >&2

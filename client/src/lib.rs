@@ -443,6 +443,12 @@ impl Client {
         Self::typed(self.send_json("DELETE", &format!("/v1/tokens/{}", escape(id)), &json!({}))?)
     }
 
+    /// `GET /v1/cluster`: nodes, partitions, owners, epochs and lease ages
+    /// (cluster mode; a single host answers 404).
+    pub fn cluster(&self) -> Result<Value> {
+        self.get_json("/v1/cluster")
+    }
+
     /// `POST /v1/backup`: a backup named `name` under the server's backup root.
     pub fn backup(&self, name: &str) -> Result<BackupMade> {
         self.post("/v1/backup", &json!({ "name": name }))

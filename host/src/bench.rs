@@ -98,6 +98,7 @@ async fn config(dir: &Path, fsync: bool) -> anyhow::Result<Config> {
         idle: Duration::ZERO,
         isolated: false,
         http: Default::default(),
+        cluster: None,
     })
 }
 

@@ -228,6 +228,15 @@ enum Command {
         api: ApiArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        cluster: crate::cluster_cli::ClusterArgs,
+    },
+    /// Cluster mode: see the hosts sharing a PostgreSQL store and who owns which partition.
+    Cluster {
+        #[command(subcommand)]
+        cmd: crate::cluster_cli::ClusterCommand,
+        #[command(flatten)]
+        conn: Connection,
     },
     /// Write an online, consistent backup of definitions and instances to
     /// NAME under the server's backup root (`serve --backup-dir`, default
@@ -836,6 +845,7 @@ pub fn main() -> i32 {
                 idle: Duration::ZERO,
                 isolated: true,
                 http: http.into(),
+                cluster: None,
             };
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !crate::server::is_loopback(&listen);
@@ -844,7 +854,7 @@ pub fn main() -> i32 {
                 Err(e) => serve_failed("cairn restore", &data, &e),
             };
         }
-        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, fuel_per_call, guest_log_max_bytes_per_call, guest_log_max_bytes_per_instance, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, config: _, log_format, http, api, tls } => {
+        Command::Serve { data, store, listen, no_fsync, salvage_wal, call_timeout_ms, memory_limit_mb, max_variables_bytes, fuel_per_call, guest_log_max_bytes_per_call, guest_log_max_bytes_per_instance, history_limit, quiet_guests, idle_ms, isolated, shutdown_grace_ms, config: _, log_format, http, api, tls, cluster } => {
             if let Err(e) = crate::telemetry::init(log_format) {
                 eprintln!("error: {e:#}");
                 return EXIT_USAGE;
@@ -881,6 +891,7 @@ pub fn main() -> i32 {
                 idle: Duration::from_millis(idle_ms),
                 isolated,
                 http: http.into(),
+                cluster: cluster.config(&listen),
             };
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !crate::server::is_loopback(&listen);
@@ -890,6 +901,9 @@ pub fn main() -> i32 {
             };
         }
         Command::Backup { name, json, conn } => backup(&conn.client(), &name, json),
+        Command::Cluster { cmd: crate::cluster_cli::ClusterCommand::Status { json }, conn } => {
+            conn.client().cluster().map(|v| crate::cluster_cli::print_status(&v, json)).map_err(CliError::from)
+        }
         Command::Deploy { external: Some(name), operations, json, conn, .. } => deploy_external(&conn.client(), &name, &operations, json),
         Command::Deploy { file, name, allow_http, resources, json, conn, .. } => {
             deploy(&conn.client(), &file.unwrap_or_default(), name, &allow_http, &resources, json)

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bench_http;
 pub mod check;
 pub mod cli;
+pub mod cluster_cli;
 pub mod config;
 pub mod console;
 pub use cairn_store::failpoint;

@@ -14,6 +14,13 @@ pub enum StoreError {
     Storage(String),
     /// The disk (or the database server's disk) is full; nothing was written.
     NoSpace(String),
+    /// Cluster mode: the batch writes an instance of a partition this host
+    /// does not hold under its current lease epoch (it lost or gave up the
+    /// lease); nothing was written. The partition's new owner goes on.
+    Fenced { instance: String, partition: u32 },
+    /// Cluster mode: another host stored a message with this id first
+    /// (exactly-once intake across hosts); nothing was written.
+    Duplicate { message_id: String },
 }
 
 impl StoreError {
@@ -43,6 +50,11 @@ impl std::fmt::Display for StoreError {
             }
             StoreError::Storage(e) => write!(f, "storage error: {e}"),
             StoreError::NoSpace(e) => write!(f, "storage full: {e}"),
+            StoreError::Fenced { instance, partition } => write!(
+                f,
+                "fenced write to instance {instance}: this host does not hold partition {partition} under its current lease epoch"
+            ),
+            StoreError::Duplicate { message_id } => write!(f, "message {message_id} was accepted already (by another host)"),
         }
     }
 }

@@ -27,6 +27,7 @@
 
 pub mod batch;
 pub mod check;
+pub mod cluster;
 pub mod codec;
 pub mod error;
 pub mod failpoint;

@@ -25,6 +25,8 @@
 //! - `meta`         `clean-shutdown` and `isolated` (empty) and `store-format` (one byte)
 //! - `resource_names` name -> `ResourceInfo` (schema version 2)
 //! - `tokens`     id -> `TokenRecord` (schema version 3)
+//! - `cluster`, `partitions`, `nodes`: cluster mode's partition leases
+//!   (schema version 4; `cluster.rs`)
 //! - `resource_rows`  (name, key) -> version and the value (a `String`
 //!   record of its JSON text), NULL for a tombstone. A row at version 0
 //!   with a NULL value is a key that was checked while absent (see below):
@@ -49,6 +51,12 @@
 //!   any statement errors, it is rolled back and replayed with a savepoint
 //!   per batch, so a bad batch is rejected alone and the rest commit.
 //! - A batch is answered only after the COMMIT that carries it returns.
+//!
+//! - Cluster mode (`cluster::join`): a batch that moves an instance's fence
+//!   past 0 also checks, in its transaction, that this host holds the
+//!   instance's partition under the epoch it believes (`lease_check`, `FOR
+//!   SHARE`), or is refused alone (`StoreError::Fenced`); a message record is
+//!   inserted only if no host stored its id before (`StoreError::Duplicate`).
 //!
 //! Reads go to a small round-robin set of other connections (tokio-postgres
 //! pipelines concurrent queries on one connection); no read connection ever
@@ -166,6 +174,24 @@ CREATE TABLE tokens (
     id     text COLLATE "C" PRIMARY KEY,
     record bytea NOT NULL
 );
+"#, r#"
+CREATE TABLE cluster (
+    one        boolean PRIMARY KEY DEFAULT true CHECK (one),
+    partitions integer NOT NULL CHECK (partitions > 0)
+);
+CREATE TABLE partitions (
+    partition   integer PRIMARY KEY,
+    owner       text COLLATE "C",
+    epoch       bigint NOT NULL DEFAULT 0,
+    lease_until timestamptz NOT NULL DEFAULT '-infinity',
+    acquired_at timestamptz
+);
+CREATE TABLE nodes (
+    name       text COLLATE "C" PRIMARY KEY,
+    advertise  text NOT NULL,
+    heartbeat  timestamptz NOT NULL,
+    started_at timestamptz NOT NULL
+);
 "#];
 
 /// Read connections beside the committer's.
@@ -280,6 +306,9 @@ statements! {
                        ON CONFLICT (process, set_name, (md5(vals))) DO UPDATE SET vals = EXCLUDED.vals, instance = EXCLUDED.instance";
     delete_correlation = "DELETE FROM correlations
                           WHERE process = $1 AND set_name = $2 AND md5(vals) = md5($3::text) AND vals = $3::text";
+    // cluster mode
+    lease_check = "SELECT 1 FROM partitions WHERE partition = $1 AND owner = $2 AND epoch = $3 AND lease_until > now() FOR SHARE";
+    insert_message = "INSERT INTO messages (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
     // messages and replies
     message = "SELECT record FROM messages WHERE id = $1";
     put_message = "INSERT INTO messages (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record";
@@ -337,8 +366,8 @@ statements! {
 // Connections
 
 /// Where the store is: the parsed URL, and how to name it without its password.
-struct Endpoint {
-    config: Config,
+pub(crate) struct Endpoint {
+    pub(crate) config: Config,
     /// `HOST:PORT/DATABASE`, for messages.
     name: String,
     /// `SET synchronous_commit = off` on every connection (`fsync == false`).
@@ -347,6 +376,11 @@ struct Endpoint {
 
 impl Endpoint {
     fn parse(url: &str, fsync: bool) -> Result<Endpoint> {
+        Endpoint::parse_with(url, fsync, None)
+    }
+
+    /// As `parse`, with more server options (`-c NAME=VALUE …`) for every session.
+    pub(crate) fn parse_with(url: &str, fsync: bool, extra: Option<&str>) -> Result<Endpoint> {
         let mut config: Config =
             url.parse().map_err(|e| StoreError::Storage(format!("the PostgreSQL store URL is not valid: {e}")))?;
         if config.get_application_name().is_none() {
@@ -361,6 +395,10 @@ impl Endpoint {
         if config.get_options().is_none() {
             config.options("-c statement_timeout=60000");
         }
+        if let Some(extra) = extra {
+            let options = format!("{} {extra}", config.get_options().unwrap_or(""));
+            config.options(options.trim());
+        }
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             #[cfg(unix)]
@@ -374,7 +412,7 @@ impl Endpoint {
     }
 
     /// A new session; its connection runs as a task until the client is dropped.
-    async fn connect(&self) -> Result<Client> {
+    pub(crate) async fn connect(&self) -> Result<Client> {
         let (client, connection) = self
             .config
             .connect(NoTls)
@@ -473,7 +511,12 @@ async fn migrate(client: &mut Client, endpoint: &Endpoint) -> Result<()> {
 
 /// Opens the store in the PostgreSQL database at `url`, migrating its schema.
 pub async fn open(url: &str, fsync: bool) -> Result<crate::Store> {
-    let endpoint = Arc::new(Endpoint::parse(url, fsync)?);
+    open_endpoint(Arc::new(Endpoint::parse(url, fsync)?), None).await
+}
+
+/// Opens the store at `endpoint`; with `held` (cluster mode) its committer
+/// fences instance writes by the partition leases this host holds.
+pub(crate) async fn open_endpoint(endpoint: Arc<Endpoint>, held: Option<Arc<crate::cluster::Held>>) -> Result<crate::Store> {
     let mut first = endpoint.connect().await?;
     migrate(&mut first, &endpoint).await?;
     let committer_conn = Conn::ready(first).await?;
@@ -484,7 +527,15 @@ pub async fn open(url: &str, fsync: bool) -> Result<crate::Store> {
     let (queue, requests) = mpsc::unbounded_channel();
     let stats = Arc::new(Stats::default());
     let health = Arc::new(crate::health::StoreHealth::default());
-    let committer = Committer { endpoint: endpoint.clone(), conn: Some(committer_conn), stats: stats.clone(), health: health.clone() };
+    let answer_within = held.as_ref().map(|h| h.answer_within());
+    let committer = Committer {
+        endpoint: endpoint.clone(),
+        conn: Some(committer_conn),
+        stats: stats.clone(),
+        health: health.clone(),
+        held,
+        answer_within,
+    };
     let handle = tokio::spawn(committer.run(requests));
     Ok(Arc::new(PgStore {
         endpoint,
@@ -494,6 +545,7 @@ pub async fn open(url: &str, fsync: bool) -> Result<crate::Store> {
         committer: Mutex::new(Some(handle)),
         stats,
         health,
+        answer_within,
     }))
 }
 
@@ -563,6 +615,11 @@ enum OpKind {
     Check(usize),
     /// Writes this table.
     Write(&'static str),
+    /// Cluster mode: this host still holds the partition of the batch's
+    /// fence at this index under its epoch; holds only if it finds one row.
+    Lease(usize, u32),
+    /// Cluster mode: the batch's message record is new; holds only if it inserts one row.
+    Unique,
 }
 
 impl<'a> Op<'a> {
@@ -573,7 +630,7 @@ impl<'a> Op<'a> {
     /// Whether the statement's result lets the batch commit.
     fn held(&self, result: &std::result::Result<u64, tokio_postgres::Error>) -> bool {
         match (self.kind, result) {
-            (OpKind::Fence(_) | OpKind::Check(_), Ok(rows)) => *rows == 1,
+            (OpKind::Fence(_) | OpKind::Check(_) | OpKind::Lease(..) | OpKind::Unique, Ok(rows)) => *rows == 1,
             (OpKind::Write(_), Ok(_)) => true,
             (_, Err(_)) => false,
         }
@@ -582,8 +639,23 @@ impl<'a> Op<'a> {
 
 /// The statements of one batch: its fences first, then its resource checks,
 /// then its writes in order.
-fn plan<'a>(st: &'a Statements, batch: &'a WriteBatch) -> Vec<Op<'a>> {
+fn plan<'a>(st: &'a Statements, batch: &'a WriteBatch, held: Option<&crate::cluster::Held>) -> Vec<Op<'a>> {
     let mut ops = Vec::with_capacity(batch.fences.len() + batch.checks.len() + batch.writes.len() + 1);
+    if let Some(held) = held {
+        // Each partition once; a new instance (based on 0) is anyone's to create.
+        let mut seen = Vec::new();
+        for (i, f) in batch.fences.iter().enumerate().filter(|(_, f)| f.based_on > 0) {
+            let partition = held.partition(&f.instance);
+            if seen.contains(&partition) {
+                continue;
+            }
+            seen.push(partition);
+            // Not held: an epoch no partition has, so the check finds nothing.
+            let epoch = held.epoch(partition).map_or(-1, int);
+            let params = params![partition as i32, held.node.clone(), epoch];
+            ops.push(Op { stmt: &st.lease_check, params, kind: OpKind::Lease(i, partition) });
+        }
+    }
     for (i, f) in batch.fences.iter().enumerate() {
         let (stmt, params) = if f.based_on == 0 {
             // Absent counts as 0, as in RocksDB.
@@ -602,7 +674,12 @@ fn plan<'a>(st: &'a Statements, batch: &'a WriteBatch) -> Vec<Op<'a>> {
         ops.push(Op { stmt, params, kind: OpKind::Check(i) });
     }
     for w in &batch.writes {
-        plan_write(st, w, &mut ops);
+        match w {
+            Write::Message { id, record } if held.is_some() => {
+                ops.push(Op { stmt: &st.insert_message, params: params![id.as_str(), encode(record)], kind: OpKind::Unique });
+            }
+            w => plan_write(st, w, &mut ops),
+        }
     }
     ops
 }
@@ -718,6 +795,11 @@ struct Committer {
     stats: Arc<Stats>,
     /// Whether writes fail, observed on every verdict.
     health: Arc<crate::health::StoreHealth>,
+    /// Cluster mode: the partitions this host holds, which fence its writes.
+    held: Option<Arc<crate::cluster::Held>>,
+    /// Cluster mode: how long a group may wait for the database before its
+    /// batches are answered with a storage error and the session dropped.
+    answer_within: Option<std::time::Duration>,
 }
 
 /// The transaction itself failed (the connection, or transaction control):
@@ -742,9 +824,25 @@ impl Committer {
                 }
             }
             let (batches, dones): (Vec<WriteBatch>, Vec<Done>) = group.into_iter().unzip();
-            let verdicts = match self.connection().await {
-                Ok(conn) => commit_group(conn, &batches, &stats).await,
-                Err(e) => vec![Err(e); batches.len()],
+            let held = self.held.clone();
+            let within = self.answer_within;
+            let work = async {
+                match self.connection().await {
+                    Ok(conn) => Ok(commit_group(conn, &batches, &stats, held.as_deref()).await),
+                    Err(e) => Err(e),
+                }
+            };
+            let verdicts = match bounded(within, "committing a group of batches", work).await {
+                Ok(verdicts) => verdicts,
+                Err(e) => {
+                    // No answer in time (cluster mode): whatever it sent may
+                    // still arrive, and is then refused by its lease check
+                    // or its session's idle-in-transaction timeout. A new session for the next group.
+                    if within.is_some() {
+                        self.conn = None;
+                    }
+                    vec![Err(e); batches.len()]
+                }
             };
             for (done, verdict) in dones.into_iter().zip(verdicts) {
                 self.health.writes.observe(&verdict);
@@ -764,12 +862,33 @@ impl Committer {
 }
 
 /// Commits what it can of a group in one transaction; one verdict per batch.
-async fn commit_group(conn: &Conn, batches: &[WriteBatch], stats: &Stats) -> Vec<Result<()>> {
+async fn commit_group(conn: &Conn, batches: &[WriteBatch], stats: &Stats, held: Option<&crate::cluster::Held>) -> Vec<Result<()>> {
+    // Cluster mode: a batch of a partition this host does not hold is
+    // refused here, without a round trip (the database would refuse it too).
+    let unheld: Vec<Option<StoreError>> = batches.iter().map(|b| held.and_then(|h| unheld(b, h))).collect();
+    if unheld.iter().all(Option::is_none) {
+        return commit_held(conn, batches, stats, held).await;
+    }
+    let rest: Vec<WriteBatch> = batches.iter().zip(&unheld).filter(|(_, u)| u.is_none()).map(|(b, _)| b.clone()).collect();
+    let mut verdicts = if rest.is_empty() { Vec::new() } else { commit_held(conn, &rest, stats, held).await }.into_iter();
+    unheld.into_iter().map(|u| u.map_or_else(|| verdicts.next().expect("one verdict per batch"), Err)).collect()
+}
+
+/// `StoreError::Fenced` if `batch` moves the fence of an instance whose
+/// partition `held` does not hold.
+fn unheld(batch: &WriteBatch, held: &crate::cluster::Held) -> Option<StoreError> {
+    batch.fences.iter().filter(|f| f.based_on > 0).find_map(|f| {
+        let partition = held.partition(&f.instance);
+        held.epoch(partition).is_none().then(|| StoreError::Fenced { instance: f.instance.clone(), partition })
+    })
+}
+
+async fn commit_held(conn: &Conn, batches: &[WriteBatch], stats: &Stats, held: Option<&crate::cluster::Held>) -> Vec<Result<()>> {
     let client = &conn.client;
     if batches.iter().any(|b| !b.fences.is_empty()) {
         crate::failpoint::hit("before-write");
     }
-    let plans: Vec<Vec<Op>> = batches.iter().map(|b| plan(&conn.st, b)).collect();
+    let plans: Vec<Vec<Op>> = batches.iter().map(|b| plan(&conn.st, b, held)).collect();
     let verdicts = match optimistic(client, &plans).await {
         Ok(true) => Ok(vec![Ok(()); batches.len()]),
         Ok(false) => match client.batch_execute("ROLLBACK").await {
@@ -862,11 +981,32 @@ async fn one_by_one(conn: &Conn, batches: &[WriteBatch], plans: &[Vec<Op<'_>>]) 
                 let c = &batch.checks[i];
                 storage(&format!("checking the version of resource {} key {}", c.name, c.key), e)
             }
+            (OpKind::Lease(i, partition), Ok(_)) => StoreError::Fenced { instance: batch.fences[i].instance.clone(), partition },
+            (OpKind::Lease(_, partition), Err(e)) => storage(&format!("checking the lease of partition {partition}"), e),
+            (OpKind::Unique, Ok(_)) => {
+                let id = batch.writes.iter().find_map(|w| match w {
+                    Write::Message { id, .. } => Some(id.clone()),
+                    _ => None,
+                });
+                StoreError::Duplicate { message_id: id.unwrap_or_default() }
+            }
+            (OpKind::Unique, Err(e)) => storage("writing messages", e),
             (OpKind::Write(table), Err(e)) => storage(&format!("writing {table}"), e),
             (OpKind::Write(_), Ok(_)) => unreachable!("a write that succeeded holds"),
         }));
     }
     Ok(verdicts)
+}
+
+/// `work`, failed with a storage error if it does not end `within` (cluster
+/// mode: a host cut off from the database must not wait on it forever).
+async fn bounded<T>(within: Option<std::time::Duration>, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    match within {
+        None => work.await,
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(StoreError::Storage(format!("{what}: the PostgreSQL store did not answer within {} ms", limit.as_millis())))
+        }),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -880,6 +1020,8 @@ pub struct PgStore {
     committer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stats: Arc<Stats>,
     health: Arc<crate::health::StoreHealth>,
+    /// Cluster mode: how long a read (or a group commit) may wait for the database.
+    answer_within: Option<std::time::Duration>,
 }
 
 impl PgStore {
@@ -896,13 +1038,19 @@ impl PgStore {
     }
 
     async fn query(&self, what: &str, pick: fn(&Statements) -> &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        let conn = self.reader().await?;
-        conn.client.query(pick(&conn.st), params).await.map_err(|e| storage(what, e))
+        bounded(self.answer_within, what, async {
+            let conn = self.reader().await?;
+            conn.client.query(pick(&conn.st), params).await.map_err(|e| storage(what, e))
+        })
+        .await
     }
 
     async fn query_opt(&self, what: &str, pick: fn(&Statements) -> &Statement, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
-        let conn = self.reader().await?;
-        conn.client.query_opt(pick(&conn.st), params).await.map_err(|e| storage(what, e))
+        bounded(self.answer_within, what, async {
+            let conn = self.reader().await?;
+            conn.client.query_opt(pick(&conn.st), params).await.map_err(|e| storage(what, e))
+        })
+        .await
     }
 }
 

@@ -100,7 +100,7 @@ async fn a_reopened_store_keeps_its_data_and_does_not_migrate_again() {
 
     let again = open(&url).await;
     let version: i32 = sql(&url).await.query_one("SELECT version FROM cairn_schema_version", &[]).await.unwrap().get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let twice = open(&url).await;
     spec::same_contents(&again, &twice).await;
     again.close().await;
@@ -118,12 +118,14 @@ async fn a_database_at_schema_version_1_migrates_to_resources_keeping_its_data()
     // As a cairn before resources left it.
     sql(&url)
         .await
-        .batch_execute("DROP TABLE tokens, resource_rows, resource_names; UPDATE cairn_schema_version SET version = 1")
+        .batch_execute(
+            "DROP TABLE tokens, resource_rows, resource_names, cluster, partitions, nodes; UPDATE cairn_schema_version SET version = 1",
+        )
         .await
         .unwrap();
     let store = open(&url).await;
     let version: i32 = sql(&url).await.query_one("SELECT version FROM cairn_schema_version", &[]).await.unwrap().get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     assert_eq!(store.parked().await.unwrap(), ["p1"]);
     assert!(store.resources().await.unwrap().is_empty());
     let mut b = spec::batch(vec![Write::ResourceCreate(spec::info("stock", 1)), spec::put_row("stock", "w", "1")]);
@@ -142,10 +144,14 @@ async fn a_database_at_schema_version_2_migrates_to_tokens_keeping_its_data() {
     store.close().await;
     drop(store);
     // As a cairn before tokens left it.
-    sql(&url).await.batch_execute("DROP TABLE tokens; UPDATE cairn_schema_version SET version = 2").await.unwrap();
+    sql(&url)
+        .await
+        .batch_execute("DROP TABLE tokens, cluster, partitions, nodes; UPDATE cairn_schema_version SET version = 2")
+        .await
+        .unwrap();
     let store = open(&url).await;
     let version: i32 = sql(&url).await.query_one("SELECT version FROM cairn_schema_version", &[]).await.unwrap().get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     assert_eq!(store.resources().await.unwrap(), [spec::info("stock", 1)]);
     assert!(store.tokens().await.unwrap().is_empty());
     spec::commit(&store, vec![Write::Token(spec::token("t-1", cairn_store::Role::Operator))]).await;
@@ -290,5 +296,125 @@ async fn the_store_reconnects_after_the_server_drops_its_sessions() {
     for _ in 0..8 {
         assert_eq!(store.parked().await.unwrap(), ["p1", "p2"]);
     }
+    store.close().await;
+}
+
+fn member(node: &str, partitions: u32, lease_ms: u64) -> cairn_store::cluster::ClusterConfig {
+    cairn_store::cluster::ClusterConfig { node: node.into(), advertise: format!("http://{node}"), partitions, lease_ms }
+}
+
+/// A batch that moves `instance` from fence `from` to `from + 1`.
+fn step(instance: &str, from: u64) -> cairn_store::WriteBatch {
+    let mut b = spec::batch(vec![Write::Instance(Box::new(spec::snapshot(instance, "orders", cairn_engine::Status::Waiting, from + 1)))]);
+    b.fence(instance, from, from + 1);
+    b
+}
+
+fn assert_fenced(result: Result<(), StoreError>, instance: &str) {
+    match result {
+        Err(StoreError::Fenced { instance: i, .. }) => assert_eq!(i, instance),
+        other => panic!("expected a fenced write of {instance}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_leases_fence_writes_by_partition_epoch() {
+    use cairn_store::cluster::{join, partition_of};
+    let Some(server) = server("cluster_leases_fence_writes_by_partition_epoch") else { return };
+    let url = fresh_url(&server).await;
+    // The first node fixes the partition count; the second's 64 is ignored.
+    let (a, la) = join(&url, true, member("a", 4, 600)).await.expect("a joins");
+    let (b, lb) = join(&url, true, member("b", 64, 600)).await.expect("b joins");
+    assert_eq!(la.held().count(), 4);
+    assert_eq!(lb.held().count(), 4);
+    assert_eq!(lb.live_nodes().await.unwrap(), 2);
+
+    // a claims everything, each partition at epoch 1; nothing is left for b.
+    let claimed = la.claim(10).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| (c.partition, c.epoch, c.released)).collect::<Vec<_>>(), vec![(0, 1, true), (1, 1, true), (2, 1, true), (3, 1, true)]);
+    for c in &claimed {
+        la.held().hold(c.partition, c.epoch);
+    }
+    assert!(lb.claim(10).await.unwrap().is_empty());
+
+    // Any node creates an instance (fence 0 -> 1); only the owner moves it on.
+    let id = "i-cluster";
+    let p = partition_of(id, 4);
+    b.commit(step(id, 0)).await.expect("b creates the instance");
+    a.commit(step(id, 1)).await.expect("the owner writes");
+    assert_fenced(b.commit(step(id, 2)).await, id);
+
+    // a's renewals keep its leases; they lapse once it stops renewing and b takes them.
+    assert_eq!(la.renew().await.unwrap().len(), 4);
+    // b claims one partition at a time (holding each, as a host does) until it has p.
+    let mut first = None;
+    let epoch = loop {
+        let claimed = lb.claim(1).await.unwrap();
+        for c in &claimed {
+            lb.held().hold(c.partition, c.epoch);
+            first.get_or_insert((c.epoch, c.released));
+        }
+        if let Some(c) = claimed.iter().find(|c| c.partition == p) {
+            break c.epoch;
+        }
+        if claimed.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(first, Some((2, false)), "a lapsed lease is a crash for its partition");
+    lb.held().hold(p, epoch);
+    // a still believes it holds the partition: the database refuses its write.
+    assert!(la.held().epoch(p).is_some());
+    assert_fenced(a.commit(step(id, 2)).await, id);
+    b.commit(step(id, 2)).await.expect("the new owner writes");
+    assert_eq!(b.instance(id).await.unwrap().unwrap().fence, 3);
+    // a's renewal tells it what it lost; forgotten, a's writes are refused before they leave.
+    let kept = la.renew().await.unwrap();
+    assert!(kept.is_empty(), "every lease of a had lapsed: {kept:?}");
+    la.held().forget(p);
+    assert_fenced(a.commit(step(id, 3)).await, id);
+
+    // A released partition is claimed at once, as released.
+    lb.release(p, epoch).await.unwrap();
+    lb.held().forget(p);
+    let again = la.claim(4).await.unwrap();
+    let mine = again.iter().find(|c| c.partition == p).expect("a claims the released partition");
+    assert!(mine.released);
+    assert_eq!(mine.epoch, epoch + 1);
+
+    // Exactly-once intake across hosts: a message id is stored once.
+    let record = cairn_store::IntakeRecord { instance: id.into(), operation: "order".into(), accepted_ms: 1 };
+    a.commit(spec::batch(vec![Write::Message { id: "m-1".into(), record: record.clone() }])).await.unwrap();
+    match b.commit(spec::batch(vec![Write::Message { id: "m-1".into(), record }])).await {
+        Err(StoreError::Duplicate { message_id }) => assert_eq!(message_id, "m-1"),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+
+    // The status names both nodes and every partition's owner and epoch.
+    let status = la.status().await.unwrap();
+    assert_eq!(status.partitions, 4);
+    assert_eq!(status.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+    assert_eq!(status.owners.len(), 4);
+    let owner = status.owners.iter().find(|o| o.partition == p).unwrap();
+    assert_eq!((owner.owner.as_deref(), owner.epoch), (Some("a"), epoch + 1));
+
+    // Wake-ups reach every listener.
+    let mut wakes = la.listen().await.unwrap();
+    lb.notify(id).await.unwrap();
+    assert_eq!(wakes.recv().await, Some((cairn_store::cluster::WAKE_CHANNEL.to_string(), id.to_string())));
+    lb.leave().await.unwrap();
+    assert_eq!(la.status().await.unwrap().nodes.len(), 1);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_host_postgres_store_keeps_upserting_messages() {
+    // Outside cluster mode nothing changes: a message record is overwritten.
+    let Some(server) = server("a_single_host_postgres_store_keeps_upserting_messages") else { return };
+    let store = open(&fresh_url(&server).await).await;
+    let record = cairn_store::IntakeRecord { instance: "i".into(), operation: "order".into(), accepted_ms: 1 };
+    store.commit(spec::batch(vec![Write::Message { id: "m".into(), record: record.clone() }])).await.unwrap();
+    store.commit(spec::batch(vec![Write::Message { id: "m".into(), record }])).await.unwrap();
     store.close().await;
 }

@@ -81,6 +81,19 @@ pub fn postgres_store(data: &Path) -> Option<String> {
         return None;
     }
     let server = std::env::var("CAIRN_TEST_PG").unwrap();
+    Some(create_database(&server, data))
+}
+
+/// A database for a cluster of hosts sharing one store (tests/cluster.rs),
+/// named after `dir`, on the server of `CAIRN_TEST_PG` whatever
+/// `CAIRN_TEST_STORE` says; None (the test skips) without a server.
+pub fn cluster_database(dir: &Path) -> Option<String> {
+    let server = std::env::var("CAIRN_TEST_PG").ok().filter(|s| !s.is_empty())?;
+    Some(create_database(&server, dir))
+}
+
+/// Creates (if it does not exist) the database named after `data` on `server`; returns its URL.
+fn create_database(server: &str, data: &Path) -> String {
     let server = server.trim_end_matches('/');
     // FNV-1a, 64 bits: deterministic across runs and processes.
     let hash = data
@@ -97,7 +110,7 @@ pub fn postgres_store(data: &Path) -> Option<String> {
         .unwrap_or_else(|e| panic!("run createdb (the PostgreSQL client programs must be on PATH): {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() || stderr.contains("already exists"), "createdb {name} on {server} failed: {stderr}");
-    Some(format!("{server}/{name}"))
+    format!("{server}/{name}")
 }
 
 /// `postgres://USER@HOST:PORT` into its parts.
@@ -152,6 +165,13 @@ impl Host {
     /// store: a restored environment lives there.
     pub fn start_embedded(data: &Path, flags: &[&str], env: &[(&str, &str)]) -> Host {
         Host::launch(data, &["serve", "--store", "rocksdb"], flags, env)
+    }
+
+    /// `cairn serve --store STORE --node NODE` on `data`: one host of a
+    /// cluster sharing the PostgreSQL store `store`.
+    pub fn start_node(data: &Path, store: &str, node: &str, flags: &[&str]) -> Host {
+        std::fs::create_dir_all(data).unwrap();
+        Host::launch(data, &["serve", "--store", store, "--node", node], flags, &[])
     }
 
     /// `cairn restore BACKUP --data DATA/store`: an isolated environment.

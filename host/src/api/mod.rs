@@ -92,6 +92,7 @@ pub fn routes(config: &ApiConfig) -> Vec<Route> {
         Route::new(Method::GET, "/v1/health", health),
         Route::new(Method::GET, "/v1/openapi.json", openapi::document),
         Route::new(Method::GET, "/metrics", metrics),
+        Route::new(Method::GET, "/v1/cluster", cluster_status),
         Route::new(Method::POST, "/v1/definitions", deploy).body_limit(config.max_component_bytes),
         Route::new(Method::GET, "/v1/definitions", list_definitions),
         Route::new(Method::POST, "/v1/definitions/external", tasks::deploy_external),
@@ -367,6 +368,26 @@ async fn health(State(svc): State<Service>) -> Response {
     body["status"] = json!(if reasons.is_empty() { "ok" } else { "degraded" });
     body["reasons"] = json!(reasons);
     Json(body).into_response()
+}
+
+/// Cluster mode (`serve --node`): nodes, partitions, owners, epochs and
+/// lease ages, as the shared store holds them; any host answers.
+#[utoipa::path(
+    get, path = "/v1/cluster", tag = "host",
+    responses(
+        (status = 200, description = "The cluster's nodes and partitions", body = doc::ClusterStatus),
+        (status = 404, description = "This host is not part of a cluster (serve --node)", body = doc::ErrorBody),
+    )
+)]
+async fn cluster_status(State(svc): State<Service>) -> Response {
+    match svc.cluster_status().await {
+        None => error(Error::new(
+            ErrorKind::NotFound,
+            "this host is not part of a cluster: start it with serve --store postgres://… --node NAME",
+        )),
+        Some(Ok(status)) => Json(status).into_response(),
+        Some(Err(e)) => error(e),
+    }
 }
 
 /// `?name=NAME&allow_http=PREFIX&allow_http=…` (`allow_http` repeats).

@@ -40,6 +40,7 @@ pub const SECURITY_SCHEME: &str = "bearer";
         super::health,
         document,
         super::metrics,
+        super::cluster_status,
         super::deploy,
         super::list_definitions,
         super::tasks::deploy_external,
@@ -216,6 +217,48 @@ pub struct InstanceEvent {
     pub reason: String,
     pub fence: u64,
     pub at_ms: u64,
+}
+
+/// `GET /v1/cluster`.
+#[derive(ToSchema)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node: String,
+    /// The partition count, fixed when the cluster was created.
+    pub partitions: u32,
+    /// How long a lease lasts without renewal, in milliseconds.
+    pub lease_ms: u64,
+    pub nodes: Vec<ClusterNode>,
+    /// Every partition, in order.
+    pub owners: Vec<ClusterPartition>,
+}
+
+/// One host of the cluster.
+#[derive(ToSchema)]
+pub struct ClusterNode {
+    pub name: String,
+    /// Where its API is reached.
+    pub advertise: String,
+    /// Milliseconds since its last heartbeat (on the database's clock).
+    pub heartbeat_age_ms: i64,
+    /// Its heartbeat is younger than one lease.
+    pub live: bool,
+    /// Partitions it holds under an unexpired lease.
+    pub partitions: u32,
+}
+
+/// One partition and its lease.
+#[derive(ToSchema)]
+pub struct ClusterPartition {
+    pub partition: u32,
+    /// The node that claimed it last (its lease may have expired).
+    pub owner: Option<String>,
+    /// One more at every claim; writes are fenced by it.
+    pub epoch: u64,
+    /// Milliseconds until the lease expires (negative: expired).
+    pub lease_remaining_ms: i64,
+    /// Milliseconds since its owner claimed it.
+    pub lease_age_ms: Option<i64>,
 }
 
 /// A task of an external activity.

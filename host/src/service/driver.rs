@@ -65,7 +65,7 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
                 // A little later each time, so that contenders spread out.
                 tokio::time::sleep(std::time::Duration::from_millis(u64::from(conflicts.min(50)) * (1 + now_ms() % 3))).await;
             }
-            Err(e) if is_storage_failure(&e) && !svc.is_shutting_down() => {
+            Err(e) if is_storage_failure(&e) && !svc.must_stop(&id) => {
                 // Nothing of the failed point was written and nothing of it
                 // left the host: once the store takes writes again, the
                 // instance goes on from its last persistence point. A
@@ -79,9 +79,14 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
                 }
                 failures += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(100 << failures.min(3))).await;
-                if svc.is_shutting_down() {
+                if svc.must_stop(&id) {
                     break;
                 }
+            }
+            Err(e) if is_fenced(&e) => {
+                // Cluster mode: the partition moved to another host, which goes on.
+                tracing::info!(instance = %id, "stops here: {e}");
+                break;
             }
             Err(e) => {
                 tracing::error!(instance = %id, "instance stopped: {e:#}");
@@ -97,6 +102,11 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
 /// as opposed to damage or a bug: worth retrying.
 fn is_storage_failure(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<cairn_store::StoreError>(), Some(cairn_store::StoreError::Storage(_) | cairn_store::StoreError::NoSpace(_)))
+}
+
+/// Whether `e` is a write refused because this host no longer holds the instance's partition.
+fn is_fenced(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<cairn_store::StoreError>(), Some(cairn_store::StoreError::Fenced { .. }))
 }
 
 /// A persistence point lost a resource conflict: nothing of it was written.
@@ -164,9 +174,15 @@ async fn drive_machine(
             return Ok(());
         }
     }
-    let deployed = svc
-        .registry
-        .deployed(&snap.version)
+    let deployed = match svc.registry.deployed(&snap.version) {
+        // Cluster mode: deployed through another host a moment ago.
+        None if svc.cluster.is_some() => {
+            svc.registry.refresh().await?;
+            svc.registry.deployed(&snap.version)
+        }
+        found => found,
+    };
+    let deployed = deployed
         .ok_or_else(|| anyhow!("definition version {} of process '{}' is not deployed", snap.version, snap.process))?;
     let def = deployed.record.definition.as_ref().ok_or_else(|| anyhow!("version {} is not a process", snap.version))?;
     let Loaded::Process(component) = svc.registry.component(&deployed).await? else {
@@ -233,7 +249,7 @@ async fn drive_machine(
         // point falls between a call and its result.
         // Inside an atomic scope nothing is persisted: a shutdown there is a
         // crash for the scope, which runs again from its start.
-        if svc.is_shutting_down() && input == Input::Continue {
+        if svc.must_stop(id) && input == Input::Continue {
             if m.in_atomic().is_some() {
                 return Ok(());
             }
@@ -752,7 +768,10 @@ fn after_commit(svc: &Service, instance: &str, effects: Vec<Effect>) {
             Effect::ClearTimer { timer_id, due_ms } => svc.timers.clear(&TimerKey { due_ms, instance: instance.to_string(), timer_id }),
             Effect::Reply { message_id, body, fault } => {
                 let reply = Reply { body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null), fault };
-                svc.replies.answer(&message_id, reply);
+                if !svc.replies.answer(&message_id, reply) {
+                    // Cluster mode: the caller may wait on another host.
+                    svc.notify_reply(&message_id);
+                }
             }
             e @ (Effect::Invoke { .. } | Effect::Send { .. }) => {
                 crate::failpoint::hit("after-commit-dispatch");

@@ -39,6 +39,20 @@ impl Drivers {
         if svc.is_shutting_down() {
             return;
         }
+        // Cluster mode: another host runs it.
+        if !svc.owns(id) {
+            drop(live);
+            match wake {
+                Wake::Resume => svc.notify_owner(id),
+                Wake::Control(_, responder) => {
+                    let _ = responder.send(Err(format!(
+                        "instance {id} runs on another host of the cluster now: send the verb to its owner (cairn cluster status)"
+                    )));
+                }
+                _ => {}
+            }
+            return;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(wake);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -51,7 +65,7 @@ impl Drivers {
     /// its ack is told when the first persistence point commits, or dropped
     /// if the host is shutting down.
     pub fn create(&self, svc: &Service, id: &str, creation: driver::Creation) {
-        if svc.is_shutting_down() {
+        if svc.is_shutting_down() || !svc.owns(id) {
             return;
         }
         let mut live = self.live.lock().unwrap();
@@ -108,6 +122,32 @@ impl Drivers {
 
     pub fn count(&self) -> usize {
         self.live.lock().unwrap().len()
+    }
+
+    /// Tells the live drivers of the instances `of` selects to look again,
+    /// so that those that must stop (`Service::must_stop`) do.
+    pub fn signal_where(&self, of: impl Fn(&str) -> bool) -> usize {
+        let live = self.live.lock().unwrap();
+        let mut n = 0;
+        for (_, (_, tx)) in live.iter().filter(|(id, _)| of(id)) {
+            let _ = tx.send(Wake::Shutdown);
+            n += 1;
+        }
+        n
+    }
+
+    /// Stops the live drivers of the instances `of` selects (their
+    /// partition is being handed over: each takes a persistence point) and
+    /// waits, at most `limit`, until none is left.
+    pub async fn stop_where(&self, of: impl Fn(&str) -> bool, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.signal_where(&of) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("some instances of a partition handed over did not stop in time (their writes are fenced once it is released)");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Tells every live driver to take a persistence point and stop, and

@@ -109,7 +109,14 @@ impl Service {
             if let Some(rec) = self.store.message(&message_id).await? {
                 return Ok(Accepted { message_id, instance: rec.instance, created: false, duplicate: true });
             }
-            let route = self.route(&m, process, &res).await?;
+            let route = match self.route(&m, process, &res).await {
+                // Cluster mode: the process may have been deployed through
+                // another host a moment ago.
+                Err(e) if e.kind == ErrorKind::NotFound && self.cluster.is_some() && self.registry.refresh().await.unwrap_or(0) > 0 => {
+                    self.route(&m, process, &res).await?
+                }
+                r => r?,
+            };
             let (instance, reserved) = match &route {
                 Route::Existing(id) => (id.clone(), None),
                 Route::Create { correlation, .. } => {
@@ -135,7 +142,8 @@ impl Service {
         // (`driver::Creation`) and runs on: a wake would only make it wait
         // for the points it has in flight before it reads the inbox again.
         let driver_has_it = matches!(&route, Route::Create { deployed, .. }
-            if deployed.definition().is_some_and(|d| d.kind == engine::ProcessKind::LongRunning));
+            if deployed.definition().is_some_and(|d| d.kind == engine::ProcessKind::LongRunning))
+            && self.owns(&instance);
         let (done, outcome) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let result = match &route {
@@ -144,6 +152,8 @@ impl Service {
                 // point (the receive that consumes the message), and answers
                 // once it has. A microflow's first point is its end, so its
                 // message is stored at once.
+                // (In a cluster, only if this host owns the new instance's
+                // partition; otherwise it is stored here and its owner woken.)
                 _ if driver_has_it => svc.create_instance(&m, &mid, &route, &inst).await,
                 _ => svc.commit_intake(&m, &mid, &route, &inst).await,
             };
@@ -158,7 +168,17 @@ impl Service {
                 svc.wake(&inst);
             }
         });
-        outcome.await.map_err(|_| Error::new(ErrorKind::Internal, "the intake task ended without an answer"))??;
+        let result = outcome.await.map_err(|_| Error::new(ErrorKind::Internal, "the intake task ended without an answer"))?;
+        if let Err(e) = result {
+            // Cluster mode: another host may have stored the same message id
+            // first (the store refuses the second); that is a duplicate.
+            if self.cluster.is_some() {
+                if let Ok(Some(rec)) = self.store.message(&message_id).await {
+                    return Ok(Accepted { message_id, instance: rec.instance, created: false, duplicate: true });
+                }
+            }
+            return Err(e);
+        }
         if !driver_has_it {
             self.wake(&instance);
         }

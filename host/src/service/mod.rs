@@ -15,6 +15,7 @@
 //! | `Events` | `events.rs` | the live stream of persistence points (the console's `GET /v1/events`) |
 //! | (lifecycle) | `lifecycle.rs` | retry of faulted instances, cancel, variables checked by the guest |
 //! | recovery | `recovery.rs` | what resumes at start |
+//! | `Cluster` | `cluster.rs` | cluster mode: the lease loop, wake-ups between hosts |
 //!
 //! Lock order, where locks meet: `Intake::reservations` (async) is held
 //! across store reads, and before `Registry`'s lock (read briefly inside it);
@@ -29,6 +30,7 @@
 //! Activity results come back to the driver as wakes.
 
 mod calls;
+pub mod cluster;
 mod driver;
 mod drivers;
 mod events;
@@ -90,6 +92,9 @@ pub struct Config {
     pub isolated: bool,
     /// Outbound HTTP of activity components.
     pub http: HttpConfig,
+    /// Cluster mode (`serve --node`): this host's part of a cluster of hosts
+    /// over one PostgreSQL store. None: the host owns every instance.
+    pub cluster: Option<cairn_store::cluster::ClusterConfig>,
 }
 
 /// Outbound HTTP as `cairn serve` configures it (see `crate::outbound`).
@@ -177,9 +182,10 @@ impl From<StoreError> for Error {
         let kind = match e {
             StoreError::Storage(_) => ErrorKind::Unavailable,
             StoreError::NoSpace(_) => ErrorKind::NoSpace,
+            StoreError::Fenced { .. } | StoreError::Duplicate { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         };
-        let retry = if kind == ErrorKind::Internal { "" } else { " (nothing was written; the host retries in the background: try again later)" };
+        let retry = if matches!(kind, ErrorKind::Internal | ErrorKind::Conflict) { "" } else { " (nothing was written; the host retries in the background: try again later)" };
         Error::new(kind, format!("{e}{retry}"))
     }
 }
@@ -222,6 +228,8 @@ pub struct Inner {
     pub http: Arc<HttpPolicy>,
     /// What `GET /metrics` serves (`crate::metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Cluster mode: the partition leases (`cluster.rs`).
+    pub cluster: Option<Arc<cluster::Cluster>>,
 }
 
 /// The wiring: a cheap handle on every component.
@@ -242,13 +250,22 @@ impl Service {
         let began = std::time::Instant::now();
         std::fs::create_dir_all(&config.data_dir)?;
         let options = cairn_store::OpenOptions { fsync: config.fsync, salvage_wal: config.salvage_wal };
-        let store = cairn_store::open_with(&config.store, options).await?;
+        let (store, leases) = match (&config.cluster, &config.store) {
+            (None, _) => (cairn_store::open_with(&config.store, options).await?, None),
+            (Some(c), Location::Postgres { url }) => {
+                let (store, leases) = cairn_store::cluster::join(url, config.fsync, c.clone()).await?;
+                (store, Some(leases))
+            }
+            (Some(_), _) => anyhow::bail!("--node (cluster mode) needs a shared PostgreSQL store: give --store postgres://…"),
+        };
+        let cluster = leases.map(|l| Arc::new(cluster::Cluster::new(l)));
         let store_opened = began.elapsed();
         let runtime = Arc::new(Runtime::new(config.limits.clone(), Some(config.data_dir.join("compiled")))?);
         let runtime_made = began.elapsed();
         let guest_log = Arc::new(GuestLog::open(&config.data_dir.join("guest-log.jsonl"), config.echo_guest_log, config.limits.guest_log_bytes_per_instance)?);
         let registry = Registry::load(&store, &runtime).await?;
-        let timers = Timers::load(&store).await?;
+        // In a cluster each claimed partition's timers are loaded when it is claimed.
+        let timers = if cluster.is_some() { Timers::empty() } else { Timers::load(&store).await? };
         let operator = Operator::load(&store).await?;
         let loaded = began.elapsed();
         let isolated = store.isolated().await?;
@@ -280,13 +297,17 @@ impl Service {
             shutting_down: AtomicBool::new(false),
             isolated,
             http,
+            cluster,
         }));
         // Whether the last run stopped under control; this run has not, yet.
-        let clean = svc.store.clean_shutdown().await?;
-        svc.clean_start.store(clean, Ordering::SeqCst);
-        let mut b = WriteBatch::new();
-        b.push(Write::CleanShutdown(false));
-        svc.store.commit(b).await?;
+        // (A cluster tells it per partition: a released lease is a controlled stop.)
+        if svc.cluster.is_none() {
+            let clean = svc.store.clean_shutdown().await?;
+            svc.clean_start.store(clean, Ordering::SeqCst);
+            let mut b = WriteBatch::new();
+            b.push(Write::CleanShutdown(false));
+            svc.store.commit(b).await?;
+        }
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
         let _ = svc.startup.set(format!(
             "ready in {:.0} ms: store opened {:.0} ms, runtime {:.0} ms, definitions, timers and operator state {:.0} ms, first write {:.0} ms; recovery goes on in the background",
@@ -298,6 +319,12 @@ impl Service {
         ));
         tokio::spawn(timers::run(svc.clone()));
         tokio::spawn(tasks::run(svc.clone()));
+        if svc.cluster.is_some() {
+            // Partitions are claimed, and their instances recovered, by the lease loop.
+            tokio::spawn(cluster::listen(svc.clone()));
+            tokio::spawn(cluster::run(svc.clone()));
+            return Ok(svc);
+        }
         let recovering = svc.clone();
         tokio::spawn(async move {
             if let Err(e) = recovery::recover(&recovering).await {
@@ -424,6 +451,11 @@ impl Service {
         self.shutting_down.store(true, Ordering::SeqCst);
         self.timers.stop();
         self.drivers.stop_all(std::time::Duration::from_secs(30)).await;
+        if self.cluster.is_some() {
+            cluster::leave(self).await;
+            self.store.close().await;
+            return;
+        }
         let mut b = WriteBatch::new();
         b.push(Write::CleanShutdown(true));
         if let Err(e) = self.store.commit(b).await {

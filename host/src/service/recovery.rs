@@ -15,15 +15,29 @@ use std::collections::BTreeSet;
 /// crash, running instances of definitions with deferred recovery are
 /// parked until an operator releases them.
 pub async fn recover(svc: &Service) -> anyhow::Result<()> {
+    let crashed = !svc.clean_start();
+    recover_scope(svc, Scope { keep: Box::new(|_| true), crashed: Box::new(move |_| crashed) }).await
+}
+
+/// Which instances a recovery looks at, and whether each one's last host
+/// crashed (deferred recovery parks running instances only after a crash).
+/// In cluster mode, the partitions just claimed; otherwise every instance.
+pub struct Scope {
+    pub keep: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    pub crashed: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+/// `recover` for the instances of `scope`.
+pub async fn recover_scope(svc: &Service, scope: Scope) -> anyhow::Result<()> {
     let progress = crate::progress::spinner("recovery: listing running instances");
-    let found = recover_with(svc, &progress).await;
+    let found = recover_with(svc, &progress, &scope).await;
     progress.finish_and_clear();
     svc.metrics.recovery_done.set(1);
     found
 }
 
-async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar) -> anyhow::Result<()> {
-    let crashed = !svc.clean_start();
+async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar, scope: &Scope) -> anyhow::Result<()> {
+    let keep = &scope.keep;
     let mut resume = BTreeSet::new();
     let mut park = Vec::new();
     // Each step goes on past damage: a record that does not decode is
@@ -32,7 +46,8 @@ async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar) -> anyho
     let running = InstanceFilter { status: Some(Status::Running), process: None, after: None };
     match svc.store.instances(&running, usize::MAX).await {
         Ok(snapshots) => {
-            for s in snapshots {
+            for s in snapshots.into_iter().filter(|s| keep(&s.id)) {
+                let crashed = (scope.crashed)(&s.id);
                 let deferred = svc.registry.deployed(&s.version).and_then(|d| d.definition().map(|d| d.deferred_recovery));
                 if crashed && deferred == Some(true) {
                     park.push(s.id);
@@ -46,7 +61,7 @@ async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar) -> anyho
     progress.set_message("recovery: listing inboxes");
     match svc.store.inbox_owners().await {
         Ok(owners) => {
-            for id in owners {
+            for id in owners.into_iter().filter(|id| keep(id)) {
                 match svc.load_snapshot(&id).await {
                     Ok(Some(s)) if s.status == Status::Waiting => {
                         resume.insert(id);
@@ -60,7 +75,7 @@ async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar) -> anyho
             // A damaged block ends the scan: look up each waiting instance's
             // own inbox instead, so only the instances in the block are missed.
             tracing::error!("recovery: listing inboxes: {e} (looking at each waiting instance instead)");
-            for id in waiting_with(svc, Table::Inbox).await {
+            for id in waiting_with(svc, Table::Inbox).await.into_iter().filter(|id| keep(id)) {
                 resume.insert(id);
             }
         }
@@ -68,7 +83,7 @@ async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar) -> anyho
     progress.set_message("recovery: reading the outbox");
     match svc.store.all_outbox().await {
         Ok(outbox) => {
-            for (id, effect) in outbox {
+            for (id, effect) in outbox.into_iter().filter(|(id, _)| keep(id)) {
                 match svc.load_snapshot(&id).await {
                     Ok(Some(s)) if s.status.is_terminal() => svc.dispatch(&id, effect, 1),
                     Ok(_) => {
@@ -80,7 +95,7 @@ async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar) -> anyho
         }
         Err(e) => {
             tracing::error!("recovery: reading the outbox: {e} (looking at each waiting instance's instead)");
-            for id in waiting_with(svc, Table::Outbox).await {
+            for id in waiting_with(svc, Table::Outbox).await.into_iter().filter(|id| keep(id)) {
                 resume.insert(id);
             }
         }

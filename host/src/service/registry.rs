@@ -108,6 +108,29 @@ impl Registry {
         Ok(Registry { versions: RwLock::new(versions), store: store.clone(), runtime: runtime.clone() })
     }
 
+    /// Cluster mode: takes in the versions another host deployed since
+    /// (their records; components load on first use). Returns how many.
+    pub async fn refresh(&self) -> anyhow::Result<usize> {
+        let records = self.store.definitions().await?;
+        let mut versions = self.versions.write().unwrap();
+        let mut added = 0;
+        for record in records {
+            if versions.by_version.contains_key(&record.version) {
+                continue;
+            }
+            let external = record.external.is_some().then_some(Loaded::External);
+            let what = format!("{} {}", record.name, record.version);
+            match Deployed::new(record, external) {
+                Ok(d) => {
+                    versions.insert(Arc::new(d));
+                    added += 1;
+                }
+                Err(e) => tracing::error!("the grant of {what}: {e}"),
+            }
+        }
+        Ok(added)
+    }
+
     /// The compiled component of `d`, loaded on its first use since the
     /// start: from the compiled cache when it holds it, else compiled from
     /// the stored bytes (and cached).

@@ -16,11 +16,19 @@ pub struct Replies {
 }
 
 impl Replies {
-    /// Answers everyone waiting for the reply to `message_id`.
-    pub fn answer(&self, message_id: &str, reply: Reply) {
-        for waiter in self.waiters.lock().unwrap().remove(message_id).unwrap_or_default() {
+    /// Answers everyone waiting for the reply to `message_id`; false if nobody waited here.
+    pub fn answer(&self, message_id: &str, reply: Reply) -> bool {
+        let waiters = self.waiters.lock().unwrap().remove(message_id).unwrap_or_default();
+        let any = !waiters.is_empty();
+        for waiter in waiters {
             let _ = waiter.send(reply.clone());
         }
+        any
+    }
+
+    /// Whether a caller waits here for the reply to `message_id`.
+    pub fn waits(&self, message_id: &str) -> bool {
+        self.waiters.lock().unwrap().contains_key(message_id)
     }
 
     fn register(&self, message_id: &str) -> oneshot::Receiver<Reply> {
@@ -37,8 +45,28 @@ impl Service {
         if let Some(stored) = self.store.reply(message_id).await? {
             return Ok(stored);
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
+        // In a cluster the reply may be decided on another host, which
+        // notifies (`cluster::listen`); the store is also looked at every
+        // 250 ms, in case a notification was lost.
+        let polled = async {
+            if self.cluster.is_none() {
+                return std::future::pending::<Reply>().await;
+            }
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                if let Ok(Some(stored)) = self.store.reply(message_id).await {
+                    return stored;
+                }
+            }
+        };
+        let answered = async {
+            tokio::select! {
+                r = rx => r.ok(),
+                r = polled => Some(r),
+            }
+        };
+        match tokio::time::timeout(timeout, answered).await {
+            Ok(Some(reply)) => Ok(reply),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!("no reply to message {message_id} within {timeout:?}; the message was accepted and the reply may still come"),

@@ -23,6 +23,24 @@ impl Timers {
         Ok(Timers { due: Mutex::new(due), changed: Notify::new() })
     }
 
+    /// No timers yet (cluster mode: each claimed partition's are loaded by `load_where`).
+    pub fn empty() -> Timers {
+        Timers { due: Mutex::new(BTreeSet::new()), changed: Notify::new() }
+    }
+
+    /// Adds the stored timers of the instances `of` selects.
+    pub async fn load_where(&self, store: &Store, of: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        let found: Vec<TimerKey> = store.timers().await?.into_iter().filter(|t| of(&t.instance)).collect();
+        self.due.lock().unwrap().extend(found);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Forgets the timers of the instances `of` selects (their partition left this host).
+    pub fn drop_where(&self, of: impl Fn(&str) -> bool) {
+        self.due.lock().unwrap().retain(|t| !of(&t.instance));
+    }
+
     pub fn set(&self, timer: TimerKey) {
         self.due.lock().unwrap().insert(timer);
         self.changed.notify_waiters();

@@ -1,0 +1,599 @@
+//! Cluster mode: three real `cairn serve --node` processes over one real
+//! PostgreSQL database (`CAIRN_TEST_PG`, started by scripts/test.sh; without
+//! it each test says it was skipped). Partitions move under leases; fencing
+//! keeps a host that lost its lease from writing; any host serves the API.
+//!
+//! - `kill -9` of one host under load: its partitions move once their leases
+//!   expire, no accepted message is lost, no instance completes twice, and
+//!   each activity call keeps one idempotency key.
+//! - A message sent to host A for an instance that host B runs is
+//!   delivered, and a `--wait-reply` on A gets B's reply.
+//! - A rolling restart of all three hosts under load loses and duplicates nothing.
+//! - A host cut off from the database (a TCP relay between it and the
+//!   database that stops carrying bytes, as a lost network does, and
+//!   delivers what it held back once it carries them again) stops its
+//!   instances before its leases lapse; the others take its partitions;
+//!   after it comes back none of its old writes lands.
+//! - The same with the host in a network namespace of its own, joined to the
+//!   others by a veth pair whose link is taken down (packets dropped), then
+//!   up again; skipped with a message where namespaces cannot be made.
+
+use cairn_tests::{cluster_database, eventually, Host, TempDir};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PARTITIONS: u32 = 16;
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The serve flags of every node: short leases, so that tests move fast.
+const FLAGS: &[&str] = &["--quiet-guests", "--lease-ms", "1500", "--partitions", "16"];
+
+/// A scratch directory and a fresh database, or None (skipped) without a server.
+fn setup(test: &str) -> Option<(TempDir, String)> {
+    let dir = TempDir::new(test);
+    match cluster_database(dir.path()) {
+        Some(url) => Some((dir, url)),
+        None => {
+            eprintln!("{test}: skipped (set CAIRN_TEST_PG=postgres://USER@HOST:PORT to run it; scripts/test.sh does)");
+            None
+        }
+    }
+}
+
+fn node(dir: &Path, store: &str, name: &str) -> Host {
+    Host::start_node(&dir.join(name), store, name, FLAGS)
+}
+
+fn status(h: &Host) -> Value {
+    let (code, v) = h.get("/v1/cluster");
+    assert_eq!(code, 200, "GET /v1/cluster: {v}");
+    v
+}
+
+/// The partition of an instance, as the host computes it (FNV-1a, 64 bits).
+fn partition_of(id: &str) -> u64 {
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    hash % u64::from(PARTITIONS)
+}
+
+/// The node holding `id`'s partition under an unexpired lease.
+fn owner_of(status: &Value, id: &str) -> Option<String> {
+    let p = &status["owners"][partition_of(id) as usize];
+    (p["lease_remaining_ms"].as_i64().unwrap_or(0) > 0).then(|| p["owner"].as_str().unwrap_or("").to_string())
+}
+
+/// Waits until every partition is held under an unexpired lease by one of
+/// `names`, each holding its fair share or one less; returns the status.
+fn wait_balanced(h: &Host, names: &[&str]) -> Value {
+    let deadline = Instant::now() + WAIT;
+    let share = PARTITIONS as usize / names.len();
+    loop {
+        let v = status(h);
+        let mut held: BTreeMap<String, usize> = BTreeMap::new();
+        let mut all = true;
+        for p in v["owners"].as_array().unwrap() {
+            let owner = p["owner"].as_str().unwrap_or("");
+            if p["lease_remaining_ms"].as_i64().unwrap_or(0) > 0 && names.contains(&owner) {
+                *held.entry(owner.to_string()).or_default() += 1;
+            } else {
+                all = false;
+            }
+        }
+        if all && names.iter().all(|n| held.get(*n).copied().unwrap_or(0) >= share.saturating_sub(1).max(1)) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the partitions did not settle on {names:?}: {v:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn deploy_crashy(h: &Host, others: &[&Host]) {
+    h.deploy_effectful("t_recorder", "recorder");
+    h.deploy("t_crash", None);
+    // Every host learns of the versions from the store.
+    for o in others {
+        eventually("every host lists the deployed versions", WAIT, || {
+            let (_, v) = o.get("/v1/definitions");
+            v["definitions"].as_array().is_some_and(|d| d.len() >= 2)
+        });
+    }
+}
+
+/// Sends a message to the first host that accepts it (the same id every
+/// time, so a retry after an error is exactly once); returns the answer.
+fn send_any(hosts: &[&Host], operation: &str, body: Value, id: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        for h in hosts {
+            let (status, v) = h.send(operation, body.clone(), Some(id));
+            if status == 200 || status == 202 {
+                return v;
+            }
+            assert!(status >= 500 || status == 409, "{operation} {id}: {status} {v}");
+        }
+        assert!(Instant::now() < deadline, "no host accepted {operation} {id}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `n` instances of `process` exist and all are completed.
+fn wait_all_completed(h: &Host, process: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all = h.instances(process);
+        let done = all.iter().filter(|i| i["status"] == "completed").count();
+        if all.len() == n && done == n {
+            return all;
+        }
+        if Instant::now() >= deadline {
+            let stuck: Vec<Value> = all.iter().filter(|i| i["status"] != "completed").map(|i| h.instance(i["id"].as_str().unwrap())).collect();
+            panic!("{done}/{} of {process} completed (expected {n}); not completed: {stuck:#?}\n{}", all.len(), h.server_log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Recorder calls per (key, what) over the guest logs of every host: the
+/// idempotency keys seen (one entry per execution).
+fn recorded(dir: &Path, names: &[&str]) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for name in names {
+        let log = std::fs::read_to_string(dir.join(name).join("store").join("guest-log.jsonl")).unwrap_or_default();
+        for r in log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|r| r["message"] == "recorded") {
+            let key = r["fields"]["key"].as_str().unwrap().to_string();
+            let what = r["fields"]["what"].as_str().unwrap().to_string();
+            out.entry((key, what)).or_default().push(r["at"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// Every instance completed once, consumed its messages, and each key's
+/// activity calls kept one idempotency key; every completion notice arrived.
+fn check_exactly_once(h: &Host, dir: &Path, names: &[&str], keys: &[String]) {
+    let all = wait_all_completed(h, "crashy", keys.len());
+    let mut seen = BTreeSet::new();
+    for i in &all {
+        let id = i["id"].as_str().unwrap();
+        let v = h.instance(id);
+        assert_eq!(v["variables"]["finished"], true, "{v}");
+        assert_eq!(v["variables"]["recorded"], true, "{v}");
+        assert_eq!(v["inbox"], 0, "every accepted message was consumed: {v}");
+        assert!(seen.insert(v["variables"]["key"].as_str().unwrap().to_string()), "one instance per key: {v}");
+        let (_, hist) = h.get(&format!("/v1/instances/{id}/history"));
+        let entries = hist["history"].as_array().unwrap();
+        let completed = entries.iter().filter(|e| e["reason"] == "completed").count();
+        assert_eq!(completed, 1, "instance {id} completed once: {hist:#}");
+        let fences: Vec<u64> = entries.iter().map(|e| e["fence"].as_u64().unwrap()).collect();
+        assert!(fences.windows(2).all(|w| w[0] < w[1]), "one history, fences rising: {fences:?}");
+    }
+    assert_eq!(seen.len(), keys.len());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rec = recorded(dir, names);
+        let notices = keys.iter().filter(|k| rec.contains_key(&((*k).clone(), "completed".into()))).count();
+        if notices == keys.len() {
+            for k in keys {
+                let calls = &rec[&(k.clone(), "record".to_string())];
+                let distinct: BTreeSet<&String> = calls.iter().collect();
+                assert_eq!(distinct.len(), 1, "{k}: a call run again keeps its idempotency key: {calls:?}");
+            }
+            return;
+        }
+        assert!(Instant::now() < deadline, "{notices}/{} completion notices observed", keys.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kill_9_of_one_host_moves_its_partitions_and_loses_nothing() {
+    let Some((dir, store)) = setup("cluster-kill9") else { return };
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    let mut c = node(dir.path(), &store, "c");
+    wait_balanced(&a, &["a", "b", "c"]);
+    deploy_crashy(&a, &[&b, &c]);
+    let n = 60;
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i:03}")).collect();
+    let hosts = [&a, &b, &c];
+    for (i, k) in keys.iter().enumerate() {
+        let (status, v) = hosts[i % 3].send("crash-start", json!({"key": k}), Some(&format!("start-{k}")));
+        assert_eq!(status, 202, "{v}");
+    }
+    let mut accepted = BTreeSet::new();
+    for (i, k) in keys[..n / 2].iter().enumerate() {
+        let (status, _) = hosts[i % 3].send("crash-finish", json!({"key": k}), Some(&format!("finish-{k}")));
+        if status == 202 || status == 200 {
+            accepted.insert(k.clone());
+        }
+    }
+    let before = status(&a);
+    let had: Vec<u64> = (0..PARTITIONS as u64).filter(|p| before["owners"][*p as usize]["owner"] == "c").collect();
+    assert!(!had.is_empty(), "c held partitions: {before:#}");
+    let killed = Instant::now();
+    c.kill9();
+
+    // Messages for c's instances are accepted by the others at once; they
+    // run once c's partitions have moved.
+    for k in &keys {
+        let v = send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+        if accepted.contains(k) {
+            assert_eq!(v["duplicate"], true, "{k} was accepted before the kill: {v}");
+        }
+    }
+    let after = wait_balanced(&a, &["a", "b"]);
+    eprintln!("failover: c's {} partitions held by a and b {} ms after kill -9 (lease 1500 ms)", had.len(), killed.elapsed().as_millis());
+    for p in had {
+        let epoch = after["owners"][p as usize]["epoch"].as_u64().unwrap();
+        assert!(epoch > before["owners"][p as usize]["epoch"].as_u64().unwrap(), "partition {p} moved under a new epoch");
+    }
+    check_exactly_once(&a, dir.path(), &["a", "b", "c"], &keys);
+}
+
+#[test]
+fn a_message_sent_to_one_host_reaches_an_instance_another_runs_and_the_reply_comes_back() {
+    let Some((dir, store)) = setup("cluster-reply") else { return };
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    let c = node(dir.path(), &store, "c");
+    wait_balanced(&a, &["a", "b", "c"]);
+    a.deploy("pricing", None);
+    a.deploy("notifier", None);
+    a.deploy("order_approval", None);
+    // Large orders wait for a correlated approval: the reply to the
+    // submission comes first, the approval goes to the instance's owner.
+    let mut elsewhere = None;
+    for i in 0..40 {
+        let order = format!("o-{i}");
+        let body = json!({"order_id": order, "customer": "ada", "lines": [{"sku": "gizmo", "qty": 4}]});
+        let out = a.ok_json(&["send", "submit-order", "--body", &body.to_string(), "--wait-reply"]);
+        assert_eq!(out["reply"]["body"]["needs_approval"], true, "{out}");
+        let id = out["instance"].as_str().unwrap().to_string();
+        let owner = owner_of(&status(&a), &id);
+        if owner.as_deref().is_some_and(|o| o != "a") {
+            elsewhere = Some((id, order, owner.unwrap()));
+            break;
+        }
+    }
+    let (id, order, owner) = elsewhere.expect("of 40 new instances, one landed in a partition another host owns");
+    eprintln!("instance {id} of order {order} runs on {owner}; its reply came back through a");
+    // The approval, sent to a, reaches the instance on its owner.
+    let approval = json!({"order_id": order, "approver": "grace", "approved": true});
+    let out = a.ok_json(&["send", "approve", "--body", &approval.to_string()]);
+    assert_eq!(out["instance"], id.as_str(), "{out}");
+    let v = a.wait_status(&id, "completed", WAIT);
+    assert_eq!(v["variables"]["status"], "confirmed", "{v}");
+    assert_eq!(v["variables"]["approver"], "grace", "{v}");
+    // Reads are served anywhere.
+    for h in [&b, &c] {
+        assert_eq!(h.instance(&id)["status"], "completed");
+    }
+}
+
+#[test]
+fn a_rolling_restart_of_all_three_hosts_under_load_loses_and_duplicates_nothing() {
+    let Some((dir, store)) = setup("cluster-rolling") else { return };
+    let names = ["a", "b", "c"];
+    let mut hosts: Vec<Host> = names.iter().map(|n| node(dir.path(), &store, n)).collect();
+    wait_balanced(&hosts[0], &names);
+    deploy_crashy(&hosts[0], &[&hosts[1], &hosts[2]]);
+    let mut keys = Vec::new();
+    let mut finished = 0;
+    for round in 0..3 {
+        // Load: new instances, and finish messages for earlier ones, sent to every host.
+        for i in 0..20 {
+            let k = format!("r{round}-{i:02}");
+            let live: Vec<&Host> = hosts.iter().collect();
+            send_any(&live[i % 3..], "crash-start", json!({"key": k}), &format!("start-{k}"));
+            keys.push(k);
+        }
+        while finished + 5 < keys.len() {
+            let k = keys[finished].clone();
+            let live: Vec<&Host> = hosts.iter().collect();
+            send_any(&live[finished % 3..], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+            finished += 1;
+        }
+        // Restart one host under control while its instances are mid-flight.
+        let i = round;
+        let stopped = hosts[i].terminate();
+        assert!(stopped.success(), "{} stopped under control: {stopped}", names[i]);
+        hosts[i] = node(dir.path(), &store, names[i]);
+        wait_balanced(&hosts[(i + 1) % 3], &names);
+    }
+    while finished < keys.len() {
+        let k = keys[finished].clone();
+        let live: Vec<&Host> = hosts.iter().collect();
+        send_any(&live, "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+        finished += 1;
+    }
+    check_exactly_once(&hosts[0], dir.path(), &names, &keys);
+}
+
+/// A TCP relay between one host and the database that can stop carrying
+/// bytes (both ways, on every connection, new ones included) and carry them
+/// again later, delivering what it held back: a network that is lost, then found.
+mod relay {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    pub struct Relay {
+        pub port: u16,
+        cut: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Relay {
+        pub fn start(upstream: String) -> Relay {
+            Relay::start_on("127.0.0.1:0", upstream)
+        }
+
+        /// A relay listening on `bind` (an address and port, 0 for any port).
+        pub fn start_on(bind: &str, upstream: String) -> Relay {
+            let listener = TcpListener::bind(bind).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            listener.set_nonblocking(true).unwrap();
+            let cut = Arc::new(AtomicBool::new(false));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (c, s) = (cut.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !s.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((down, _)) => {
+                            let (c, s, upstream) = (c.clone(), s.clone(), upstream.clone());
+                            std::thread::spawn(move || {
+                                // A new connection waits while the network is cut.
+                                while c.load(Ordering::SeqCst) && !s.load(Ordering::SeqCst) {
+                                    std::thread::sleep(Duration::from_millis(20));
+                                }
+                                let Ok(up) = TcpStream::connect(&upstream) else { return };
+                                down.set_nonblocking(false).unwrap();
+                                pump(down.try_clone().unwrap(), up.try_clone().unwrap(), c.clone(), s.clone());
+                                pump(up, down, c, s);
+                            });
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            });
+            Relay { port, cut, stop }
+        }
+
+        pub fn cut(&self) {
+            self.cut.store(true, Ordering::SeqCst);
+        }
+
+        pub fn restore(&self) {
+            self.cut.store(false, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            self.cut.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Carries bytes from `from` to `to`; while cut, reads nothing (what the
+    /// peer sends waits in the kernel's buffers, as in a lost network).
+    fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            from.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            loop {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if cut.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        // Read before a cut began: held back until it ends.
+                        while cut.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        });
+    }
+}
+
+#[test]
+fn a_host_cut_off_from_the_database_stops_writing_and_none_of_its_old_writes_lands() {
+    let Some((dir, store)) = setup("cluster-cut") else { return };
+    // c reaches the database through the relay.
+    let (base, database) = store.rsplit_once('/').unwrap();
+    let (_, addr) = base.rsplit_once('@').unwrap();
+    let relay = relay::Relay::start(addr.to_string());
+    let user = base.rsplit_once('@').unwrap().0;
+    let relayed = format!("{user}@127.0.0.1:{}/{database}", relay.port);
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    let c = node(dir.path(), &relayed, "c");
+    wait_balanced(&a, &["a", "b", "c"]);
+    deploy_crashy(&a, &[&b, &c]);
+    let keys: Vec<String> = (0..45).map(|i| format!("c{i:02}")).collect();
+    for k in &keys {
+        send_any(&[&a, &b], "crash-start", json!({"key": k}), &format!("start-{k}"));
+    }
+    // Some of them are finishing on every host when c is cut off.
+    for k in &keys[..15] {
+        send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+    }
+    relay.cut();
+    let cut_at = Instant::now();
+    // c stops its instances (it cannot renew); a and b take its partitions
+    // once the leases lapse.
+    eventually("c stops every instance it ran", WAIT, || c.get("/v1/health").1["live_instances"] == 0);
+    wait_balanced(&a, &["a", "b"]);
+    eprintln!("cut off: c's partitions moved to a and b {} ms after the cut", cut_at.elapsed().as_millis());
+    for k in &keys[15..] {
+        send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+    }
+    wait_all_completed(&a, "crashy", keys.len());
+    // The network comes back: whatever c sent meanwhile is delivered now. It
+    // must not land: c rejoins under new epochs, and every instance is as a and b left it.
+    let snapshot: BTreeMap<String, Value> =
+        a.instances("crashy").into_iter().map(|i| (i["id"].as_str().unwrap().to_string(), a.instance(i["id"].as_str().unwrap()))).collect();
+    relay.restore();
+    wait_balanced(&a, &["a", "b", "c"]);
+    for (id, before) in &snapshot {
+        let now = a.instance(id);
+        assert_eq!(now["status"], "completed");
+        assert_eq!(now["fence"], before["fence"], "instance {id} was written after it completed: {now:#}");
+    }
+    check_exactly_once(&a, dir.path(), &["a", "b", "c"], &keys);
+    drop(c);
+}
+
+/// A network namespace joined to this one by a veth pair: `HOST` is this
+/// side's address, `PEER` the namespace's; `cut` takes the link down.
+mod netns {
+    use std::process::Command;
+
+    pub struct Net {
+        pub name: String,
+        root_if: String,
+        pub host: String,
+    }
+
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    impl Net {
+        /// A namespace and its link, or why they cannot be made here.
+        pub fn make() -> Result<Net, String> {
+            let n = std::process::id() % 250 + 1;
+            let name = format!("cairn-t{n}");
+            let (root_if, ns_if) = (format!("cr{n}"), format!("cn{n}"));
+            let (host, peer) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+            ip(&["netns", "add", &name])?;
+            let net = Net { name: name.clone(), root_if: root_if.clone(), host: host.clone() };
+            ip(&["link", "add", &root_if, "type", "veth", "peer", "name", &ns_if])?;
+            ip(&["link", "set", &ns_if, "netns", &name])?;
+            ip(&["addr", "add", &format!("{host}/24"), "dev", &root_if])?;
+            ip(&["link", "set", &root_if, "up"])?;
+            ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{peer}/24"), "dev", &ns_if])?;
+            ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"])?;
+            ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"])?;
+            Ok(net)
+        }
+
+        pub fn cut(&self) {
+            ip(&["link", "set", &self.root_if, "down"]).unwrap();
+        }
+
+        pub fn restore(&self) {
+            ip(&["link", "set", &self.root_if, "up"]).unwrap();
+        }
+    }
+
+    impl Drop for Net {
+        fn drop(&mut self) {
+            let _ = ip(&["link", "del", &self.root_if]);
+            let _ = ip(&["netns", "del", &self.name]);
+        }
+    }
+}
+
+#[test]
+fn a_host_in_a_network_namespace_whose_link_goes_down_stops_writing_and_none_of_its_old_writes_lands() {
+    let test = "a_host_in_a_network_namespace_whose_link_goes_down_stops_writing_and_none_of_its_old_writes_lands";
+    let Some((dir, store)) = setup("cluster-netns") else { return };
+    let net = match netns::Net::make() {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("{test}: skipped (no network namespace can be made here: {e})");
+            return;
+        }
+    };
+    // c runs in the namespace and reaches the database through this side's
+    // end of the link (a relay there carries it on to the server on loopback).
+    let (base, database) = store.rsplit_once('/').unwrap();
+    let (user, addr) = base.rsplit_once('@').unwrap();
+    let bridge = relay::Relay::start_on(&format!("{}:0", net.host), addr.to_string());
+    let through = format!("{user}@{}:{}/{database}", net.host, bridge.port);
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    let c_dir = dir.path().join("c");
+    std::fs::create_dir_all(&c_dir).unwrap();
+    let log = std::fs::File::create(c_dir.join("serve.log")).unwrap();
+    let c = Killed(std::process::Command::new("ip")
+        .args(["netns", "exec", &net.name])
+        .arg(cairn_tests::cairn_bin())
+        .args(["serve", "--data"])
+        .arg(c_dir.join("store"))
+        .args(["--store", &through, "--node", "c", "--listen", "127.0.0.1:7700"])
+        .args(FLAGS)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("ip netns exec cairn serve"));
+    let c_log = || std::fs::read_to_string(c_dir.join("serve.log")).unwrap_or_default();
+    let balanced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_balanced(&a, &["a", "b", "c"])));
+    if balanced.is_err() {
+        panic!("c did not join from its namespace:\n{}", c_log());
+    }
+    a.deploy_effectful("t_recorder", "recorder");
+    a.deploy("t_crash", None);
+    eventually("b lists the deployed versions", WAIT, || b.get("/v1/definitions").1["definitions"].as_array().is_some_and(|d| d.len() >= 2));
+    let keys: Vec<String> = (0..45).map(|i| format!("n{i:02}")).collect();
+    for k in &keys {
+        send_any(&[&a, &b], "crash-start", json!({"key": k}), &format!("start-{k}"));
+    }
+    for k in &keys[..15] {
+        send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+    }
+    net.cut();
+    let cut_at = Instant::now();
+    eventually("c notices it cannot renew and stops its instances", WAIT, || c_log().contains("no lease renewed"));
+    wait_balanced(&a, &["a", "b"]);
+    eprintln!("link down: c's partitions moved to a and b {} ms after the cut", cut_at.elapsed().as_millis());
+    for k in &keys[15..] {
+        send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+    }
+    wait_all_completed(&a, "crashy", keys.len());
+    let snapshot: BTreeMap<String, Value> =
+        a.instances("crashy").into_iter().map(|i| (i["id"].as_str().unwrap().to_string(), a.instance(i["id"].as_str().unwrap()))).collect();
+    net.restore();
+    wait_balanced(&a, &["a", "b", "c"]);
+    for (id, before) in &snapshot {
+        let now = a.instance(id);
+        assert_eq!(now["fence"], before["fence"], "instance {id} was written after it completed: {now:#}");
+    }
+    check_exactly_once(&a, dir.path(), &["a", "b", "c"], &keys);
+    drop(c);
+}
+
+/// A child process killed (and reaped) when dropped, whatever the test did.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
