@@ -118,23 +118,6 @@ fn send_any(hosts: &[&Host], operation: &str, body: Value, id: &str) -> Value {
     }
 }
 
-/// Waits until `n` instances of `process` exist and all are completed.
-fn wait_all_completed(h: &Host, process: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let all = h.instances(process);
-        let done = all.iter().filter(|i| i["status"] == "completed").count();
-        if all.len() == n && done == n {
-            return all;
-        }
-        if Instant::now() >= deadline {
-            let stuck: Vec<Value> = all.iter().filter(|i| i["status"] != "completed").map(|i| h.instance(i["id"].as_str().unwrap())).collect();
-            panic!("{done}/{} of {process} completed (expected {n}); not completed: {stuck:#?}\n{}", all.len(), h.server_log());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Recorder calls per (key, what) over the guest logs of every host: the
 /// idempotency keys seen (one entry per execution).
 fn recorded(dir: &Path, names: &[&str]) -> BTreeMap<(String, String), Vec<String>> {
@@ -153,7 +136,7 @@ fn recorded(dir: &Path, names: &[&str]) -> BTreeMap<(String, String), Vec<String
 /// Every instance completed once, consumed its messages, and each key's
 /// activity calls kept one idempotency key; every completion notice arrived.
 fn check_exactly_once(h: &Host, dir: &Path, names: &[&str], keys: &[String]) {
-    let all = wait_all_completed(h, "crashy", keys.len());
+    let all = h.wait_all_completed("crashy", keys.len(), WAIT);
     let mut seen = BTreeSet::new();
     for i in &all {
         let id = i["id"].as_str().unwrap();
@@ -233,7 +216,7 @@ fn kill_9_of_one_host_moves_its_partitions_and_loses_nothing() {
 }
 
 #[test]
-fn a_message_sent_to_one_host_reaches_an_instance_another_runs_and_the_reply_comes_back() {
+fn a_message_sent_to_one_host_reaches_an_instance_another_runs_and_the_reply_comes_back_and_verbs_sent_there_apply() {
     let Some((dir, store)) = setup("cluster-reply") else { return };
     let a = node(dir.path(), &store, "a");
     let b = node(dir.path(), &store, "b");
@@ -259,6 +242,14 @@ fn a_message_sent_to_one_host_reaches_an_instance_another_runs_and_the_reply_com
     }
     let (id, order, owner) = elsewhere.expect("of 40 new instances, one landed in a partition another host owns");
     eprintln!("instance {id} of order {order} runs on {owner}; its reply came back through a");
+    // Operator verbs sent to a are forwarded to the owner, which applies them.
+    let suspended = a.ok_json(&["suspend", &id]);
+    assert_eq!(suspended["status"], "suspended", "{suspended}");
+    assert_eq!(b.instance(&id)["status"], "suspended", "the owner's write, read on another host");
+    let edited = a.cairn(&["vars", "set", &id, &json!({"bogus": 1}).to_string()]);
+    assert_ne!(edited.code, 0, "the owner's guest refuses variables that do not decode: {}", edited.stdout);
+    let resumed = a.ok_json(&["resume", &id]);
+    assert_ne!(resumed["status"], "suspended", "{resumed}");
     // The approval, sent to a, reaches the instance on its owner.
     let approval = json!({"order_id": order, "approver": "grace", "approved": true});
     let out = a.ok_json(&["send", "approve", "--body", &approval.to_string()]);
@@ -446,7 +437,7 @@ fn a_host_cut_off_from_the_database_stops_writing_and_none_of_its_old_writes_lan
     for k in &keys[15..] {
         send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
     }
-    wait_all_completed(&a, "crashy", keys.len());
+    a.wait_all_completed("crashy", keys.len(), WAIT);
     // The network comes back: whatever c sent meanwhile is delivered now. It
     // must not land: c rejoins under new epochs, and every instance is as a and b left it.
     let snapshot: BTreeMap<String, Value> =
@@ -575,7 +566,7 @@ fn a_host_in_a_network_namespace_whose_link_goes_down_stops_writing_and_none_of_
     for k in &keys[15..] {
         send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
     }
-    wait_all_completed(&a, "crashy", keys.len());
+    a.wait_all_completed("crashy", keys.len(), WAIT);
     let snapshot: BTreeMap<String, Value> =
         a.instances("crashy").into_iter().map(|i| (i["id"].as_str().unwrap().to_string(), a.instance(i["id"].as_str().unwrap()))).collect();
     net.restore();

@@ -5,7 +5,7 @@
 //! the same idempotency key).
 
 use cairn_tests::{Host, TempDir};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -14,27 +14,6 @@ const WAIT: Duration = Duration::from_secs(60);
 fn deploy_crashy(h: &Host) {
     h.deploy_effectful("t_recorder", "recorder");
     h.deploy("t_crash", None);
-}
-
-/// Waits until every instance of `process` is completed and there are `n`.
-fn wait_all_completed(h: &Host, process: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let all = h.instances(process);
-        let done = all.iter().filter(|i| i["status"] == "completed").count();
-        if all.len() == n && done == n {
-            return all;
-        }
-        if Instant::now() >= deadline {
-            let stuck: Vec<Value> = all
-                .iter()
-                .filter(|i| i["status"] != "completed")
-                .map(|i| h.instance(i["id"].as_str().unwrap()))
-                .collect();
-            panic!("{done}/{} of {process} completed (expected {n}); not completed: {stuck:#?}\n{}", all.len(), h.server_log());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Recorder calls per key: (what, idempotency keys seen).
@@ -80,7 +59,7 @@ fn kill_9_in_the_middle_of_200_instances_loses_nothing() {
             assert_eq!(v["duplicate"], true, "{k} was accepted before the crash: {v}");
         }
     }
-    let all = wait_all_completed(&h, "crashy", n);
+    let all = h.wait_all_completed("crashy", n, WAIT);
     let finished_keys: BTreeSet<String> = all
         .iter()
         .map(|i| h.instance(i["id"].as_str().unwrap()))
@@ -125,7 +104,7 @@ fn a_crash_after_an_activity_ran_resends_it_with_the_same_idempotency_key() {
 
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
     h.send("crash-finish", json!({"key": "solo"}), None);
-    wait_all_completed(&h, "crashy", 1);
+    h.wait_all_completed("crashy", 1, WAIT);
     let calls = &recorded(&h)[&("solo".to_string(), "record".to_string())];
     assert_eq!(calls.len(), 2, "performed before the crash and again after it");
     assert_eq!(calls[0], calls[1], "with the same idempotency key");
@@ -194,7 +173,7 @@ fn a_controlled_shutdown_persists_live_instances_and_a_restart_resumes_them() {
         let (status, v) = h.send("crash-finish", json!({"key": format!("s{i}")}), None);
         assert!(status == 202, "{v}");
     }
-    wait_all_completed(&h, "crashy", 20);
+    h.wait_all_completed("crashy", 20, WAIT);
 }
 
 #[test]

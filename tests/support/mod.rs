@@ -356,6 +356,25 @@ impl Host {
         v["instances"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until there are `n` instances of `process` and every one is
+    /// completed; panics with the ones that are not, and the server's log.
+    pub fn wait_all_completed(&self, process: &str, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let all = self.instances(process);
+            let done = all.iter().filter(|i| i["status"] == "completed").count();
+            if all.len() == n && done == n {
+                return all;
+            }
+            if Instant::now() >= deadline {
+                let stuck: Vec<Value> =
+                    all.iter().filter(|i| i["status"] != "completed").map(|i| self.instance(i["id"].as_str().unwrap())).collect();
+                panic!("{done}/{} of {process} completed (expected {n}); not completed: {stuck:#?}\n{}", all.len(), self.server_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the instance reaches `status`; panics with its state if not.
     pub fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;

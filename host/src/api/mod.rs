@@ -7,6 +7,7 @@
 //! are the types of `types`, never engine or store types.
 
 pub mod auth;
+mod forward;
 pub mod openapi;
 mod tasks;
 /// The API's request and response types live in the client crate (`cairn-client`), which the CLI and clients share.
@@ -147,6 +148,7 @@ pub fn router_with(svc: Service, config: ApiConfig) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(Extension(config.clone()))
         .layer(Extension(tokens))
+        .layer(axum::middleware::from_fn_with_state(svc.clone(), forward::to_owner))
         .layer(axum::middleware::from_fn_with_state(auth, require_role))
         .layer(axum::middleware::from_fn_with_state(config, json_errors))
         .with_state(svc)

@@ -327,3 +327,33 @@ async fn sweep(svc: &Service) {
         }
     }
 }
+
+impl Service {
+    /// This host's node name in cluster mode.
+    pub fn node_name(&self) -> Option<String> {
+        self.cluster.as_ref().map(|c| c.leases.config().node.clone())
+    }
+
+    /// Cluster mode: the name and advertised address of the host whose
+    /// lease covers instance `id`'s partition, if another live host holds
+    /// it. `None` outside cluster mode, when this host owns it, or when no
+    /// live host holds an unexpired lease on it (a handover under way).
+    pub async fn owner_elsewhere(&self, id: &str) -> Result<Option<(String, String)>, super::Error> {
+        let Some(c) = self.cluster.as_ref() else { return Ok(None) };
+        if self.owns(id) {
+            return Ok(None);
+        }
+        let partition = c.leases.held().partition(id);
+        let status = c.leases.status().await?;
+        let owner = status
+            .owners
+            .iter()
+            .find(|p| p.partition == partition && p.lease_remaining_ms > 0)
+            .and_then(|p| p.owner.clone())
+            .filter(|owner| *owner != status.node);
+        Ok(owner.and_then(|owner| {
+            let node = status.nodes.iter().find(|n| n.name == owner && n.live)?;
+            Some((owner, node.advertise.clone()))
+        }))
+    }
+}

@@ -1,0 +1,126 @@
+//! Cluster mode: any host serves the whole API. Reads are served from the
+//! shared store wherever they land, and messages are taken in anywhere; a
+//! request that changes one instance (an operator verb, a variables edit, a
+//! retry or a migration: a non-GET under `/v1/instances/{id}/…`) needs the
+//! instance's driver, which runs on the host holding its partition's lease.
+//! Such a request is forwarded, as it came (method, path, query, body,
+//! `authorization`), to that host's advertised address (`serve
+//! --advertise`), and its answer returned as it is.
+//!
+//! A forwarded request carries `x-cairn-forwarded-by`; a host that gets one
+//! for an instance it does not own (the partition moved meanwhile) answers
+//! 503 "try again" instead of forwarding it further, so a request hops at
+//! most once. Owns no state.
+
+use crate::service::{Error, ErrorKind, Service};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
+/// The header a forwarded request carries: the forwarding host's node name.
+pub const FORWARDED_BY: &str = "x-cairn-forwarded-by";
+
+/// How long a forwarded request may take: above the longest verb's own
+/// wait (a control waits up to 30 s for the instance's next transition).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest body forwarded: variables and migration maps, far below it
+/// (the body limit of the API applies before, on this host).
+const MAX_FORWARDED_BODY: usize = 64 << 20;
+
+/// The instance a request changes, if it is one that must run where the
+/// instance runs: a non-GET under `/v1/instances/{id}/…`.
+fn changed_instance(method: &Method, path: &str) -> Option<String> {
+    if method == Method::GET || method == Method::HEAD {
+        return None;
+    }
+    let rest = path.strip_prefix("/v1/instances/")?;
+    let (id, verb) = rest.split_once('/')?;
+    (!id.is_empty() && !verb.is_empty()).then(|| id.to_string())
+}
+
+pub async fn to_owner(State(svc): State<Service>, req: Request, next: Next) -> Response {
+    let Some(id) = changed_instance(req.method(), req.uri().path()) else { return next.run(req).await };
+    let owner = match svc.owner_elsewhere(&id).await {
+        Ok(None) => return next.run(req).await,
+        Ok(Some(owner)) => owner,
+        Err(e) => return super::error(e),
+    };
+    if let Some(by) = req.headers().get(FORWARDED_BY) {
+        let by = by.to_str().unwrap_or("another host").to_string();
+        return super::error(Error::new(
+            ErrorKind::Unavailable,
+            format!("instance {id} moved to host '{}' while {by} forwarded this request here: send it again", owner.0),
+        ));
+    }
+    forward(&svc, req, owner).await
+}
+
+async fn forward(svc: &Service, req: Request, (node, advertise): (String, String)) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_FORWARDED_BODY).await {
+        Ok(b) => b,
+        Err(e) => return super::error(Error::new(ErrorKind::BadInput, format!("reading the request body: {e}"))),
+    };
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let url = format!("{}{path_and_query}", advertise.trim_end_matches('/'));
+    let header = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (authorization, content_type) = (header(header::AUTHORIZATION), header(header::CONTENT_TYPE));
+    let me = svc.node_name().unwrap_or_default();
+    let method = parts.method.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(FORWARD_TIMEOUT)).build().into();
+        let mut request = ureq::http::Request::builder().method(method.as_str()).uri(&url).header(FORWARDED_BY, me);
+        if let Some(a) = authorization {
+            request = request.header("authorization", a);
+        }
+        if let Some(c) = content_type {
+            request = request.header("content-type", c);
+        }
+        let request = request.body(body.to_vec()).map_err(|e| format!("{e}"))?;
+        let mut response = agent.run(request).map_err(|e| format!("{e}"))?;
+        let status = response.status().as_u16();
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let text = response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| format!("reading the answer: {e}"))?;
+        Ok::<_, String>((status, content_type, text))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("the forwarding task failed: {e}")));
+    match answer {
+        Ok((status, content_type, text)) => {
+            let mut response = Response::new(Body::from(text));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            if let Some(c) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                response.headers_mut().insert(header::CONTENT_TYPE, c);
+            }
+            response
+        }
+        Err(why) => (
+            StatusCode::BAD_GATEWAY,
+            axum::Json(serde_json::json!({
+                "error": format!("this instance runs on host '{node}' ({advertise}), and forwarding the request there failed: {why}"),
+                "code": "unavailable",
+            })),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_to_one_instance_are_forwarded() {
+        assert_eq!(changed_instance(&Method::POST, "/v1/instances/abc/suspend").as_deref(), Some("abc"));
+        assert_eq!(changed_instance(&Method::PUT, "/v1/instances/abc/variables").as_deref(), Some("abc"));
+        assert_eq!(changed_instance(&Method::GET, "/v1/instances/abc/history"), None);
+        assert_eq!(changed_instance(&Method::POST, "/v1/instances"), None);
+        assert_eq!(changed_instance(&Method::POST, "/v1/instances/abc"), None);
+        assert_eq!(changed_instance(&Method::POST, "/v1/messages"), None);
+    }
+}
