@@ -2,7 +2,9 @@
 //! shared store wherever they land, and messages are taken in anywhere; a
 //! request that changes one instance (an operator verb, a variables edit, a
 //! retry or a migration: a non-GET under `/v1/instances/{id}/…`) needs the
-//! instance's driver, which runs on the host holding its partition's lease.
+//! instance's driver, and a worker's completion of a task (`POST
+//! /v1/tasks/{INSTANCE:CALL}/{verb}`) the task's lease, both of which live on
+//! the host holding the instance's partition's lease.
 //! Such a request is forwarded, as it came (method, path, query, body,
 //! `authorization`), to that host's advertised address (`serve
 //! --advertise`), and its answer returned as it is.
@@ -32,13 +34,23 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_FORWARDED_BODY: usize = 64 << 20;
 
 /// The instance a request changes, if it is one that must run where the
-/// instance runs: a non-GET under `/v1/instances/{id}/…`.
+/// instance runs: a non-GET under `/v1/instances/{id}/…`, or a task's
+/// completion under `/v1/tasks/{id}:{call}/…`.
 fn changed_instance(method: &Method, path: &str) -> Option<String> {
     if method == Method::GET || method == Method::HEAD {
         return None;
     }
-    let rest = path.strip_prefix("/v1/instances/")?;
-    let (id, verb) = rest.split_once('/')?;
+    if let Some(rest) = path.strip_prefix("/v1/instances/") {
+        let (id, verb) = rest.split_once('/')?;
+        return (!id.is_empty() && !verb.is_empty()).then(|| id.to_string());
+    }
+    // A worker's completion of task `INSTANCE:CALL`: its lease lives on the
+    // instance's owner.
+    let rest = path.strip_prefix("/v1/tasks/")?;
+    let (task, verb) = rest.split_once('/')?;
+    // Clients may send the ':' percent-encoded.
+    let task = task.replace("%3A", ":").replace("%3a", ":");
+    let (id, _call) = task.split_once(':')?;
     (!id.is_empty() && !verb.is_empty()).then(|| id.to_string())
 }
 
@@ -122,5 +134,8 @@ mod tests {
         assert_eq!(changed_instance(&Method::POST, "/v1/instances"), None);
         assert_eq!(changed_instance(&Method::POST, "/v1/instances/abc"), None);
         assert_eq!(changed_instance(&Method::POST, "/v1/messages"), None);
+        assert_eq!(changed_instance(&Method::POST, "/v1/tasks/abc:7/complete").as_deref(), Some("abc"));
+        assert_eq!(changed_instance(&Method::POST, "/v1/tasks/abc%3A7/fail").as_deref(), Some("abc"));
+        assert_eq!(changed_instance(&Method::POST, "/v1/tasks/poll"), None);
     }
 }
