@@ -1564,13 +1564,7 @@ fn retry(client: &Client, instance: Option<String>, variables: Option<String>, p
         if json_out {
             print_json(&v);
         } else {
-            for id in &v.retried {
-                println!("retried {id}");
-            }
-            for r in &v.refused {
-                println!("refused {}: {}", r.id, r.error);
-            }
-            println!("{} retried, {} refused", v.retried.len(), v.refused.len());
+            print_bulk("retried", &v.retried, &v.refused);
         }
         return Ok(EXIT_OK);
     }
@@ -1583,6 +1577,18 @@ fn retry(client: &Client, instance: Option<String>, variables: Option<String>, p
         println!("{} {} at {}", v.id, status_name(v.status), v.position);
     }
     Ok(EXIT_OK)
+}
+
+/// A bulk verb's report: each instance it applied to (`done`, as `verb`),
+/// each it refused with why, then the two counts.
+fn print_bulk(verb: &str, done: &[String], refused: &[cairn_client::types::RefusedView]) {
+    for id in done {
+        println!("{verb} {id}");
+    }
+    for r in refused {
+        println!("refused {}: {}", r.id, r.error);
+    }
+    println!("{} {verb}, {} refused", done.len(), refused.len());
 }
 
 fn migrate(client: &Client, instance: Option<String>, to: &str, from: Option<String>, map: &[String], json_out: bool) -> Result<i32, CliError> {
@@ -1598,13 +1604,7 @@ fn migrate(client: &Client, instance: Option<String>, to: &str, from: Option<Str
         if json_out {
             print_json(&v);
         } else {
-            for id in &v.migrated {
-                println!("migrated {id}");
-            }
-            for r in &v.refused {
-                println!("refused {}: {}", r.id, r.error);
-            }
-            println!("{} migrated, {} refused", v.migrated.len(), v.refused.len());
+            print_bulk("migrated", &v.migrated, &v.refused);
         }
         return Ok(EXIT_OK);
     }
