@@ -170,6 +170,26 @@ fn check_exactly_once(h: &Host, dir: &Path, names: &[&str], keys: &[String]) {
     }
 }
 
+/// With host c cut off: a and b finish the instances of `keys[unfinished..]`
+/// and all `keys.len()` "crashy" instances complete; then `rejoin` brings c back, and whatever c
+/// wrote while cut off must not land: c rejoins under new epochs, and every
+/// instance is as a and b left it.
+fn finish_on_the_others_then_rejoin_without_stale_writes(a: &Host, b: &Host, keys: &[String], unfinished: usize, rejoin: impl FnOnce()) {
+    for k in &keys[unfinished..] {
+        send_any(&[a, b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
+    }
+    a.wait_all_completed("crashy", keys.len(), WAIT);
+    let snapshot: BTreeMap<String, Value> =
+        a.instances("crashy").into_iter().map(|i| (i["id"].as_str().unwrap().to_string(), a.instance(i["id"].as_str().unwrap()))).collect();
+    rejoin();
+    wait_balanced(a, &["a", "b", "c"]);
+    for (id, before) in &snapshot {
+        let now = a.instance(id);
+        assert_eq!(now["status"], "completed");
+        assert_eq!(now["fence"], before["fence"], "instance {id} was written after it completed: {now:#}");
+    }
+}
+
 #[test]
 fn kill_9_of_one_host_moves_its_partitions_and_loses_nothing() {
     let Some((dir, store)) = setup("cluster-kill9") else { return };
@@ -434,21 +454,8 @@ fn a_host_cut_off_from_the_database_stops_writing_and_none_of_its_old_writes_lan
     eventually("c stops every instance it ran", WAIT, || c.get("/v1/health").1["live_instances"] == 0);
     wait_balanced(&a, &["a", "b"]);
     eprintln!("cut off: c's partitions moved to a and b {} ms after the cut", cut_at.elapsed().as_millis());
-    for k in &keys[15..] {
-        send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
-    }
-    a.wait_all_completed("crashy", keys.len(), WAIT);
-    // The network comes back: whatever c sent meanwhile is delivered now. It
-    // must not land: c rejoins under new epochs, and every instance is as a and b left it.
-    let snapshot: BTreeMap<String, Value> =
-        a.instances("crashy").into_iter().map(|i| (i["id"].as_str().unwrap().to_string(), a.instance(i["id"].as_str().unwrap()))).collect();
-    relay.restore();
-    wait_balanced(&a, &["a", "b", "c"]);
-    for (id, before) in &snapshot {
-        let now = a.instance(id);
-        assert_eq!(now["status"], "completed");
-        assert_eq!(now["fence"], before["fence"], "instance {id} was written after it completed: {now:#}");
-    }
+    // The network comes back: whatever c sent meanwhile is delivered now.
+    finish_on_the_others_then_rejoin_without_stale_writes(&a, &b, &keys, 15, || relay.restore());
     check_exactly_once(&a, dir.path(), &["a", "b", "c"], &keys);
     drop(c);
 }
@@ -563,18 +570,7 @@ fn a_host_in_a_network_namespace_whose_link_goes_down_stops_writing_and_none_of_
     eventually("c notices it cannot renew and stops its instances", WAIT, || c_log().contains("no lease renewed"));
     wait_balanced(&a, &["a", "b"]);
     eprintln!("link down: c's partitions moved to a and b {} ms after the cut", cut_at.elapsed().as_millis());
-    for k in &keys[15..] {
-        send_any(&[&a, &b], "crash-finish", json!({"key": k}), &format!("finish-{k}"));
-    }
-    a.wait_all_completed("crashy", keys.len(), WAIT);
-    let snapshot: BTreeMap<String, Value> =
-        a.instances("crashy").into_iter().map(|i| (i["id"].as_str().unwrap().to_string(), a.instance(i["id"].as_str().unwrap()))).collect();
-    net.restore();
-    wait_balanced(&a, &["a", "b", "c"]);
-    for (id, before) in &snapshot {
-        let now = a.instance(id);
-        assert_eq!(now["fence"], before["fence"], "instance {id} was written after it completed: {now:#}");
-    }
+    finish_on_the_others_then_rejoin_without_stale_writes(&a, &b, &keys, 15, || net.restore());
     check_exactly_once(&a, dir.path(), &["a", "b", "c"], &keys);
     drop(c);
 }

@@ -84,8 +84,11 @@ async fn forward(svc: &Service, req: Request, (node, advertise): (String, String
     let me = svc.node_name().unwrap_or_default();
     let method = parts.method.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(FORWARD_TIMEOUT)).build().into();
+        // One agent for every forward: it keeps connections to the other hosts alive.
+        static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+        let agent = AGENT.get_or_init(|| {
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(FORWARD_TIMEOUT)).build().into()
+        });
         let mut request = ureq::http::Request::builder().method(method.as_str()).uri(&url).header(FORWARDED_BY, me);
         if let Some(a) = authorization {
             request = request.header("authorization", a);
