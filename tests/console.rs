@@ -59,6 +59,9 @@ fn the_console_shows_and_operates_instances_in_a_real_browser() {
     h.deploy("pricing", None);
     h.deploy("notifier", None);
     h.deploy("order_approval", None);
+    // Two more, for the diagram's other kinds: switch, loops, scopes with handlers, pick.
+    h.deploy("t_language", None);
+    h.deploy("t_pick", None);
 
     // Two orders wait for approval (large), one completes at once (small).
     let waiting = submit(&h, "A-200", 100);

@@ -79,7 +79,7 @@ try {
   await shot(page, '1-definitions');
 
   begin('the definition page: diagram with counts where instances wait');
-  await page.locator('#definitions a.mono').first().click();
+  await page.locator('#definitions tbody tr').filter({ hasText: 'order-approval' }).locator('a.mono').first().click();
   await page.locator('svg.diagram').waitFor();
   const approvalPath = 'main/needs-approval/await-approval';
   await page.locator(`[data-badge="${approvalPath}"].badge-here`).waitFor();
@@ -186,6 +186,39 @@ try {
   await page.locator('#notice.error').filter({ hasText: 'Refused (403)' }).filter({ hasText: 'needs a token of role operator' }).waitFor();
   await shot(page, '11-refused-without-permission');
   if ((await api('GET', `/v1/instances/${other}`)).status !== 'waiting') throw new Error('the refused suspend changed the instance');
+
+  begin('every kind of activity is drawn: switch cases side by side, loops, scopes with their handlers, pick arms');
+  const defs = (await api('GET', '/v1/definitions')).definitions;
+  const versionOf = (name) => {
+    const d = defs.find((d) => d.name === name);
+    if (!d) throw new Error(`process ${name} is not deployed: ${JSON.stringify(defs.map((d) => d.name))}`);
+    return d.version;
+  };
+  // The boxes of a composite's arms, as drawn: [x, y] of each direct child.
+  const armsOf = (selector) =>
+    page.locator(selector).first().evaluate((g) =>
+      [...g.children].filter((c) => c.matches('g.act')).map((c) => {
+        const b = c.getBBox();
+        return [Math.round(b.x), Math.round(b.y)];
+      }));
+  const sideBySide = (arms) => arms.length > 1 && new Set(arms.map(([x]) => x)).size === arms.length && new Set(arms.map(([, y]) => y)).size === 1;
+  await page.goto(`${url}/#/definitions/${versionOf('language')}`);
+  await page.locator('svg.diagram g.kind-switch').first().waitFor();
+  const cases = await armsOf('svg.diagram g.kind-switch');
+  if (!sideBySide(cases)) throw new Error(`the switch's cases are not side by side: ${JSON.stringify(cases)}`);
+  const loops = await page.locator('svg.diagram .loop-mark').count();
+  if (loops < 2) throw new Error(`expected loop-back arrows on the repeat-until and the for-each, found ${loops}`);
+  if ((await page.locator('svg.diagram g.kind-scope g.handler').count()) < 1) throw new Error('no fault handler drawn beside a scope');
+  await page.locator('svg.diagram g.handler.compensation').first().waitFor();
+  await shot(page, '12-definition-scopes-loops-switch');
+  await page.goto(`${url}/#/definitions/${versionOf('picker')}`);
+  await page.locator('svg.diagram g.kind-pick').first().waitFor();
+  const arms = await armsOf('svg.diagram g.kind-pick');
+  if (!sideBySide(arms)) throw new Error(`the pick's arms are not side by side: ${JSON.stringify(arms)}`);
+  for (const label of ['on message', 'after']) {
+    if ((await page.locator('svg.diagram g.kind-pick text.arm-label').filter({ hasText: label }).count()) < 1) throw new Error(`no pick arm labelled "${label}…"`);
+  }
+  await shot(page, '13-definition-pick');
 
   if (errors.length) throw new Error(`errors in the page: ${errors.join('; ')}`);
   console.log('console scenario: every step passed');

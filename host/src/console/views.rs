@@ -90,7 +90,8 @@ fn target_name(t: &Target) -> String {
 
 /// One activity as the diagram draws it: `kind`, `path`, a line of
 /// `detail`, its `children` (with a `label` each where the kind names its
-/// arms: if, pick), and for a scope its fault `handlers` and `compensation`.
+/// arms: if, switch, pick), and for a scope its fault and event `handlers`
+/// and `compensation`.
 fn node_json(def: &Definition, id: NodeId, parent: &str) -> Value {
     let node = def.node(id);
     let path = if parent.is_empty() { node.name.clone() } else { format!("{parent}/{}", node.name) };

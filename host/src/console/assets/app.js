@@ -658,7 +658,11 @@ async function route() {
   }
 }
 
-window.addEventListener('hashchange', route);
+// A notice belongs to the page it was raised on: leaving the page dismisses it.
+window.addEventListener('hashchange', () => {
+  $('#notice').hidden = true;
+  route();
+});
 window.addEventListener('DOMContentLoaded', () => {
   $('#token-form').addEventListener('submit', (ev) => {
     ev.preventDefault();

@@ -1,9 +1,9 @@
 // Cairn console: draws a definition's activity tree as an SVG diagram.
 //
-// Sequences run top to bottom; flow branches, if/else arms and pick arms
-// stand side by side; scopes are frames with their fault handlers (and a
-// compensation handler) beside the body; while and for-each loops are
-// frames with a loop-back arrow. Every activity's box carries its path
+// Sequences run top to bottom; flow branches, if/else arms, switch cases
+// and pick arms stand side by side; scopes are frames with their fault and
+// event handlers (and a compensation handler) beside the body; while,
+// repeat-until and for-each loops are frames with a loop-back arrow. Every activity's box carries its path
 // (data-path), so that the page can overlay counts (a heat map), the
 // positions of an instance, breakpoints, and take clicks.
 
@@ -16,8 +16,8 @@ const HEAD = 24;
 const LABEL_H = 18;
 const LOOP_M = 18;
 
-const HORIZONTAL = new Set(['flow', 'if', 'pick']);
-const LOOPS = new Set(['while', 'for-each']);
+const HORIZONTAL = new Set(['flow', 'if', 'switch', 'pick']);
+const LOOPS = new Set(['while', 'repeat-until', 'for-each']);
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(SVG_NS, name);
