@@ -6,7 +6,8 @@
 //! and recovery); a few are read at scrape time, where they already live:
 //! the store's commit counters (`StoreCollector`), the live-index counts of
 //! running, waiting and suspended instances (one key scan of the store's
-//! `live` index, not of the instances), the timers due and the dispatch queue.
+//! `live` index, not of the instances), the timers due and the dispatch
+//! queue, the store's memtables and block cache, and the resident memory.
 //!
 //! Names start with `cairn_`; times are seconds. Label values are bounded:
 //! statuses, and deployed process and activity names.
@@ -165,6 +166,15 @@ impl Collector for StoreCollector {
             "Store writes synced to disk (each write, unless serve --no-fsync)",
             if stats.fsync { stats.writes } else { 0 },
         )?;
+        let memory = self.0.memory();
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), std::fmt::Error> {
+            let g: Gauge = Gauge::default();
+            g.set(i64::try_from(v).unwrap_or(i64::MAX));
+            g.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+        };
+        gauge(&mut encoder, "store_memtable_bytes", "Bytes in the embedded store's memtables (0 for PostgreSQL)", memory.memtables)?;
+        gauge(&mut encoder, "store_block_cache_bytes", "Bytes in the embedded store's block cache (0 for PostgreSQL)", memory.block_cache)?;
+        gauge(&mut encoder, "process_resident_bytes", "The host process's resident memory (VmRSS)", resident_bytes())?;
         let mut buckets: Vec<(f64, u64)> =
             cairn_store::GROUP_SIZE_BUCKETS.iter().zip(stats.group_sizes).map(|(upper, n)| (*upper as f64, n)).collect();
         buckets.push((f64::MAX, 0));
@@ -172,4 +182,12 @@ impl Collector for StoreCollector {
             .encode_descriptor("store_group_commit_batches", "Batches carried by each store write (group commit)", None, MetricType::Histogram)?
             .encode_histogram::<NoLabelSet>(stats.batches as f64, stats.writes, &buckets, None)
     }
+}
+
+/// The process's resident memory, from `/proc/self/status` (0 where there is none).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
+        .map_or(0, |kib| kib * 1024)
 }

@@ -81,6 +81,7 @@ pub fn serve(
     rt.block_on(async {
         let data = config.data_dir.display().to_string();
         let svc = Service::start(config).await?;
+        crate::trim_memory_every(Duration::from_secs(5));
         // Beyond loopback, a token is required: refuse to start, before binding, while none exists.
         if api.require_token && svc.store.tokens().await?.is_empty() {
             svc.shutdown().await;

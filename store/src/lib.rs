@@ -43,7 +43,7 @@ pub use health::{DamageReport, StoreHealth};
 pub use provision::fresh_postgres_database;
 pub use records::{
     CommitStats, ComponentKind, CorrelationKey, DeployedRecord, HistoryEntry, InTransit, InTransitState, InstanceFilter,
-    IntakeRecord, Moved, Reply, ResourceCheck, ResourceInfo, ResourceRow, Role, TimerKey, TokenRecord, GROUP_SIZE_BUCKETS,
+    IntakeRecord, MemoryStats, Moved, Reply, ResourceCheck, ResourceInfo, ResourceRow, Role, TimerKey, TokenRecord, GROUP_SIZE_BUCKETS,
 };
 
 use cairn_engine::{Delivery, Effect, Snapshot, Status};
@@ -125,6 +125,10 @@ pub trait Backend: Send + Sync {
     /// Stops the committer after what is queued.
     async fn close(&self);
     fn commit_stats(&self) -> CommitStats;
+    /// What the store holds in the host's memory now.
+    fn memory(&self) -> MemoryStats {
+        MemoryStats::default()
+    }
     /// `rocksdb` or `postgres`.
     fn kind(&self) -> &'static str;
     /// Damage met at run time, and whether writes are failing.

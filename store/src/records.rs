@@ -302,6 +302,16 @@ pub struct CommitStats {
     pub group_sizes: [u64; GROUP_SIZE_BUCKETS.len()],
 }
 
+/// Memory the store holds inside the host process, in bytes (the embedded
+/// RocksDB store; a PostgreSQL store holds none of its own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Every column family's memtables, active and immutable.
+    pub memtables: u64,
+    /// The shared block cache (data, index and filter blocks).
+    pub block_cache: u64,
+}
+
 /// Upper bounds of the group-size buckets (batches per write); a group holds
 /// at most 1024 batches.
 pub const GROUP_SIZE_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
