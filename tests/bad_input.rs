@@ -145,3 +145,28 @@ fn trapping_looping_and_hoarding_guests_fault_only_their_instance() {
     let basics = h.ok_json(&["start", "basics", "--input", r#"{"mode":"ok"}"#, "--wait"]);
     assert_eq!(basics["status"], "completed");
 }
+
+/// Components compile in a child process of the host (`cairn
+/// compile-component`): a compiler that dies on a component refuses that
+/// component with the reason and leaves the host serving, with nothing stored
+/// and no half-written compiled file; the same deploy succeeds once the
+/// compiler runs to its end.
+#[test]
+fn a_compiler_that_crashes_refuses_the_component_and_the_host_goes_on() {
+    let dir = TempDir::new("compiler-crash");
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "compile-component")]);
+    let out = h.cairn(&["deploy", cairn_tests::guest("t_basics").to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("killed the compiler's process (signal 6)"), "{}", out.stderr);
+    let (code, health) = h.get("/v1/health");
+    assert_eq!((code, health["status"].as_str()), (200, Some("ok")), "{health}");
+    assert_eq!(h.ok_json(&["definitions"])["definitions"], json!([]), "nothing deployed");
+    let compiled: Vec<_> = std::fs::read_dir(dir.path().join("store/compiled")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(compiled.is_empty(), "no compiled file was left behind: {compiled:?}");
+    h.terminate();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    h.deploy("t_basics", None);
+    let v = h.ok_json(&["start", "basics", "--input", r#"{"mode":"ok"}"#, "--wait"]);
+    assert_eq!(v["status"], "completed", "{v}");
+}

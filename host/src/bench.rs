@@ -99,6 +99,7 @@ async fn config(dir: &Path, fsync: bool) -> anyhow::Result<Config> {
         isolated: false,
         http: Default::default(),
         cluster: None,
+        compile_in: None,
     })
 }
 

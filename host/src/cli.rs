@@ -290,6 +290,29 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Compile a component for a host's cache (the host runs this itself:
+    /// compiling in a child process keeps the compiler out of the host).
+    /// Reads the component on standard input and writes the cache file.
+    /// Exit 0 compiled, 1 not a component it can compile (why on stderr),
+    /// 3 another engine configuration than the host's.
+    #[command(hide = true)]
+    CompileComponent {
+        /// The cache file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The host's engine fingerprint, which this executable's must match.
+        #[arg(long)]
+        fingerprint: String,
+        /// The host's cap on a guest's linear memory, in bytes (part of the engine configuration).
+        #[arg(long)]
+        memory_bytes: usize,
+        /// The host's engine uses the pooling allocator.
+        #[arg(long)]
+        pooling: bool,
+        /// The host's engine meters fuel.
+        #[arg(long)]
+        fuel: bool,
+    },
     /// Check a stopped host's embedded store record by record: checksums,
     /// decoding, and tables agreeing with the snapshots. Changes nothing.
     ///
@@ -846,6 +869,7 @@ pub fn main() -> i32 {
                 isolated: true,
                 http: http.into(),
                 cluster: None,
+                compile_in: std::env::current_exe().ok(),
             };
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !crate::server::is_loopback(&listen);
@@ -892,6 +916,7 @@ pub fn main() -> i32 {
                 isolated,
                 http: http.into(),
                 cluster: cluster.config(&listen),
+                compile_in: std::env::current_exe().ok(),
             };
             let mut api: crate::api::ApiConfig = api.into();
             api.require_token = !crate::server::is_loopback(&listen);
@@ -937,6 +962,9 @@ pub fn main() -> i32 {
         }
         Command::Partner(args) => return crate::partner::run(args),
         Command::Promote { data, store, yes } => return promote(&data, store.as_deref(), yes),
+        Command::CompileComponent { out, fingerprint, memory_bytes, pooling, fuel } => {
+            return crate::runtime::compile_component_main(&out, &fingerprint, memory_bytes, pooling, fuel)
+        }
         Command::Check { data, store, json } => return crate::check::run_check(&data, store.as_deref(), json),
         Command::Repair { data, yes, json } => return crate::check::run_repair(&data, yes, json),
     };

@@ -26,7 +26,9 @@
 //! engine configuration's fingerprint and the sha256 of the compiled bytes;
 //! a file that does not match, cannot be read or does not deserialize is
 //! compiled again from the stored component, so damaged machine code is
-//! never executed.
+//! never executed. The host compiles in a child process of its own
+//! executable (`compile_component_main`), so that the compiler neither stays
+//! resident nor takes the host down when it crashes.
 
 use crate::outbound::{self, OutboundCall};
 use crate::resources::{self, ResourceCall};
@@ -284,6 +286,14 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     /// The engine configuration compiled code in the cache must come from.
     fingerprint: String,
+    /// Whether the engine uses the pooling allocator (part of its configuration).
+    pooling: bool,
+    /// Compile in a child process of this executable (`cairn
+    /// compile-component`) rather than here: the compiler's code and memory
+    /// never stay resident in the host, and a compiler that crashes on a
+    /// component refuses that component without taking the host down.
+    /// `None`: compile in this process.
+    compile_in: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -291,7 +301,9 @@ pub struct Runtime {
 const TICK: Duration = Duration::from_millis(10);
 
 impl Runtime {
-    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> Result<Runtime> {
+    /// `compile_in`: the `cairn` executable to compile components in a
+    /// child process of (with a `cache_dir` only); `None`: in this process.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>, compile_in: Option<PathBuf>) -> Result<Runtime> {
         let (engine, pooling) = match Engine::new(&config(true, &limits)) {
             Ok(e) => (e, true),
             // The pooling allocator reserves address space up front; where
@@ -327,7 +339,8 @@ impl Runtime {
                 e.increment_epoch();
             }
         })?;
-        Ok(Runtime { engine, process_linker, activity_linker, limits, cache_dir, fingerprint, ticker_stop })
+        let compile_in = compile_in.filter(|_| cache_dir.is_some());
+        Ok(Runtime { engine, process_linker, activity_linker, limits, cache_dir, fingerprint, pooling, compile_in, ticker_stop })
     }
 
     /// Compiles (or loads from the cache) and links a component, and tells
@@ -404,16 +417,16 @@ impl Runtime {
                 }
             }
         }
-        if !bytes.starts_with(b"\0asm") {
-            bail!("not a WebAssembly file (it does not start with the \\0asm magic bytes)");
-        }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            if wasmparser_says_core_module(bytes) {
-                anyhow!("this is a core WebAssembly module, not a component; build for wasm32-wasip2 ({e:#})")
-            } else {
-                anyhow!("not a valid WebAssembly component: {e:#}")
+        if let (Some(exe), Some(path)) = (&self.compile_in, &cached) {
+            match self.compile_in_child(exe, bytes, path) {
+                Ok(()) => return load_cached(&self.engine, &self.fingerprint, path).map_err(|e| anyhow!("the compiled component {}: {e:#}", path.display())),
+                Err(ChildCompile::Refused(e)) => return Err(e),
+                // No child could run (the executable moved, a configuration
+                // that differs): compile here instead.
+                Err(ChildCompile::Unavailable(e)) => tracing::warn!("compiling in this process instead of a child: {e:#}"),
             }
-        })?;
+        }
+        let component = compile_bytes(&self.engine, bytes)?;
         if let Some(path) = &cached {
             if let Ok(serialized) = component.serialize() {
                 let tmp = path.with_extension("tmp");
@@ -423,6 +436,50 @@ impl Runtime {
             }
         }
         Ok(component)
+    }
+
+    /// Runs `cairn compile-component` on `bytes` (its standard input), which
+    /// writes the cache file `out` for this engine configuration.
+    fn compile_in_child(&self, exe: &std::path::Path, bytes: &[u8], out: &std::path::Path) -> Result<(), ChildCompile> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(exe);
+        cmd.arg("compile-component")
+            .arg("--out")
+            .arg(out)
+            .arg("--fingerprint")
+            .arg(&self.fingerprint)
+            .arg("--memory-bytes")
+            .arg(self.limits.memory_bytes.to_string());
+        if self.pooling {
+            cmd.arg("--pooling");
+        }
+        if self.limits.fuel_per_call.is_some() {
+            cmd.arg("--fuel");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ChildCompile::Unavailable(anyhow!("starting {} compile-component: {e}", exe.display())))?;
+        // A child that stops reading (it refused the bytes) closes the pipe: its status says why.
+        let _ = child.stdin.take().expect("piped").write_all(bytes);
+        let output = child.wait_with_output().map_err(|e| ChildCompile::Unavailable(anyhow!("waiting for compile-component: {e}")))?;
+        let said = String::from_utf8_lossy(&output.stderr).trim().trim_start_matches("error: ").to_string();
+        match output.status.code() {
+            Some(0) => Ok(()),
+            Some(COMPILE_REFUSED) => Err(ChildCompile::Refused(anyhow!("{said}"))),
+            Some(_) => Err(ChildCompile::Unavailable(anyhow!("compile-component: {said}"))),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                Err(ChildCompile::Refused(anyhow!(
+                    "compiling the component killed the compiler's process ({}); the host goes on without it{}",
+                    output.status.signal().map_or("no exit status".to_string(), |s| format!("signal {s}")),
+                    if said.is_empty() { String::new() } else { format!(": {said}") }
+                )))
+            }
+        }
     }
 
     fn store(&self, log: Option<LogContext>, hooks: outbound::Hooks, resources: ResourceCall) -> (Store<GuestState>, Arc<AtomicBool>) {
@@ -662,6 +719,80 @@ fn config(pooling: bool, limits: &Limits) -> wasmtime::Config {
         cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
     cfg
+}
+
+/// Compiles `bytes` with `engine`; errors say what is wrong with them.
+fn compile_bytes(engine: &Engine, bytes: &[u8]) -> Result<Component> {
+    if !bytes.starts_with(b"\0asm") {
+        bail!("not a WebAssembly file (it does not start with the \\0asm magic bytes)");
+    }
+    Component::new(engine, bytes).map_err(|e| {
+        if wasmparser_says_core_module(bytes) {
+            anyhow!("this is a core WebAssembly module, not a component; build for wasm32-wasip2 ({e:#})")
+        } else {
+            anyhow!("not a valid WebAssembly component: {e:#}")
+        }
+    })
+}
+
+/// Why a child could not compile a component.
+enum ChildCompile {
+    /// The component is refused: what is wrong with it.
+    Refused(anyhow::Error),
+    /// No child ran to the end for a reason of the host's: compile here.
+    Unavailable(anyhow::Error),
+}
+
+/// `cairn compile-component`'s exit status when the bytes are not a component it can compile.
+const COMPILE_REFUSED: i32 = 1;
+/// Its exit status when its engine configuration is not the host's.
+const COMPILE_OTHER_ENGINE: i32 = 3;
+
+/// `cairn compile-component` (run by the host, not by users): compiles the
+/// component on standard input with the engine configuration the flags
+/// describe, checks that it is the host's (`fingerprint`), and writes the
+/// cache file `out`. Exit status 0, `COMPILE_REFUSED` with the reason on
+/// stderr, or `COMPILE_OTHER_ENGINE`.
+pub fn compile_component_main(out: &std::path::Path, expected: &str, memory_bytes: usize, pooling: bool, fuel: bool) -> i32 {
+    use std::io::Read;
+    let limits = Limits { memory_bytes, fuel_per_call: fuel.then_some(1), ..Limits::default() };
+    let engine = match Engine::new(&config(pooling, &limits)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: creating the wasmtime engine: {e:#}");
+            return COMPILE_OTHER_ENGINE;
+        }
+    };
+    let actual = fingerprint(&engine, pooling, &limits);
+    if actual != expected {
+        eprintln!("error: this executable's engine configuration is {actual}, the host's {expected}");
+        return COMPILE_OTHER_ENGINE;
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
+        eprintln!("error: reading the component from standard input: {e}");
+        return COMPILE_OTHER_ENGINE;
+    }
+    crate::failpoint::hit("compile-component");
+    let component = match compile_bytes(&engine, &bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return COMPILE_REFUSED;
+        }
+    };
+    let written = component.serialize().map_err(|e| anyhow!("serializing: {e:#}")).and_then(|compiled| {
+        let tmp = out.with_extension("tmp");
+        std::fs::write(&tmp, cache_file(&actual, &compiled)).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
+    });
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            COMPILE_OTHER_ENGINE
+        }
+    }
 }
 
 /// A component's layer/version field: 0x0d 0x00 0x01 0x00 after the magic;

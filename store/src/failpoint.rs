@@ -17,7 +17,8 @@
 //! yet delivered to the instance), `after-compensation-step` (one compensation
 //! handler's persistence point committed), `atomic-call` (a handler call inside
 //! an atomic scope is about to run), `inline-call` (a microflow's or atomic
-//! scope's activity call returned).
+//! scope's activity call returned), `compile-component` (the child process
+//! compiling a component is about to compile it: a compiler that crashes).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -95,6 +95,9 @@ pub struct Config {
     /// Cluster mode (`serve --node`): this host's part of a cluster of hosts
     /// over one PostgreSQL store. None: the host owns every instance.
     pub cluster: Option<cairn_store::cluster::ClusterConfig>,
+    /// The `cairn` executable to compile components in a child process of
+    /// (`Runtime::new`); `None`: compile in this process.
+    pub compile_in: Option<PathBuf>,
 }
 
 /// Outbound HTTP as `cairn serve` configures it (see `crate::outbound`).
@@ -260,7 +263,7 @@ impl Service {
         };
         let cluster = leases.map(|l| Arc::new(cluster::Cluster::new(l)));
         let store_opened = began.elapsed();
-        let runtime = Arc::new(Runtime::new(config.limits.clone(), Some(config.data_dir.join("compiled")))?);
+        let runtime = Arc::new(Runtime::new(config.limits.clone(), Some(config.data_dir.join("compiled")), config.compile_in.clone())?);
         let runtime_made = began.elapsed();
         let guest_log = Arc::new(GuestLog::open(&config.data_dir.join("guest-log.jsonl"), config.echo_guest_log, config.limits.guest_log_bytes_per_instance)?);
         let registry = Registry::load(&store, &runtime).await?;
