@@ -77,6 +77,10 @@ fn metrics_count_persistence_points_fsyncs_commit_groups_and_call_latencies() {
     }
     let writes = value(&after, "cairn_store_writes_total");
     assert_eq!(value(&after, "cairn_store_group_commit_batches_count"), writes);
+    if cairn_tests::store_kind() == "rocksdb" {
+        assert!(value(&after, "cairn_store_memtable_bytes") > 0.0, "the writes sit in the memtables");
+    }
+    assert!(value(&after, "cairn_process_resident_bytes") > 1e6, "the host's resident memory");
     assert_eq!(value(&after, r#"cairn_store_group_commit_batches_bucket{le="+Inf"}"#), writes);
     assert_eq!(value(&after, "cairn_store_group_commit_batches_sum"), value(&after, "cairn_store_batches_total"));
     assert!(value(&after, r#"cairn_store_group_commit_batches_bucket{le="1.0"}"#) >= 1.0);
