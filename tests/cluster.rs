@@ -9,6 +9,8 @@
 //! - A message sent to host A for an instance that host B runs is
 //!   delivered, and a `--wait-reply` on A gets B's reply.
 //! - A rolling restart of all three hosts under load loses and duplicates nothing.
+//! - Workers polling host A only get the tasks of instances that B and C
+//!   run (A asks them), each task handed to one poll, completions sent to A.
 //! - A host cut off from the database (a TCP relay between it and the
 //!   database that stops carrying bytes, as a lost network does, and
 //!   delivers what it held back once it carries them again) stops its
@@ -320,6 +322,80 @@ fn a_rolling_restart_of_all_three_hosts_under_load_loses_and_duplicates_nothing(
         finished += 1;
     }
     check_exactly_once(&hosts[0], dir.path(), &names, &keys);
+}
+
+#[test]
+fn a_worker_polling_one_host_gets_the_tasks_of_instances_the_other_hosts_run_each_once() {
+    let Some((dir, store)) = setup("cluster-workers") else { return };
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    let c = node(dir.path(), &store, "c");
+    wait_balanced(&a, &["a", "b", "c"]);
+    // The external activity is deployed through b; a learns of it from the store.
+    let v = b.ok_json(&["deploy", "--external", "recorder", "--operation", "record", "--operation", "fail", "--operation", "spin"]);
+    assert_eq!(v["external"], json!(["record", "fail", "spin"]), "{v}");
+    b.deploy("t_invoker", None);
+    for h in [&a, &c] {
+        eventually("every host lists the deployed versions", WAIT, || {
+            let (_, v) = h.get("/v1/definitions");
+            v["definitions"].as_array().is_some_and(|d| d.len() >= 2)
+        });
+    }
+    // Instances started through every host until 12 run on b or c; a third
+    // are non-idempotent (their lease is recorded before a worker has them).
+    let hosts = [&a, &b, &c];
+    let mut ids: Vec<String> = Vec::new();
+    let mut elsewhere = 0;
+    while elsewhere < 12 {
+        assert!(ids.len() < 200, "of {} new instances, {elsewhere} landed on b or c", ids.len());
+        let mode = if ids.len() % 3 == 0 { "non-idempotent" } else { "retry" };
+        let input = json!({ "mode": mode, "key": format!("k-{}", ids.len()) }).to_string();
+        let v = hosts[ids.len() % 3].ok_json(&["start", "invoker", "--input", &input]);
+        let id = v["id"].as_str().expect("an id").to_string();
+        if owner_of(&status(&a), &id).is_some_and(|o| o != "a") {
+            elsewhere += 1;
+        }
+        ids.push(id);
+    }
+    // Workers poll a only, and complete there (forwarded to the owner).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u32, String)>::new()));
+    let mut threads = Vec::new();
+    for n in 0..4 {
+        let w = cairn_worker::Worker::new(&a.url, "recorder", &format!("w-{n}"));
+        let (stop, handed) = (stop.clone(), handed.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for t in w.poll(3, Duration::from_millis(500)).expect("poll") {
+                    handed.lock().unwrap().push((t.id.clone(), t.attempt, w.name().to_string()));
+                    if let Err(e) = w.complete(&t, &json!({ "by": w.name() })) {
+                        panic!("completion of {} sent to a refused: {e}", t.id);
+                    }
+                }
+            }
+        }));
+    }
+    for id in &ids {
+        let v = a.wait_status(id, "completed", WAIT);
+        assert_eq!(v["variables"]["done"], true, "{v}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let handed = handed.lock().unwrap();
+    let mut by_task: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
+    for (id, attempt, worker) in handed.iter() {
+        by_task.entry(id.clone()).or_default().push((*attempt, worker.clone()));
+    }
+    let instances: BTreeSet<&str> = by_task.keys().map(|t| t.split_once(':').unwrap().0).collect();
+    assert_eq!(instances, ids.iter().map(String::as_str).collect(), "one task per instance, each handed through a");
+    assert!(by_task.values().all(|polls| polls.len() == 1), "each task handed to exactly one poll: {by_task:?}");
+    for h in hosts {
+        let (_, v) = h.get("/v1/tasks");
+        assert_eq!(v["count"], 0, "no task left: {v}");
+    }
+    eprintln!("{} tasks, {elsewhere} of instances run by b or c, all taken through a", by_task.len());
 }
 
 /// A TCP relay between one host and the database that can stop carrying

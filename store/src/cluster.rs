@@ -21,7 +21,8 @@
 //!
 //! Wake-ups: `pg_notify('cairn_wake', INSTANCE)` after an intake commits on a
 //! host that does not own the instance; every host listens and wakes the
-//! instances it owns.
+//! instances it owns. Likewise `cairn_reply` (a reply committed) and
+//! `cairn_task` (a task offered, for workers polling another host).
 
 use crate::error::{Result, StoreError};
 use crate::postgres::Endpoint;
@@ -37,6 +38,9 @@ pub const WAKE_CHANNEL: &str = "cairn_wake";
 /// The channel of replies committed (payload: the request's message id), for
 /// hosts where a caller waits for a reply another host decided.
 pub const REPLY_CHANNEL: &str = "cairn_reply";
+/// The channel of tasks offered (payload: the external activity's name),
+/// for hosts where a worker polls for tasks that another host offers.
+pub const TASK_CHANNEL: &str = "cairn_task";
 
 /// How a host joins a cluster (`cairn serve --node …`).
 #[derive(Clone, Debug)]
@@ -344,7 +348,7 @@ impl Leases {
         Ok(())
     }
 
-    /// A new session listening on `WAKE_CHANNEL` and `REPLY_CHANNEL`: every
+    /// A new session listening on `WAKE_CHANNEL`, `REPLY_CHANNEL` and `TASK_CHANNEL`: every
     /// notification arrives on the receiver as (channel, payload); the
     /// receiver closes when the session ends.
     pub async fn listen(&self) -> Result<mpsc::UnboundedReceiver<(String, String)>> {
@@ -369,7 +373,7 @@ impl Leases {
             }
         });
         client
-            .batch_execute(&format!("LISTEN {WAKE_CHANNEL}; LISTEN {REPLY_CHANNEL}"))
+            .batch_execute(&format!("LISTEN {WAKE_CHANNEL}; LISTEN {REPLY_CHANNEL}; LISTEN {TASK_CHANNEL}"))
             .await
             .map_err(|e| failed("listening for wake-ups", e))?;
         // The session lives as long as its connection.

@@ -125,6 +125,76 @@ async fn forward(svc: &Service, req: Request, (node, advertise): (String, String
     }
 }
 
+/// How long asking another host for tasks may take (a poll that does not
+/// wait, so far less), and connecting to it.
+const PEER_POLL_TIMEOUT: Duration = Duration::from_secs(10);
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Cluster mode: asks the other live hosts, one after the other, for up to
+/// `max` tasks of the poll's activity in all, each by a poll that does not
+/// wait (`wait_ms` 0), marked `x-cairn-forwarded-by` so that it is answered
+/// from that host's own tasks only. Each host leases what it hands out (the
+/// lease lives with the instance); the tasks come back as that host's API
+/// wrote them. A host that fails or refuses is skipped: its tasks wait for
+/// the next ask, or for a worker polling it.
+pub async fn poll_elsewhere(svc: Service, r: crate::service::PollRequest, max: usize, authorization: Option<String>) -> Vec<serde_json::Value> {
+    let peers = svc.peers().await;
+    if peers.is_empty() {
+        return Vec::new();
+    }
+    let me = svc.node_name().unwrap_or_default();
+    let asked = tokio::task::spawn_blocking(move || {
+        static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+        let agent = AGENT.get_or_init(|| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(PEER_POLL_TIMEOUT))
+                .timeout_connect(Some(PEER_CONNECT_TIMEOUT))
+                .build()
+                .into()
+        });
+        let mut out: Vec<serde_json::Value> = Vec::new();
+        for (node, advertise) in peers {
+            if out.len() >= max {
+                break;
+            }
+            let body = serde_json::json!({
+                "activity": r.activity,
+                "operations": r.operations,
+                "worker": r.worker,
+                "max": max - out.len(),
+                "wait_ms": 0,
+                "lease_ms": r.lease_ms,
+            });
+            let url = format!("{}/v1/tasks/poll", advertise.trim_end_matches('/'));
+            let mut request = ureq::http::Request::builder().method("POST").uri(&url).header(FORWARDED_BY, me.as_str()).header("content-type", "application/json");
+            if let Some(a) = &authorization {
+                request = request.header("authorization", a.as_str());
+            }
+            let answer = request.body(body.to_string().into_bytes()).map_err(|e| e.to_string()).and_then(|request| {
+                let mut response = agent.run(request).map_err(|e| e.to_string())?;
+                let status = response.status().as_u16();
+                let text = response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| e.to_string())?;
+                Ok((status, text))
+            });
+            match answer {
+                Ok((200, text)) => match serde_json::from_slice::<serde_json::Value>(&text) {
+                    Ok(mut v) => out.extend(v["tasks"].as_array_mut().map(std::mem::take).unwrap_or_default()),
+                    // Leased there and not understood here: their leases expire, and they are offered again.
+                    Err(e) => tracing::warn!("host '{node}' answered a poll with what is not JSON: {e}"),
+                },
+                Ok((status, text)) => {
+                    tracing::debug!("host '{node}' refused a poll for tasks ({status}): {}", String::from_utf8_lossy(&text));
+                }
+                Err(e) => tracing::debug!("asking host '{node}' ({advertise}) for tasks: {e}"),
+            }
+        }
+        out
+    })
+    .await;
+    asked.unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,15 +38,31 @@ pub struct Cluster {
     handing_over: Mutex<HashSet<u32>>,
     /// Set once this host released its partitions at shutdown: the lease loop ends.
     left: AtomicBool,
+    /// The cluster's status as the lease loop last read it, and when: the
+    /// other hosts' addresses and who owns what (`peers`, `owner_elsewhere`).
+    view: std::sync::RwLock<Option<(Instant, Arc<ClusterStatus>)>>,
 }
 
 impl Cluster {
     pub fn new(leases: Arc<Leases>) -> Cluster {
-        Cluster { leases, handing_over: Mutex::new(HashSet::new()), left: AtomicBool::new(false) }
+        Cluster { leases, handing_over: Mutex::new(HashSet::new()), left: AtomicBool::new(false), view: Default::default() }
     }
 
     fn lease(&self) -> Duration {
         Duration::from_millis(self.leases.config().lease_ms)
+    }
+
+    /// The status read last, if it is younger than `within`.
+    fn cached(&self, within: Duration) -> Option<(Instant, Arc<ClusterStatus>)> {
+        self.view.read().unwrap().clone().filter(|(at, _)| at.elapsed() < within)
+    }
+
+    /// Reads the status from the database and keeps it.
+    async fn refresh(&self) -> cairn_store::Result<Arc<ClusterStatus>> {
+        let read_at = Instant::now();
+        let status = Arc::new(self.leases.status().await?);
+        *self.view.write().unwrap() = Some((read_at, status.clone()));
+        Ok(status)
     }
 }
 
@@ -88,6 +104,38 @@ impl Service {
                 }
             });
         }
+    }
+
+    /// Tells the other hosts that a task of external activity `activity` is
+    /// offered here (their workers' polls ask this host); nothing outside
+    /// cluster mode.
+    pub fn announce_task(&self, activity: &str) {
+        if let Some(c) = &self.cluster {
+            let leases = c.leases.clone();
+            let activity = activity.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = leases.notify_on(cairn_store::cluster::TASK_CHANNEL, &activity).await {
+                    tracing::debug!("telling the other hosts of a task of {activity}: {e} (their polls ask again within a second)");
+                }
+            });
+        }
+    }
+
+    /// Cluster mode: the name and advertised address of every other live
+    /// host (as the lease loop last saw them); empty outside cluster mode.
+    pub async fn peers(&self) -> Vec<(String, String)> {
+        let Some(c) = self.cluster.as_ref() else { return Vec::new() };
+        let status = match c.cached(c.lease()) {
+            Some((_, status)) => status,
+            None => match c.refresh().await {
+                Ok(status) => status,
+                Err(e) => {
+                    tracing::warn!("reading the cluster's nodes: {e}");
+                    return Vec::new();
+                }
+            },
+        };
+        status.nodes.iter().filter(|n| n.live && n.name != status.node).map(|n| (n.name.clone(), n.advertise.clone())).collect()
     }
 
     /// Nodes, partitions, owners, epochs and lease ages; None outside cluster mode.
@@ -157,6 +205,10 @@ pub async fn run(svc: Service) {
                 Ok(Err(e)) => tracing::warn!("balancing partitions: {e}"),
                 Err(_) => tracing::warn!("balancing partitions: no answer within {} ms", tick.as_millis()),
                 Ok(Ok(())) => {}
+            }
+            // Who owns what and where the other hosts are, for forwarding.
+            if let Ok(Err(e)) = tokio::time::timeout(tick, cluster.refresh()).await {
+                tracing::debug!("reading the cluster's status: {e}");
             }
             // Versions deployed through another host.
             if let Ok(Err(e)) = tokio::time::timeout(tick, svc.registry.refresh()).await {
@@ -269,7 +321,8 @@ pub async fn leave(svc: &Service) {
     }
 }
 
-/// Listens for wake-ups and wakes the instances this host owns; reconnects
+/// Listens for wake-ups and wakes the instances this host owns (and the
+/// polls waiting here when another host offers a task); reconnects
 /// (and sweeps, for what it missed) when the session ends.
 pub async fn listen(svc: Service) {
     let Some(cluster) = svc.cluster.clone() else { return };
@@ -294,6 +347,8 @@ pub async fn listen(svc: Service) {
                                 }
                             });
                         }
+                    } else if channel == cairn_store::cluster::TASK_CHANNEL {
+                        svc.tasks.offered_elsewhere(&id);
                     } else if svc.owns(&id) {
                         svc.drivers.wake(&svc, &id, Wake::Resume);
                     }

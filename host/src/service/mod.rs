@@ -54,7 +54,7 @@ pub use operator::Operator;
 pub use registry::{Deployed, Registry};
 pub use replies::Replies;
 pub use resources::{CallResources, ResourceGrant};
-pub use tasks::{Acknowledged, Holder, Outcome, PollRequest, TaskInfo, Tasks, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
+pub use tasks::{Acknowledged, Holder, Outcome, PollRequest, Polled, TaskInfo, Tasks, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
 pub use timers::Timers;
 
 use crate::guestlog::GuestLog;
