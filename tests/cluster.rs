@@ -9,6 +9,8 @@
 //! - A message sent to host A for an instance that host B runs is
 //!   delivered, and a `--wait-reply` on A gets B's reply.
 //! - A rolling restart of all three hosts under load loses and duplicates nothing.
+//! - Orders with the same correlation values sent to two hosts at once
+//!   create one instance; the other submission is refused as a conflict.
 //! - Workers polling host A only get the tasks of instances that B and C
 //!   run (A asks them), each task handed to one poll, completions sent to A.
 //! - A host cut off from the database (a TCP relay between it and the
@@ -396,6 +398,53 @@ fn a_worker_polling_one_host_gets_the_tasks_of_instances_the_other_hosts_run_eac
         assert_eq!(v["count"], 0, "no task left: {v}");
     }
     eprintln!("{} tasks, {elsewhere} of instances run by b or c, all taken through a", by_task.len());
+}
+
+#[test]
+fn orders_with_the_same_correlation_values_sent_to_two_hosts_at_once_create_one_instance() {
+    let Some((dir, store)) = setup("cluster-correlation") else { return };
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    wait_balanced(&a, &["a", "b"]);
+    a.deploy("pricing", None);
+    a.deploy("notifier", None);
+    a.deploy("order_approval", None);
+    eventually("b lists the deployed versions", WAIT, || {
+        let (_, v) = b.get("/v1/definitions");
+        v["definitions"].as_array().is_some_and(|d| d.len() >= 3)
+    });
+    // Large orders wait for an approval: each keeps its correlation values.
+    let rounds = 30;
+    let barrier = std::sync::Barrier::new(2);
+    let answers: Vec<[(u16, Value); 2]> = (0..rounds)
+        .map(|i| {
+            let body = json!({"order_id": format!("same-{i}"), "customer": "ada", "lines": [{"sku": "gizmo", "qty": 4}]});
+            std::thread::scope(|s| {
+                let (barrier, a, b) = (&barrier, &a, &b);
+                let (body_a, body_b) = (body.clone(), body.clone());
+                let x = s.spawn(move || {
+                    barrier.wait();
+                    a.send("submit-order", body_a, Some(&format!("submit-{i}-a")))
+                });
+                let y = s.spawn(move || {
+                    barrier.wait();
+                    b.send("submit-order", body_b, Some(&format!("submit-{i}-b")))
+                });
+                [x.join().unwrap(), y.join().unwrap()]
+            })
+        })
+        .collect();
+    for (i, [x, y]) in answers.iter().enumerate() {
+        let accepted = [x, y].iter().filter(|(status, _)| *status == 202 || *status == 200).count();
+        assert_eq!(accepted, 1, "order same-{i}: one of the two submissions creates the instance: {x:?} {y:?}");
+        let refused = [x, y].into_iter().find(|(status, _)| *status != 202 && *status != 200).unwrap();
+        assert_eq!(refused.0, 409, "order same-{i}: the other is refused as a conflict: {refused:?}");
+        assert!(refused.1["error"].as_str().unwrap_or("").contains("already belongs to instance"), "{refused:?}");
+    }
+    let instances = a.instances("order-approval");
+    assert_eq!(instances.len(), rounds, "one instance per order: {instances:?}");
+    let raced = answers.iter().flatten().filter(|(_, v)| v["error"].as_str().is_some_and(|e| e.contains("through another host"))).count();
+    eprintln!("{rounds} orders sent to both hosts at once: {raced} refused by the store's check (both hosts had routed them), the rest by the intake's");
 }
 
 /// A TCP relay between one host and the database that can stop carrying

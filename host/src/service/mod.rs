@@ -182,7 +182,7 @@ impl From<StoreError> for Error {
         let kind = match e {
             StoreError::Storage(_) => ErrorKind::Unavailable,
             StoreError::NoSpace(_) => ErrorKind::NoSpace,
-            StoreError::Fenced { .. } | StoreError::Duplicate { .. } => ErrorKind::Conflict,
+            StoreError::Fenced { .. } | StoreError::Duplicate { .. } | StoreError::Correlated { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         };
         let retry = if matches!(kind, ErrorKind::Internal | ErrorKind::Conflict) { "" } else { " (nothing was written; the host retries in the background: try again later)" };
