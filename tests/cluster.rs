@@ -11,6 +11,8 @@
 //! - A rolling restart of all three hosts under load loses and duplicates nothing.
 //! - Orders with the same correlation values sent to two hosts at once
 //!   create one instance; the other submission is refused as a conflict.
+//! - A backup from a cluster host whose read transaction stays idle for
+//!   longer than a lease is not cut by the sessions' idle timeout.
 //! - Workers polling host A only get the tasks of instances that B and C
 //!   run (A asks them), each task handed to one poll, completions sent to A.
 //! - A host cut off from the database (a TCP relay between it and the
@@ -445,6 +447,20 @@ fn orders_with_the_same_correlation_values_sent_to_two_hosts_at_once_create_one_
     assert_eq!(instances.len(), rounds, "one instance per order: {instances:?}");
     let raced = answers.iter().flatten().filter(|(_, v)| v["error"].as_str().is_some_and(|e| e.contains("through another host"))).count();
     eprintln!("{rounds} orders sent to both hosts at once: {raced} refused by the store's check (both hosts had routed them), the rest by the intake's");
+}
+
+#[test]
+fn a_backup_from_a_cluster_host_may_take_longer_than_a_lease() {
+    let Some((dir, store)) = setup("cluster-backup") else { return };
+    // The backup's read transaction stays open, idle, for longer than a
+    // lease (1.5 s), which is the idle-in-transaction timeout of the host's sessions.
+    let a = Host::start_node_with(&dir.path().join("a"), &store, "a", FLAGS, &[("CAIRN_PAUSE", "backup-begun:2500")]);
+    wait_balanced(&a, &["a"]);
+    a.deploy("t_crash", None);
+    let out = a.ok_json(&["backup", "b"]);
+    assert_eq!(out["name"], "b", "{out}");
+    let copy = std::path::PathBuf::from(out["dir"].as_str().unwrap());
+    assert!(copy.join("db").join("CURRENT").exists(), "the backup is a data directory of the embedded store: {out}");
 }
 
 /// A TCP relay between one host and the database that can stop carrying

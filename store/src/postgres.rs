@@ -1391,9 +1391,13 @@ impl Copier<'_> {
 /// Copies every table, read in one repeatable-read transaction.
 async fn copy_store(client: &Client, to: &RocksStore) -> Result<()> {
     client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL idle_in_transaction_session_timeout = 0")
         .await
         .map_err(|e| storage("starting the backup transaction", e))?;
+    // Cluster mode's sessions end a transaction left idle for a lease (so
+    // that a host cut off keeps no rows locked); this one locks no rows and
+    // may wait on the copy's writes for longer than that: it is exempt.
+    crate::failpoint::pause("backup-begun").await;
     let mut out = Copier { to, batch: WriteBatch::new(), bytes: 0 };
 
     let mut c = Cursor::open(client, "definitions", "SELECT version, record, component FROM definitions", 16).await?;
