@@ -393,22 +393,62 @@ impl Service {
     /// lease covers instance `id`'s partition, if another live host holds
     /// it. `None` outside cluster mode, when this host owns it, or when no
     /// live host holds an unexpired lease on it (a handover under way).
-    pub async fn owner_elsewhere(&self, id: &str) -> Result<Option<(String, String)>, super::Error> {
+    /// From the status the lease loop keeps while the lease it shows has
+    /// time left; read afresh otherwise, or with `fresh`.
+    pub async fn owner_elsewhere(&self, id: &str, fresh: bool) -> Result<Option<(String, String)>, super::Error> {
         let Some(c) = self.cluster.as_ref() else { return Ok(None) };
         if self.owns(id) {
             return Ok(None);
         }
         let partition = c.leases.held().partition(id);
-        let status = c.leases.status().await?;
-        let owner = status
-            .owners
-            .iter()
-            .find(|p| p.partition == partition && p.lease_remaining_ms > 0)
-            .and_then(|p| p.owner.clone())
-            .filter(|owner| *owner != status.node);
-        Ok(owner.and_then(|owner| {
-            let node = status.nodes.iter().find(|n| n.name == owner && n.live)?;
-            Some((owner, node.advertise.clone()))
-        }))
+        if !fresh {
+            if let Some(found) = c.cached(c.lease()).and_then(|(at, status)| owner_in(&status, partition, at.elapsed())) {
+                return Ok(Some(found));
+            }
+        }
+        let status = c.refresh().await?;
+        Ok(owner_in(&status, partition, Duration::ZERO))
+    }
+}
+
+/// The other live host holding `partition` in `status`, read `age` ago,
+/// under a lease that had more than `age` left then.
+fn owner_in(status: &ClusterStatus, partition: u32, age: Duration) -> Option<(String, String)> {
+    let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    let p = status.owners.iter().find(|p| p.partition == partition && p.lease_remaining_ms > age)?;
+    let owner = p.owner.clone().filter(|owner| *owner != status.node)?;
+    let node = status.nodes.iter().find(|n| n.name == owner && n.live)?;
+    Some((owner, node.advertise.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::cluster::{NodeStatus, PartitionStatus};
+
+    fn status(me: &str, owner: &str, remaining_ms: i64, live: bool) -> ClusterStatus {
+        let node = |name: &str, live: bool| NodeStatus { name: name.into(), advertise: format!("http://{name}"), heartbeat_age_ms: 0, live, partitions: 1 };
+        ClusterStatus {
+            node: me.into(),
+            partitions: 2,
+            lease_ms: 3000,
+            nodes: vec![node(me, true), node(owner, live)],
+            owners: vec![
+                PartitionStatus { partition: 0, owner: Some(me.into()), epoch: 1, lease_remaining_ms: 3000, lease_age_ms: Some(0) },
+                PartitionStatus { partition: 1, owner: Some(owner.into()), epoch: 4, lease_remaining_ms: remaining_ms, lease_age_ms: Some(0) },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_kept_status_names_an_owner_only_while_the_lease_it_shows_runs() {
+        let s = status("a", "b", 2000, true);
+        assert_eq!(owner_in(&s, 1, Duration::from_millis(500)), Some(("b".into(), "http://b".into())));
+        // Read longer ago than the lease had left: the database is asked.
+        assert_eq!(owner_in(&s, 1, Duration::from_millis(2000)), None);
+        // This host's own partitions, and hosts no longer live, are nobody's to forward to.
+        assert_eq!(owner_in(&s, 0, Duration::ZERO), None);
+        assert_eq!(owner_in(&status("a", "b", 2000, false), 1, Duration::ZERO), None);
+        assert_eq!(owner_in(&status("a", "b", -5, true), 1, Duration::ZERO), None);
     }
 }
