@@ -352,7 +352,7 @@ fn a_worker_polling_one_host_gets_the_tasks_of_instances_the_other_hosts_run_eac
     let mut elsewhere = 0;
     while elsewhere < 12 {
         assert!(ids.len() < 200, "of {} new instances, {elsewhere} landed on b or c", ids.len());
-        let mode = if ids.len() % 3 == 0 { "non-idempotent" } else { "retry" };
+        let mode = if ids.len().is_multiple_of(3) { "non-idempotent" } else { "retry" };
         let input = json!({ "mode": mode, "key": format!("k-{}", ids.len()) }).to_string();
         let v = hosts[ids.len() % 3].ok_json(&["start", "invoker", "--input", &input]);
         let id = v["id"].as_str().expect("an id").to_string();

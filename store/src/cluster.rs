@@ -38,7 +38,8 @@ pub const WAKE_CHANNEL: &str = "cairn_wake";
 /// The channel of replies committed (payload: the request's message id), for
 /// hosts where a caller waits for a reply another host decided.
 pub const REPLY_CHANNEL: &str = "cairn_reply";
-/// The channel of tasks offered (payload: the external activity's name),
+/// The channel of tasks offered (payload: the offering node's name, a
+/// newline, and the external activity's name),
 /// for hosts where a worker polls for tasks that another host offers.
 pub const TASK_CHANNEL: &str = "cairn_task";
 
@@ -181,8 +182,13 @@ pub struct Leases {
     client: tokio::sync::RwLock<Option<Arc<Client>>>,
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::storage(format!("{what}: {e}"))
+/// A failed statement, with the server's own words when it gave some
+/// (tokio-postgres says only "db error" for those).
+fn failed(what: &str, e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::storage(format!("{what}: {db}")),
+        None => StoreError::storage(format!("{what}: {e}")),
+    }
 }
 
 impl Leases {
@@ -403,7 +409,10 @@ impl Leases {
         let parts = c
             .query(
                 &format!(
-                    "SELECT partition, owner, epoch, {}, {} FROM partitions ORDER BY partition",
+                    // A partition never claimed has lease_until '-infinity',
+                    // which PostgreSQL before 17 cannot subtract: -1 (expired).
+                    "SELECT partition, owner, epoch, CASE WHEN isfinite(lease_until) THEN {} ELSE -1 END, {}
+                     FROM partitions ORDER BY partition",
                     ms("lease_until - now()"),
                     ms("now() - acquired_at")
                 ),

@@ -328,6 +328,9 @@ async fn cluster_leases_fence_writes_by_partition_epoch() {
     assert_eq!(la.held().count(), 4);
     assert_eq!(lb.held().count(), 4);
     assert_eq!(lb.live_nodes().await.unwrap(), 2);
+    // Before any claim the status reads (partitions never claimed: no owner, expired).
+    let before = la.status().await.expect("the status of a cluster with no partition claimed yet");
+    assert!(before.owners.iter().all(|o| o.owner.is_none() && o.lease_remaining_ms < 0), "{before:?}");
 
     // a claims everything, each partition at epoch 1; nothing is left for b.
     let claimed = la.claim(10).await.unwrap();

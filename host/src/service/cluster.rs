@@ -113,8 +113,10 @@ impl Service {
         if let Some(c) = &self.cluster {
             let leases = c.leases.clone();
             let activity = activity.to_string();
+            // Named by this host, whose own polls found the task already.
+            let payload = format!("{}\n{activity}", leases.config().node);
             tokio::spawn(async move {
-                if let Err(e) = leases.notify_on(cairn_store::cluster::TASK_CHANNEL, &activity).await {
+                if let Err(e) = leases.notify_on(cairn_store::cluster::TASK_CHANNEL, &payload).await {
                     tracing::debug!("telling the other hosts of a task of {activity}: {e} (their polls ask again within a second)");
                 }
             });
@@ -348,7 +350,11 @@ pub async fn listen(svc: Service) {
                             });
                         }
                     } else if channel == cairn_store::cluster::TASK_CHANNEL {
-                        svc.tasks.offered_elsewhere(&id);
+                        match id.split_once('\n') {
+                            Some((from, _)) if from == cluster.leases.config().node => {}
+                            Some((_, activity)) => svc.tasks.offered_elsewhere(activity),
+                            None => svc.tasks.offered_elsewhere(&id),
+                        }
                     } else if svc.owns(&id) {
                         svc.drivers.wake(&svc, &id, Wake::Resume);
                     }
