@@ -57,10 +57,17 @@ impl Cluster {
         self.view.read().unwrap().clone().filter(|(at, _)| at.elapsed() < within)
     }
 
-    /// Reads the status from the database and keeps it.
+    /// Reads the status from the database and keeps it; a storage error if
+    /// the database does not answer within a lease (a host cut off from it).
     async fn refresh(&self) -> cairn_store::Result<Arc<ClusterStatus>> {
         let read_at = Instant::now();
-        let status = Arc::new(self.leases.status().await?);
+        let status = match tokio::time::timeout(self.lease(), self.leases.status()).await {
+            Ok(status) => Arc::new(status?),
+            Err(_) => {
+                let ms = self.lease().as_millis();
+                return Err(cairn_store::StoreError::Storage(format!("reading the cluster's status: no answer within {ms} ms")));
+            }
+        };
         *self.view.write().unwrap() = Some((read_at, status.clone()));
         Ok(status)
     }
