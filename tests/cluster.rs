@@ -9,6 +9,12 @@
 //! - A message sent to host A for an instance that host B runs is
 //!   delivered, and a `--wait-reply` on A gets B's reply.
 //! - A rolling restart of all three hosts under load loses and duplicates nothing.
+//! - Orders with the same correlation values sent to two hosts at once
+//!   create one instance; the other submission is refused as a conflict.
+//! - A backup from a cluster host whose read transaction stays idle for
+//!   longer than a lease is not cut by the sessions' idle timeout.
+//! - Workers polling host A only get the tasks of instances that B and C
+//!   run (A asks them), each task handed to one poll, completions sent to A.
 //! - A host cut off from the database (a TCP relay between it and the
 //!   database that stops carrying bytes, as a lost network does, and
 //!   delivers what it held back once it carries them again) stops its
@@ -320,6 +326,141 @@ fn a_rolling_restart_of_all_three_hosts_under_load_loses_and_duplicates_nothing(
         finished += 1;
     }
     check_exactly_once(&hosts[0], dir.path(), &names, &keys);
+}
+
+#[test]
+fn a_worker_polling_one_host_gets_the_tasks_of_instances_the_other_hosts_run_each_once() {
+    let Some((dir, store)) = setup("cluster-workers") else { return };
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    let c = node(dir.path(), &store, "c");
+    wait_balanced(&a, &["a", "b", "c"]);
+    // The external activity is deployed through b; a learns of it from the store.
+    let v = b.ok_json(&["deploy", "--external", "recorder", "--operation", "record", "--operation", "fail", "--operation", "spin"]);
+    assert_eq!(v["external"], json!(["record", "fail", "spin"]), "{v}");
+    b.deploy("t_invoker", None);
+    for h in [&a, &c] {
+        eventually("every host lists the deployed versions", WAIT, || {
+            let (_, v) = h.get("/v1/definitions");
+            v["definitions"].as_array().is_some_and(|d| d.len() >= 2)
+        });
+    }
+    // Instances started through every host until 12 run on b or c; a third
+    // are non-idempotent (their lease is recorded before a worker has them).
+    let hosts = [&a, &b, &c];
+    let mut ids: Vec<String> = Vec::new();
+    let mut elsewhere = 0;
+    while elsewhere < 12 {
+        assert!(ids.len() < 200, "of {} new instances, {elsewhere} landed on b or c", ids.len());
+        let mode = if ids.len().is_multiple_of(3) { "non-idempotent" } else { "retry" };
+        let input = json!({ "mode": mode, "key": format!("k-{}", ids.len()) }).to_string();
+        let v = hosts[ids.len() % 3].ok_json(&["start", "invoker", "--input", &input]);
+        let id = v["id"].as_str().expect("an id").to_string();
+        if owner_of(&status(&a), &id).is_some_and(|o| o != "a") {
+            elsewhere += 1;
+        }
+        ids.push(id);
+    }
+    // Workers poll a only, and complete there (forwarded to the owner).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u32, String)>::new()));
+    let mut threads = Vec::new();
+    for n in 0..4 {
+        let w = cairn_worker::Worker::new(&a.url, "recorder", &format!("w-{n}"));
+        let (stop, handed) = (stop.clone(), handed.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for t in w.poll(3, Duration::from_millis(500)).expect("poll") {
+                    handed.lock().unwrap().push((t.id.clone(), t.attempt, w.name().to_string()));
+                    if let Err(e) = w.complete(&t, &json!({ "by": w.name() })) {
+                        panic!("completion of {} sent to a refused: {e}", t.id);
+                    }
+                }
+            }
+        }));
+    }
+    for id in &ids {
+        let v = a.wait_status(id, "completed", WAIT);
+        assert_eq!(v["variables"]["done"], true, "{v}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let handed = handed.lock().unwrap();
+    let mut by_task: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
+    for (id, attempt, worker) in handed.iter() {
+        by_task.entry(id.clone()).or_default().push((*attempt, worker.clone()));
+    }
+    let instances: BTreeSet<&str> = by_task.keys().map(|t| t.split_once(':').unwrap().0).collect();
+    assert_eq!(instances, ids.iter().map(String::as_str).collect(), "one task per instance, each handed through a");
+    assert!(by_task.values().all(|polls| polls.len() == 1), "each task handed to exactly one poll: {by_task:?}");
+    for h in hosts {
+        let (_, v) = h.get("/v1/tasks");
+        assert_eq!(v["count"], 0, "no task left: {v}");
+    }
+    eprintln!("{} tasks, {elsewhere} of instances run by b or c, all taken through a", by_task.len());
+}
+
+#[test]
+fn orders_with_the_same_correlation_values_sent_to_two_hosts_at_once_create_one_instance() {
+    let Some((dir, store)) = setup("cluster-correlation") else { return };
+    let a = node(dir.path(), &store, "a");
+    let b = node(dir.path(), &store, "b");
+    wait_balanced(&a, &["a", "b"]);
+    a.deploy("pricing", None);
+    a.deploy("notifier", None);
+    a.deploy("order_approval", None);
+    eventually("b lists the deployed versions", WAIT, || {
+        let (_, v) = b.get("/v1/definitions");
+        v["definitions"].as_array().is_some_and(|d| d.len() >= 3)
+    });
+    // Large orders wait for an approval: each keeps its correlation values.
+    let rounds = 30;
+    let barrier = std::sync::Barrier::new(2);
+    let answers: Vec<[(u16, Value); 2]> = (0..rounds)
+        .map(|i| {
+            let body = json!({"order_id": format!("same-{i}"), "customer": "ada", "lines": [{"sku": "gizmo", "qty": 4}]});
+            std::thread::scope(|s| {
+                let (barrier, a, b) = (&barrier, &a, &b);
+                let (body_a, body_b) = (body.clone(), body.clone());
+                let x = s.spawn(move || {
+                    barrier.wait();
+                    a.send("submit-order", body_a, Some(&format!("submit-{i}-a")))
+                });
+                let y = s.spawn(move || {
+                    barrier.wait();
+                    b.send("submit-order", body_b, Some(&format!("submit-{i}-b")))
+                });
+                [x.join().unwrap(), y.join().unwrap()]
+            })
+        })
+        .collect();
+    for (i, [x, y]) in answers.iter().enumerate() {
+        let accepted = [x, y].iter().filter(|(status, _)| *status == 202 || *status == 200).count();
+        assert_eq!(accepted, 1, "order same-{i}: one of the two submissions creates the instance: {x:?} {y:?}");
+        let refused = [x, y].into_iter().find(|(status, _)| *status != 202 && *status != 200).unwrap();
+        assert_eq!(refused.0, 409, "order same-{i}: the other is refused as a conflict: {refused:?}");
+        assert!(refused.1["error"].as_str().unwrap_or("").contains("already belongs to instance"), "{refused:?}");
+    }
+    let instances = a.instances("order-approval");
+    assert_eq!(instances.len(), rounds, "one instance per order: {instances:?}");
+    let raced = answers.iter().flatten().filter(|(_, v)| v["error"].as_str().is_some_and(|e| e.contains("through another host"))).count();
+    eprintln!("{rounds} orders sent to both hosts at once: {raced} refused by the store's check (both hosts had routed them), the rest by the intake's");
+}
+
+#[test]
+fn a_backup_from_a_cluster_host_may_take_longer_than_a_lease() {
+    let Some((dir, store)) = setup("cluster-backup") else { return };
+    // The backup's read transaction stays open, idle, for longer than a
+    // lease (1.5 s), which is the idle-in-transaction timeout of the host's sessions.
+    let a = Host::start_node_with(&dir.path().join("a"), &store, "a", FLAGS, &[("CAIRN_PAUSE", "backup-begun:2500")]);
+    wait_balanced(&a, &["a"]);
+    a.deploy("t_crash", None);
+    let out = a.ok_json(&["backup", "b"]);
+    assert_eq!(out["name"], "b", "{out}");
+    let copy = std::path::PathBuf::from(out["dir"].as_str().unwrap());
+    assert!(copy.join("db").join("CURRENT").exists(), "the backup is a data directory of the embedded store: {out}");
 }
 
 /// A TCP relay between one host and the database that can stop carrying

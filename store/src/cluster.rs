@@ -21,7 +21,8 @@
 //!
 //! Wake-ups: `pg_notify('cairn_wake', INSTANCE)` after an intake commits on a
 //! host that does not own the instance; every host listens and wakes the
-//! instances it owns.
+//! instances it owns. Likewise `cairn_reply` (a reply committed) and
+//! `cairn_task` (a task offered, for workers polling another host).
 
 use crate::error::{Result, StoreError};
 use crate::postgres::Endpoint;
@@ -37,6 +38,10 @@ pub const WAKE_CHANNEL: &str = "cairn_wake";
 /// The channel of replies committed (payload: the request's message id), for
 /// hosts where a caller waits for a reply another host decided.
 pub const REPLY_CHANNEL: &str = "cairn_reply";
+/// The channel of tasks offered (payload: the offering node's name, a
+/// newline, and the external activity's name),
+/// for hosts where a worker polls for tasks that another host offers.
+pub const TASK_CHANNEL: &str = "cairn_task";
 
 /// How a host joins a cluster (`cairn serve --node …`).
 #[derive(Clone, Debug)]
@@ -177,8 +182,13 @@ pub struct Leases {
     client: tokio::sync::RwLock<Option<Arc<Client>>>,
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::storage(format!("{what}: {e}"))
+/// A failed statement, with the server's own words when it gave some
+/// (tokio-postgres says only "db error" for those).
+fn failed(what: &str, e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::storage(format!("{what}: {db}")),
+        None => StoreError::storage(format!("{what}: {e}")),
+    }
 }
 
 impl Leases {
@@ -344,7 +354,7 @@ impl Leases {
         Ok(())
     }
 
-    /// A new session listening on `WAKE_CHANNEL` and `REPLY_CHANNEL`: every
+    /// A new session listening on `WAKE_CHANNEL`, `REPLY_CHANNEL` and `TASK_CHANNEL`: every
     /// notification arrives on the receiver as (channel, payload); the
     /// receiver closes when the session ends.
     pub async fn listen(&self) -> Result<mpsc::UnboundedReceiver<(String, String)>> {
@@ -369,7 +379,7 @@ impl Leases {
             }
         });
         client
-            .batch_execute(&format!("LISTEN {WAKE_CHANNEL}; LISTEN {REPLY_CHANNEL}"))
+            .batch_execute(&format!("LISTEN {WAKE_CHANNEL}; LISTEN {REPLY_CHANNEL}; LISTEN {TASK_CHANNEL}"))
             .await
             .map_err(|e| failed("listening for wake-ups", e))?;
         // The session lives as long as its connection.
@@ -399,7 +409,10 @@ impl Leases {
         let parts = c
             .query(
                 &format!(
-                    "SELECT partition, owner, epoch, {}, {} FROM partitions ORDER BY partition",
+                    // A partition never claimed has lease_until '-infinity',
+                    // which PostgreSQL before 17 cannot subtract: -1 (expired).
+                    "SELECT partition, owner, epoch, CASE WHEN isfinite(lease_until) THEN {} ELSE -1 END, {}
+                     FROM partitions ORDER BY partition",
                     ms("lease_until - now()"),
                     ms("now() - acquired_at")
                 ),

@@ -21,6 +21,10 @@ pub enum StoreError {
     /// Cluster mode: another host stored a message with this id first
     /// (exactly-once intake across hosts); nothing was written.
     Duplicate { message_id: String },
+    /// Cluster mode: a new instance would initialize a correlation set whose
+    /// values another instance (`holder`) already holds, created on another
+    /// host at the same moment; nothing was written.
+    Correlated { process: String, set: String, values: String, holder: String },
 }
 
 impl StoreError {
@@ -55,6 +59,10 @@ impl std::fmt::Display for StoreError {
                 "fenced write to instance {instance}: this host does not hold partition {partition} under its current lease epoch"
             ),
             StoreError::Duplicate { message_id } => write!(f, "message {message_id} was accepted already (by another host)"),
+            StoreError::Correlated { process, set, values, holder } => write!(
+                f,
+                "correlation set '{set}' with values {values} already belongs to instance {holder} of process '{process}' (created at the same moment through another host)"
+            ),
         }
     }
 }

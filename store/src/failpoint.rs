@@ -46,3 +46,22 @@ pub fn hit(name: &str) {
         }
     }
 }
+
+static PAUSE: OnceLock<Option<(String, u64)>> = OnceLock::new();
+
+/// `CAIRN_PAUSE=NAME:MS` makes execution wait MS milliseconds each time it
+/// reaches the pause point NAME: a test's way to make one step outlast a
+/// timeout. Points: `backup-begun` (a PostgreSQL backup's read transaction
+/// is open, nothing read yet).
+pub async fn pause(name: &str) {
+    let armed = PAUSE.get_or_init(|| {
+        let spec = std::env::var("CAIRN_PAUSE").ok()?;
+        let (name, ms) = spec.split_once(':')?;
+        Some((name.to_string(), ms.parse().ok()?))
+    });
+    if let Some((armed, ms)) = armed {
+        if armed == name {
+            tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+        }
+    }
+}

@@ -56,7 +56,9 @@
 //!   past 0 also checks, in its transaction, that this host holds the
 //!   instance's partition under the epoch it believes (`lease_check`, `FOR
 //!   SHARE`), or is refused alone (`StoreError::Fenced`); a message record is
-//!   inserted only if no host stored its id before (`StoreError::Duplicate`).
+//!   inserted only if no host stored its id before (`StoreError::Duplicate`),
+//!   and a new instance's correlation only if no other instance holds its
+//!   values (`StoreError::Correlated`).
 //!
 //! Reads go to a small round-robin set of other connections (tokio-postgres
 //! pipelines concurrent queries on one connection); no read connection ever
@@ -309,6 +311,12 @@ statements! {
     // cluster mode
     lease_check = "SELECT 1 FROM partitions WHERE partition = $1 AND owner = $2 AND epoch = $3 AND lease_until > now() FOR SHARE";
     insert_message = "INSERT INTO messages (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+    // A new instance's correlation: one row if it is now this instance's,
+    // none if another instance holds the values (a concurrent insert of the
+    // same values waits for the other transaction, then finds its row).
+    claim_correlation = "INSERT INTO correlations (process, set_name, vals, instance) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (process, set_name, (md5(vals))) DO UPDATE SET vals = EXCLUDED.vals
+                         WHERE correlations.instance = EXCLUDED.instance AND correlations.vals = EXCLUDED.vals";
     // messages and replies
     message = "SELECT record FROM messages WHERE id = $1";
     put_message = "INSERT INTO messages (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record";
@@ -620,6 +628,10 @@ enum OpKind {
     Lease(usize, u32),
     /// Cluster mode: the batch's message record is new; holds only if it inserts one row.
     Unique,
+    /// Cluster mode: the correlation written by the batch's write at this
+    /// index, for an instance the batch creates, is held by no other
+    /// instance; holds only if it inserts (or finds its own) one row.
+    Claim(usize),
 }
 
 impl<'a> Op<'a> {
@@ -630,7 +642,7 @@ impl<'a> Op<'a> {
     /// Whether the statement's result lets the batch commit.
     fn held(&self, result: &std::result::Result<u64, tokio_postgres::Error>) -> bool {
         match (self.kind, result) {
-            (OpKind::Fence(_) | OpKind::Check(_) | OpKind::Lease(..) | OpKind::Unique, Ok(rows)) => *rows == 1,
+            (OpKind::Fence(_) | OpKind::Check(_) | OpKind::Lease(..) | OpKind::Unique | OpKind::Claim(_), Ok(rows)) => *rows == 1,
             (OpKind::Write(_), Ok(_)) => true,
             (_, Err(_)) => false,
         }
@@ -673,11 +685,20 @@ fn plan<'a>(st: &'a Statements, batch: &'a WriteBatch, held: Option<&crate::clus
         };
         ops.push(Op { stmt, params, kind: OpKind::Check(i) });
     }
-    for w in &batch.writes {
+    // A new instance is created where the request landed: two hosts may
+    // create instances with the same correlation values at once, and only
+    // one of them may have it (a single host decides that in its intake).
+    let creates = |instance: &str| batch.fences.iter().any(|f| f.instance == instance && f.based_on == 0);
+    for (i, w) in batch.writes.iter().enumerate() {
         match w {
             Write::Message { id, record } if held.is_some() => {
                 ops.push(Op { stmt: &st.insert_message, params: params![id.as_str(), encode(record)], kind: OpKind::Unique });
             }
+            Write::Correlation { key, instance } if held.is_some() && creates(instance) => ops.push(Op {
+                stmt: &st.claim_correlation,
+                params: params![key.process.as_str(), key.set.as_str(), key.values.as_str(), instance.as_str()],
+                kind: OpKind::Claim(i),
+            }),
             w => plan_write(st, w, &mut ops),
         }
     }
@@ -991,6 +1012,17 @@ async fn one_by_one(conn: &Conn, batches: &[WriteBatch], plans: &[Vec<Op<'_>>]) 
                 StoreError::Duplicate { message_id: id.unwrap_or_default() }
             }
             (OpKind::Unique, Err(e)) => storage("writing messages", e),
+            (OpKind::Claim(i), Ok(_)) => {
+                let Write::Correlation { key, .. } = &batch.writes[i] else { unreachable!("a claim is a correlation's") };
+                let holder = client
+                    .query_opt(&conn.st.correlation, &[&key.process, &key.set, &key.values])
+                    .await
+                    .map_err(|e| Broken(storage("reading a correlation", e)))?
+                    .map(|row| row.get::<_, String>(0))
+                    .unwrap_or_default();
+                StoreError::Correlated { process: key.process.clone(), set: key.set.clone(), values: key.values.clone(), holder }
+            }
+            (OpKind::Claim(_), Err(e)) => storage("writing correlations", e),
             (OpKind::Write(table), Err(e)) => storage(&format!("writing {table}"), e),
             (OpKind::Write(_), Ok(_)) => unreachable!("a write that succeeded holds"),
         }));
@@ -1359,9 +1391,13 @@ impl Copier<'_> {
 /// Copies every table, read in one repeatable-read transaction.
 async fn copy_store(client: &Client, to: &RocksStore) -> Result<()> {
     client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL idle_in_transaction_session_timeout = 0")
         .await
         .map_err(|e| storage("starting the backup transaction", e))?;
+    // Cluster mode's sessions end a transaction left idle for a lease (so
+    // that a host cut off keeps no rows locked); this one locks no rows and
+    // may wait on the copy's writes for longer than that: it is exempt.
+    crate::failpoint::pause("backup-begun").await;
     let mut out = Copier { to, batch: WriteBatch::new(), bytes: 0 };
 
     let mut c = Cursor::open(client, "definitions", "SELECT version, record, component FROM definitions", 16).await?;

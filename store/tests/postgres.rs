@@ -328,6 +328,9 @@ async fn cluster_leases_fence_writes_by_partition_epoch() {
     assert_eq!(la.held().count(), 4);
     assert_eq!(lb.held().count(), 4);
     assert_eq!(lb.live_nodes().await.unwrap(), 2);
+    // Before any claim the status reads (partitions never claimed: no owner, expired).
+    let before = la.status().await.expect("the status of a cluster with no partition claimed yet");
+    assert!(before.owners.iter().all(|o| o.owner.is_none() && o.lease_remaining_ms < 0), "{before:?}");
 
     // a claims everything, each partition at epoch 1; nothing is left for b.
     let claimed = la.claim(10).await.unwrap();
@@ -417,4 +420,65 @@ async fn a_single_host_postgres_store_keeps_upserting_messages() {
     store.commit(spec::batch(vec![Write::Message { id: "m".into(), record: record.clone() }])).await.unwrap();
     store.commit(spec::batch(vec![Write::Message { id: "m".into(), record }])).await.unwrap();
     store.close().await;
+}
+
+/// A batch that creates `instance` (fence 0 -> 1) holding correlation `key`.
+fn create_correlated(instance: &str, key: &cairn_store::CorrelationKey) -> cairn_store::WriteBatch {
+    let mut b = step(instance, 0);
+    b.push(Write::Correlation { key: key.clone(), instance: instance.into() });
+    b
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_creating_instances_with_the_same_correlation_values_do_not_both_win() {
+    use cairn_store::cluster::join;
+    use cairn_store::CorrelationKey;
+    let Some(server) = server("two_hosts_creating_instances_with_the_same_correlation_values_do_not_both_win") else { return };
+    let url = fresh_url(&server).await;
+    let (a, _la) = join(&url, true, member("a", 4, 5000)).await.expect("a joins");
+    let (b, _lb) = join(&url, true, member("b", 4, 5000)).await.expect("b joins");
+    let key = |values: &str| CorrelationKey { process: "orders".into(), set: "order".into(), values: values.into() };
+
+    // One after the other: the second creation is refused, naming the holder.
+    a.commit(create_correlated("i-first", &key("[1]"))).await.expect("a creates the first instance");
+    match b.commit(create_correlated("i-second", &key("[1]"))).await {
+        Err(StoreError::Correlated { process, set, values, holder }) => {
+            assert_eq!((process.as_str(), set.as_str(), values.as_str(), holder.as_str()), ("orders", "order", "[1]", "i-first"));
+        }
+        other => panic!("expected the second creation to be refused for its correlation, got {other:?}"),
+    }
+    assert!(b.instance("i-second").await.unwrap().is_none(), "nothing of the refused batch was written");
+    assert_eq!(b.correlation(&key("[1]")).await.unwrap().as_deref(), Some("i-first"));
+    // The holder writing its own correlation again (a new instance's first
+    // point carries the intake's write and the receive's) is no conflict.
+    let mut again = create_correlated("i-own", &key("[2]"));
+    again.push(Write::Correlation { key: key("[2]"), instance: "i-own".into() });
+    a.commit(again).await.expect("an instance's own correlation, written twice");
+    // Other batches of the same group commit (the refused one is alone).
+    let (x, y) = tokio::join!(b.commit(create_correlated("i-third", &key("[1]"))), b.commit(create_correlated("i-fourth", &key("[4]"))));
+    assert!(matches!(x, Err(StoreError::Correlated { .. })), "{x:?}");
+    y.expect("a batch grouped with a refused one commits");
+
+    // At the same moment, many times: exactly one of the two creations wins.
+    for round in 0..20 {
+        let k = key(&format!("[\"race-{round}\"]"));
+        let (ia, ib) = (format!("a-{round}"), format!("b-{round}"));
+        let (ra, rb) = tokio::join!(a.commit(create_correlated(&ia, &k)), b.commit(create_correlated(&ib, &k)));
+        let winner = match (&ra, &rb) {
+            (Ok(()), Err(StoreError::Correlated { holder, .. })) => {
+                assert_eq!(holder, &ia);
+                &ia
+            }
+            (Err(StoreError::Correlated { holder, .. }), Ok(())) => {
+                assert_eq!(holder, &ib);
+                &ib
+            }
+            other => panic!("round {round}: exactly one creation wins, got {other:?}"),
+        };
+        assert_eq!(a.correlation(&k).await.unwrap().as_ref(), Some(winner));
+        let loser = if winner == &ia { &ib } else { &ia };
+        assert!(a.instance(loser).await.unwrap().is_none(), "round {round}: the loser {loser} was not created");
+    }
+    a.close().await;
+    b.close().await;
 }

@@ -170,8 +170,13 @@ impl Host {
     /// `cairn serve --store STORE --node NODE` on `data`: one host of a
     /// cluster sharing the PostgreSQL store `store`.
     pub fn start_node(data: &Path, store: &str, node: &str, flags: &[&str]) -> Host {
+        Host::start_node_with(data, store, node, flags, &[])
+    }
+
+    /// `start_node` with extra environment variables for the host process.
+    pub fn start_node_with(data: &Path, store: &str, node: &str, flags: &[&str], env: &[(&str, &str)]) -> Host {
         std::fs::create_dir_all(data).unwrap();
-        Host::launch(data, &["serve", "--store", store, "--node", node], flags, &[])
+        Host::launch(data, &["serve", "--store", store, "--node", node], flags, env)
     }
 
     /// `cairn restore BACKUP --data DATA/store`: an isolated environment.

@@ -56,27 +56,41 @@ fn changed_instance(method: &Method, path: &str) -> Option<String> {
 
 pub async fn to_owner(State(svc): State<Service>, req: Request, next: Next) -> Response {
     let Some(id) = changed_instance(req.method(), req.uri().path()) else { return next.run(req).await };
-    let owner = match svc.owner_elsewhere(&id).await {
+    let forwarded = req.headers().get(FORWARDED_BY).map(|by| by.to_str().unwrap_or("another host").to_string());
+    // A request forwarded here is checked against the database's word, not
+    // a status read up to a third of a lease ago.
+    let owner = match svc.owner_elsewhere(&id, forwarded.is_some()).await {
         Ok(None) => return next.run(req).await,
         Ok(Some(owner)) => owner,
         Err(e) => return super::error(e),
     };
-    if let Some(by) = req.headers().get(FORWARDED_BY) {
-        let by = by.to_str().unwrap_or("another host").to_string();
+    if let Some(by) = forwarded {
         return super::error(Error::new(
             ErrorKind::Unavailable,
             format!("instance {id} moved to host '{}' while {by} forwarded this request here: send it again", owner.0),
         ));
     }
-    forward(&svc, req, owner).await
-}
-
-async fn forward(svc: &Service, req: Request, (node, advertise): (String, String)) -> Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_FORWARDED_BODY).await {
         Ok(b) => b,
         Err(e) => return super::error(Error::new(ErrorKind::BadInput, format!("reading the request body: {e}"))),
     };
+    let response = forward(&svc, &parts, &body, owner.clone()).await;
+    // The owner was read from the status the lease loop keeps: if the
+    // instance moved since, that host says so (503), and the request goes,
+    // once, to the owner the database names now.
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        if let Ok(Some(now)) = svc.owner_elsewhere(&id, true).await {
+            if now.0 != owner.0 {
+                return forward(&svc, &parts, &body, now).await;
+            }
+        }
+    }
+    response
+}
+
+async fn forward(svc: &Service, parts: &axum::http::request::Parts, body: &axum::body::Bytes, (node, advertise): (String, String)) -> Response {
+    let body = body.clone();
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
     let url = format!("{}{path_and_query}", advertise.trim_end_matches('/'));
     let header = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -123,6 +137,76 @@ async fn forward(svc: &Service, req: Request, (node, advertise): (String, String
         )
             .into_response(),
     }
+}
+
+/// How long asking another host for tasks may take (a poll that does not
+/// wait, so far less), and connecting to it.
+const PEER_POLL_TIMEOUT: Duration = Duration::from_secs(10);
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Cluster mode: asks the other live hosts, one after the other, for up to
+/// `max` tasks of the poll's activity in all, each by a poll that does not
+/// wait (`wait_ms` 0), marked `x-cairn-forwarded-by` so that it is answered
+/// from that host's own tasks only. Each host leases what it hands out (the
+/// lease lives with the instance); the tasks come back as that host's API
+/// wrote them. A host that fails or refuses is skipped: its tasks wait for
+/// the next ask, or for a worker polling it.
+pub async fn poll_elsewhere(svc: Service, r: crate::service::PollRequest, max: usize, authorization: Option<String>) -> Vec<serde_json::Value> {
+    let peers = svc.peers().await;
+    if peers.is_empty() {
+        return Vec::new();
+    }
+    let me = svc.node_name().unwrap_or_default();
+    let asked = tokio::task::spawn_blocking(move || {
+        static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+        let agent = AGENT.get_or_init(|| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(PEER_POLL_TIMEOUT))
+                .timeout_connect(Some(PEER_CONNECT_TIMEOUT))
+                .build()
+                .into()
+        });
+        let mut out: Vec<serde_json::Value> = Vec::new();
+        for (node, advertise) in peers {
+            if out.len() >= max {
+                break;
+            }
+            let body = serde_json::json!({
+                "activity": r.activity,
+                "operations": r.operations,
+                "worker": r.worker,
+                "max": max - out.len(),
+                "wait_ms": 0,
+                "lease_ms": r.lease_ms,
+            });
+            let url = format!("{}/v1/tasks/poll", advertise.trim_end_matches('/'));
+            let mut request = ureq::http::Request::builder().method("POST").uri(&url).header(FORWARDED_BY, me.as_str()).header("content-type", "application/json");
+            if let Some(a) = &authorization {
+                request = request.header("authorization", a.as_str());
+            }
+            let answer = request.body(body.to_string().into_bytes()).map_err(|e| e.to_string()).and_then(|request| {
+                let mut response = agent.run(request).map_err(|e| e.to_string())?;
+                let status = response.status().as_u16();
+                let text = response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| e.to_string())?;
+                Ok((status, text))
+            });
+            match answer {
+                Ok((200, text)) => match serde_json::from_slice::<serde_json::Value>(&text) {
+                    Ok(mut v) => out.extend(v["tasks"].as_array_mut().map(std::mem::take).unwrap_or_default()),
+                    // Leased there and not understood here: their leases expire, and they are offered again.
+                    Err(e) => tracing::warn!("host '{node}' answered a poll with what is not JSON: {e}"),
+                },
+                Ok((status, text)) => {
+                    tracing::debug!("host '{node}' refused a poll for tasks ({status}): {}", String::from_utf8_lossy(&text));
+                }
+                Err(e) => tracing::debug!("asking host '{node}' ({advertise}) for tasks: {e}"),
+            }
+        }
+        out
+    })
+    .await;
+    asked.unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //! activity, long-poll for tasks, complete, fail, heartbeat, list tasks.
 
 use super::{check_len, error, parse_json, respond, Query};
-use crate::service::{Error, ErrorKind, Holder, Outcome, PollRequest, Service, TaskInfo, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
+use crate::service::{Error, ErrorKind, Holder, Outcome, PollRequest, Polled, Service, TaskInfo, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use cairn_engine::Fault;
 use cairn_store::InTransitState;
@@ -81,7 +81,9 @@ fn task_json(t: &TaskInfo) -> Value {
 }
 
 /// `POST /v1/tasks/poll`: waits up to `wait_ms` for tasks of `activity`
-/// (of `operations`, if given) and leases up to `max` to `worker`.
+/// (of `operations`, if given) and leases up to `max` to `worker`. In
+/// cluster mode, when this host offers none, the poll also asks the other
+/// live hosts (`forward::poll_elsewhere`), unless it was itself sent by one.
 #[utoipa::path(
     post, path = "/v1/tasks/poll", tag = "tasks",
     request_body = Poll,
@@ -90,7 +92,7 @@ fn task_json(t: &TaskInfo) -> Value {
         (status = 404, description = "No external activity of that name is deployed", body = super::openapi::ErrorBody),
     )
 )]
-pub(super) async fn poll(State(svc): State<Service>, body: Bytes) -> Response {
+pub(super) async fn poll(State(svc): State<Service>, headers: HeaderMap, body: Bytes) -> Response {
     respond(async {
         let req: Poll = parse_json(&body)?;
         check_len("the activity name", &req.activity)?;
@@ -110,7 +112,18 @@ pub(super) async fn poll(State(svc): State<Service>, body: Bytes) -> Response {
             wait_ms: req.wait_ms.unwrap_or(0).min(MAX_POLL_WAIT_MS),
             lease_ms,
         };
-        let tasks: Vec<Value> = svc.poll_tasks(r).await?.iter().map(task_json).collect();
+        // Cluster mode: the other hosts' tasks, by a poll that does not wait,
+        // sent one hop (a poll another host sent is answered from here only).
+        let forwarded = headers.contains_key(super::forward::FORWARDED_BY);
+        let elsewhere = (svc.cluster.is_some() && !forwarded).then(|| {
+            let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let (svc, r) = (svc.clone(), r.clone());
+            move |max: usize| super::forward::poll_elsewhere(svc.clone(), r.clone(), max, authorization.clone())
+        });
+        let tasks: Vec<Value> = match svc.poll_tasks(r, elsewhere).await? {
+            Polled::Here(tasks) => tasks.iter().map(task_json).collect(),
+            Polled::Elsewhere(tasks) => tasks,
+        };
         Ok((StatusCode::OK, json!({ "count": tasks.len(), "tasks": tasks })))
     }
     .await)

@@ -38,15 +38,38 @@ pub struct Cluster {
     handing_over: Mutex<HashSet<u32>>,
     /// Set once this host released its partitions at shutdown: the lease loop ends.
     left: AtomicBool,
+    /// The cluster's status as the lease loop last read it, and when: the
+    /// other hosts' addresses and who owns what (`peers`, `owner_elsewhere`).
+    view: std::sync::RwLock<Option<(Instant, Arc<ClusterStatus>)>>,
 }
 
 impl Cluster {
     pub fn new(leases: Arc<Leases>) -> Cluster {
-        Cluster { leases, handing_over: Mutex::new(HashSet::new()), left: AtomicBool::new(false) }
+        Cluster { leases, handing_over: Mutex::new(HashSet::new()), left: AtomicBool::new(false), view: Default::default() }
     }
 
     fn lease(&self) -> Duration {
         Duration::from_millis(self.leases.config().lease_ms)
+    }
+
+    /// The status read last, if it is younger than `within`.
+    fn cached(&self, within: Duration) -> Option<(Instant, Arc<ClusterStatus>)> {
+        self.view.read().unwrap().clone().filter(|(at, _)| at.elapsed() < within)
+    }
+
+    /// Reads the status from the database and keeps it; a storage error if
+    /// the database does not answer within a lease (a host cut off from it).
+    async fn refresh(&self) -> cairn_store::Result<Arc<ClusterStatus>> {
+        let read_at = Instant::now();
+        let status = match tokio::time::timeout(self.lease(), self.leases.status()).await {
+            Ok(status) => Arc::new(status?),
+            Err(_) => {
+                let ms = self.lease().as_millis();
+                return Err(cairn_store::StoreError::Storage(format!("reading the cluster's status: no answer within {ms} ms")));
+            }
+        };
+        *self.view.write().unwrap() = Some((read_at, status.clone()));
+        Ok(status)
     }
 }
 
@@ -88,6 +111,40 @@ impl Service {
                 }
             });
         }
+    }
+
+    /// Tells the other hosts that a task of external activity `activity` is
+    /// offered here (their workers' polls ask this host); nothing outside
+    /// cluster mode.
+    pub fn announce_task(&self, activity: &str) {
+        if let Some(c) = &self.cluster {
+            let leases = c.leases.clone();
+            let activity = activity.to_string();
+            // Named by this host, whose own polls found the task already.
+            let payload = format!("{}\n{activity}", leases.config().node);
+            tokio::spawn(async move {
+                if let Err(e) = leases.notify_on(cairn_store::cluster::TASK_CHANNEL, &payload).await {
+                    tracing::debug!("telling the other hosts of a task of {activity}: {e} (their polls ask again within a second)");
+                }
+            });
+        }
+    }
+
+    /// Cluster mode: the name and advertised address of every other live
+    /// host (as the lease loop last saw them); empty outside cluster mode.
+    pub async fn peers(&self) -> Vec<(String, String)> {
+        let Some(c) = self.cluster.as_ref() else { return Vec::new() };
+        let status = match c.cached(c.lease()) {
+            Some((_, status)) => status,
+            None => match c.refresh().await {
+                Ok(status) => status,
+                Err(e) => {
+                    tracing::warn!("reading the cluster's nodes: {e}");
+                    return Vec::new();
+                }
+            },
+        };
+        status.nodes.iter().filter(|n| n.live && n.name != status.node).map(|n| (n.name.clone(), n.advertise.clone())).collect()
     }
 
     /// Nodes, partitions, owners, epochs and lease ages; None outside cluster mode.
@@ -157,6 +214,10 @@ pub async fn run(svc: Service) {
                 Ok(Err(e)) => tracing::warn!("balancing partitions: {e}"),
                 Err(_) => tracing::warn!("balancing partitions: no answer within {} ms", tick.as_millis()),
                 Ok(Ok(())) => {}
+            }
+            // Who owns what and where the other hosts are, for forwarding.
+            if let Ok(Err(e)) = tokio::time::timeout(tick, cluster.refresh()).await {
+                tracing::debug!("reading the cluster's status: {e}");
             }
             // Versions deployed through another host.
             if let Ok(Err(e)) = tokio::time::timeout(tick, svc.registry.refresh()).await {
@@ -269,7 +330,8 @@ pub async fn leave(svc: &Service) {
     }
 }
 
-/// Listens for wake-ups and wakes the instances this host owns; reconnects
+/// Listens for wake-ups and wakes the instances this host owns (and the
+/// polls waiting here when another host offers a task); reconnects
 /// (and sweeps, for what it missed) when the session ends.
 pub async fn listen(svc: Service) {
     let Some(cluster) = svc.cluster.clone() else { return };
@@ -293,6 +355,12 @@ pub async fn listen(svc: Service) {
                                     svc.replies.answer(&id, reply);
                                 }
                             });
+                        }
+                    } else if channel == cairn_store::cluster::TASK_CHANNEL {
+                        match id.split_once('\n') {
+                            Some((from, _)) if from == cluster.leases.config().node => {}
+                            Some((_, activity)) => svc.tasks.offered_elsewhere(activity),
+                            None => svc.tasks.offered_elsewhere(&id),
                         }
                     } else if svc.owns(&id) {
                         svc.drivers.wake(&svc, &id, Wake::Resume);
@@ -338,22 +406,62 @@ impl Service {
     /// lease covers instance `id`'s partition, if another live host holds
     /// it. `None` outside cluster mode, when this host owns it, or when no
     /// live host holds an unexpired lease on it (a handover under way).
-    pub async fn owner_elsewhere(&self, id: &str) -> Result<Option<(String, String)>, super::Error> {
+    /// From the status the lease loop keeps while the lease it shows has
+    /// time left; read afresh otherwise, or with `fresh`.
+    pub async fn owner_elsewhere(&self, id: &str, fresh: bool) -> Result<Option<(String, String)>, super::Error> {
         let Some(c) = self.cluster.as_ref() else { return Ok(None) };
         if self.owns(id) {
             return Ok(None);
         }
         let partition = c.leases.held().partition(id);
-        let status = c.leases.status().await?;
-        let owner = status
-            .owners
-            .iter()
-            .find(|p| p.partition == partition && p.lease_remaining_ms > 0)
-            .and_then(|p| p.owner.clone())
-            .filter(|owner| *owner != status.node);
-        Ok(owner.and_then(|owner| {
-            let node = status.nodes.iter().find(|n| n.name == owner && n.live)?;
-            Some((owner, node.advertise.clone()))
-        }))
+        if !fresh {
+            if let Some(found) = c.cached(c.lease()).and_then(|(at, status)| owner_in(&status, partition, at.elapsed())) {
+                return Ok(Some(found));
+            }
+        }
+        let status = c.refresh().await?;
+        Ok(owner_in(&status, partition, Duration::ZERO))
+    }
+}
+
+/// The other live host holding `partition` in `status`, read `age` ago,
+/// under a lease that had more than `age` left then.
+fn owner_in(status: &ClusterStatus, partition: u32, age: Duration) -> Option<(String, String)> {
+    let age = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+    let p = status.owners.iter().find(|p| p.partition == partition && p.lease_remaining_ms > age)?;
+    let owner = p.owner.clone().filter(|owner| *owner != status.node)?;
+    let node = status.nodes.iter().find(|n| n.name == owner && n.live)?;
+    Some((owner, node.advertise.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::cluster::{NodeStatus, PartitionStatus};
+
+    fn status(me: &str, owner: &str, remaining_ms: i64, live: bool) -> ClusterStatus {
+        let node = |name: &str, live: bool| NodeStatus { name: name.into(), advertise: format!("http://{name}"), heartbeat_age_ms: 0, live, partitions: 1 };
+        ClusterStatus {
+            node: me.into(),
+            partitions: 2,
+            lease_ms: 3000,
+            nodes: vec![node(me, true), node(owner, live)],
+            owners: vec![
+                PartitionStatus { partition: 0, owner: Some(me.into()), epoch: 1, lease_remaining_ms: 3000, lease_age_ms: Some(0) },
+                PartitionStatus { partition: 1, owner: Some(owner.into()), epoch: 4, lease_remaining_ms: remaining_ms, lease_age_ms: Some(0) },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_kept_status_names_an_owner_only_while_the_lease_it_shows_runs() {
+        let s = status("a", "b", 2000, true);
+        assert_eq!(owner_in(&s, 1, Duration::from_millis(500)), Some(("b".into(), "http://b".into())));
+        // Read longer ago than the lease had left: the database is asked.
+        assert_eq!(owner_in(&s, 1, Duration::from_millis(2000)), None);
+        // This host's own partitions, and hosts no longer live, are nobody's to forward to.
+        assert_eq!(owner_in(&s, 0, Duration::ZERO), None);
+        assert_eq!(owner_in(&status("a", "b", 2000, false), 1, Duration::ZERO), None);
+        assert_eq!(owner_in(&status("a", "b", -5, true), 1, Duration::ZERO), None);
     }
 }

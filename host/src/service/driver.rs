@@ -83,6 +83,15 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
                     break;
                 }
             }
+            Err(e) if creation.is_some() && is_correlated(&e) => {
+                // Cluster mode: another host created an instance with the
+                // same correlation values at the same moment, and won.
+                tracing::info!(instance = %id, "not created: {e}");
+                if let Some(c) = creation.take() {
+                    let _ = c.ack.send(Err(e.into()));
+                }
+                break;
+            }
             Err(e) if is_fenced(&e) => {
                 // Cluster mode: the partition moved to another host, which goes on.
                 tracing::info!(instance = %id, "stops here: {e}");
@@ -107,6 +116,11 @@ fn is_storage_failure(e: &anyhow::Error) -> bool {
 /// Whether `e` is a write refused because this host no longer holds the instance's partition.
 fn is_fenced(e: &anyhow::Error) -> bool {
     matches!(e.downcast_ref::<cairn_store::StoreError>(), Some(cairn_store::StoreError::Fenced { .. }))
+}
+
+/// Whether `e` is a new instance refused for correlation values another instance holds.
+fn is_correlated(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<cairn_store::StoreError>(), Some(cairn_store::StoreError::Correlated { .. }))
 }
 
 /// A persistence point lost a resource conflict: nothing of it was written.

@@ -54,7 +54,7 @@ pub use operator::Operator;
 pub use registry::{Deployed, Registry};
 pub use replies::Replies;
 pub use resources::{CallResources, ResourceGrant};
-pub use tasks::{Acknowledged, Holder, Outcome, PollRequest, TaskInfo, Tasks, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
+pub use tasks::{Acknowledged, Holder, Outcome, PollRequest, Polled, TaskInfo, Tasks, DEFAULT_LEASE_MS, MAX_POLL_WAIT_MS};
 pub use timers::Timers;
 
 use crate::guestlog::GuestLog;
@@ -185,7 +185,7 @@ impl From<StoreError> for Error {
         let kind = match e {
             StoreError::Storage(_) => ErrorKind::Unavailable,
             StoreError::NoSpace(_) => ErrorKind::NoSpace,
-            StoreError::Fenced { .. } | StoreError::Duplicate { .. } => ErrorKind::Conflict,
+            StoreError::Fenced { .. } | StoreError::Duplicate { .. } | StoreError::Correlated { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         };
         let retry = if matches!(kind, ErrorKind::Internal | ErrorKind::Conflict) { "" } else { " (nothing was written; the host retries in the background: try again later)" };

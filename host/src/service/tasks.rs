@@ -145,6 +145,10 @@ struct State {
 pub struct Tasks {
     state: Mutex<State>,
     offered: tokio::sync::Notify,
+    /// Cluster mode: tasks announced by other hosts, counted per activity,
+    /// and the polls waiting here woken at each (they ask those hosts).
+    announced: Mutex<HashMap<String, u64>>,
+    offered_elsewhere: tokio::sync::Notify,
     /// A controlled shutdown began: polls answer at once, with no task
     /// (completions are still taken during the grace period).
     closing: std::sync::atomic::AtomicBool,
@@ -168,6 +172,17 @@ pub enum Outcome {
     Failed { fault: Fault, retryable: bool },
 }
 
+/// What a poll hands a worker: tasks leased here, or (cluster mode, none
+/// being offered here) tasks other hosts leased to it, as their API wrote them.
+pub enum Polled {
+    Here(Vec<TaskInfo>),
+    Elsewhere(Vec<serde_json::Value>),
+}
+
+/// Cluster mode: how often a waiting poll asks the other hosts again
+/// without an announcement (one lost while the listener reconnected).
+const ASK_AGAIN: Duration = Duration::from_secs(1);
+
 /// The answer to a completion or failure.
 #[derive(Clone, Debug)]
 pub struct Acknowledged {
@@ -190,6 +205,16 @@ impl Tasks {
 
     fn closing(&self) -> bool {
         self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Cluster mode: another host offered a task of `activity`.
+    pub fn offered_elsewhere(&self, activity: &str) {
+        *self.announced.lock().unwrap().entry(activity.to_string()).or_default() += 1;
+        self.offered_elsewhere.notify_waiters();
+    }
+
+    fn announcements(&self, activity: &str) -> u64 {
+        self.announced.lock().unwrap().get(activity).copied().unwrap_or(0)
     }
 
     fn offer(&self, id: &str, task: Task) {
@@ -318,6 +343,7 @@ impl Service {
         let hold = durable == Durable::Invoke && policy.held_on_recovery();
         let mut attempt = first_attempt;
         let offer = |attempt: u32| {
+            self.announce_task(activity);
             self.tasks.offer(
                 &id,
                 Task {
@@ -415,26 +441,69 @@ impl Service {
 
     /// Long polling: waits up to `wait_ms` for tasks of the activity, leases
     /// up to `max` of them to the worker.
-    pub async fn poll_tasks(&self, r: PollRequest) -> Result<Vec<TaskInfo>, Error> {
-        let Some(_) = self.registry.external(&r.activity) else {
-            return Err(Error::new(ErrorKind::NotFound, format!("no external activity named '{}' is deployed (cairn deploy --external NAME)", r.activity)));
-        };
+    ///
+    /// Cluster mode: `elsewhere(max)`, if given, asks the other hosts for up
+    /// to `max` of their tasks without waiting (each leases its own: a task's
+    /// lease lives where its instance runs). It is called when nothing is
+    /// offered here: at once, whenever another host announces a task of the
+    /// activity, and every `ASK_AGAIN` while the poll waits. Tasks come
+    /// from one place per answer, so none is leased and then dropped here.
+    pub async fn poll_tasks<F, Fut>(&self, r: PollRequest, mut elsewhere: Option<F>) -> Result<Polled, Error>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = Vec<serde_json::Value>>,
+    {
+        if self.registry.external(&r.activity).is_none() {
+            // Cluster mode: deployed through another host a moment ago?
+            if self.cluster.is_some() {
+                let _ = self.registry.refresh().await;
+            }
+            if self.registry.external(&r.activity).is_none() {
+                return Err(Error::new(ErrorKind::NotFound, format!("no external activity named '{}' is deployed (cairn deploy --external NAME)", r.activity)));
+            }
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(r.wait_ms.min(MAX_POLL_WAIT_MS));
+        // When the other hosts were asked last, and how many announcements there had been.
+        let mut asked: Option<(tokio::time::Instant, u64)> = None;
         loop {
             let notified = self.tasks.offered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let announced = self.tasks.offered_elsewhere.notified();
+            tokio::pin!(announced);
+            announced.as_mut().enable();
             if self.tasks.closing() {
-                return Ok(Vec::new());
+                return Ok(Polled::Here(Vec::new()));
             }
             let taken = self.tasks.take(&r);
             if !taken.is_empty() {
-                return self.record_leases(taken).await;
+                return self.record_leases(taken).await.map(Polled::Here);
+            }
+            if let Some(ask) = elsewhere.as_mut() {
+                let count = self.tasks.announcements(&r.activity);
+                let due = asked.is_none_or(|(at, seen)| seen != count || at.elapsed() >= ASK_AGAIN);
+                if due && !self.is_shutting_down() {
+                    asked = Some((tokio::time::Instant::now(), count));
+                    let got = ask(r.max).await;
+                    if !got.is_empty() {
+                        return Ok(Polled::Elsewhere(got));
+                    }
+                    // Look here again: a task may have come meanwhile.
+                    continue;
+                }
             }
             if self.is_shutting_down() || tokio::time::Instant::now() >= deadline {
-                return Ok(Vec::new());
+                return Ok(Polled::Here(Vec::new()));
             }
-            tokio::select! { _ = notified => {}, _ = tokio::time::sleep_until(deadline) => {} }
+            let again = match (&elsewhere, asked) {
+                (Some(_), Some((at, _))) => (at + ASK_AGAIN).min(deadline),
+                _ => deadline,
+            };
+            tokio::select! {
+                _ = notified => {},
+                _ = announced, if elsewhere.is_some() => {},
+                _ = tokio::time::sleep_until(again) => {},
+            }
         }
     }
 
