@@ -339,6 +339,10 @@ fn open_db(path: &Path, salvage_wal: bool) -> Result<DB> {
             // memtables hold 3-10 MiB (BENCHMARKS.md, issue 10's fourth step).
             cf_opts.set_write_buffer_size(4 << 20);
             cf_opts.set_arena_block_size(256 << 10);
+            // Snapshots, messages and history are JSON: LZ4 shrinks the
+            // table files a few times over for little CPU (flushes and
+            // compactions only; the write-ahead log stays as written).
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             let mut table = rocksdb::BlockBasedOptions::default();
             table.set_block_cache(&cache);
             // Index and filter blocks grow with the data: keep them inside the cache's bound.
