@@ -114,6 +114,9 @@ row("server RSS after the load runs", crss, med([r["summary"]["server_rss_after_
 row("RSS after the load runs, Restate server + service", crss,
     med([r["summary"]["server_rss_after_load"]["rss_mib"] + r["cpu"]["single-c32"]["service"]["rss_mib"] for r in R]), " MiB", 1)
 row("server RSS after listing every instance", med([c["rss_after_listing"]["rss_mib"] for c in C]), (None, None, None), " MiB", 1)
+later = [c["rss_after_listing"]["rss_6s_later_mib"] for c in C if "rss_6s_later_mib" in c["rss_after_listing"]]
+if later:
+    row("server RSS 6 s after the listing (one trim later)", med(later), (None, None, None), " MiB", 1)
 row("data directory after the load runs", med([c["data_dir_bytes_after_load"] / 1e6 for c in C]),
     med([r["summary"]["data_dir_bytes_after_load"] / 1e6 for r in R]), " MB", 1)
 row("cold start, empty data directory (spawn → health)", med([c["cold_start_ms"] for c in C]),
