@@ -294,6 +294,8 @@ pub struct Runtime {
     /// component refuses that component without taking the host down.
     /// `None`: compile in this process.
     compile_in: Option<PathBuf>,
+    /// Held while a component compiles (see `compile`).
+    compiling: std::sync::Mutex<()>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -340,7 +342,7 @@ impl Runtime {
             }
         })?;
         let compile_in = compile_in.filter(|_| cache_dir.is_some());
-        Ok(Runtime { engine, process_linker, activity_linker, limits, cache_dir, fingerprint, pooling, compile_in, ticker_stop })
+        Ok(Runtime { engine, process_linker, activity_linker, limits, cache_dir, fingerprint, pooling, compile_in, compiling: std::sync::Mutex::new(()), ticker_stop })
     }
 
     /// Compiles (or loads from the cache) and links a component, and tells
@@ -409,13 +411,24 @@ impl Runtime {
     /// rewrites the cache file.
     fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Component> {
         let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{digest}.cwasm")));
-        if let Some(path) = &cached {
-            if path.exists() {
-                match load_cached(&self.engine, &self.fingerprint, path) {
-                    Ok(c) => return Ok(c),
-                    Err(e) => tracing::warn!("compiled cache {} not used, compiling again: {e:#}", path.display()),
-                }
-            }
+        let from_cache = |warn: bool| -> Option<Component> {
+            let path = cached.as_ref().filter(|p| p.exists())?;
+            load_cached(&self.engine, &self.fingerprint, path)
+                .map_err(|e| {
+                    if warn {
+                        tracing::warn!("compiled cache {} not used, compiling again: {e:#}", path.display())
+                    }
+                })
+                .ok()
+        };
+        if let Some(c) = from_cache(false) {
+            return Ok(c);
+        }
+        // One compile at a time: drivers that load the same component at
+        // once wait for the first, then find its cache file.
+        let _one = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = from_cache(true) {
+            return Ok(c);
         }
         if let (Some(exe), Some(path)) = (&self.compile_in, &cached) {
             match self.compile_in_child(exe, bytes, path) {
@@ -429,7 +442,7 @@ impl Runtime {
         let component = compile_bytes(&self.engine, bytes)?;
         if let Some(path) = &cached {
             if let Ok(serialized) = component.serialize() {
-                let tmp = path.with_extension("tmp");
+                let tmp = unique_tmp(path);
                 if std::fs::write(&tmp, cache_file(&self.fingerprint, &serialized)).is_ok() {
                     let _ = std::fs::rename(&tmp, path);
                 }
@@ -735,6 +748,13 @@ fn compile_bytes(engine: &Engine, bytes: &[u8]) -> Result<Component> {
     })
 }
 
+/// A temporary name beside `path`, unique to this process and call, to
+/// write whole before renaming it to `path` (which is then always whole).
+fn unique_tmp(path: &std::path::Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    path.with_extension(format!("{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
 /// Why a child could not compile a component.
 enum ChildCompile {
     /// The component is refused: what is wrong with it.
@@ -782,7 +802,7 @@ pub fn compile_component_main(out: &std::path::Path, expected: &str, memory_byte
         }
     };
     let written = component.serialize().map_err(|e| anyhow!("serializing: {e:#}")).and_then(|compiled| {
-        let tmp = out.with_extension("tmp");
+        let tmp = unique_tmp(out);
         std::fs::write(&tmp, cache_file(&actual, &compiled)).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
     });
