@@ -112,14 +112,7 @@ fn us(d: Duration) -> String {
 }
 
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+    crate::metrics::status_kib("self", "VmRSS") as f64 / 1024.0
 }
 
 pub fn run(args: Args) -> i32 {

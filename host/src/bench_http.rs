@@ -229,17 +229,8 @@ fn clock_ticks() -> u64 {
 
 /// VmRSS and VmHWM of a process, in MiB.
 fn rss_of(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> f64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let mib = |field: &str| crate::metrics::status_kib(&pid.to_string(), field) as f64 / 1024.0;
+    (mib("VmRSS"), mib("VmHWM"))
 }
 
 /// Bytes under `dir`, files and directories, as `du -sb` counts them.

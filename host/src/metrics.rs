@@ -184,10 +184,18 @@ impl Collector for StoreCollector {
     }
 }
 
-/// The process's resident memory, from `/proc/self/status` (0 where there is none).
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A field of a process's `/proc/PROCESS/status` in KiB (`PROCESS`: a pid,
+/// or `self`), such as `VmRSS`; 0 where there is none.
+pub fn status_kib(process: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
-        .map_or(0, |kib| kib * 1024)
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The process's resident memory (0 where `/proc` has none).
+fn resident_bytes() -> u64 {
+    status_kib("self", "VmRSS") * 1024
 }
