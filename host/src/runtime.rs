@@ -441,12 +441,8 @@ impl Runtime {
         }
         let component = compile_bytes(&self.engine, bytes)?;
         if let Some(path) = &cached {
-            if let Ok(serialized) = component.serialize() {
-                let tmp = unique_tmp(path);
-                if std::fs::write(&tmp, cache_file(&self.fingerprint, &serialized)).is_ok() {
-                    let _ = std::fs::rename(&tmp, path);
-                }
-            }
+            // Not cached, it is compiled again next time.
+            let _ = write_cache(&component, &self.fingerprint, path);
         }
         Ok(component)
     }
@@ -748,11 +744,15 @@ fn compile_bytes(engine: &Engine, bytes: &[u8]) -> Result<Component> {
     })
 }
 
-/// A temporary name beside `path`, unique to this process and call, to
-/// write whole before renaming it to `path` (which is then always whole).
-fn unique_tmp(path: &std::path::Path) -> PathBuf {
+/// Writes `component` as the cache file `path` made by the engine of
+/// `fingerprint`: whole under a temporary name unique to this process and
+/// call, then renamed, so that `path` is always whole whoever writes it.
+fn write_cache(component: &Component, fingerprint: &str, path: &std::path::Path) -> Result<()> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    path.with_extension(format!("{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+    let compiled = component.serialize().map_err(|e| anyhow!("serializing: {e:#}"))?;
+    let tmp = path.with_extension(format!("{}-{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&tmp, cache_file(fingerprint, &compiled)).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// Why a child could not compile a component.
@@ -801,12 +801,7 @@ pub fn compile_component_main(out: &std::path::Path, expected: &str, memory_byte
             return COMPILE_REFUSED;
         }
     };
-    let written = component.serialize().map_err(|e| anyhow!("serializing: {e:#}")).and_then(|compiled| {
-        let tmp = unique_tmp(out);
-        std::fs::write(&tmp, cache_file(&actual, &compiled)).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))
-    });
-    match written {
+    match write_cache(&component, &actual, out) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
