@@ -43,7 +43,7 @@ use crate::error::{Result, StoreError};
 use crate::health::StoreHealth;
 use crate::records::*;
 use cairn_engine::{Delivery, Effect, Snapshot, Status};
-use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -309,68 +309,82 @@ impl RocksStore {
     }
 }
 
+/// Whether the blocks a scan reads enter the block cache.
+#[derive(Clone, Copy)]
+enum Blocks {
+    Cached,
+    Uncached,
+}
+
 /// Opens the RocksDB database at `path` (DATA/db) with Cairn's options.
 fn open_db(path: &Path, salvage_wal: bool) -> Result<DB> {
     let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_max_background_jobs(2);
-        // Memory is bounded by these caches, not by the number of instances:
-        // all memtables together flush at 64 MiB, and reads share one block cache.
-        opts.set_db_write_buffer_size(64 << 20);
-        // The write-ahead log is what a restart after a crash replays: keep
-        // it small. Past 16 MiB the column families holding the oldest log
-        // flush, so that it can go (a rarely written family would otherwise
-        // keep every log since its last write alive).
-        opts.set_max_total_wal_size(16 << 20);
-        // An incomplete last record of the write-ahead log (a crash mid-write,
-        // never acknowledged) is dropped; damage before it fails the open
-        // rather than silently dropping acknowledged writes (see `wal_damaged`).
-        opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
-        // A start reads no table files' statistics: opening stays flat as
-        // the store grows.
-        opts.set_skip_stats_update_on_db_open(true);
-        let cache = rocksdb::Cache::new_lru_cache(32 << 20);
-        let cfs = || Cf::ALL.iter().map(|cf| {
-            let mut cf_opts = Options::default();
-            // Small memtables in small blocks: thirteen families each holding
-            // a 16 MiB memtable in 2 MiB blocks kept the host near 80 MiB
-            // resident after a load; with 4 MiB in 256 KiB blocks the
-            // memtables hold 3-10 MiB (BENCHMARKS.md, issue 10's fourth step).
-            cf_opts.set_write_buffer_size(4 << 20);
-            cf_opts.set_arena_block_size(256 << 10);
-            // Snapshots, messages and history are JSON: LZ4 shrinks the
-            // table files a few times over for little CPU (flushes and
-            // compactions only; the write-ahead log stays as written).
-            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            let mut table = rocksdb::BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            // Index and filter blocks grow with the data: keep them inside the cache's bound.
-            table.set_cache_index_and_filter_blocks(true);
-            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-            cf_opts.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
-        });
-        let db = match DB::open_cf_descriptors(&opts, path, cfs()) {
-            Ok(db) => db,
-            Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && !wal_files(path).is_empty() => {
-                let named = damaged_wal(path, &e);
-                if !salvage_wal {
-                    return Err(wal_damaged(path, &named, &e));
-                }
-                opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
-                let db = DB::open_cf_descriptors(&opts, path, cfs())
-                    .map_err(|e| storage(&format!("opening the store at {} (salvaging the write-ahead log)", path.display()), e))?;
-                tracing::warn!(
-                    "the write-ahead log of the store at {} is damaged ({}): {e}. Opened with --salvage-wal: \
-                     it was replayed up to the damage, and every write after it (acknowledged or not) was dropped.",
-                    path.display(),
-                    named.join(", ")
-                );
-                db
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    // Memory is bounded by these caches, not by the number of instances:
+    // all memtables together flush at 64 MiB, and reads share one block cache.
+    opts.set_db_write_buffer_size(64 << 20);
+    // The write-ahead log is what a restart after a crash replays (about
+    // 4 ms per MiB, then a flush of what it replayed): keep it small. Past
+    // 4 MiB the column families holding the oldest log flush, so that it
+    // can go (a rarely written family would otherwise keep every log since
+    // its last write alive). At 16 MiB a kill -9 after the load runs took
+    // ~60 ms to replay (BENCHMARKS.md, issue 10's fifth step).
+    opts.set_max_total_wal_size(4 << 20);
+    // RocksDB starts this many threads per column family at every open to
+    // open table files, even when there are none: the default 16, times
+    // eighteen families, was 10 ms of each start. On two cores one opener
+    // (the opening thread itself) is as fast.
+    opts.set_max_file_opening_threads(1);
+    // An incomplete last record of the write-ahead log (a crash mid-write,
+    // never acknowledged) is dropped; damage before it fails the open
+    // rather than silently dropping acknowledged writes (see `wal_damaged`).
+    opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
+    // A start reads no table files' statistics: opening stays flat as
+    // the store grows.
+    opts.set_skip_stats_update_on_db_open(true);
+    let cache = rocksdb::Cache::new_lru_cache(32 << 20);
+    let cfs = || Cf::ALL.iter().map(|cf| {
+        let mut cf_opts = Options::default();
+        // Small memtables in small blocks: thirteen families each holding
+        // a 16 MiB memtable in 2 MiB blocks kept the host near 80 MiB
+        // resident after a load; with 4 MiB in 256 KiB blocks the
+        // memtables hold 3-10 MiB (BENCHMARKS.md, issue 10's fourth step).
+        cf_opts.set_write_buffer_size(4 << 20);
+        cf_opts.set_arena_block_size(256 << 10);
+        // Snapshots, messages and history are JSON: LZ4 shrinks the
+        // table files a few times over for little CPU (flushes and
+        // compactions only; the write-ahead log stays as written).
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        // Index and filter blocks grow with the data: keep them inside the cache's bound.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        cf_opts.set_block_based_table_factory(&table);
+        ColumnFamilyDescriptor::new(cf.name(), cf_opts)
+    });
+    let db = match DB::open_cf_descriptors(&opts, path, cfs()) {
+        Ok(db) => db,
+        Err(e) if e.kind() == rocksdb::ErrorKind::Corruption && !wal_files(path).is_empty() => {
+            let named = damaged_wal(path, &e);
+            if !salvage_wal {
+                return Err(wal_damaged(path, &named, &e));
             }
-            Err(e) => return Err(storage(&format!("opening the store at {}", path.display()), e)),
-        };
+            opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+            let db = DB::open_cf_descriptors(&opts, path, cfs())
+                .map_err(|e| storage(&format!("opening the store at {} (salvaging the write-ahead log)", path.display()), e))?;
+            tracing::warn!(
+                "the write-ahead log of the store at {} is damaged ({}): {e}. Opened with --salvage-wal: \
+                 it was replayed up to the damage, and every write after it (acknowledged or not) was dropped.",
+                path.display(),
+                named.join(", ")
+            );
+            db
+        }
+        Err(e) => return Err(storage(&format!("opening the store at {}", path.display()), e)),
+    };
     Ok(db)
 }
 
@@ -419,19 +433,23 @@ impl RocksStore {
     /// `f` returns false. A damaged block ends the scan with an `Integrity`
     /// error naming the last key read before it (and is reported).
     fn scan(&self, cf: Cf, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
-        self.scan_range(cf, prefix, prefix, f)
+        self.scan_range(cf, prefix, prefix, Blocks::Cached, f)
     }
 
-    /// Visits every entry from `start` on, in key order, until `f` returns false.
-    fn scan_from(&self, cf: Cf, start: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
-        self.scan_range(cf, b"", start, f)
+    /// As `scan`, for listings and counts that read a whole family: the
+    /// blocks read do not enter the block cache, so a listing neither
+    /// evicts what the hot path reads nor leaves the host holding what it read.
+    fn sweep(&self, cf: Cf, start: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        self.scan_range(cf, b"", start, Blocks::Uncached, f)
     }
 
     /// Visits the entries from `start` on whose key starts with `prefix`.
-    fn scan_range(&self, cf: Cf, prefix: &[u8], start: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+    fn scan_range(&self, cf: Cf, prefix: &[u8], start: &[u8], blocks: Blocks, mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
         let db = self.shared.db()?;
+        let mut read = ReadOptions::default();
+        read.fill_cache(matches!(blocks, Blocks::Cached));
         let mut last = Vec::new();
-        for item in db.iterator_cf(handle(&db, cf), IteratorMode::From(start, Direction::Forward)) {
+        for item in db.iterator_cf_opt(handle(&db, cf), read, IteratorMode::From(start, Direction::Forward)) {
             let (k, v) = item.map_err(|e| {
                 let at = if last.is_empty() { String::new() } else { format!("after {}", show_key(&last)) };
                 self.read_error(cf, &at, e)
@@ -553,7 +571,7 @@ impl crate::Backend for RocksStore {
             return Ok(out);
         }
         let start = filter.after.as_deref().unwrap_or("").as_bytes();
-        self.scan_from(Cf::Instances, start, |k, v| {
+        self.sweep(Cf::Instances, start, |k, v| {
             if Some(k) == filter.after.as_deref().map(str::as_bytes) {
                 return Ok(true);
             }
@@ -578,7 +596,7 @@ impl crate::Backend for RocksStore {
             status: Status,
         }
         let mut n = 0;
-        self.scan(Cf::Instances, b"", |k, v| {
+        self.sweep(Cf::Instances, b"", |k, v| {
             match decode::<StatusOnly>(Cf::Instances.name(), &show_key(k), v) {
                 Ok(s) if s.status == status => n += 1,
                 Ok(_) => {}
