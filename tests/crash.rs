@@ -317,6 +317,27 @@ fn a_crash_between_pipelined_points_resumes_from_the_last_durable_one() {
 }
 
 #[test]
+fn a_new_instances_message_is_acknowledged_only_once_its_first_point_is_written() {
+    let dir = TempDir::new("before-first-write");
+    // The new instance's first point (the intake and its receive) is
+    // submitted and the driver computes on, but the committer dies before
+    // writing it: the message is never acknowledged, and nothing of it stays.
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "before-write:1")]);
+    deploy_three_steps(&h);
+    let out = h.cairn(&["send", "bench-order", "--body", &json!({ "key": "f1" }).to_string(), "--id", "m-f1", "--json"]);
+    assert_ne!(out.code, 0, "acknowledged before its first point was written: {}{}", out.stdout, out.stderr);
+    h.wait_down();
+    h.kill9();
+
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    assert!(h.instances("bench-order").is_empty(), "nothing was accepted, so nothing was created");
+    let out = order(&h, "f1", "m-f1");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.json()["duplicate"], false, "the message id was never stored: {}", out.stdout);
+    completes_once(&h, "f1", "m-f1");
+}
+
+#[test]
 fn a_crash_with_pipelined_points_unwritten_loses_only_what_never_left() {
     let dir = TempDir::new("before-write");
     // The committer dies before writing the second group that holds a

@@ -13,7 +13,8 @@
 //!   waits for them before anything leaves the host that a point decided
 //!   (dispatched calls and sends, replies, operators told), before a call
 //!   with capabilities runs inline, and before it idles or ends. A new
-//!   instance's first point is awaited: it is the message's acceptance.
+//!   instance's first point is pipelined too: its message is accepted
+//!   (`Ack`) once that point is durable, while the instance computes on.
 //! - A driver waiting for a message or a timer idles for `--idle-ms`, then
 //!   leaves memory: the instance is dehydrated; a message or a timer
 //!   rehydrates it in a new driver.
@@ -37,10 +38,43 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// point, so that creating the instance and consuming the message that
 /// created it take one write.
 pub struct Creation {
-    pub snapshot: Snapshot,
-    pub delivery: cairn_engine::Delivery,
-    pub writes: WriteBatch,
-    pub ack: tokio::sync::oneshot::Sender<Result<(), crate::service::Error>>,
+    snapshot: Snapshot,
+    delivery: cairn_engine::Delivery,
+    writes: WriteBatch,
+    ack: Ack,
+    /// Whether this drive submitted the first point (which carries `writes`).
+    submitted: bool,
+}
+
+impl Creation {
+    pub fn new(snapshot: Snapshot, delivery: Delivery, writes: WriteBatch, ack: Acceptance) -> Creation {
+        Creation { snapshot, delivery, writes, ack: Ack(std::sync::Arc::new(std::sync::Mutex::new(Some(ack)))), submitted: false }
+    }
+
+    /// Whether the first point is still to be submitted in this drive.
+    fn unsubmitted(creation: &Option<Creation>) -> bool {
+        creation.as_ref().is_some_and(|c| !c.submitted)
+    }
+}
+
+/// The answer to a new instance's message, given once: accepted when its
+/// first point is durable (by whoever releases that point), or refused.
+#[derive(Clone)]
+struct Ack(std::sync::Arc<std::sync::Mutex<Option<Acceptance>>>);
+
+/// Where the intake waits for a new instance's message to be accepted.
+pub type Acceptance = tokio::sync::oneshot::Sender<Result<(), crate::service::Error>>;
+
+impl Ack {
+    fn answer(&self, result: Result<(), crate::service::Error>) {
+        if let Some(tx) = self.0.lock().unwrap().take() {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn answered(&self) -> bool {
+        self.0.lock().unwrap().is_none()
+    }
 }
 
 /// Most messages and call results one history entry records (a microflow
@@ -59,7 +93,13 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
     use tracing::Instrument;
     let span = tracing::info_span!("instance", instance = %id);
     loop {
-        match drive(&svc, &id, &mut rx, &mut conflicts, &mut creation).instrument(span.clone()).await {
+        let driven = drive(&svc, &id, &mut rx, &mut conflicts, &mut creation).instrument(span.clone()).await;
+        // Once its first point is durable, a new instance is like any
+        // other: it goes on from the store.
+        if creation.as_ref().is_some_and(|c| c.ack.answered()) {
+            creation = None;
+        }
+        match driven {
             Err(e) if e.is::<ResourceConflict>() => {
                 conflicts += 1;
                 // A little later each time, so that contenders spread out.
@@ -71,7 +111,7 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
                 // instance goes on from its last persistence point. A
                 // creation is refused instead (the client may send again).
                 if let Some(c) = creation.take() {
-                    let _ = c.ack.send(Err(e.into()));
+                    c.ack.answer(Err(e.into()));
                     break;
                 }
                 if failures == 0 {
@@ -88,7 +128,7 @@ pub(super) async fn run(svc: Service, id: String, generation: u64, mut rx: Unbou
                 // same correlation values at the same moment, and won.
                 tracing::info!(instance = %id, "not created: {e}");
                 if let Some(c) = creation.take() {
-                    let _ = c.ack.send(Err(e.into()));
+                    c.ack.answer(Err(e.into()));
                 }
                 break;
             }
@@ -159,6 +199,9 @@ fn refused(svc: &Service, id: &str, e: cairn_store::StoreError, effects: &[Effec
 /// Drives the instance until it idles out, ends or fails; whatever it
 /// submitted is settled before it returns (released if it committed).
 async fn drive(svc: &Service, id: &str, rx: &mut UnboundedReceiver<Wake>, conflicts: &mut u32, creation: &mut Option<Creation>) -> Result<()> {
+    if let Some(c) = creation {
+        c.submitted = false;
+    }
     let mut pipeline = Pipeline::new(id);
     let driven = drive_machine(svc, id, rx, conflicts, creation, &mut pipeline).await;
     let settled = pipeline.drain(svc, conflicts).await;
@@ -321,7 +364,7 @@ async fn drive_machine(
                 Input::Continue
             }
             Yield::Suspended => {
-                if m.needs_persistence() || creation.is_some() {
+                if m.needs_persistence() || Creation::unsubmitted(creation) {
                     commit(svc, &mut m, Reason::Suspended, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
                 }
                 pipeline.drain(svc, conflicts).await?;
@@ -375,7 +418,7 @@ async fn drive_machine(
                     let (result, resources) = invoke_inline(svc, &mut m, id, call_id, &pure, pipeline, conflicts).await?;
                     Input::InvokeResult { call_id, result, resources }
                 } else {
-                    if m.needs_persistence() || creation.is_some() {
+                    if m.needs_persistence() || Creation::unsubmitted(creation) {
                         commit(svc, &mut m, Reason::Waiting, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
                     }
                     pipeline.drain(svc, conflicts).await?;
@@ -517,17 +560,22 @@ async fn discard(svc: &Service, m: &mut Machine<'_>, creation: &mut Option<Creat
     for e in &point.effects {
         effect_writes(&point.snapshot, e, &mut b);
     }
-    with_creation(&mut b, creation);
+    let creating = with_creation(&mut b, creation);
     commit_batch(svc, &point.snapshot.id, b, &point.effects).await?;
-    created(creation);
+    if let Some(ack) = creating {
+        ack.answer(Ok(()));
+    }
     after_commit(svc, &point.snapshot.id, point.effects);
     Ok(())
 }
 
-/// Puts a new instance's intake writes at the front of its first
-/// persistence point's batch, which is then based on no fence at all.
-fn with_creation(b: &mut WriteBatch, creation: &Option<Creation>) {
-    let Some(c) = creation else { return };
+/// If `b` is a new instance's first persistence point (not yet submitted
+/// in this drive), puts the intake's writes at the front of its batch,
+/// which is then based on no fence at all; returns the acceptance to give
+/// once the batch is durable.
+fn with_creation(b: &mut WriteBatch, creation: &mut Option<Creation>) -> Option<Ack> {
+    let c = creation.as_mut().filter(|c| !c.submitted)?;
+    c.submitted = true;
     let mut writes = c.writes.writes.clone();
     writes.append(&mut b.writes);
     b.writes = writes;
@@ -536,13 +584,7 @@ fn with_creation(b: &mut WriteBatch, creation: &Option<Creation>) {
             f.based_on = 0;
         }
     }
-}
-
-/// The first persistence point of a new instance committed: its message is accepted.
-fn created(creation: &mut Option<Creation>) {
-    if let Some(c) = creation.take() {
-        let _ = c.ack.send(Ok(()));
-    }
+    Some(c.ack.clone())
 }
 
 /// Runs a pure call, or a microflow's (or atomic scope's) invoke, at once,
@@ -629,16 +671,9 @@ async fn commit(
         Effect::Invoke { call_id, .. } | Effect::Send { call_id, .. } => Some(*call_id),
         _ => None,
     }));
-    let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, created: creation.is_some() };
-    if creation.is_some() {
-        // The first point of a new instance accepts its message.
-        with_creation(&mut b, creation);
-        commit_batch(svc, &id, b, &point.effects).await?;
-        created(creation);
-        *conflicts = 0;
-        point.release(svc, &id);
-        return Ok(());
-    }
+    // The first point of a new instance accepts its message once durable.
+    let accepts = with_creation(&mut b, creation);
+    let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, accepts };
     if !pipeline.is_empty() {
         crate::failpoint::hit("pipelined");
     }
@@ -670,15 +705,18 @@ struct InFlight {
     process: String,
     status: Status,
     fence: u64,
-    /// The first point of a new instance.
-    created: bool,
+    /// The first point of a new instance: its message's acceptance.
+    accepts: Option<Ack>,
 }
 
 impl InFlight {
     /// The point is durable: its effects go, its operators are told.
     fn release(mut self, svc: &Service, id: &str) {
         crate::failpoint::hit("after-point");
-        svc.metrics.persistence_point(&self.process, self.status, self.created);
+        svc.metrics.persistence_point(&self.process, self.status, self.accepts.is_some());
+        if let Some(ack) = &self.accepts {
+            ack.answer(Ok(()));
+        }
         tracing::debug!(fence = self.fence, reason = ?self.reason, status = self.status.as_str(), "persistence point");
         if self.reason == Reason::Compensated {
             crate::failpoint::hit("after-compensation-step");

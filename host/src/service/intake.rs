@@ -311,7 +311,7 @@ impl Service {
         let (writes, snapshot, delivery) = self.intake_writes(m, message_id, route, instance);
         let snapshot = snapshot.expect("a creating route creates an instance");
         let (ack, acked) = tokio::sync::oneshot::channel();
-        let creation = super::driver::Creation { snapshot, delivery, writes, ack };
+        let creation = super::driver::Creation::new(snapshot, delivery, writes, ack);
         self.drivers.create(self, instance, creation);
         acked.await.map_err(|_| Error::new(ErrorKind::Unavailable, "the new instance stopped before its first persistence point (the host is shutting down, or it could not be stored): nothing was accepted; send the message again"))?
     }
