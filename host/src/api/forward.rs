@@ -103,19 +103,7 @@ async fn forward(svc: &Service, parts: &axum::http::request::Parts, body: &axum:
         let agent = AGENT.get_or_init(|| {
             ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(FORWARD_TIMEOUT)).build().into()
         });
-        let mut request = ureq::http::Request::builder().method(method.as_str()).uri(&url).header(FORWARDED_BY, me);
-        if let Some(a) = authorization {
-            request = request.header("authorization", a);
-        }
-        if let Some(c) = content_type {
-            request = request.header("content-type", c);
-        }
-        let request = request.body(body.to_vec()).map_err(|e| format!("{e}"))?;
-        let mut response = agent.run(request).map_err(|e| format!("{e}"))?;
-        let status = response.status().as_u16();
-        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let text = response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| format!("reading the answer: {e}"))?;
-        Ok::<_, String>((status, content_type, text))
+        call_peer(agent, &Peer { method: method.as_str(), url: &url, me: &me, authorization: authorization.as_deref(), content_type: content_type.as_deref() }, body.to_vec())
     })
     .await
     .unwrap_or_else(|e| Err(format!("the forwarding task failed: {e}")));
@@ -137,6 +125,34 @@ async fn forward(svc: &Service, parts: &axum::http::request::Parts, body: &axum:
         )
             .into_response(),
     }
+}
+
+/// A request to another host of the cluster: marked as coming from this
+/// host (`me`), with the caller's credentials and content type.
+struct Peer<'a> {
+    method: &'a str,
+    url: &'a str,
+    me: &'a str,
+    authorization: Option<&'a str>,
+    content_type: Option<&'a str>,
+}
+
+/// Sends `body` to another host and reads its whole answer (at most
+/// `MAX_FORWARDED_BODY`): its status, content type and body. Blocking.
+fn call_peer(agent: &ureq::Agent, peer: &Peer, body: Vec<u8>) -> Result<(u16, Option<String>, Vec<u8>), String> {
+    let mut request = ureq::http::Request::builder().method(peer.method).uri(peer.url).header(FORWARDED_BY, peer.me);
+    if let Some(a) = peer.authorization {
+        request = request.header("authorization", a);
+    }
+    if let Some(c) = peer.content_type {
+        request = request.header("content-type", c);
+    }
+    let request = request.body(body).map_err(|e| e.to_string())?;
+    let mut response = agent.run(request).map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let text = response.body_mut().with_config().limit(MAX_FORWARDED_BODY as u64).read_to_vec().map_err(|e| format!("reading the answer: {e}"))?;
+    Ok((status, content_type, text))
 }
 
 /// How long asking another host for tasks may take (a poll that does not
@@ -181,23 +197,15 @@ pub async fn poll_elsewhere(svc: Service, r: crate::service::PollRequest, max: u
                 "lease_ms": r.lease_ms,
             });
             let url = format!("{}/v1/tasks/poll", advertise.trim_end_matches('/'));
-            let mut request = ureq::http::Request::builder().method("POST").uri(&url).header(FORWARDED_BY, me.as_str()).header("content-type", "application/json");
-            if let Some(a) = &authorization {
-                request = request.header("authorization", a.as_str());
-            }
-            let answer = request.body(body.to_string().into_bytes()).map_err(|e| e.to_string()).and_then(|request| {
-                let mut response = agent.run(request).map_err(|e| e.to_string())?;
-                let status = response.status().as_u16();
-                let text = response.body_mut().with_config().limit(64 << 20).read_to_vec().map_err(|e| e.to_string())?;
-                Ok((status, text))
-            });
+            let peer = Peer { method: "POST", url: &url, me: &me, authorization: authorization.as_deref(), content_type: Some("application/json") };
+            let answer = call_peer(agent, &peer, body.to_string().into_bytes());
             match answer {
-                Ok((200, text)) => match serde_json::from_slice::<serde_json::Value>(&text) {
+                Ok((200, _, text)) => match serde_json::from_slice::<serde_json::Value>(&text) {
                     Ok(mut v) => out.extend(v["tasks"].as_array_mut().map(std::mem::take).unwrap_or_default()),
                     // Leased there and not understood here: their leases expire, and they are offered again.
                     Err(e) => tracing::warn!("host '{node}' answered a poll with what is not JSON: {e}"),
                 },
-                Ok((status, text)) => {
+                Ok((status, _, text)) => {
                     tracing::debug!("host '{node}' refused a poll for tasks ({status}): {}", String::from_utf8_lossy(&text));
                 }
                 Err(e) => tracing::debug!("asking host '{node}' ({advertise}) for tasks: {e}"),
