@@ -25,7 +25,7 @@
 //! `cairn_task` (a task offered, for workers polling another host).
 
 use crate::error::{Result, StoreError};
-use crate::postgres::Endpoint;
+use crate::postgres::{storage, Endpoint};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -182,15 +182,6 @@ pub struct Leases {
     client: tokio::sync::RwLock<Option<Arc<Client>>>,
 }
 
-/// A failed statement, with the server's own words when it gave some
-/// (tokio-postgres says only "db error" for those).
-fn failed(what: &str, e: tokio_postgres::Error) -> StoreError {
-    match e.as_db_error() {
-        Some(db) => StoreError::storage(format!("{what}: {db}")),
-        None => StoreError::storage(format!("{what}: {e}")),
-    }
-}
-
 impl Leases {
     pub fn held(&self) -> &Arc<Held> {
         &self.held
@@ -225,15 +216,15 @@ impl Leases {
         let want = i32::try_from(self.config.partitions.max(1)).unwrap_or(i32::MAX);
         c.execute("INSERT INTO cluster (one, partitions) VALUES (true, $1) ON CONFLICT (one) DO NOTHING", &[&want])
             .await
-            .map_err(|e| failed("creating the cluster", e))?;
+            .map_err(|e| storage("creating the cluster", e))?;
         let count: i32 = c
             .query_one("SELECT partitions FROM cluster", &[])
             .await
-            .map_err(|e| failed("reading the partition count", e))?
+            .map_err(|e| storage("reading the partition count", e))?
             .get(0);
         c.execute("INSERT INTO partitions (partition) SELECT generate_series(0, $1 - 1) ON CONFLICT (partition) DO NOTHING", &[&count])
             .await
-            .map_err(|e| failed("creating the partitions", e))?;
+            .map_err(|e| storage("creating the partitions", e))?;
         self.held.count.store(count as u32, Ordering::Relaxed);
         self.heartbeat().await
     }
@@ -247,7 +238,7 @@ impl Leases {
             &[&self.config.node, &self.config.advertise],
         )
         .await
-        .map_err(|e| failed("recording the node's heartbeat", e))?;
+        .map_err(|e| storage("recording the node's heartbeat", e))?;
         Ok(())
     }
 
@@ -269,7 +260,7 @@ impl Leases {
                     &[&(partition as i32), &self.config.node, &(epoch as i64), &self.lease_ms()],
                 )
                 .await
-                .map_err(|e| failed("renewing a lease", e))?;
+                .map_err(|e| storage("renewing a lease", e))?;
             if n == 1 {
                 still.push((partition, epoch));
             }
@@ -286,7 +277,7 @@ impl Leases {
                 &[&self.lease_ms()],
             )
             .await
-            .map_err(|e| failed("counting live nodes", e))?
+            .map_err(|e| storage("counting live nodes", e))?
             .get(0);
         Ok(n.max(1) as u32)
     }
@@ -314,7 +305,7 @@ impl Leases {
                 &[&self.config.node, &(max.min(i64::MAX as usize) as i64), &self.lease_ms(), &mine],
             )
             .await
-            .map_err(|e| failed("claiming partitions", e))?;
+            .map_err(|e| storage("claiming partitions", e))?;
         let mut claimed: Vec<Claimed> = rows
             .iter()
             .map(|r| Claimed { partition: r.get::<_, i32>(0) as u32, epoch: r.get::<_, i64>(1) as u64, released: r.get(2) })
@@ -331,14 +322,14 @@ impl Leases {
             &[&(partition as i32), &self.config.node, &(epoch as i64)],
         )
         .await
-        .map_err(|e| failed("releasing a partition", e))?;
+        .map_err(|e| storage("releasing a partition", e))?;
         Ok(())
     }
 
     /// Removes this node from the nodes table (a controlled leave).
     pub async fn leave(&self) -> Result<()> {
         let c = self.client().await?;
-        c.execute("DELETE FROM nodes WHERE name = $1", &[&self.config.node]).await.map_err(|e| failed("leaving the cluster", e))?;
+        c.execute("DELETE FROM nodes WHERE name = $1", &[&self.config.node]).await.map_err(|e| storage("leaving the cluster", e))?;
         Ok(())
     }
 
@@ -350,7 +341,7 @@ impl Leases {
     /// Sends `payload` to every host listening on `channel`.
     pub async fn notify_on(&self, channel: &str, payload: &str) -> Result<()> {
         let c = self.client().await?;
-        c.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).await.map_err(|e| failed("notifying the other hosts", e))?;
+        c.execute("SELECT pg_notify($1, $2)", &[&channel, &payload]).await.map_err(|e| storage("notifying the other hosts", e))?;
         Ok(())
     }
 
@@ -363,7 +354,7 @@ impl Leases {
             .config
             .connect(NoTls)
             .await
-            .map_err(|e| failed("connecting the wake-up listener", e))?;
+            .map_err(|e| storage("connecting the wake-up listener", e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             loop {
@@ -381,7 +372,7 @@ impl Leases {
         client
             .batch_execute(&format!("LISTEN {WAKE_CHANNEL}; LISTEN {REPLY_CHANNEL}; LISTEN {TASK_CHANNEL}"))
             .await
-            .map_err(|e| failed("listening for wake-ups", e))?;
+            .map_err(|e| storage("listening for wake-ups", e))?;
         // The session lives as long as its connection.
         tokio::spawn(async move {
             let _client = client;
@@ -405,7 +396,7 @@ impl Leases {
                 &[&self.lease_ms()],
             )
             .await
-            .map_err(|e| failed("reading the nodes", e))?;
+            .map_err(|e| storage("reading the nodes", e))?;
         let parts = c
             .query(
                 &format!(
@@ -419,7 +410,7 @@ impl Leases {
                 &[],
             )
             .await
-            .map_err(|e| failed("reading the partitions", e))?;
+            .map_err(|e| storage("reading the partitions", e))?;
         Ok(ClusterStatus {
             node: self.config.node.clone(),
             partitions: self.held.count(),

@@ -212,8 +212,15 @@ const CLEAN_SHUTDOWN: &str = "clean-shutdown";
 const ISOLATED: &str = "isolated";
 const STORE_FORMAT: &str = "store-format";
 
-fn storage(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::storage(format!("{what}: {e}"))
+/// A failed statement as a storage error that names what was being done,
+/// in the server's own words when the server refused it (tokio-postgres
+/// alone says only "db error").
+pub(crate) fn storage(what: &str, e: impl std::borrow::Borrow<tokio_postgres::Error>) -> StoreError {
+    let e = e.borrow();
+    match e.as_db_error() {
+        Some(db) => StoreError::storage(format!("{what}: {db}")),
+        None => StoreError::storage(format!("{what}: {e}")),
+    }
 }
 
 /// The rows that decode; each one that does not is reported to `damage` and skipped.
