@@ -344,7 +344,10 @@ fn a_crash_with_pipelined_points_unwritten_loses_only_what_never_left() {
     // persistence point: the new instance's first point (the intake and its
     // receive) is written; validate's point and every point the driver
     // pipelined behind it are lost. The reply was decided but never left.
-    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "before-write:2")]);
+    // (The driver waits a moment before each point it pipelines, so that
+    // the first is written alone, whatever the store.)
+    let env = [("CAIRN_FAILPOINT", "before-write:2"), ("CAIRN_PAUSE", "pipelined:200")];
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &env);
     deploy_three_steps(&h);
     let out = order(&h, "w1", "m-w1");
     assert_ne!(out.code, 0, "the reply's point was never written, so no reply left: {}{}", out.stdout, out.stderr);

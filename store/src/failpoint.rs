@@ -51,8 +51,9 @@ static PAUSE: OnceLock<Option<(String, u64)>> = OnceLock::new();
 
 /// `CAIRN_PAUSE=NAME:MS` makes execution wait MS milliseconds each time it
 /// reaches the pause point NAME: a test's way to make one step outlast a
-/// timeout. Points: `backup-begun` (a PostgreSQL backup's read transaction
-/// is open, nothing read yet).
+/// timeout, or one write land alone. Points: `backup-begun` (a PostgreSQL
+/// backup's read transaction is open, nothing read yet), `pipelined` (a
+/// driver is about to submit a persistence point behind others in flight).
 pub async fn pause(name: &str) {
     let armed = PAUSE.get_or_init(|| {
         let spec = std::env::var("CAIRN_PAUSE").ok()?;

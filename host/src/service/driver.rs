@@ -675,6 +675,7 @@ async fn commit(
     let accepts = with_creation(&mut b, creation);
     let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, accepts };
     if !pipeline.is_empty() {
+        crate::failpoint::pause("pipelined").await;
         crate::failpoint::hit("pipelined");
     }
     pipeline.submit(svc, b, point);
