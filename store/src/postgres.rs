@@ -289,6 +289,11 @@ statements! {
     instances_status = "SELECT id, snapshot FROM instances WHERE status = $1 AND id > $3 ORDER BY id LIMIT $2";
     instances_process = "SELECT id, snapshot FROM instances WHERE process = $1 AND id > $3 ORDER BY id LIMIT $2";
     instances_both = "SELECT id, snapshot FROM instances WHERE process = $1 AND status = $2 AND id > $4 ORDER BY id LIMIT $3";
+    // Newest first, after `after` (or from the newest when it is empty).
+    instances_all_desc = "SELECT id, snapshot FROM instances WHERE ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $1";
+    instances_status_desc = "SELECT id, snapshot FROM instances WHERE status = $1 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT $2";
+    instances_process_desc = "SELECT id, snapshot FROM instances WHERE process = $1 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT $2";
+    instances_both_desc = "SELECT id, snapshot FROM instances WHERE process = $1 AND status = $2 AND ($4 = '' OR id < $4) ORDER BY id DESC LIMIT $3";
     count_instances = "SELECT count(*) FROM instances WHERE status = $1";
     put_instance = "INSERT INTO instances (id, process, status, snapshot) VALUES ($1, $2, $3, $4)
                     ON CONFLICT (id) DO UPDATE SET process = EXCLUDED.process, status = EXCLUDED.status, snapshot = EXCLUDED.snapshot";
@@ -1129,12 +1134,24 @@ impl Backend for PgStore {
         let what = "listing instances";
         // Ids are compared in the "C" collation, as RocksDB orders its keys.
         let after = filter.after.as_deref().unwrap_or("");
+        type Pick = fn(&Statements) -> &Statement;
+        let desc = filter.newest_first;
         let rows = match (filter.process.as_deref(), status) {
-            (None, None) => self.query(what, |s| &s.instances_all, &[&limit, &after]).await?,
-            (None, Some(status)) => self.query(what, |s| &s.instances_status, &[&status, &limit, &after]).await?,
-            (Some(process), None) => self.query(what, |s| &s.instances_process, &[&process, &limit, &after]).await?,
+            (None, None) => {
+                let pick: Pick = if desc { |s| &s.instances_all_desc } else { |s| &s.instances_all };
+                self.query(what, pick, &[&limit, &after]).await?
+            }
+            (None, Some(status)) => {
+                let pick: Pick = if desc { |s| &s.instances_status_desc } else { |s| &s.instances_status };
+                self.query(what, pick, &[&status, &limit, &after]).await?
+            }
+            (Some(process), None) => {
+                let pick: Pick = if desc { |s| &s.instances_process_desc } else { |s| &s.instances_process };
+                self.query(what, pick, &[&process, &limit, &after]).await?
+            }
             (Some(process), Some(status)) => {
-                self.query(what, |s| &s.instances_both, &[&process, &status, &limit, &after]).await?
+                let pick: Pick = if desc { |s| &s.instances_both_desc } else { |s| &s.instances_both };
+                self.query(what, pick, &[&process, &status, &limit, &after]).await?
             }
         };
         Ok(decodable(&self.health.damage, rows.iter().map(|r| decode("instances", &r.get::<_, &str>(0), r.get(1)))))

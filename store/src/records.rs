@@ -273,15 +273,26 @@ pub struct ResourceCheck {
 pub struct InstanceFilter {
     pub status: Option<Status>,
     pub process: Option<String>,
-    /// Only instances whose id comes after this one (the next page of a listing).
+    /// Only instances whose id comes after this one in the listing's order
+    /// (the next page of a listing): greater ids oldest first, smaller ids
+    /// newest first.
     pub after: Option<String>,
+    /// Newest first: in descending id order (ids are time-ordered).
+    pub newest_first: bool,
 }
 
 impl InstanceFilter {
     pub fn matches(&self, s: &cairn_engine::Snapshot) -> bool {
-        self.status.is_none_or(|st| s.status == st)
-            && self.process.as_deref().is_none_or(|p| s.process == p)
-            && self.after.as_deref().is_none_or(|a| s.id.as_str() > a)
+        self.status.is_none_or(|st| s.status == st) && self.process.as_deref().is_none_or(|p| s.process == p) && self.comes_after(&s.id)
+    }
+
+    /// Whether `id` comes after `after` in the listing's order.
+    pub fn comes_after(&self, id: &str) -> bool {
+        match (self.after.as_deref(), self.newest_first) {
+            (None, _) => true,
+            (Some(a), false) => id > a,
+            (Some(a), true) => id < a,
+        }
     }
 }
 

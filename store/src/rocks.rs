@@ -309,6 +309,12 @@ impl RocksStore {
     }
 }
 
+/// Where a sweep starts: at a key (going up, or down when true), or at the last key going down.
+enum Sweep<'a> {
+    From(&'a [u8], bool),
+    FromEnd,
+}
+
 /// Whether the blocks a scan reads enter the block cache.
 #[derive(Clone, Copy)]
 enum Blocks {
@@ -439,17 +445,27 @@ impl RocksStore {
     /// As `scan`, for listings and counts that read a whole family: the
     /// blocks read do not enter the block cache, so a listing neither
     /// evicts what the hot path reads nor leaves the host holding what it read.
-    fn sweep(&self, cf: Cf, start: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
-        self.scan_range(cf, b"", start, Blocks::Uncached, f)
+    fn sweep(&self, cf: Cf, from: Sweep, f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        let mode = match from {
+            Sweep::From(start, false) => IteratorMode::From(start, Direction::Forward),
+            Sweep::From(start, true) => IteratorMode::From(start, Direction::Reverse),
+            Sweep::FromEnd => IteratorMode::End,
+        };
+        self.iterate(cf, b"", mode, Blocks::Uncached, f)
     }
 
     /// Visits the entries from `start` on whose key starts with `prefix`.
-    fn scan_range(&self, cf: Cf, prefix: &[u8], start: &[u8], blocks: Blocks, mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+    fn scan_range(&self, cf: Cf, prefix: &[u8], start: &[u8], blocks: Blocks, f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        self.iterate(cf, prefix, IteratorMode::From(start, Direction::Forward), blocks, f)
+    }
+
+    /// Visits the entries whose key starts with `prefix`, in `mode`'s order from its start.
+    fn iterate(&self, cf: Cf, prefix: &[u8], mode: IteratorMode, blocks: Blocks, mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
         let db = self.shared.db()?;
         let mut read = ReadOptions::default();
         read.fill_cache(matches!(blocks, Blocks::Cached));
         let mut last = Vec::new();
-        for item in db.iterator_cf_opt(handle(&db, cf), read, IteratorMode::From(start, Direction::Forward)) {
+        for item in db.iterator_cf_opt(handle(&db, cf), read, mode) {
             let (k, v) = item.map_err(|e| {
                 let at = if last.is_empty() { String::new() } else { format!("after {}", show_key(&last)) };
                 self.read_error(cf, &at, e)
@@ -555,7 +571,11 @@ impl crate::Backend for RocksStore {
         }
         if let Some(status) = filter.status.filter(|s| !s.is_terminal()) {
             // Live instances: their index, then only their snapshots.
-            for id in self.live_ids(status)?.into_iter().filter(|id| filter.after.as_deref().is_none_or(|a| id.as_str() > a)) {
+            let mut ids = self.live_ids(status)?;
+            if filter.newest_first {
+                ids.reverse();
+            }
+            for id in ids.into_iter().filter(|id| filter.comes_after(id)) {
                 if let Some(s) = self.get_record::<Snapshot>(Cf::Instances, id.as_bytes()).or_else(|e| match e {
                     StoreError::Integrity { .. } => Ok(None),
                     e => Err(e),
@@ -570,8 +590,12 @@ impl crate::Backend for RocksStore {
             }
             return Ok(out);
         }
-        let start = filter.after.as_deref().unwrap_or("").as_bytes();
-        self.sweep(Cf::Instances, start, |k, v| {
+        let from = match (filter.after.as_deref(), filter.newest_first) {
+            (Some(after), newest_first) => Sweep::From(after.as_bytes(), newest_first),
+            (None, false) => Sweep::From(b"", false),
+            (None, true) => Sweep::FromEnd,
+        };
+        self.sweep(Cf::Instances, from, |k, v| {
             if Some(k) == filter.after.as_deref().map(str::as_bytes) {
                 return Ok(true);
             }
@@ -596,7 +620,7 @@ impl crate::Backend for RocksStore {
             status: Status,
         }
         let mut n = 0;
-        self.sweep(Cf::Instances, b"", |k, v| {
+        self.sweep(Cf::Instances, Sweep::From(b"", false), |k, v| {
             match decode::<StatusOnly>(Cf::Instances.name(), &show_key(k), v) {
                 Ok(s) if s.status == status => n += 1,
                 Ok(_) => {}

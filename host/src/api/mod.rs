@@ -529,10 +529,9 @@ async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) 
             })?),
         };
         // A page at a time: at most `limit` (1000 by default, 10000 at most)
-        // in id order (ids are time-ordered), after the id `after`, past
-        // `offset` more; `next_after` names the next page. Newest first
-        // lists every match (the store keeps no reverse index): the console
-        // and the CLI ask for it, an operator's look, not a worker's loop.
+        // in id order (ids are time-ordered; newest first on asking), after
+        // the id `after` in that order, past `offset` more; `next_after`
+        // names the next page. The store reads no more than the page.
         let limit = q.limit.unwrap_or(1000).min(10_000);
         let offset = q.offset.unwrap_or(0);
         if offset > MAX_LIST_OFFSET {
@@ -544,15 +543,8 @@ async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) 
             Some(other) => return Err(Error::new(ErrorKind::BadInput, format!("unknown order '{other}': use oldest-first or newest-first"))),
         };
         let after = q.after.clone().filter(|a| !a.is_empty());
-        let list: Vec<Snapshot> = if newest_first {
-            let filter = InstanceFilter { status, process: q.process.clone(), after: None };
-            let mut all = svc.store.instances(&filter, usize::MAX).await?;
-            all.reverse();
-            all.into_iter().filter(|s| after.as_deref().is_none_or(|a| s.id.as_str() < a)).skip(offset).take(limit).collect()
-        } else {
-            let filter = InstanceFilter { status, process: q.process.clone(), after };
-            svc.store.instances(&filter, limit.saturating_add(offset)).await?.into_iter().skip(offset).collect()
-        };
+        let filter = InstanceFilter { status, process: q.process.clone(), after, newest_first };
+        let list: Vec<Snapshot> = svc.store.instances(&filter, limit.saturating_add(offset)).await?.into_iter().skip(offset).collect();
         let items: Vec<InstanceSummary> = list.iter().map(|s| summary(s, &svc)).collect();
         let mut body = json!({ "instances": items, "count": items.len() });
         if items.len() == limit && limit > 0 {

@@ -310,7 +310,7 @@ pub async fn search(State(svc): State<Service>, Query(q): Query<SearchQuery>) ->
             };
             let limit = q.limit.unwrap_or(50).clamp(1, 1000);
             let (version, correlation, after) = (some(&q.version), some(&q.correlation), some(&q.after));
-            let filter = InstanceFilter { status, process: some(&q.process), after: None };
+            let filter = InstanceFilter { status, process: some(&q.process), after: None, newest_first: false };
             let mut total = 0u64;
             let mut page: Vec<InstanceSummary> = Vec::new();
             let mut more = false;

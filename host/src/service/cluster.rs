@@ -384,7 +384,7 @@ async fn sweep(svc: &Service) {
             Vec::new()
         }
     };
-    let running = cairn_store::InstanceFilter { status: Some(cairn_engine::Status::Running), process: None, after: None };
+    let running = cairn_store::InstanceFilter { status: Some(cairn_engine::Status::Running), process: None, after: None, newest_first: false };
     match svc.store.instances(&running, usize::MAX).await {
         Ok(snapshots) => found.extend(snapshots.into_iter().map(|s| s.id)),
         Err(e) => tracing::warn!("sweeping running instances: {e}"),

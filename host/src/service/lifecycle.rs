@@ -113,7 +113,7 @@ impl Service {
         let mut report = RetryReport::default();
         let mut after = None;
         loop {
-            let filter = InstanceFilter { status: Some(Status::Faulted), process: Some(process.to_string()), after: after.clone() };
+            let filter = InstanceFilter { status: Some(Status::Faulted), process: Some(process.to_string()), after: after.clone(), newest_first: false };
             let page = self.store.instances(&filter, 1000).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
@@ -202,7 +202,7 @@ impl Service {
         for status in [Status::Waiting, Status::Suspended] {
             let mut after = None;
             loop {
-                let filter = InstanceFilter { status: Some(status), process: Some(process.clone()), after: after.clone() };
+                let filter = InstanceFilter { status: Some(status), process: Some(process.clone()), after: after.clone(), newest_first: false };
                 let page = self.store.instances(&filter, 1000).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.id.clone());

@@ -43,7 +43,7 @@ async fn recover_with(svc: &Service, progress: &indicatif::ProgressBar, scope: &
     // Each step goes on past damage: a record that does not decode is
     // reported by the store and skipped, and a step that fails (a damaged
     // table block) is reported here, so every other instance still resumes.
-    let running = InstanceFilter { status: Some(Status::Running), process: None, after: None };
+    let running = InstanceFilter { status: Some(Status::Running), process: None, after: None, newest_first: false };
     match svc.store.instances(&running, usize::MAX).await {
         Ok(snapshots) => {
             for s in snapshots.into_iter().filter(|s| keep(&s.id)) {
@@ -136,7 +136,7 @@ enum Table {
 /// The waiting instances whose own inbox (or outbox) holds something, each
 /// read on its own: a damaged block then hides only the instances in it.
 async fn waiting_with(svc: &Service, table: Table) -> Vec<String> {
-    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
+    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None, newest_first: false };
     let mut found = Vec::new();
     for s in svc.store.instances(&waiting, usize::MAX).await.unwrap_or_default() {
         let entries = match table {

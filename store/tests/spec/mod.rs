@@ -511,12 +511,24 @@ pub async fn tables(store: &Store) {
     assert_eq!(ids(store.instances(&all, 10).await.unwrap()), ["i-a", "i-b", "i-c", "i-gone"]);
     assert_eq!(ids(store.instances(&all, 2).await.unwrap()), ["i-a", "i-b"]);
     assert!(store.instances(&all, 0).await.unwrap().is_empty());
-    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
+    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None, newest_first: false };
     assert_eq!(ids(store.instances(&waiting, 10).await.unwrap()), ["i-a", "i-c"]);
-    let orders = InstanceFilter { status: None, process: Some("orders".into()), after: None };
+    let orders = InstanceFilter { status: None, process: Some("orders".into()), after: None, newest_first: false };
     assert_eq!(ids(store.instances(&orders, 10).await.unwrap()), ["i-a", "i-b"]);
-    let both = InstanceFilter { status: Some(Status::Waiting), process: Some("billing".into()), after: None };
+    let both = InstanceFilter { status: Some(Status::Waiting), process: Some("billing".into()), after: None, newest_first: false };
     assert_eq!(ids(store.instances(&both, 10).await.unwrap()), ["i-c"]);
+    // Newest first: descending ids, a page at a time, "after" meaning smaller.
+    let newest = InstanceFilter { newest_first: true, ..InstanceFilter::default() };
+    assert_eq!(ids(store.instances(&newest, 10).await.unwrap()), ["i-gone", "i-c", "i-b", "i-a"]);
+    assert_eq!(ids(store.instances(&newest, 2).await.unwrap()), ["i-gone", "i-c"]);
+    let next = InstanceFilter { after: Some("i-c".into()), ..newest.clone() };
+    assert_eq!(ids(store.instances(&next, 2).await.unwrap()), ["i-b", "i-a"]);
+    let newest_waiting = InstanceFilter { newest_first: true, ..waiting.clone() };
+    assert_eq!(ids(store.instances(&newest_waiting, 10).await.unwrap()), ["i-c", "i-a"]);
+    let next_waiting = InstanceFilter { after: Some("i-c".into()), ..newest_waiting.clone() };
+    assert_eq!(ids(store.instances(&next_waiting, 10).await.unwrap()), ["i-a"]);
+    let newest_orders = InstanceFilter { newest_first: true, after: Some("i-b".into()), ..orders.clone() };
+    assert_eq!(ids(store.instances(&newest_orders, 10).await.unwrap()), ["i-a"]);
     assert_eq!(store.count_instances(Status::Waiting).await.unwrap(), 2);
     assert_eq!(store.count_instances(Status::Faulted).await.unwrap(), 0);
 
@@ -686,8 +698,8 @@ pub fn token(id: &str, role: Role) -> TokenRecord {
 /// and ends (the embedded store reads them from its index of live instances).
 pub async fn check_live_listings(store: &Store) {
     let ids = |v: Vec<Snapshot>| v.into_iter().map(|s| s.id).collect::<Vec<_>>();
-    let running = InstanceFilter { status: Some(Status::Running), process: None, after: None };
-    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None };
+    let running = InstanceFilter { status: Some(Status::Running), process: None, after: None, newest_first: false };
+    let waiting = InstanceFilter { status: Some(Status::Waiting), process: None, after: None, newest_first: false };
     for id in ["l-1", "l-2", "l-3"] {
         commit(store, vec![Write::Instance(Box::new(snapshot(id, "p", Status::Running, 1)))]).await;
     }
