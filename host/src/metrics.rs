@@ -163,8 +163,8 @@ impl Collector for StoreCollector {
         counter(
             &mut encoder,
             "store_fsyncs",
-            "Store writes synced to disk (each write, unless serve --no-fsync)",
-            if stats.fsync { stats.writes } else { 0 },
+            "Syncs of the store's writes to disk (none with serve --no-fsync); a write of deferred persistence points is synced with a later one",
+            stats.syncs,
         )?;
         let memory = self.0.memory();
         let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), std::fmt::Error> {

@@ -81,6 +81,12 @@ pub struct WriteBatch {
     /// Resource versions the batch is based on; one that no longer holds
     /// rejects the batch whole (`StoreError::Conflict`).
     pub checks: Vec<ResourceCheck>,
+    /// Written at once but synced with a later write (or at
+    /// `Backend::sync_deferred`, or within a millisecond): its verdict, and
+    /// so whatever waits for it to be durable, comes once it is synced. A
+    /// persistence point the instance computes on from, when a later point
+    /// will be synced anyway. Stores that sync every write ignore it.
+    pub deferred: bool,
 }
 
 impl WriteBatch {

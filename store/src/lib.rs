@@ -65,6 +65,10 @@ pub trait Backend: Send + Sync {
         self.submit(batch).await
     }
 
+    /// Syncs the deferred batches written so far (`WriteBatch::deferred`)
+    /// now, rather than with the next write: their submitter waits for them.
+    fn sync_deferred(&self) {}
+
     // definitions
     async fn definitions(&self) -> Result<Vec<DeployedRecord>>;
     async fn component(&self, version: &str) -> Result<Option<Vec<u8>>>;

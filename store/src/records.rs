@@ -304,8 +304,11 @@ impl InstanceFilter {
 pub struct CommitStats {
     pub batches: u64,
     pub writes: u64,
-    /// Each write is synced (fsync, or PostgreSQL's synchronous commit).
+    /// Writes are synced (fsync, or PostgreSQL's synchronous commit).
     pub fsync: bool,
+    /// Syncs: of writes, or of deferred writes before them (a write of
+    /// deferred batches only is synced by a later one).
+    pub syncs: u64,
     /// Writes by batches carried, one count per bucket of
     /// `GROUP_SIZE_BUCKETS` (not cumulative): `group_sizes[i]` counts the
     /// writes that carried more than `GROUP_SIZE_BUCKETS[i - 1]` and at most
@@ -333,6 +336,7 @@ pub const GROUP_SIZE_BUCKETS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512
 pub(crate) struct CommitCounters {
     batches: std::sync::atomic::AtomicU64,
     writes: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
     group_sizes: [std::sync::atomic::AtomicU64; GROUP_SIZE_BUCKETS.len()],
 }
 
@@ -346,12 +350,18 @@ impl CommitCounters {
         self.group_sizes[bucket].fetch_add(1, Relaxed);
     }
 
+    /// One sync (the write just recorded, or the deferred ones before it).
+    pub(crate) fn synced(&self) {
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(crate) fn stats(&self, fsync: bool) -> CommitStats {
         use std::sync::atomic::Ordering::Relaxed;
         CommitStats {
             batches: self.batches.load(Relaxed),
             writes: self.writes.load(Relaxed),
             fsync,
+            syncs: self.syncs.load(Relaxed),
             group_sizes: std::array::from_fn(|i| self.group_sizes[i].load(Relaxed)),
         }
     }

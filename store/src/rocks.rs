@@ -208,6 +208,8 @@ pub(crate) fn show_key(key: &[u8]) -> String {
 
 enum Request {
     Commit(WriteBatch, tokio::sync::oneshot::Sender<Result<()>>),
+    /// Sync the deferred batches written so far.
+    Sync,
     /// Stop the committer once everything queued before is written.
     Close,
 }
@@ -550,6 +552,10 @@ impl crate::Backend for RocksStore {
             Ok(()) => crate::Committing::queued(verdict),
             Err(_) => crate::Committing::refused(StoreError::Storage("the committer has stopped".into())),
         }
+    }
+
+    fn sync_deferred(&self) {
+        let _ = self.queue.send(Request::Sync);
     }
 
     async fn definitions(&self) -> Result<Vec<DeployedRecord>> {
@@ -953,12 +959,37 @@ fn resolve(db: &DB, group: &HashMap<RowKey, u64>, batch: &WriteBatch) -> Result<
     Ok((versions, moved))
 }
 
+/// How long a deferred batch waits for a later write to sync it before the
+/// committer syncs it alone.
+const DEFERRED_SYNC_WITHIN: Duration = Duration::from_millis(1);
+
+/// Owns the write path: takes the queued batches in order, checks each
+/// one's fences and resource versions against the store and the batches
+/// before it in its group, and writes the group as one RocksDB write,
+/// synced unless every batch in it is deferred (those wait in `unsynced`
+/// for the next sync, which answers them).
 fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, stats: Arc<CommitCounters>) {
     let mut write_opts = WriteOptions::default();
-    write_opts.set_sync(fsync);
     let mut closing = false;
+    let mut unsynced: Vec<Done> = Vec::new();
     while !closing {
-        let Ok(Request::Commit(first, done)) = queue.recv() else { break };
+        let next = if unsynced.is_empty() {
+            queue.recv().ok()
+        } else {
+            match queue.recv_timeout(DEFERRED_SYNC_WITHIN) {
+                Ok(request) => Some(request),
+                Err(mpsc::RecvTimeoutError::Timeout) => Some(Request::Sync),
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            }
+        };
+        let (first, done) = match next {
+            Some(Request::Commit(first, done)) => (first, done),
+            Some(Request::Sync) => {
+                sync_wal(&shared, &stats, std::mem::take(&mut unsynced));
+                continue;
+            }
+            Some(Request::Close) | None => break,
+        };
         let db = match shared.db() {
             Ok(db) => db,
             Err(e) => {
@@ -968,9 +999,11 @@ fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, s
         };
         let fences_cf = handle(&db, Cf::Fences);
         let mut group = vec![(first, done)];
+        let mut sync_asked = false;
         while group.len() < 1024 {
             match queue.try_recv() {
                 Ok(Request::Commit(b, d)) => group.push((b, d)),
+                Ok(Request::Sync) => sync_asked = true,
                 Ok(Request::Close) => {
                     closing = true;
                     break;
@@ -978,6 +1011,8 @@ fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, s
                 Err(_) => break,
             }
         }
+        // Synced unless every batch is deferred (and no sync is asked for, nor the end near).
+        let sync = fsync && (sync_asked || closing || group.iter().any(|(b, _)| !b.deferred));
         let mut wb = rocksdb::WriteBatch::default();
         // Fences and resource versions as this group leaves them, so later
         // batches see earlier ones.
@@ -1022,24 +1057,60 @@ fn committer(shared: Arc<Shared>, queue: mpsc::Receiver<Request>, fsync: bool, s
             accepted.push(done);
         }
         if accepted.is_empty() {
+            if sync && !unsynced.is_empty() {
+                drop(db);
+                sync_wal(&shared, &stats, std::mem::take(&mut unsynced));
+            }
             continue;
         }
         if holds_point {
             crate::failpoint::hit("before-write");
         }
+        write_opts.set_sync(sync);
         let result = db.write_opt(wb, &write_opts).map_err(|e| storage("writing a batch", e));
         stats.record(accepted.len());
         crate::failpoint::hit("after-commit");
         shared.health.writes.observe(&result);
-        for done in accepted {
+        if result.is_ok() && fsync && !sync {
+            // Written, not yet durable: answered by the next sync.
+            unsynced.extend(accepted);
+            continue;
+        }
+        if sync && result.is_ok() {
+            stats.synced();
+        }
+        // A failed write leaves the deferred batches before it in doubt:
+        // they are answered with its failure, and their instances go on
+        // from what the store holds.
+        for done in unsynced.drain(..).chain(accepted) {
             let _ = done.send(result.clone());
         }
         if let Err(failure) = result {
             drop(db);
+            write_opts.set_sync(fsync);
             if !recover_writes(&shared, &queue, &write_opts, failure) {
                 break;
             }
         }
+    }
+    sync_wal(&shared, &stats, unsynced);
+}
+
+/// The verdict of one queued batch.
+type Done = tokio::sync::oneshot::Sender<Result<()>>;
+
+/// Syncs the write-ahead log, then answers the deferred batches written before.
+fn sync_wal(shared: &Shared, stats: &CommitCounters, unsynced: Vec<Done>) {
+    if unsynced.is_empty() {
+        return;
+    }
+    let result = shared.db().and_then(|db| db.flush_wal(true).map_err(|e| storage("syncing the write-ahead log", e)));
+    if result.is_ok() {
+        stats.synced();
+    }
+    shared.health.writes.observe(&result);
+    for done in unsynced {
+        let _ = done.send(result.clone());
     }
 }
 
@@ -1057,6 +1128,7 @@ fn recover_writes(shared: &Shared, queue: &mpsc::Receiver<Request>, write_opts: 
             Ok(Request::Commit(_, done)) => {
                 let _ = done.send(Err(failure.clone()));
             }
+            Ok(Request::Sync) => {}
             Ok(Request::Close) | Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }

@@ -190,6 +190,32 @@ pub async fn check_fences(store: &Store) {
 /// Concurrent batches: a stale one is rejected alone while the others in its
 /// group commit, later batches see the fences earlier ones moved, and the
 /// backend carries many batches per write.
+/// Deferred batches (`WriteBatch::deferred`): each resolves only once it is
+/// synced, by a later synced write, by a sync asked for, or alone within a
+/// moment; a deferred batch behind a synced one, or a run of deferred ones
+/// closed by a synced one, costs no sync of its own.
+pub async fn check_deferred(store: &Store) {
+    let deferred = |instance: &str, seq: u64| WriteBatch { deferred: true, ..batch(vec![Write::Inbox { instance: instance.into(), delivery: delivery(seq) }]) };
+    // Alone: synced within a moment.
+    store.commit(deferred("d", 1)).await.expect("a deferred batch alone resolves");
+    // A run of deferred batches closed by a synced one: all resolve, in order.
+    let run = vec![deferred("d", 2), deferred("d", 3), batch(vec![Write::Inbox { instance: "d".into(), delivery: delivery(4) }])];
+    for r in in_order(run.into_iter().map(|b| store.commit(b)).collect()).await {
+        r.expect("each batch of the run resolves");
+    }
+    // A sync asked for.
+    let before = store.commit_stats();
+    let pending = store.submit(deferred("d", 5));
+    store.sync_deferred();
+    pending.await.expect("resolves once synced");
+    let after = store.commit_stats();
+    let seqs: Vec<u64> = store.inbox("d").await.unwrap().iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    if after.fsync {
+        assert!(after.syncs > before.syncs, "resolved by a sync: {before:?} -> {after:?}");
+    }
+}
+
 pub async fn check_group_commit(store: &Store) {
     const N: u64 = 40;
     let mut setup = WriteBatch::new();
@@ -803,6 +829,9 @@ where
     store.close().await;
     let store = fresh().await;
     check_group_commit(&store).await;
+    store.close().await;
+    let store = fresh().await;
+    check_deferred(&store).await;
     store.close().await;
     let store = fresh().await;
     tables(&store).await;
