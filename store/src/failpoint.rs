@@ -41,7 +41,14 @@ pub fn hit(name: &str) {
     if let Some((armed, n)) = armed() {
         if armed == name && HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
             eprintln!("cairn: fail point '{name}' reached (hit {n}): aborting");
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            let wait = || std::thread::sleep(std::time::Duration::from_millis(100));
+            // On a runtime worker, hand its queued tasks to another thread
+            // first: a task this one just woke (an answer on its way) waits
+            // in the worker's own slot, where no other worker takes it.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+                _ => wait(),
+            }
             std::process::abort();
         }
     }
