@@ -78,6 +78,14 @@ pub trait Backend: Send + Sync {
     /// Instances matching `filter`, in id order (oldest first), at most `limit`.
     async fn instances(&self, filter: &InstanceFilter, limit: usize) -> Result<Vec<Snapshot>>;
     async fn count_instances(&self, status: Status) -> Result<u64>;
+    /// Every stored instance, of any status (a count, never a listing).
+    async fn count_all_instances(&self) -> Result<u64> {
+        let mut total = 0;
+        for status in [Status::Running, Status::Waiting, Status::Suspended, Status::Completed, Status::Faulted, Status::Terminated] {
+            total += self.count_instances(status).await?;
+        }
+        Ok(total)
+    }
 
     // inbox and outbox
     async fn inbox(&self, instance: &str) -> Result<Vec<Delivery>>;

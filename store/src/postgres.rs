@@ -295,6 +295,7 @@ statements! {
     instances_process_desc = "SELECT id, snapshot FROM instances WHERE process = $1 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT $2";
     instances_both_desc = "SELECT id, snapshot FROM instances WHERE process = $1 AND status = $2 AND ($4 = '' OR id < $4) ORDER BY id DESC LIMIT $3";
     count_instances = "SELECT count(*) FROM instances WHERE status = $1";
+    count_all_instances = "SELECT count(*) FROM instances";
     put_instance = "INSERT INTO instances (id, process, status, snapshot) VALUES ($1, $2, $3, $4)
                     ON CONFLICT (id) DO UPDATE SET process = EXCLUDED.process, status = EXCLUDED.status, snapshot = EXCLUDED.snapshot";
     delete_instance = "DELETE FROM instances WHERE id = $1";
@@ -1159,6 +1160,11 @@ impl Backend for PgStore {
 
     async fn count_instances(&self, status: Status) -> Result<u64> {
         let row = self.query_opt("counting instances", |s| &s.count_instances, &[&status.as_str()]).await?;
+        Ok(row.map_or(0, |r| uint(&r, 0)))
+    }
+
+    async fn count_all_instances(&self) -> Result<u64> {
+        let row = self.query_opt("counting instances", |s| &s.count_all_instances, &[]).await?;
         Ok(row.map_or(0, |r| uint(&r, 0)))
     }
 

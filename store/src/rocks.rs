@@ -639,6 +639,16 @@ impl crate::Backend for RocksStore {
         Ok(n)
     }
 
+    async fn count_all_instances(&self) -> Result<u64> {
+        // One pass over the keys, decoding nothing (rather than a pass per terminal status).
+        let mut n = 0;
+        self.sweep(Cf::Instances, Sweep::From(b"", false), |_, _| {
+            n += 1;
+            Ok(true)
+        })?;
+        Ok(n)
+    }
+
     async fn inbox(&self, instance: &str) -> Result<Vec<Delivery>> {
         self.records(Cf::Inbox, &keys::instance_prefix(instance))
     }

@@ -555,13 +555,7 @@ async fn list_instances(State(svc): State<Service>, Query(q): Query<ListQuery>) 
         if q.process.is_none() {
             let total = match status {
                 Some(status) => svc.store.count_instances(status).await?,
-                None => {
-                    let mut total = 0;
-                    for status in [Status::Running, Status::Waiting, Status::Suspended, Status::Completed, Status::Faulted, Status::Terminated] {
-                        total += svc.store.count_instances(status).await?;
-                    }
-                    total
-                }
+                None => svc.store.count_all_instances().await?,
             };
             body["total"] = json!(total);
         }

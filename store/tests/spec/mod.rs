@@ -557,6 +557,7 @@ pub async fn tables(store: &Store) {
     assert_eq!(ids(store.instances(&newest_orders, 10).await.unwrap()), ["i-a"]);
     assert_eq!(store.count_instances(Status::Waiting).await.unwrap(), 2);
     assert_eq!(store.count_instances(Status::Faulted).await.unwrap(), 0);
+    assert_eq!(store.count_all_instances().await.unwrap(), 4, "i-a, i-b, i-c and i-gone");
 
     // removing an instance removes its snapshot and its whole history, nobody else's
     commit(store, vec![Write::History { instance: "i-gone".into(), entry: entry(1) }]).await;
