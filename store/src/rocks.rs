@@ -207,7 +207,7 @@ pub(crate) fn show_key(key: &[u8]) -> String {
 }
 
 enum Request {
-    Commit(WriteBatch, tokio::sync::oneshot::Sender<Result<()>>),
+    Commit(WriteBatch, Done),
     /// Sync the deferred batches written so far.
     Sync,
     /// Stop the committer once everything queued before is written.
@@ -309,12 +309,6 @@ impl RocksStore {
             .map_err(|e| storage("starting the committer", e))?;
         Ok(RocksStore { shared, queue: tx, committer: Mutex::new(Some(handle)), stats, fsync })
     }
-}
-
-/// Where a sweep starts: at a key (going up, or down when true), or at the last key going down.
-enum Sweep<'a> {
-    From(&'a [u8], bool),
-    FromEnd,
 }
 
 /// Whether the blocks a scan reads enter the block cache.
@@ -447,12 +441,7 @@ impl RocksStore {
     /// As `scan`, for listings and counts that read a whole family: the
     /// blocks read do not enter the block cache, so a listing neither
     /// evicts what the hot path reads nor leaves the host holding what it read.
-    fn sweep(&self, cf: Cf, from: Sweep, f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
-        let mode = match from {
-            Sweep::From(start, false) => IteratorMode::From(start, Direction::Forward),
-            Sweep::From(start, true) => IteratorMode::From(start, Direction::Reverse),
-            Sweep::FromEnd => IteratorMode::End,
-        };
+    fn sweep(&self, cf: Cf, mode: IteratorMode, f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
         self.iterate(cf, b"", mode, Blocks::Uncached, f)
     }
 
@@ -596,12 +585,13 @@ impl crate::Backend for RocksStore {
             }
             return Ok(out);
         }
-        let from = match (filter.after.as_deref(), filter.newest_first) {
-            (Some(after), newest_first) => Sweep::From(after.as_bytes(), newest_first),
-            (None, false) => Sweep::From(b"", false),
-            (None, true) => Sweep::FromEnd,
+        let mode = match (filter.after.as_deref(), filter.newest_first) {
+            (Some(after), false) => IteratorMode::From(after.as_bytes(), Direction::Forward),
+            (Some(after), true) => IteratorMode::From(after.as_bytes(), Direction::Reverse),
+            (None, false) => IteratorMode::Start,
+            (None, true) => IteratorMode::End,
         };
-        self.sweep(Cf::Instances, from, |k, v| {
+        self.sweep(Cf::Instances, mode, |k, v| {
             if Some(k) == filter.after.as_deref().map(str::as_bytes) {
                 return Ok(true);
             }
@@ -626,7 +616,7 @@ impl crate::Backend for RocksStore {
             status: Status,
         }
         let mut n = 0;
-        self.sweep(Cf::Instances, Sweep::From(b"", false), |k, v| {
+        self.sweep(Cf::Instances, IteratorMode::Start, |k, v| {
             match decode::<StatusOnly>(Cf::Instances.name(), &show_key(k), v) {
                 Ok(s) if s.status == status => n += 1,
                 Ok(_) => {}
@@ -642,7 +632,7 @@ impl crate::Backend for RocksStore {
     async fn count_all_instances(&self) -> Result<u64> {
         // One pass over the keys, decoding nothing (rather than a pass per terminal status).
         let mut n = 0;
-        self.sweep(Cf::Instances, Sweep::From(b"", false), |_, _| {
+        self.sweep(Cf::Instances, IteratorMode::Start, |_, _| {
             n += 1;
             Ok(true)
         })?;

@@ -675,8 +675,9 @@ async fn commit(
     }));
     // The first point of a new instance accepts its message once durable.
     let accepts = with_creation(&mut b, creation);
-    b.deferred = deferrable(reason, &effects, told);
-    let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, accepts, deferred: false };
+    let deferred = deferrable(reason, &effects, told);
+    b.deferred = deferred;
+    let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, accepts, deferred };
     if !pipeline.is_empty() {
         crate::failpoint::pause("pipelined").await;
         crate::failpoint::hit("pipelined");
@@ -759,7 +760,6 @@ impl Pipeline {
     }
 
     fn submit(&mut self, svc: &Service, batch: WriteBatch, mut point: InFlight) {
-        point.deferred = batch.deferred;
         point.committing = Some(svc.store.submit(batch));
         self.in_flight.push_back(point);
     }
