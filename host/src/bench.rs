@@ -201,7 +201,7 @@ async fn bench_call(dir: &Path) -> anyhow::Result<()> {
     let mut samples = Vec::with_capacity(5000);
     for i in 0..5500 {
         let t = Instant::now();
-        let out = svc.runtime.call(component, 1, vars, None, None, log.clone());
+        let out = svc.runtime.call(component, 1, vars, None, None, log.clone()).await;
         let d = t.elapsed();
         assert!(out.is_ok(), "bench handler failed: {out:?}");
         if i >= 500 {

@@ -52,6 +52,7 @@ pub(crate) mod bindings {
         wasmtime::component::bindgen!({
             world: "cairn:process/process",
             path: "../wit/process",
+            exports: { default: async },
         });
     }
     pub mod process_legacy {
@@ -59,6 +60,7 @@ pub(crate) mod bindings {
             world: "cairn:process/process",
             path: "../wit/process-legacy",
             with: { "cairn:log/logging": super::process::cairn::log::logging },
+            exports: { default: async },
         });
     }
     pub mod activity {
@@ -66,6 +68,7 @@ pub(crate) mod bindings {
             world: "cairn:activity/activity",
             path: "../wit/activity",
             with: { "cairn:log/logging": super::process::cairn::log::logging },
+            exports: { default: async },
         });
     }
 }
@@ -222,24 +225,24 @@ enum ProcessInstance {
 }
 
 impl ProcessPre {
-    fn instantiate(&self, store: &mut Store<GuestState>) -> wasmtime::Result<ProcessInstance> {
+    async fn instantiate(&self, store: &mut Store<GuestState>) -> wasmtime::Result<ProcessInstance> {
         Ok(match self {
-            ProcessPre::Current(pre) => ProcessInstance::Current(pre.instantiate(store)?),
-            ProcessPre::Legacy(pre) => ProcessInstance::Legacy(pre.instantiate(store)?),
+            ProcessPre::Current(pre) => ProcessInstance::Current(pre.instantiate_async(store).await?),
+            ProcessPre::Legacy(pre) => ProcessInstance::Legacy(pre.instantiate_async(store).await?),
         })
     }
 }
 
 impl ProcessInstance {
-    fn describe(&self, store: &mut Store<GuestState>) -> wasmtime::Result<engine::Definition> {
+    async fn describe(&self, store: &mut Store<GuestState>) -> wasmtime::Result<engine::Definition> {
         Ok(match self {
-            ProcessInstance::Current(i) => definition_from_wit(i.call_describe(store)?),
-            ProcessInstance::Legacy(i) => definition_from_legacy_wit(i.call_describe(store)?),
+            ProcessInstance::Current(i) => definition_from_wit(i.call_describe(store).await?),
+            ProcessInstance::Legacy(i) => definition_from_legacy_wit(i.call_describe(store).await?),
         })
     }
 
     /// The world's `call`: the handler's output, or the fault it returned.
-    fn call(
+    async fn call(
         &self,
         store: &mut Store<GuestState>,
         handler: u32,
@@ -249,11 +252,13 @@ impl ProcessInstance {
     ) -> wasmtime::Result<Result<HandlerOutput, engine::Fault>> {
         Ok(match self {
             ProcessInstance::Current(i) => i
-                .call_call(store, handler, variables, message, item)?
+                .call_call(&mut *store, handler, variables, message, item)
+                .await?
                 .map(|out| HandlerOutput { variables: out.variables, output: out.output })
                 .map_err(|f| engine::Fault { name: f.name, message: f.message, data: f.data }),
             ProcessInstance::Legacy(i) => i
-                .call_call(store, handler, variables, message, item)?
+                .call_call(&mut *store, handler, variables, message, item)
+                .await?
                 .map(|out| HandlerOutput { variables: out.variables, output: out.output })
                 .map_err(|f| engine::Fault { name: f.name, message: f.message, data: f.data }),
         })
@@ -299,7 +304,8 @@ pub struct Runtime {
     ticker_stop: Arc<AtomicBool>,
 }
 
-/// Epochs advance every tick; a call's deadline is counted in ticks.
+/// Epochs advance every tick; at each one a running guest yields, and traps
+/// if its call's deadline has passed.
 const TICK: Duration = Duration::from_millis(10);
 
 impl Runtime {
@@ -315,7 +321,7 @@ impl Runtime {
         let fingerprint = fingerprint(&engine, pooling, &limits);
         let base = || -> Result<Linker<GuestState>> {
             let mut linker = Linker::new(&engine);
-            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
+            wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow!("linking WASI: {e:#}"))?;
             bound_sleeps(&mut linker).map_err(|e| anyhow!("linking WASI clocks and poll: {e:#}"))?;
             logging::add_to_linker::<GuestState, wasmtime::component::HasSelf<GuestState>>(&mut linker, |s| s)
                 .map_err(|e| anyhow!("linking cairn:log: {e:#}"))?;
@@ -323,7 +329,7 @@ impl Runtime {
         };
         let process_linker = base()?;
         let mut activity_linker = base()?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut activity_linker)
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut activity_linker)
             .map_err(|e| anyhow!("linking wasi:http: {e:#}"))?;
         bindings::activity::cairn::resource::tables::add_to_linker::<GuestState, wasmtime::component::HasSelf<ResourceCall>>(
             &mut activity_linker,
@@ -506,8 +512,16 @@ impl Runtime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(self.deadline_ticks());
-        store.epoch_deadline_trap();
+        // At every tick a running guest yields to the runtime's other tasks
+        // (guest code runs on the worker thread, on a fiber); past its
+        // call's deadline it traps as an interrupt (`cairn.timeout`).
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|cx| {
+            if Instant::now() >= cx.data().deadline {
+                return Err(wasmtime::Trap::Interrupt.into());
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
         self.refuel(&mut store);
         (store, refused)
     }
@@ -519,19 +533,15 @@ impl Runtime {
         }
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.call_timeout.as_millis() / TICK.as_millis()).max(1) as u64
-    }
-
     /// Reads a process component's definition.
-    pub fn describe(&self, component: &ProcessComponent) -> Result<engine::Definition, engine::Fault> {
+    pub async fn describe(&self, component: &ProcessComponent) -> Result<engine::Definition, engine::Fault> {
         let (mut store, refused) = self.store(None, no_outbound(), ResourceCall::default());
-        let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
-        instance.describe(&mut store).map_err(|e| self.trap_fault(e, &refused))
+        let instance = component.pre.instantiate(&mut store).await.map_err(|e| self.trap_fault(e, &refused))?;
+        instance.describe(&mut store).await.map_err(|e| self.trap_fault(e, &refused))
     }
 
     /// Runs one handler on the variables in a fresh instance.
-    pub fn call(
+    pub async fn call(
         &self,
         component: &ProcessComponent,
         handler: u32,
@@ -540,20 +550,20 @@ impl Runtime {
         item: Option<&str>,
         log: LogContext,
     ) -> Result<HandlerOutput, engine::Fault> {
-        let mut session = self.session(component)?;
-        self.call_in(&mut session, handler, variables, message, item, log)
+        let mut session = self.session(component).await?;
+        self.call_in(&mut session, handler, variables, message, item, log).await
     }
 
     /// A process instance that lives for several calls: an atomic scope's.
     /// Guest memory (the SDK's scope state) lives as long as the session.
-    pub fn session(&self, component: &ProcessComponent) -> Result<Session, engine::Fault> {
+    pub async fn session(&self, component: &ProcessComponent) -> Result<Session, engine::Fault> {
         let (mut store, refused) = self.store(None, no_outbound(), ResourceCall::default());
-        let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
+        let instance = component.pre.instantiate(&mut store).await.map_err(|e| self.trap_fault(e, &refused))?;
         Ok(Session { store, instance, refused })
     }
 
     /// Runs one handler in a session, with a fresh call deadline.
-    pub fn call_in(
+    pub async fn call_in(
         &self,
         session: &mut Session,
         handler: u32,
@@ -566,9 +576,9 @@ impl Runtime {
         state.log = Some(log);
         state.deadline = Instant::now() + self.limits.call_timeout;
         state.log_quota = crate::guestlog::Quota::new(self.limits.guest_log_bytes_per_call);
-        session.store.set_epoch_deadline(self.deadline_ticks());
+        session.store.set_epoch_deadline(1);
         self.refuel(&mut session.store);
-        let result = session.instance.call(&mut session.store, handler, variables, message, item);
+        let result = session.instance.call(&mut session.store, handler, variables, message, item).await;
         session.store.data_mut().end_call_log(self.limits.guest_log_bytes_per_call);
         result.unwrap_or_else(|e| Err(self.trap_fault(e, &session.refused)))
     }
@@ -585,7 +595,7 @@ impl Runtime {
     // One argument per thing the call is given; the service's only call
     // site names each.
     #[allow(clippy::too_many_arguments)]
-    pub fn invoke(
+    pub async fn invoke(
         &self,
         component: &ActivityComponent,
         operation: &str,
@@ -599,11 +609,10 @@ impl Runtime {
         let hooks = outbound::Hooks::new(http, Instant::now() + budget);
         let (mut store, refused) = self.store(Some(log), hooks, ResourceCall::new(resources));
         if timeout.is_some() {
-            store.set_epoch_deadline((budget.as_millis() / TICK.as_millis()).max(1) as u64);
             store.data_mut().deadline = Instant::now() + budget;
         }
-        let instance = component.pre.instantiate(&mut store).map_err(|e| self.trap_fault(e, &refused))?;
-        let result = instance.call_invoke(&mut store, operation, input);
+        let instance = component.pre.instantiate_async(&mut store).await.map_err(|e| self.trap_fault(e, &refused))?;
+        let result = instance.call_invoke(&mut store, operation, input).await;
         store.data_mut().end_call_log(self.limits.guest_log_bytes_per_call);
         let fault = match result {
             Ok(Ok(out)) => return Ok(out),
@@ -660,7 +669,7 @@ fn bound_sleeps(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     use wasmtime::StoreContextMut;
     use wasmtime_wasi::clocks::WasiClocksView;
     use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
-    use wasmtime_wasi::p2::bindings::sync::io::poll;
+    use wasmtime_wasi::p2::bindings::io::poll;
     use wasmtime_wasi::p2::DynPollable;
 
     /// A subscription for `nanos`, cut at the call's deadline.
@@ -687,14 +696,18 @@ fn bound_sleeps(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         Ok((subscribe(state, when.saturating_sub(now))?,))
     })?;
     let mut io = linker.instance(&format!("wasi:io/poll@{WASI_P2}"))?;
-    io.func_wrap("poll", |mut cx: StoreContextMut<'_, GuestState>, (list,): (Vec<Resource<DynPollable>>,)| {
-        let ready = poll::Host::poll(&mut cx.data_mut().table, list)?;
-        past_deadline(cx.data())?;
-        Ok((ready,))
+    io.func_wrap_async("poll", |mut cx: StoreContextMut<'_, GuestState>, (list,): (Vec<Resource<DynPollable>>,)| {
+        Box::new(async move {
+            let ready = poll::Host::poll(&mut cx.data_mut().table, list).await?;
+            past_deadline(cx.data())?;
+            Ok((ready,))
+        })
     })?;
-    io.func_wrap("[method]pollable.block", |mut cx: StoreContextMut<'_, GuestState>, (p,): (Resource<DynPollable>,)| {
-        poll::HostPollable::block(&mut cx.data_mut().table, p)?;
-        past_deadline(cx.data())
+    io.func_wrap_async("[method]pollable.block", |mut cx: StoreContextMut<'_, GuestState>, (p,): (Resource<DynPollable>,)| {
+        Box::new(async move {
+            poll::HostPollable::block(&mut cx.data_mut().table, p).await?;
+            past_deadline(cx.data())
+        })
     })?;
     linker.allow_shadowing(false);
     Ok(())

@@ -15,6 +15,7 @@
 //! found in flight after a crash: an operator *resubmits* or *abandons* it.
 
 use super::{Error, ErrorKind, MessageIn, Service, Wake};
+use tracing::Instrument;
 use crate::outbound::OutboundCall;
 use crate::runtime::{LogContext, Loaded};
 use cairn_engine::definition::InvokePolicy;
@@ -266,10 +267,9 @@ impl Service {
                 let started = std::time::Instant::now();
                 let span = tracing::info_span!("activity_call", instance, activity = %name, operation, at = idempotency_key);
                 // On this task's thread, as the driver runs its handler
-                // calls: block_in_place hands the thread's other tasks to
-                // another thread for the call's duration, without the two
-                // thread hand-offs of spawn_blocking and its await.
-                let result = tokio::task::block_in_place(|| span.in_scope(|| self.runtime.invoke(&component, operation, input, log, timeout, Some(http), Some(access))));
+                // calls: guest code runs on a fiber that yields at each
+                // epoch tick, and its HTTP requests are futures.
+                let result = self.runtime.invoke(&component, operation, input, log, timeout, Some(http), Some(access)).instrument(span).await;
                 self.metrics.activity_call(name, started.elapsed());
                 if let Err(f) = &result {
                     tracing::debug!(instance, activity = %name, operation, fault = %f.name, "activity call faulted: {}", f.message);

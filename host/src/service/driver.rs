@@ -29,6 +29,7 @@ use cairn_engine::{
 };
 use cairn_store::{CorrelationKey, HistoryEntry, Moved, Reply, TimerKey, Write, WriteBatch};
 use anyhow::{anyhow, Result};
+use tracing::Instrument;
 use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -332,29 +333,37 @@ async fn drive_machine(
                 let cap = svc.config.limits.max_variables_bytes;
                 let span = tracing::debug_span!("handler_call", process = %def.name, at = %log.at, handler = call.handler);
                 let started = std::time::Instant::now();
-                let result = tokio::task::block_in_place(|| span.in_scope(|| match atomic {
-                    None => {
-                        session = None;
-                        svc.runtime
-                            .call(component, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log)
-                            .and_then(|out| within_cap(out, cap))
-                    }
-                    Some(key) => {
-                        crate::failpoint::hit("atomic-call");
-                        if session.as_ref().map(|(k, _)| *k) != Some(key) {
-                            session = Some((key, svc.runtime.session(component)?));
-                        }
-                        let (_, s) = session.as_mut().unwrap();
-                        let r = svc
-                            .runtime
-                            .call_in(s, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log)
-                            .and_then(|out| within_cap(out, cap));
-                        if r.as_ref().is_err_and(|f| f.name.starts_with("cairn.")) {
+                // Guest code runs on this task's thread, on a fiber that
+                // yields at each epoch tick (runtime.rs).
+                let result = async {
+                    match atomic {
+                        None => {
                             session = None;
+                            svc.runtime
+                                .call(component, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log)
+                                .await
+                                .and_then(|out| within_cap(out, cap))
                         }
-                        r
+                        Some(key) => {
+                            crate::failpoint::hit("atomic-call");
+                            if session.as_ref().map(|(k, _)| *k) != Some(key) {
+                                session = Some((key, svc.runtime.session(component).await?));
+                            }
+                            let (_, s) = session.as_mut().unwrap();
+                            let r = svc
+                                .runtime
+                                .call_in(s, call.handler, &variables, call.message.as_deref(), call.item.as_deref(), log)
+                                .await
+                                .and_then(|out| within_cap(out, cap));
+                            if r.as_ref().is_err_and(|f| f.name.starts_with("cairn.")) {
+                                session = None;
+                            }
+                            r
+                        }
                     }
-                }));
+                }
+                .instrument(span)
+                .await;
                 svc.metrics.handler_call(&def.name, started.elapsed());
                 Input::Handler(result)
             }

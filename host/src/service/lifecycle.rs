@@ -53,7 +53,7 @@ impl Service {
             instance: String::new(),
             at: "check-variables".into(),
         };
-        let checked = tokio::task::block_in_place(|| self.runtime.call(component, CHECK_VARIABLES, variables, None, None, log));
+        let checked = self.runtime.call(component, CHECK_VARIABLES, variables, None, None, log).await;
         match checked {
             Ok(_) => Ok(()),
             Err(f) if f.name == "cairn.unknown-handler" => Ok(()),

@@ -327,8 +327,10 @@ fn compile_and_check(
     let size = bytes.len() as u64;
     let (name, kind, definition) = match &loaded {
         Loaded::Process(p) => {
-            let def = runtime
-                .describe(p)
+            // On a blocking thread (the deploy's spawn_blocking): the call is
+            // a future, run to its end here.
+            let def = tokio::runtime::Handle::current()
+                .block_on(runtime.describe(p))
                 .map_err(|f| Error::new(ErrorKind::Invalid, format!("describe failed: {}: {}", f.name, f.message)))?;
             def.validate()
                 .map_err(|e| Error::new(ErrorKind::Invalid, format!("invalid definition of process '{}': {e}", def.name)))?;

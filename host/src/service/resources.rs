@@ -94,10 +94,17 @@ impl CallResources {
         }
     }
 
+    /// Waits for a store read from a guest's host call (a synchronous
+    /// import, on the runtime worker that runs the guest's fiber): the
+    /// worker's other tasks go to another thread meanwhile.
+    fn wait_for<F: std::future::Future>(&self, read: F) -> F::Output {
+        tokio::task::block_in_place(|| self.runtime.block_on(read))
+    }
+
     /// The committed version and value of a key, remembering the version.
     fn committed(&mut self, table: &str, key: &str) -> Result<Option<String>, String> {
         let (version, value) =
-            self.runtime.block_on(self.store.resource_get(table, key)).map_err(|e| format!("reading resource '{table}': {e}"))?;
+            self.wait_for(self.store.resource_get(table, key)).map_err(|e| format!("reading resource '{table}': {e}"))?;
         self.seen.entry((table.to_string(), key.to_string())).or_insert(version);
         Ok(value)
     }
@@ -136,8 +143,7 @@ impl crate::resources::ResourceAccess for CallResources {
         self.allow(table, false)?;
         let limit = limit.min(SCAN_LIMIT) as usize;
         let rows = self
-            .runtime
-            .block_on(self.store.resource_scan(table, prefix, after, limit))
+            .wait_for(self.store.resource_scan(table, prefix, after, limit))
             .map_err(|e| format!("scanning resource '{table}': {e}"))?;
         let mut merged: BTreeMap<String, String> = BTreeMap::new();
         for ResourceRow { key, version, value } in rows {
