@@ -48,6 +48,12 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// Rust's allocations go to jemalloc (see host/Cargo.toml for why); RocksDB's
+/// C++ allocations still go to glibc's malloc, whose arenas are bounded
+/// (`bound_malloc_arenas`) and trimmed (`trim_memory_every`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     bound_malloc_arenas();
     std::process::exit(cli::main());
