@@ -1,7 +1,8 @@
 //! Robustness of the host against damage and greedy guests: a damaged
 //! compiled cache is never executed (it is compiled again), variables past
 //! `--max-variables-bytes` fault the call with `cairn.too-large`, and a call's
-//! guest log is bounded by `--guest-log-max-bytes-per-call`.
+//! guest log is bounded by `--guest-log-max-bytes-per-call`, and guests
+//! that spin or sleep hold up no other instance.
 
 use cairn_tests::{Host, TempDir};
 use serde_json::json;
@@ -118,4 +119,34 @@ fn the_call_deadline_bounds_a_wasi_sleep() {
     // A short sleep within the deadline completes.
     let ok = h.ok_json(&["start", "robust", "--input", &json!({"mode": "sleep", "ms": 100}).to_string(), "--wait"]);
     assert_eq!(ok["status"], "completed", "{ok:#}");
+}
+
+/// Guest code runs on the runtime's worker threads, on fibers that yield at
+/// every epoch tick, and a WASI sleep is a timer the worker does not wait on:
+/// guests that spin or sleep for their whole call deadline hold up no other
+/// instance. More spinners than the host has worker threads, and a sleeper,
+/// are all still in their calls when an instance started after them has
+/// completed.
+#[test]
+fn spinning_and_sleeping_guests_hold_up_no_other_instance() {
+    let dir = TempDir::new("no-hold-up");
+    let h = Host::start(dir.path(), &["--quiet-guests", "--call-timeout-ms", "30000"], &[]);
+    h.deploy("t_misbehave", None);
+    h.deploy("t_robust", None);
+    h.deploy("t_basics", None);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut busy = Vec::new();
+    for _ in 0..workers + 2 {
+        busy.push(h.ok_json(&["start", "misbehave", "--input", r#"{"mode":"loop"}"#])["id"].as_str().unwrap().to_string());
+    }
+    busy.push(h.ok_json(&["start", "robust", "--input", &json!({"mode": "sleep", "ms": 60_000}).to_string()])["id"].as_str().unwrap().to_string());
+
+    for _ in 0..3 {
+        let ok = h.ok_json(&["start", "basics", "--input", r#"{"mode":"ok"}"#, "--wait"]);
+        assert_eq!(ok["status"], "completed", "{ok:#}");
+    }
+    for id in &busy {
+        let v = h.instance(id);
+        assert_eq!(v["status"], "running", "still in its call, not yet past its deadline: {v:#}");
+    }
 }

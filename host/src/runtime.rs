@@ -518,9 +518,11 @@ impl Runtime {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|cx| {
             if Instant::now() >= cx.data().deadline {
-                return Err(wasmtime::Trap::Interrupt.into());
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
-            Ok(wasmtime::UpdateDeadline::Yield(1))
+            // tokio's own yield goes to the back of the worker's queue (a
+            // plain wake would take the worker's next-task slot at once).
+            Ok(wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
         self.refuel(&mut store);
         (store, refused)
