@@ -54,6 +54,14 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`: a background thread hands pages
+/// freed a second ago back to the system (`dirty_decay_ms`), idle or not. By
+/// default they stay 10 s and go only when something allocates again, so a
+/// listing of every instance left the idle host 13 MiB larger.
+#[allow(unsafe_code)]
+#[export_name = "_rjem_malloc_conf"]
+pub static JEMALLOC_OPTIONS: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() {
     bound_malloc_arenas();
     std::process::exit(cli::main());
