@@ -629,14 +629,16 @@ async fn send_message(State(svc): State<Service>, body: Bytes) -> Response {
         }
         let operation = req.operation.clone();
         let m = MessageIn { id: req.id, ..MessageIn::new(req.operation, req.body.to_string()) };
-        let accepted = svc
-            .accept_message(m, None)
-            .await
-            .map_err(|e| did_you_mean(e, "no process creates instances on operation", || svc.suggest_operation(&operation)))?;
-        let mut out = json!(accepted);
-        if req.wait_reply {
+        let unknown = |e| did_you_mean(e, "no process creates instances on operation", || svc.suggest_operation(&operation));
+        let (accepted, reply) = if req.wait_reply {
             let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(30_000));
-            let reply = svc.await_reply(&accepted.message_id, timeout).await?;
+            let (accepted, reply) = svc.accept_and_await_reply(m, timeout).await.map_err(unknown)?;
+            (accepted, Some(reply))
+        } else {
+            (svc.accept_message(m, None).await.map_err(unknown)?, None)
+        };
+        let mut out = json!(accepted);
+        if let Some(reply) = reply {
             out["reply"] = json!(ReplyView::from(&reply));
         }
         let status = if accepted.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };

@@ -4,7 +4,7 @@
 //! stored in the persistence point that decides it; waiters are answered
 //! after that commit, and a late waiter finds it in the store.
 
-use super::{Error, ErrorKind, Service};
+use super::{Accepted, Error, ErrorKind, MessageIn, Service};
 use cairn_store::Reply;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -36,14 +36,56 @@ impl Replies {
         self.waiters.lock().unwrap().entry(message_id.to_string()).or_default().push(tx);
         rx
     }
+
+    /// Forgets the waiters of `message_id` that gave up (their receiver dropped).
+    fn forget_gone(&self, message_id: &str) {
+        let mut waiters = self.waiters.lock().unwrap();
+        if let Some(list) = waiters.get_mut(message_id) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiters.remove(message_id);
+            }
+        }
+    }
 }
 
 impl Service {
     /// Waits for the reply to a request-response message.
     pub async fn await_reply(&self, message_id: &str, timeout: std::time::Duration) -> Result<Reply, Error> {
         let rx = self.replies.register(message_id);
-        if let Some(stored) = self.store.reply(message_id).await? {
-            return Ok(stored);
+        self.reply_to(message_id, rx, true, timeout).await
+    }
+
+    /// Accepts a request-response message and waits for its reply. The
+    /// waiter is registered before the message is accepted, so the reply to
+    /// a new message comes to it straight from the persistence point that
+    /// decides it; only a duplicate's reply (or, in a cluster, one decided on
+    /// another host) is looked for in the store.
+    pub async fn accept_and_await_reply(&self, m: MessageIn, timeout: std::time::Duration) -> Result<(Accepted, Reply), Error> {
+        let message_id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(super::new_id);
+        let rx = self.replies.register(&message_id);
+        let accepted = match self.accept_message(MessageIn { id: Some(message_id.clone()), ..m }, None).await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                drop(rx);
+                self.replies.forget_gone(&message_id);
+                return Err(e);
+            }
+        };
+        let look = accepted.duplicate || self.cluster.is_some();
+        let reply = self.reply_to(&message_id, rx, look, timeout).await?;
+        Ok((accepted, reply))
+    }
+
+    /// Waits on `rx`, registered for `message_id`, for its reply; first in
+    /// the store if `look`.
+    async fn reply_to(&self, message_id: &str, rx: oneshot::Receiver<Reply>, look: bool, timeout: std::time::Duration) -> Result<Reply, Error> {
+        if look {
+            if let Some(stored) = self.store.reply(message_id).await? {
+                drop(rx);
+                self.replies.forget_gone(message_id);
+                return Ok(stored);
+            }
         }
         // In a cluster the reply may be decided on another host, which
         // notifies (`cluster::listen`); the store is also looked at every
@@ -65,7 +107,9 @@ impl Service {
                 r = polled => Some(r),
             }
         };
-        match tokio::time::timeout(timeout, answered).await {
+        let answer = tokio::time::timeout(timeout, answered).await;
+        self.replies.forget_gone(message_id);
+        match answer {
             Ok(Some(reply)) => Ok(reply),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,
