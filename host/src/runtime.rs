@@ -733,12 +733,14 @@ fn config(pooling: bool, limits: &Limits) -> wasmtime::Config {
         pool.total_tables(2000);
         pool.max_memory_size(limits.memory_bytes);
         // Instances are created and dropped at a high rate: reset slots by
-        // memset (or by scanning for dirty pages where the kernel can) and
-        // batch what still needs madvise, to spare every core a TLB shootdown
-        // per call.
+        // memset (or by scanning for dirty pages where the kernel can, so
+        // that only those are reset). A slot is free again as soon as it is
+        // reset (wasmtime's default decommit batch of one): batching its
+        // decommits kept freed slots out of use until a flush, so calls took
+        // colder slots (BENCHMARKS.md, issue 10's sixth step: 7% less CPU
+        // per workflow, p50 at concurrency 1 0.05 ms lower).
         pool.linear_memory_keep_resident(1 << 20);
         pool.table_keep_resident(64 << 10);
-        pool.decommit_batch_size(64);
         pool.pagemap_scan(wasmtime::Enabled::Auto);
         cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
