@@ -35,6 +35,11 @@ impl MessageIn {
     pub fn new(operation: impl Into<String>, body: impl Into<String>) -> MessageIn {
         MessageIn { id: None, operation: operation.into(), body: body.into(), create_only: false, sent_by: None }
     }
+
+    /// The message's id: the one it was given, or a new one if none (or an empty one) was.
+    pub fn id_or_new(&self) -> String {
+        self.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(new_id)
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -94,7 +99,7 @@ impl Service {
         }
         serde_json::from_str::<serde_json::Value>(&m.body)
             .map_err(|e| Error::new(ErrorKind::BadInput, format!("message body is not valid JSON: {e}")))?;
-        let message_id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(new_id);
+        let message_id = m.id_or_new();
         if message_id.contains('\0') {
             return Err(Error::new(ErrorKind::BadInput, "the message id contains a NUL character"));
         }

@@ -62,7 +62,7 @@ impl Service {
     /// decides it; only a duplicate's reply (or, in a cluster, one decided on
     /// another host) is looked for in the store.
     pub async fn accept_and_await_reply(&self, m: MessageIn, timeout: std::time::Duration) -> Result<(Accepted, Reply), Error> {
-        let message_id = m.id.clone().filter(|i| !i.is_empty()).unwrap_or_else(super::new_id);
+        let message_id = m.id_or_new();
         let rx = self.replies.register(&message_id);
         let accepted = match self.accept_message(MessageIn { id: Some(message_id.clone()), ..m }, None).await {
             Ok(accepted) => accepted,
@@ -77,13 +77,17 @@ impl Service {
         Ok((accepted, reply))
     }
 
-    /// Waits on `rx`, registered for `message_id`, for its reply; first in
-    /// the store if `look`.
+    /// Waits on `rx`, registered for `message_id`, for its reply (first in
+    /// the store if `look`); then forgets it, however the wait ended.
     async fn reply_to(&self, message_id: &str, rx: oneshot::Receiver<Reply>, look: bool, timeout: std::time::Duration) -> Result<Reply, Error> {
+        let answer = self.wait_for_reply(message_id, rx, look, timeout).await;
+        self.replies.forget_gone(message_id);
+        answer
+    }
+
+    async fn wait_for_reply(&self, message_id: &str, rx: oneshot::Receiver<Reply>, look: bool, timeout: std::time::Duration) -> Result<Reply, Error> {
         if look {
             if let Some(stored) = self.store.reply(message_id).await? {
-                drop(rx);
-                self.replies.forget_gone(message_id);
                 return Ok(stored);
             }
         }
@@ -107,9 +111,7 @@ impl Service {
                 r = polled => Some(r),
             }
         };
-        let answer = tokio::time::timeout(timeout, answered).await;
-        self.replies.forget_gone(message_id);
-        match answer {
+        match tokio::time::timeout(timeout, answered).await {
             Ok(Some(reply)) => Ok(reply),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,
