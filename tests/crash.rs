@@ -302,9 +302,10 @@ fn completes_once(h: &Host, key: &str, message_id: &str) {
 #[test]
 fn a_crash_between_pipelined_points_resumes_from_the_last_durable_one() {
     let dir = TempDir::new("pipelined");
-    // The driver submits the workflow's second pipelined point (charge's
-    // result) without waiting for the first (validate's), and the host dies
-    // there: validate's point, already on its way, is written; nothing after it.
+    // The driver makes the workflow's second pipelined point (charge's
+    // result) without waiting for the points before it, and the host dies
+    // there: validate's point, held to go with charge's in one batch, is
+    // never written; the creation's point may or may not be.
     let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "pipelined:2")]);
     deploy_three_steps(&h);
     let out = order(&h, "p1", "m-p1");

@@ -97,6 +97,38 @@ fn metrics_count_persistence_points_fsyncs_commit_groups_and_call_latencies() {
 }
 
 #[test]
+fn a_workflow_of_pure_calls_takes_two_store_batches_for_its_five_persistence_points() {
+    // The three-step workflow of the benchmarks: a creating receive, three
+    // invokes of a pure activity (each commits its result), a reply. Its
+    // first point carries the creation and is written alone (the message is
+    // accepted once it is durable); the three commit-afters are held by the
+    // driver and go with the final point, in one batch.
+    let dir = TempDir::new("held-points");
+    let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
+    h.deploy("bench_steps_activity", Some("bench-steps"));
+    h.deploy("bench_order", None);
+    let order = |key: &str| {
+        let out = h.cairn(&["send", "bench-order", "--body", &format!(r#"{{"key":"{key}"}}"#), "--wait-reply", "--json"]);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        out.json()
+    };
+    order("warm");
+    let (_, before) = scrape(&h, None);
+    let reply = order("o1");
+    assert!(reply["reply"]["body"]["shipment"]["shipped"] == true, "every step ran: {reply}");
+    let (_, after) = scrape(&h, None);
+    let moved = |name: &str| value(&after, name) - value(&before, name);
+    assert_eq!(moved(r#"cairn_persistence_points_total{process="bench-order"}"#), 5.0, "each point is still counted");
+    assert_eq!(moved("cairn_store_batches_total"), 2.0, "the creation's point, then the other four in one batch");
+    // The creation's entry (fence 1), then each point's own, one per fence.
+    let id = reply["instance"].as_str().expect("the instance the message created");
+    let (status, history) = h.get(&format!("/v1/instances/{id}/history"));
+    assert_eq!(status, 200, "{history}");
+    let fences: Vec<u64> = history["history"].as_array().unwrap().iter().map(|e| e["fence"].as_u64().unwrap()).collect();
+    assert_eq!(fences, (1..=6).collect::<Vec<u64>>(), "one history entry per fence");
+}
+
+#[test]
 fn metrics_need_a_reader_token_once_a_token_exists() {
     let dir = TempDir::new("metrics-token");
     let mut h = Host::start(dir.path(), &["--quiet-guests"], &[]);

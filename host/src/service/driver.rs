@@ -362,8 +362,8 @@ async fn drive_machine(
                         }
                     }
                 }
-                .instrument(span)
-                .await;
+                .instrument(span);
+                let result = pipeline.alongside(svc, result).await;
                 svc.metrics.handler_call(&def.name, started.elapsed());
                 Input::Handler(result)
             }
@@ -619,7 +619,8 @@ async fn invoke_inline(
         pipeline.drain(svc, conflicts).await?;
     }
     let earlier = m.pending_resource_writes();
-    let result = svc.call_with_policy(id, call_id, &target, &operation, &input, &idempotency_key, &policy, 1, earlier).await;
+    let call = svc.call_with_policy(id, call_id, &target, &operation, &input, &idempotency_key, &policy, 1, earlier);
+    let result = pipeline.alongside(svc, call).await;
     crate::failpoint::hit("inline-call");
     Ok(result)
 }
@@ -686,7 +687,7 @@ async fn commit(
     let accepts = with_creation(&mut b, creation);
     let deferred = deferrable(reason, &effects, told);
     b.deferred = deferred;
-    let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, accepts, deferred };
+    let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, accepts, deferred, earlier: Vec::new() };
     if !pipeline.is_empty() {
         crate::failpoint::pause("pipelined").await;
         crate::failpoint::hit("pipelined");
@@ -715,9 +716,21 @@ fn deferrable(reason: Reason, effects: &[Effect], told: &[Responder]) -> bool {
 /// is based on one that failed, so when a point fails every later one fails
 /// too, and the instance goes on from its last durable point: a crash, or a
 /// refused point, loses only work whose effects never left.
+///
+/// A deferred point (`deferrable`) that accepts no new instance's message
+/// and holds no resource writes or checks is held here, not submitted: the
+/// next point's batch takes it in (its snapshot replaced by the later one,
+/// the fence going from the held point's base to the later point's), so a
+/// workflow of pure calls makes one store write from its first point after
+/// the creation to its end, not one per point. A held point is submitted
+/// alone when the driver waits for its points (`drain`), which it does
+/// before it idles, sleeps, ends, or runs a call that leaves the host, and
+/// when a call runs longer than `HOLD_AT_MOST` (`alongside`). Each point is
+/// still released on its own (history entry, metrics, events).
 struct Pipeline {
     id: String,
     in_flight: VecDeque<InFlight>,
+    held: Option<(WriteBatch, InFlight)>,
 }
 
 /// One submitted persistence point and what it holds back.
@@ -737,11 +750,16 @@ struct InFlight {
     accepts: Option<Ack>,
     /// Written at once, synced with a later write (`WriteBatch::deferred`).
     deferred: bool,
+    /// Held points this one's batch took in, oldest first: released before it.
+    earlier: Vec<InFlight>,
 }
 
 impl InFlight {
     /// The point is durable: its effects go, its operators are told.
     fn release(mut self, svc: &Service, id: &str) {
+        for earlier in std::mem::take(&mut self.earlier) {
+            earlier.release(svc, id);
+        }
         crate::failpoint::hit("after-point");
         svc.metrics.persistence_point(&self.process, self.status, self.accepts.is_some());
         if let Some(ack) = &self.accepts {
@@ -761,16 +779,55 @@ impl InFlight {
 
 impl Pipeline {
     fn new(id: &str) -> Pipeline {
-        Pipeline { id: id.to_string(), in_flight: VecDeque::new() }
+        Pipeline { id: id.to_string(), in_flight: VecDeque::new(), held: None }
     }
 
     fn is_empty(&self) -> bool {
-        self.in_flight.is_empty()
+        self.in_flight.is_empty() && self.held.is_none()
     }
 
-    fn submit(&mut self, svc: &Service, batch: WriteBatch, mut point: InFlight) {
+    /// Submits a point's batch, taking in the point held before it; holds
+    /// the point instead if it may be (see `Pipeline`).
+    fn submit(&mut self, svc: &Service, mut batch: WriteBatch, mut point: InFlight) {
+        if let Some((held_batch, held)) = self.held.take() {
+            merge_held(held_batch, &mut batch);
+            point.earlier.push(held);
+        }
+        let holdable = batch.deferred
+            && point.accepts.is_none()
+            && batch.checks.is_empty()
+            && !point.effects.iter().any(|e| matches!(e, Effect::ResourceWrites { .. }))
+            && point.earlier.iter().all(|p| !p.effects.iter().any(|e| matches!(e, Effect::ResourceWrites { .. })));
+        if holdable {
+            self.held = Some((batch, point));
+            return;
+        }
+        self.send(svc, batch, point);
+    }
+
+    fn send(&mut self, svc: &Service, batch: WriteBatch, mut point: InFlight) {
         point.committing = Some(svc.store.submit(batch));
         self.in_flight.push_back(point);
+    }
+
+    /// Runs `call` (a handler or a pure call). A point held meanwhile is
+    /// submitted alone if the call takes longer than `HOLD_AT_MOST`, so
+    /// that the store is never more than a moment behind an instance in a
+    /// long call.
+    async fn alongside<F: std::future::Future>(&mut self, svc: &Service, call: F) -> F::Output {
+        if self.held.is_none() {
+            return call.await;
+        }
+        let mut call = std::pin::pin!(call);
+        tokio::select! {
+            biased;
+            out = &mut call => return out,
+            _ = tokio::time::sleep(HOLD_AT_MOST) => {}
+        }
+        if let Some((batch, point)) = self.held.take() {
+            self.send(svc, batch, point);
+        }
+        call.await
     }
 
     /// Releases the oldest points already durable, without waiting.
@@ -787,6 +844,9 @@ impl Pipeline {
     /// the first that failed, waits for the rest (refused, being based on
     /// it) and returns its error.
     async fn drain(&mut self, svc: &Service, conflicts: &mut u32) -> Result<()> {
+        if let Some((batch, point)) = self.held.take() {
+            self.send(svc, batch, point);
+        }
         // Deferred points wait for a later sync: this driver waits for them now.
         if self.in_flight.iter().any(|p| p.deferred) {
             svc.store.sync_deferred();
@@ -816,6 +876,26 @@ impl Pipeline {
             Err(e) => Err(refused(svc, &self.id, e, &point.effects)),
         }
     }
+}
+
+/// How long a point is held while the instance is in a call: about the
+/// time the store waits to sync a deferred write alone.
+const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Puts a held point's batch in front of the later point's `batch`: its
+/// writes first, but not its snapshot, which the later one replaces; the
+/// fence of each instance goes from the held batch's base to the later
+/// point's.
+fn merge_held(held: WriteBatch, batch: &mut WriteBatch) {
+    let mut writes: Vec<Write> = held.writes.into_iter().filter(|w| !matches!(w, Write::Instance(_))).collect();
+    writes.append(&mut batch.writes);
+    batch.writes = writes;
+    for f in &mut batch.fences {
+        if let Some(h) = held.fences.iter().find(|h| h.instance == f.instance) {
+            f.based_on = h.based_on;
+        }
+    }
+    batch.checks.extend(held.checks);
 }
 
 /// The writes that record `effect` in its persistence point.
