@@ -17,7 +17,8 @@
 # network namespace (root, `unshare --net`); NO_NETNS=1 runs it without.
 #
 # Env: ROUNDS (3), N (2000 requests per load run), LOAD_MAX (0.5),
-#      RESTATE_DIR (bench/restate), OUT (bench/results/<UTC timestamp>).
+#      RESTATE_DIR (bench/restate), OUT (bench/results/<UTC timestamp>),
+#      PEER_LOADGEN (node: Restate driven by load.mjs, not by Cairn's generator).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
@@ -29,6 +30,10 @@ RESTATE_DIR="${RESTATE_DIR:-$ROOT/bench/restate}"
 OUT="${OUT:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 LOCK=/tmp/cairn-cargo.lock
 mkdir -p "$OUT"
+# Both systems are driven by the same closed-loop generator (host/src/loadgen.rs):
+# Restate's ingress through `cairn bench --only peer-load`. PEER_LOADGEN=node
+# drives Restate with the peer harness's own load.mjs instead.
+if [ "${PEER_LOADGEN:-}" = node ]; then PEER_LOADGEN=""; else PEER_LOADGEN="$OUT/bin/cairn bench --only peer-load"; fi
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
@@ -72,7 +77,7 @@ for round in $(seq 1 "$ROUNDS"); do
   measured cairn "$round" "$OUT/bin/cairn" bench --only http-api --requests "$N" --guests "$OUT/guests" | tee "$OUT/cairn-$round.md" || log "cairn round $round failed"
 
   log "round $round/$ROUNDS: restate"
-  N="$N" measured restate "$round" "$RESTATE_DIR/run.sh" bench 2>&1 | tee "$OUT/restate-$round.log" || log "restate round $round failed"
+  N="$N" LOADGEN="$PEER_LOADGEN" measured restate "$round" "$RESTATE_DIR/run.sh" bench 2>&1 | tee "$OUT/restate-$round.log" || log "restate round $round failed"
   mkdir -p "$OUT/restate-$round"
   cp "$RESTATE_DIR"/results/* "$OUT/restate-$round/"
 done

@@ -20,7 +20,9 @@ pub struct Args {
     guests: Option<PathBuf>,
     /// Which benchmarks: all, call, commit, throughput, atomic, http, memory;
     /// or http-api (not in all): the real `cairn serve` through its HTTP API,
-    /// on the workloads of the Restate peer harness (bench_http.rs).
+    /// on the workloads of the Restate peer harness (bench_http.rs); or
+    /// peer-load: the same closed-loop load generator against the Restate
+    /// peer's ingress (bench/restate/run.sh with LOADGEN), printing load.mjs's JSON.
     #[arg(long, default_value = "all")]
     only: String,
     /// http-api: requests per load run (after 50 warm-up).
@@ -45,6 +47,24 @@ pub struct Args {
     /// postgres://USER@HOST:PORT (each benchmark creates a fresh database on it).
     #[arg(long)]
     store: Option<String>,
+    /// peer-load: the peer's ingress, on loopback (the Restate peer harness's).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    ingress: String,
+    /// peer-load: the workload, order (three steps) or single (one).
+    #[arg(long, default_value = "order")]
+    target: String,
+    /// peer-load: concurrent clients.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// peer-load: warm-up requests before the measured ones.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// peer-load: no new request after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+    /// peer-load: what makes this run's keys unique (default: the time).
+    #[arg(long)]
+    tag: Option<String>,
 }
 
 struct Scratch(PathBuf);
@@ -116,6 +136,27 @@ fn rss_mib() -> f64 {
 }
 
 pub fn run(args: Args) -> i32 {
+    if args.only == "peer-load" {
+        let load = crate::bench_http::PeerLoad {
+            ingress: args.ingress.clone(),
+            target: args.target.clone(),
+            requests: args.requests,
+            concurrency: args.concurrency,
+            warmup: args.warmup,
+            max_seconds: args.max_seconds,
+            tag: args.tag.clone(),
+        };
+        return match crate::bench_http::peer_load(&load) {
+            Ok(summary) => {
+                println!("{summary}");
+                0
+            }
+            Err(e) => {
+                eprintln!("cairn bench --only peer-load: {e:#}");
+                2
+            }
+        };
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run_all(args)) {
         Ok(()) => 0,

@@ -25,11 +25,11 @@
 //! figure. The server is stopped by its pid at the end (SIGTERM, SIGKILL
 //! after 20 s), and its data directory deleted.
 
+use crate::loadgen::{self, LoadRun};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// What `cairn bench --only http-api` runs.
@@ -300,61 +300,83 @@ fn request(agent: &ureq::Agent, url: &str, body: &Value) -> Result<Value, String
     }
 }
 
-struct LoadRun {
-    completed: usize,
-    failed: usize,
-    first_error: Option<String>,
-    wall: Duration,
-    /// Latencies in ms, sorted.
-    latencies: Vec<f64>,
-}
-
-/// `count` requests of `workflow` from `concurrency` threads, each with its own keep-alive agent (closed loop).
+/// `count` requests of `workflow` from `concurrency` clients in a closed
+/// loop (`loadgen`), each waiting for its workflow's reply.
 fn closed_loop(server: &Server, workflow: Workflow, count: usize, concurrency: usize, tag: &str, deadline: Instant) -> LoadRun {
-    let next = AtomicUsize::new(0);
-    let latencies = Mutex::new(Vec::with_capacity(count));
-    let failures = Mutex::new((0usize, None::<String>));
-    let url = server.url("/v1/messages");
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..concurrency.min(count) {
-            s.spawn(|| {
-                let agent = agent(Duration::from_secs(30));
-                let mut mine = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count || Instant::now() >= deadline {
-                        break;
-                    }
-                    let body = workflow.message(&format!("{tag}-{i}"), i, true);
-                    let t = Instant::now();
-                    match request(&agent, &url, &body) {
-                        Ok(_) => mine.push(t.elapsed().as_secs_f64() * 1000.0),
-                        Err(e) => {
-                            let mut f = failures.lock().unwrap();
-                            f.0 += 1;
-                            f.1.get_or_insert(e);
-                        }
-                    }
-                }
-                latencies.lock().unwrap().extend(mine);
-            });
-        }
-    });
-    let wall = t.elapsed();
-    let mut latencies = latencies.into_inner().unwrap();
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    let (failed, first_error) = failures.into_inner().unwrap();
-    LoadRun { completed: latencies.len(), failed, first_error, wall, latencies }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], server.port));
+    let request = |i: usize| loadgen::Request { path: "/v1/messages".into(), body: workflow.message(&format!("{tag}-{i}"), i, true).to_string() };
+    loadgen::closed_loop(addr, count, concurrency, deadline, Duration::from_secs(30), &request, &replied)
 }
 
-/// The p-th percentile as load.mjs takes it: the element at ceil(p/100 × n) − 1.
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+/// A closed-loop run against a peer's ingress: the workloads of the Restate
+/// peer harness (bench/restate/load.mjs), sent by this generator instead of
+/// Node's, so that both systems are measured with the same one.
+pub struct PeerLoad {
+    pub ingress: String,
+    /// order or single.
+    pub target: String,
+    pub requests: usize,
+    pub concurrency: usize,
+    pub warmup: usize,
+    pub max_seconds: u64,
+    pub tag: Option<String>,
+}
+
+/// Runs `load` (its warm-up, then the measured requests) and returns
+/// load.mjs's summary: throughput, percentiles, and this generator's CPU.
+pub fn peer_load(load: &PeerLoad) -> anyhow::Result<Value> {
+    let url: http::Uri = load.ingress.parse().map_err(|e| anyhow::anyhow!("--ingress {}: {e}", load.ingress))?;
+    let host = url.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().map_err(|_| anyhow::anyhow!("--ingress {}: give a loopback address, not {host:?}", load.ingress))?;
+    anyhow::ensure!(ip.is_loopback(), "--ingress {}: refusing a non-loopback address", load.ingress);
+    let addr = std::net::SocketAddr::new(ip, url.port_u16().unwrap_or(80));
+    anyhow::ensure!(matches!(load.target.as_str(), "order" | "single"), "--target {}: order or single", load.target);
+    anyhow::ensure!(load.requests > 0 && load.concurrency > 0, "--requests and --concurrency must be at least 1");
+    let tag = load.tag.clone().unwrap_or_else(|| format!("{:x}", crate::now_ms()));
+    let request = |phase: &'static str| {
+        let (target, tag) = (load.target.clone(), tag.clone());
+        move |i: usize| {
+            let key = format!("{tag}-{phase}-{i}");
+            if target == "order" {
+                loadgen::Request { path: format!("/order/{key}/run"), body: json!({ "amount": 10 + (i % 90) }).to_string() }
+            } else {
+                loadgen::Request { path: "/single/step".into(), body: json!({ "i": i, "key": key }).to_string() }
+            }
+        }
+    };
+    let ok = |status: u16, body: &[u8]| -> loadgen::Verdict {
+        if status == 200 {
+            return Ok(());
+        }
+        Err(format!("{status} {}", String::from_utf8_lossy(body).chars().take(200).collect::<String>()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(load.max_seconds);
+    let timeout = Duration::from_secs(30);
+    let cpu = cpu_of(std::process::id());
+    if load.warmup > 0 {
+        loadgen::closed_loop(addr, load.warmup, load.concurrency.min(load.warmup), deadline, timeout, &request("warm"), &ok);
     }
-    let idx = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[idx.saturating_sub(1).min(sorted.len() - 1)]
+    let r = loadgen::closed_loop(addr, load.requests, load.concurrency, deadline, timeout, &request("m"), &ok);
+    let cpu = cpu_of(std::process::id()) - cpu;
+    let p = |q: f64| (loadgen::percentile(&r.latencies, q) * 100.0).round() / 100.0;
+    Ok(json!({
+        "target": load.target, "n_requested": load.requests, "concurrency": load.concurrency, "issued": r.issued,
+        "completed": r.completed, "failed": r.failed, "first_error": r.first_error,
+        "wall_s": (r.wall.as_secs_f64() * 1000.0).round() / 1000.0,
+        "throughput_per_s": round1(r.completed as f64 / r.wall.as_secs_f64()),
+        "p50_ms": p(50.0), "p90_ms": p(90.0), "p99_ms": p(99.0), "max_ms": r.latencies.last().copied(),
+        "hit_time_cap": r.issued < load.requests,
+        "loadgen": "cairn bench --only peer-load", "loadgen_cpu_s": (cpu.as_secs_f64() * 100.0).round() / 100.0,
+    }))
+}
+
+/// Whether an answer of `POST /v1/messages` with `wait_reply` is the workflow's reply, without a fault.
+fn replied(status: u16, body: &[u8]) -> loadgen::Verdict {
+    let b: Value = serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()));
+    if status == 202 && b["reply"].is_object() && b["reply"]["fault"].is_null() {
+        return Ok(());
+    }
+    Err(format!("{status} {}", b.to_string().chars().take(300).collect::<String>()))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -435,8 +457,8 @@ pub fn run(guests: &Path, opts: &Options) -> anyhow::Result<()> {
             r.completed,
             if r.failed > 0 { format!(" ({} failed: {})", r.failed, r.first_error.clone().unwrap_or_default()) } else { String::new() },
             throughput,
-            pct(&r.latencies, 50.0),
-            pct(&r.latencies, 99.0),
+            loadgen::percentile(&r.latencies, 50.0),
+            loadgen::percentile(&r.latencies, 99.0),
             cpu_per,
             cpu.as_secs_f64() / r.wall.as_secs_f64(),
             rss
@@ -444,8 +466,8 @@ pub fn run(guests: &Path, opts: &Options) -> anyhow::Result<()> {
         loads.push(json!({
             "target": workflow.name(), "concurrency": concurrency, "completed": r.completed, "failed": r.failed,
             "first_error": r.first_error, "wall_s": round1(r.wall.as_secs_f64() * 100.0) / 100.0,
-            "throughput_per_s": round1(throughput), "p50_ms": pct(&r.latencies, 50.0), "p90_ms": pct(&r.latencies, 90.0),
-            "p99_ms": pct(&r.latencies, 99.0), "max_ms": r.latencies.last().copied(),
+            "throughput_per_s": round1(throughput), "p50_ms": loadgen::percentile(&r.latencies, 50.0), "p90_ms": loadgen::percentile(&r.latencies, 90.0),
+            "p99_ms": loadgen::percentile(&r.latencies, 99.0), "max_ms": r.latencies.last().copied(),
             "server_cpu_s": cpu.as_secs_f64(), "server_cpu_ms_per_workflow": cpu_per, "server_rss_mib": rss, "server_hwm_mib": hwm,
             "hit_time_cap": r.completed + r.failed < opts.requests,
         }));

@@ -16,6 +16,7 @@ pub mod console;
 pub use cairn_store::failpoint;
 pub mod guestlog;
 pub mod isolated;
+pub mod loadgen;
 pub mod metrics;
 pub mod outbound;
 pub mod partner;
