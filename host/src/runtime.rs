@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, ComponentExportIndex, Func, Linker, ResourceTable, TypedFunc};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -202,14 +202,68 @@ impl wasmtime::ResourceLimiter for Limiter {
 /// traps poisons it: drop it and start another.
 pub struct Session {
     store: Store<GuestState>,
-    instance: ProcessInstance,
+    call: CallExport,
     refused: Arc<AtomicBool>,
+}
+
+/// An instance's `call` export, of the world its component was linked to.
+enum CallExport {
+    Current(Func),
+    Legacy(Func),
+}
+
+impl CallExport {
+    /// Calls the export: the handler's output, or the fault it returned.
+    ///
+    /// The bindings' instantiation would look up and type-check every
+    /// export on every instance, `describe` and its large definition type
+    /// too (3% of the host's CPU per workflow); handler calls need `call`
+    /// only, found by an index taken at link, and its type was checked
+    /// there, once per component (`ProcessPre::new`).
+    async fn call(
+        &self,
+        store: &mut Store<GuestState>,
+        params: (u32, &str, Option<&str>, Option<&str>),
+    ) -> wasmtime::Result<Result<HandlerOutput, engine::Fault>> {
+        Ok(match self {
+            CallExport::Current(func) => {
+                // SAFETY: `link` made this component's `ProcessPre::Current`,
+                // whose construction checked that `call` has the current
+                // world's type, which these parameters and results spell
+                // (as the bindings' own `call_call` does).
+                #[allow(unsafe_code)]
+                let typed = unsafe {
+                    TypedFunc::<(u32, &str, Option<&str>, Option<&str>), (Result<wit::CallOutput, wit::Fault>,)>::new_unchecked(*func)
+                };
+                let (result,) = typed.call_async(&mut *store, params).await?;
+                result
+                    .map(|out| HandlerOutput { variables: out.variables, output: out.output })
+                    .map_err(|f| engine::Fault { name: f.name, message: f.message, data: f.data })
+            }
+            CallExport::Legacy(func) => {
+                // SAFETY: as above, for the first release of the world
+                // (`ProcessPre::Legacy`) and its types.
+                #[allow(unsafe_code)]
+                let typed = unsafe {
+                    TypedFunc::<(u32, &str, Option<&str>, Option<&str>), (Result<legacy_wit::CallOutput, legacy_wit::Fault>,)>::new_unchecked(
+                        *func,
+                    )
+                };
+                let (result,) = typed.call_async(&mut *store, params).await?;
+                result
+                    .map(|out| HandlerOutput { variables: out.variables, output: out.output })
+                    .map_err(|f| engine::Fault { name: f.name, message: f.message, data: f.data })
+            }
+        })
+    }
 }
 
 /// A compiled, linked process component, ready to instantiate.
 #[derive(Clone)]
 pub struct ProcessComponent {
     pre: ProcessPre,
+    /// The `call` export, found once: a handler call's instance looks it up by index.
+    call: ComponentExportIndex,
 }
 
 /// A process component of the current world, or of its first release.
@@ -225,6 +279,17 @@ enum ProcessInstance {
 }
 
 impl ProcessPre {
+    /// An instance for handler calls, and its `call` export.
+    async fn instantiate_for_calls(&self, store: &mut Store<GuestState>, call: &ComponentExportIndex) -> wasmtime::Result<CallExport> {
+        let (pre, current) = match self {
+            ProcessPre::Current(pre) => (pre.instance_pre(), true),
+            ProcessPre::Legacy(pre) => (pre.instance_pre(), false),
+        };
+        let instance = pre.instantiate_async(&mut *store).await?;
+        let func = instance.get_func(&mut *store, call).ok_or_else(|| wasmtime::Error::msg("the instance has no `call` export"))?;
+        Ok(if current { CallExport::Current(func) } else { CallExport::Legacy(func) })
+    }
+
     async fn instantiate(&self, store: &mut Store<GuestState>) -> wasmtime::Result<ProcessInstance> {
         Ok(match self {
             ProcessPre::Current(pre) => ProcessInstance::Current(pre.instantiate_async(store).await?),
@@ -238,29 +303,6 @@ impl ProcessInstance {
         Ok(match self {
             ProcessInstance::Current(i) => definition_from_wit(i.call_describe(store).await?),
             ProcessInstance::Legacy(i) => definition_from_legacy_wit(i.call_describe(store).await?),
-        })
-    }
-
-    /// The world's `call`: the handler's output, or the fault it returned.
-    async fn call(
-        &self,
-        store: &mut Store<GuestState>,
-        handler: u32,
-        variables: &str,
-        message: Option<&str>,
-        item: Option<&str>,
-    ) -> wasmtime::Result<Result<HandlerOutput, engine::Fault>> {
-        Ok(match self {
-            ProcessInstance::Current(i) => i
-                .call_call(&mut *store, handler, variables, message, item)
-                .await?
-                .map(|out| HandlerOutput { variables: out.variables, output: out.output })
-                .map_err(|f| engine::Fault { name: f.name, message: f.message, data: f.data }),
-            ProcessInstance::Legacy(i) => i
-                .call_call(&mut *store, handler, variables, message, item)
-                .await?
-                .map(|out| HandlerOutput { variables: out.variables, output: out.output })
-                .map_err(|f| engine::Fault { name: f.name, message: f.message, data: f.data }),
         })
     }
 }
@@ -399,7 +441,10 @@ impl Runtime {
                     Err(_) => bail!("the component exports describe/call with the wrong types for world cairn:process/process: {e:#}"),
                 },
             };
-            Ok(Loaded::Process(ProcessComponent { pre }))
+            let call = component
+                .get_export_index(None, "call")
+                .ok_or_else(|| anyhow!("the component exports no `call` for world cairn:process/process"))?;
+            Ok(Loaded::Process(ProcessComponent { pre, call }))
         } else if has("invoke") {
             let pre = bindings::activity::ActivityPre::new(pre)
                 .map_err(|e| anyhow!("the component exports invoke with the wrong types for world cairn:activity/activity: {e:#}"))?;
@@ -560,8 +605,8 @@ impl Runtime {
     /// Guest memory (the SDK's scope state) lives as long as the session.
     pub async fn session(&self, component: &ProcessComponent) -> Result<Session, engine::Fault> {
         let (mut store, refused) = self.store(None, no_outbound(), ResourceCall::default());
-        let instance = component.pre.instantiate(&mut store).await.map_err(|e| self.trap_fault(e, &refused))?;
-        Ok(Session { store, instance, refused })
+        let call = component.pre.instantiate_for_calls(&mut store, &component.call).await.map_err(|e| self.trap_fault(e, &refused))?;
+        Ok(Session { store, call, refused })
     }
 
     /// Runs one handler in a session, with a fresh call deadline.
@@ -580,7 +625,7 @@ impl Runtime {
         state.log_quota = crate::guestlog::Quota::new(self.limits.guest_log_bytes_per_call);
         session.store.set_epoch_deadline(1);
         self.refuel(&mut session.store);
-        let result = session.instance.call(&mut session.store, handler, variables, message, item).await;
+        let result = session.call.call(&mut session.store, (handler, variables, message, item)).await;
         session.store.data_mut().end_call_log(self.limits.guest_log_bytes_per_call);
         result.unwrap_or_else(|e| Err(self.trap_fault(e, &session.refused)))
     }
