@@ -280,9 +280,7 @@ async fn drive_machine(
         absorb(svc, id, w, &mut inbox, &mut results, &mut sent, &mut controls, None).await?;
     }
     let mut input = Input::Continue;
-    // What moved the instance since its last persistence point (messages
-    // consumed, call results taken), for the next point's history entry.
-    let mut moved: Vec<Moved> = Vec::new();
+    let mut since = SinceLastPoint::default();
     loop {
         if input == Input::Continue {
             // Between transitions: take in what arrived, and apply an
@@ -311,12 +309,14 @@ async fn drive_machine(
             if m.in_atomic().is_some() {
                 return Ok(());
             }
-            commit(svc, &mut m, Reason::Shutdown, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
+            commit(svc, &mut m, Reason::Shutdown, &mut sent, conflicts, creation, pipeline, &mut told, &mut since).await?;
             return Ok(());
         }
         match &input {
-            Input::Message(d) if moved.len() < MAX_MOVED => moved.push(Moved::message(&d.message_id, &d.operation, &d.body)),
-            Input::InvokeResult { call_id, result, .. } if moved.len() < MAX_MOVED => moved.push(Moved::call_result(*call_id, result)),
+            Input::Message(d) if since.moved.len() < MAX_MOVED => since.moved.push(Moved::message(&d.message_id, &d.operation, &d.body)),
+            Input::InvokeResult { call_id, result, .. } if since.moved.len() < MAX_MOVED => {
+                since.moved.push(Moved::call_result(*call_id, result))
+            }
             _ => {}
         }
         let y = m.step(input, now_ms());
@@ -371,12 +371,12 @@ async fn drive_machine(
                 session = None;
                 // The instance computes on from here: the point may be
                 // synced with a later one (`deferrable`).
-                commit(svc, &mut m, reason, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
+                commit(svc, &mut m, reason, &mut sent, conflicts, creation, pipeline, &mut told, &mut since).await?;
                 Input::Continue
             }
             Yield::Suspended => {
                 if m.needs_persistence() || Creation::unsubmitted(creation) {
-                    commit(svc, &mut m, Reason::Suspended, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
+                    commit(svc, &mut m, Reason::Suspended, &mut sent, conflicts, creation, pipeline, &mut told, &mut since).await?;
                 }
                 pipeline.drain(svc, conflicts).await?;
                 tell(&mut told);
@@ -400,7 +400,7 @@ async fn drive_machine(
                     pipeline.drain(svc, conflicts).await?;
                     discard(svc, &mut m, creation).await?;
                 } else {
-                    commit(svc, &mut m, reason, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
+                    commit(svc, &mut m, reason, &mut sent, conflicts, creation, pipeline, &mut told, &mut since).await?;
                 }
                 pipeline.drain(svc, conflicts).await?;
                 tell(&mut told);
@@ -419,18 +419,18 @@ async fn drive_machine(
                     // Decided but not committed: a pure call, or one of a
                     // microflow or atomic scope. It runs inline; nothing of
                     // it has left the host, so a crash runs it again.
-                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id, &pure, pipeline, conflicts).await?;
+                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id, &pure, pipeline, conflicts, &mut since.inline_calls).await?;
                     Input::InvokeResult { call_id, result, resources }
                 } else if def.kind == ProcessKind::Microflow || m.in_atomic().is_some() {
                     // A microflow, or an atomic scope, is one transaction: its calls run inline.
                     let Some(call_id) = first_invoke(&wait) else {
                         return Err(anyhow!("a transaction waits for {wait:?}, which deploy validation forbids"));
                     };
-                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id, &pure, pipeline, conflicts).await?;
+                    let (result, resources) = invoke_inline(svc, &mut m, id, call_id, &pure, pipeline, conflicts, &mut since.inline_calls).await?;
                     Input::InvokeResult { call_id, result, resources }
                 } else {
                     if m.needs_persistence() || Creation::unsubmitted(creation) {
-                        commit(svc, &mut m, Reason::Waiting, &mut sent, conflicts, creation, pipeline, &mut told, &mut moved).await?;
+                        commit(svc, &mut m, Reason::Waiting, &mut sent, conflicts, creation, pipeline, &mut told, &mut since).await?;
                     }
                     pipeline.drain(svc, conflicts).await?;
                     tell(&mut told);
@@ -445,6 +445,17 @@ async fn drive_machine(
             }
         };
     }
+}
+
+/// What happened to an instance since its last persistence point that its
+/// next point records.
+#[derive(Default)]
+struct SinceLastPoint {
+    /// Messages consumed and call results taken, for the history entry.
+    moved: Vec<Moved>,
+    /// Pure calls run inline (`invoke_inline`), which never had an outbox
+    /// entry or an in-transit record: their `InvokeDone` writes no deletes.
+    inline_calls: HashSet<u64>,
 }
 
 /// A handler's output whose variables (or output) exceed the cap faults
@@ -611,11 +622,14 @@ async fn invoke_inline(
     pure: &std::sync::Arc<std::collections::BTreeSet<String>>,
     pipeline: &mut Pipeline,
     conflicts: &mut u32,
+    inline_calls: &mut HashSet<u64>,
 ) -> Result<(Result<String, Fault>, ResourceAccesses)> {
     let Some(Effect::Invoke { target, operation, input, idempotency_key, policy, .. }) = m.take_invoke(call_id) else {
         return Ok((Err(Fault::new("cairn.internal", "the invoke to run is not among the pending effects")), ResourceAccesses::default()));
     };
-    if !matches!(&target, cairn_engine::Target::Activity(name) if pure.contains(name)) {
+    if matches!(&target, cairn_engine::Target::Activity(name) if pure.contains(name)) {
+        inline_calls.insert(call_id);
+    } else {
         pipeline.drain(svc, conflicts).await?;
     }
     let earlier = m.pending_resource_writes();
@@ -640,14 +654,16 @@ async fn commit(
     creation: &mut Option<Creation>,
     pipeline: &mut Pipeline,
     told: &mut Vec<Responder>,
-    moved: &mut Vec<Moved>,
+    since: &mut SinceLastPoint,
 ) -> Result<()> {
-    let PersistencePoint { snapshot, based_on, effects, reason, path, at_ms } = m.persistence_point(reason, now_ms());
+    let PersistencePoint { snapshot, based_on, mut effects, reason, path, at_ms } = m.persistence_point(reason, now_ms());
+    // A pure call run inline never had an outbox entry: its end removes nothing.
+    effects.retain(|e| !matches!(e, Effect::InvokeDone { call_id } if since.inline_calls.remove(call_id)));
     let id = snapshot.id.clone();
     let fence = snapshot.fence;
     let mut b = WriteBatch::new();
     b.fence(&id, based_on, fence);
-    let mut moved_by = std::mem::take(moved);
+    let mut moved_by = std::mem::take(&mut since.moved);
     moved_by.extend(effects.iter().filter_map(|e| match e {
         Effect::Send { call_id, target: cairn_engine::Target::Process(process), operation, message_id, start, .. } => {
             Some(Moved::Sent { call_id: *call_id, message_id: message_id.clone(), process: process.clone(), operation: operation.clone(), start: *start })
