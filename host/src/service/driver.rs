@@ -594,12 +594,34 @@ async fn discard(svc: &Service, m: &mut Machine<'_>, creation: &mut Option<Creat
 /// If `b` is a new instance's first persistence point (not yet submitted
 /// in this drive), puts the intake's writes at the front of its batch,
 /// which is then based on no fence at all; returns the acceptance to give
-/// once the batch is durable.
+/// once the batch is durable. The point's snapshot replaces the one the
+/// intake made, and a message the point consumes (the creating message,
+/// as a rule) is not put in the inbox only to be removed in the same write.
 fn with_creation(b: &mut WriteBatch, creation: &mut Option<Creation>) -> Option<Ack> {
     let c = creation.as_mut().filter(|c| !c.submitted)?;
     c.submitted = true;
-    let mut writes = c.writes.writes.clone();
-    writes.append(&mut b.writes);
+    let id = &c.snapshot.id;
+    let snapshot_replaced = b.writes.iter().any(|w| matches!(w, Write::Instance(s) if s.id == *id));
+    let consumed: HashSet<u64> = b
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::InboxRemove { instance, seq } if instance == id => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    let mut never_stored = HashSet::new();
+    let mut writes: Vec<Write> = Vec::with_capacity(c.writes.writes.len() + b.writes.len());
+    for w in &c.writes.writes {
+        match w {
+            Write::Instance(s) if s.id == *id && snapshot_replaced => {}
+            Write::Inbox { instance, delivery } if instance == id && consumed.contains(&delivery.seq) => {
+                never_stored.insert(delivery.seq);
+            }
+            w => writes.push(w.clone()),
+        }
+    }
+    writes.extend(b.writes.drain(..).filter(|w| !matches!(w, Write::InboxRemove { instance, seq } if instance == id && never_stored.contains(seq))));
     b.writes = writes;
     for f in &mut b.fences {
         if f.instance == c.snapshot.id {
