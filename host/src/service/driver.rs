@@ -925,7 +925,15 @@ const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(1);
 /// fence of each instance goes from the held batch's base to the later
 /// point's.
 fn merge_held(held: WriteBatch, batch: &mut WriteBatch) {
-    let mut writes: Vec<Write> = held.writes.into_iter().filter(|w| !matches!(w, Write::Instance(_))).collect();
+    let replaced: HashSet<String> = batch
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Instance(s) => Some(s.id.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut writes: Vec<Write> = held.writes.into_iter().filter(|w| !matches!(w, Write::Instance(s) if replaced.contains(&s.id))).collect();
     writes.append(&mut batch.writes);
     batch.writes = writes;
     for f in &mut batch.fences {
@@ -987,5 +995,94 @@ fn after_commit(svc: &Service, instance: &str, effects: Vec<Effect>) {
             | Effect::InvokeDone { .. }
             | Effect::ResourceWrites { .. } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(id: &str, fence: u64, variables: &str) -> Snapshot {
+        Snapshot {
+            id: id.into(),
+            process: "p".into(),
+            version: "v".into(),
+            status: Status::Running,
+            variables: variables.into(),
+            stack: Vec::new(),
+            correlations: Default::default(),
+            requests: Vec::new(),
+            compensations: Vec::new(),
+            fault: None,
+            retry: None,
+            cancelling: false,
+            next_id: 1,
+            fence,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    /// A point's batch as `commit` builds it: its fence, one effect's write, its snapshot.
+    fn point(id: &str, based_on: u64, fence: u64, effect: Write, variables: &str) -> WriteBatch {
+        let mut b = WriteBatch::new();
+        b.fence(id, based_on, fence);
+        b.push(effect);
+        b.push(Write::Instance(Box::new(snapshot(id, fence, variables))));
+        b
+    }
+
+    fn snapshots(b: &WriteBatch) -> Vec<(String, u64)> {
+        b.writes.iter().filter_map(|w| match w {
+            Write::Instance(s) => Some((s.id.clone(), s.fence)),
+            _ => None,
+        }).collect()
+    }
+
+    #[test]
+    fn a_held_point_goes_with_the_next_one_whose_snapshot_replaces_its_own() {
+        let held = point("i1", 2, 3, Write::OutboxRemove { instance: "i1".into(), call_id: 1 }, r#"{"step":1}"#);
+        let mut next = point("i1", 3, 4, Write::OutboxRemove { instance: "i1".into(), call_id: 2 }, r#"{"step":2}"#);
+        merge_held(held, &mut next);
+        assert_eq!(next.fences.len(), 1);
+        assert_eq!((next.fences[0].based_on, next.fences[0].becomes), (2, 4), "from the held point's base to the later point's fence");
+        assert_eq!(snapshots(&next), [("i1".to_string(), 4)], "only the later snapshot is written");
+        let removed: Vec<u64> = next.writes.iter().filter_map(|w| match w {
+            Write::OutboxRemove { call_id, .. } => Some(*call_id),
+            _ => None,
+        }).collect();
+        assert_eq!(removed, [1, 2], "every other write, the held point's first");
+    }
+
+    #[test]
+    fn a_held_snapshot_of_another_instance_is_kept() {
+        let mut held = point("i1", 2, 3, Write::InboxRemove { instance: "i1".into(), seq: 7 }, "{}");
+        held.push(Write::Instance(Box::new(snapshot("other", 1, "{}"))));
+        let mut next = point("i1", 3, 4, Write::InboxRemove { instance: "i1".into(), seq: 8 }, "{}");
+        merge_held(held, &mut next);
+        assert_eq!(snapshots(&next), [("other".to_string(), 1), ("i1".to_string(), 4)]);
+    }
+
+    #[test]
+    fn a_creation_writes_its_message_and_snapshot_once_when_its_first_point_consumes_the_message() {
+        let delivery = Delivery { seq: 5, message_id: "m1".into(), operation: "start".into(), body: "{}".into() };
+        let mut intake = WriteBatch::new();
+        intake.push(Write::Instance(Box::new(snapshot("i1", 1, "{}"))));
+        intake.push(Write::Inbox { instance: "i1".into(), delivery: delivery.clone() });
+        intake.push(Write::Inbox { instance: "i1".into(), delivery: Delivery { seq: 6, ..delivery.clone() } });
+        let (ack, _acked) = tokio::sync::oneshot::channel();
+        let mut creation = Some(Creation::new(snapshot("i1", 0, "{}"), delivery, intake, ack));
+        let mut first = point("i1", 1, 2, Write::InboxRemove { instance: "i1".into(), seq: 5 }, r#"{"started":true}"#);
+        assert!(with_creation(&mut first, &mut creation).is_some(), "the first point carries the acceptance");
+        assert_eq!(first.fences[0].based_on, 0, "based on no fence at all");
+        assert_eq!(snapshots(&first), [("i1".to_string(), 2)], "the point's snapshot, not the intake's");
+        let inbox: Vec<String> = first.writes.iter().filter_map(|w| match w {
+            Write::Inbox { delivery, .. } => Some(format!("put {}", delivery.seq)),
+            Write::InboxRemove { seq, .. } => Some(format!("remove {seq}")),
+            _ => None,
+        }).collect();
+        assert_eq!(inbox, ["put 6"], "the consumed message is neither put nor removed; another one stays");
+        let mut again = point("i1", 2, 3, Write::InboxRemove { instance: "i1".into(), seq: 6 }, "{}");
+        assert!(with_creation(&mut again, &mut creation).is_none(), "only the first point");
     }
 }
