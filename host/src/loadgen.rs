@@ -54,14 +54,25 @@ pub fn closed_loop(
     request: &(dyn Fn(usize) -> Request + Sync),
     accept: &(dyn Fn(u16, &[u8]) -> Verdict + Sync),
 ) -> LoadRun {
+    let load = Load { addr, count, deadline, timeout, request, accept };
     std::thread::scope(|s| {
         s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread tokio runtime");
-            rt.block_on(run(addr, count, concurrency, deadline, timeout, request, accept))
+            rt.block_on(run(&load, concurrency))
         })
         .join()
         .expect("the load generator's thread")
     })
+}
+
+/// What every client of one run shares.
+struct Load<'a> {
+    addr: SocketAddr,
+    count: usize,
+    deadline: Instant,
+    timeout: Duration,
+    request: &'a (dyn Fn(usize) -> Request + Sync),
+    accept: &'a (dyn Fn(u16, &[u8]) -> Verdict + Sync),
 }
 
 /// The results the clients of one run add to.
@@ -73,18 +84,10 @@ struct Tally {
     first_error: Option<String>,
 }
 
-async fn run(
-    addr: SocketAddr,
-    count: usize,
-    concurrency: usize,
-    deadline: Instant,
-    timeout: Duration,
-    request: &(dyn Fn(usize) -> Request + Sync),
-    accept: &(dyn Fn(u16, &[u8]) -> Verdict + Sync),
-) -> LoadRun {
-    let tally = RefCell::new(Tally { latencies: Vec::with_capacity(count), ..Tally::default() });
+async fn run(load: &Load<'_>, concurrency: usize) -> LoadRun {
+    let tally = RefCell::new(Tally { latencies: Vec::with_capacity(load.count), ..Tally::default() });
     let started = Instant::now();
-    let clients = (0..concurrency.min(count)).map(|_| client(addr, count, deadline, timeout, request, accept, &tally));
+    let clients = (0..concurrency.min(load.count)).map(|_| client(load, &tally));
     futures_util::future::join_all(clients).await;
     let wall = started.elapsed();
     let mut t = tally.into_inner();
@@ -93,32 +96,24 @@ async fn run(
 }
 
 /// One client: its connection, made again after a failed request.
-async fn client(
-    addr: SocketAddr,
-    count: usize,
-    deadline: Instant,
-    timeout: Duration,
-    request: &(dyn Fn(usize) -> Request + Sync),
-    accept: &(dyn Fn(u16, &[u8]) -> Verdict + Sync),
-    tally: &RefCell<Tally>,
-) {
+async fn client(load: &Load<'_>, tally: &RefCell<Tally>) {
     let mut connection: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
     loop {
         let i = {
             let mut t = tally.borrow_mut();
-            if t.issued >= count || Instant::now() >= deadline {
+            if t.issued >= load.count || Instant::now() >= load.deadline {
                 return;
             }
             t.issued += 1;
             t.issued - 1
         };
-        let r = request(i);
+        let r = (load.request)(i);
         let sent = Instant::now();
-        let answered = tokio::time::timeout(timeout, send(addr, &mut connection, r)).await;
+        let answered = tokio::time::timeout(load.timeout, send(load.addr, &mut connection, r)).await;
         let verdict = match answered {
-            Ok(Ok((status, body))) => accept(status, &body),
+            Ok(Ok((status, body))) => (load.accept)(status, &body),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(format!("no answer within {:?}", load.timeout)),
         };
         let mut t = tally.borrow_mut();
         match verdict {
