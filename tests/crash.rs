@@ -137,8 +137,11 @@ fn a_crash_before_a_new_instances_first_point_accepts_nothing_and_a_resend_creat
 fn a_crash_before_a_persistence_point_resumes_from_the_previous_one() {
     let dir = TempDir::new("before-commit");
     // The instance's second persistence point (its call's dispatch) never
-    // lands; the first (the intake and its receive, one batch) did.
-    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "before-commit:2")]);
+    // lands; the first (the intake and its receive, one batch) did: the
+    // driver waits a moment before the second, longer than it holds the
+    // first, which is written alone meanwhile.
+    let env = [("CAIRN_FAILPOINT", "before-commit:2"), ("CAIRN_PAUSE", "pipelined:200")];
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &env);
     deploy_crashy(&h);
     // The host may die before its answer leaves: the instance id comes from the listing.
     let _ = h.cairn(&["send", "crash-start", "--body", r#"{"key": "again"}"#]);
@@ -304,9 +307,11 @@ fn a_crash_between_pipelined_points_resumes_from_the_last_durable_one() {
     let dir = TempDir::new("pipelined");
     // The driver makes the workflow's second pipelined point (charge's
     // result) without waiting for the points before it, and the host dies
-    // there: validate's point, held to go with charge's in one batch, is
-    // never written; the creation's point may or may not be.
-    let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "pipelined:2")]);
+    // there: the points before it, each written alone because the driver
+    // waits a moment before each point it pipelines (longer than it holds
+    // a point), are written; nothing after them.
+    let env = [("CAIRN_FAILPOINT", "pipelined:2"), ("CAIRN_PAUSE", "pipelined:200")];
+    let mut h = Host::start(dir.path(), &["--quiet-guests"], &env);
     deploy_three_steps(&h);
     let out = order(&h, "p1", "m-p1");
     assert_ne!(out.code, 0, "no reply can leave before the reply's point is written: {}{}", out.stdout, out.stderr);
@@ -320,9 +325,10 @@ fn a_crash_between_pipelined_points_resumes_from_the_last_durable_one() {
 #[test]
 fn a_new_instances_message_is_acknowledged_only_once_its_first_point_is_written() {
     let dir = TempDir::new("before-first-write");
-    // The new instance's first point (the intake and its receive) is
-    // submitted and the driver computes on, but the committer dies before
-    // writing it: the message is never acknowledged, and nothing of it stays.
+    // The new instance's first point (the intake and its receive) goes
+    // with the points the driver computes after it, but the committer dies
+    // before writing them: the message is never acknowledged, and nothing
+    // of it stays.
     let mut h = Host::start(dir.path(), &["--quiet-guests"], &[("CAIRN_FAILPOINT", "before-write:1")]);
     deploy_three_steps(&h);
     let out = h.cairn(&["send", "bench-order", "--body", &json!({ "key": "f1" }).to_string(), "--id", "m-f1", "--json"]);

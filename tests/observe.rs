@@ -97,12 +97,12 @@ fn metrics_count_persistence_points_fsyncs_commit_groups_and_call_latencies() {
 }
 
 #[test]
-fn a_workflow_of_pure_calls_takes_two_store_batches_for_its_five_persistence_points() {
+fn a_workflow_of_pure_calls_takes_one_store_batch_for_its_five_persistence_points() {
     // The three-step workflow of the benchmarks: a creating receive, three
-    // invokes of a pure activity (each commits its result), a reply. Its
-    // first point carries the creation and is written alone (the message is
-    // accepted once it is durable); the three commit-afters are held by the
-    // driver and go with the final point, in one batch.
+    // invokes of a pure activity (each commits its result), a reply. The
+    // creation's point and the three commit-afters are held by the driver
+    // and go with the final point, in one batch (the message is accepted
+    // once that batch is durable).
     let dir = TempDir::new("held-points");
     let h = Host::start(dir.path(), &["--quiet-guests"], &[]);
     h.deploy("bench_steps_activity", Some("bench-steps"));
@@ -119,7 +119,7 @@ fn a_workflow_of_pure_calls_takes_two_store_batches_for_its_five_persistence_poi
     let (_, after) = scrape(&h, None);
     let moved = |name: &str| value(&after, name) - value(&before, name);
     assert_eq!(moved(r#"cairn_persistence_points_total{process="bench-order"}"#), 5.0, "each point is still counted");
-    assert_eq!(moved("cairn_store_batches_total"), 2.0, "the creation's point, then the other four in one batch");
+    assert_eq!(moved("cairn_store_batches_total"), 1.0, "the five points in one batch");
     // The creation's entry (fence 1), then each point's own, one per fence.
     let id = reply["instance"].as_str().expect("the instance the message created");
     let (status, history) = h.get(&format!("/v1/instances/{id}/history"));

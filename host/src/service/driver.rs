@@ -678,6 +678,11 @@ async fn commit(
     told: &mut Vec<Responder>,
     since: &mut SinceLastPoint,
 ) -> Result<()> {
+    if !pipeline.is_empty() {
+        // A test's pause (`CAIRN_PAUSE=pipelined:MS`) outlasts the hold: a
+        // point held before it is written alone, as after a long call.
+        pipeline.alongside(svc, crate::failpoint::pause("pipelined")).await;
+    }
     let PersistencePoint { snapshot, based_on, mut effects, reason, path, at_ms } = m.persistence_point(reason, now_ms());
     // A pure call run inline never had an outbox entry: its end removes nothing.
     effects.retain(|e| !matches!(e, Effect::InvokeDone { call_id } if since.inline_calls.remove(call_id)));
@@ -727,7 +732,6 @@ async fn commit(
     b.deferred = deferred;
     let point = InFlight { committing: None, reason, effects, told: std::mem::take(told), event, process, status, fence, accepts, deferred, earlier: Vec::new() };
     if !pipeline.is_empty() {
-        crate::failpoint::pause("pipelined").await;
         crate::failpoint::hit("pipelined");
     }
     pipeline.submit(svc, b, point);
@@ -755,20 +759,29 @@ fn deferrable(reason: Reason, effects: &[Effect], told: &[Responder]) -> bool {
 /// too, and the instance goes on from its last durable point: a crash, or a
 /// refused point, loses only work whose effects never left.
 ///
-/// A deferred point (`deferrable`) that accepts no new instance's message
-/// and holds no resource writes or checks is held here, not submitted: the
-/// next point's batch takes it in (its snapshot replaced by the later one,
-/// the fence going from the held point's base to the later point's), so a
-/// workflow of pure calls makes one store write from its first point after
-/// the creation to its end, not one per point. A held point is submitted
-/// alone when the driver waits for its points (`drain`), which it does
-/// before it idles, sleeps, ends, or runs a call that leaves the host, and
-/// when a call runs longer than `HOLD_AT_MOST` (`alongside`). Each point is
-/// still released on its own (history entry, metrics, events).
+/// A deferred point (`deferrable`) that holds no resource writes or checks
+/// is held here, not submitted: the next point's batch takes it in (its
+/// snapshot replaced by the later one, the fence going from the held
+/// point's base to the later point's), so a workflow of pure calls makes
+/// one store write from its creation to its end, not one per point. A held
+/// point is submitted alone when the driver waits for its points (`drain`),
+/// which it does before it idles, sleeps, ends, or runs a call that leaves
+/// the host, and once it has been held `HOLD_AT_MOST` while calls run
+/// (`alongside`): a new instance's acknowledgement, which waits for its
+/// first point, is never held longer than that. Each point is still
+/// released on its own (history entry, metrics, events).
 struct Pipeline {
     id: String,
     in_flight: VecDeque<InFlight>,
-    held: Option<(WriteBatch, InFlight)>,
+    held: Option<Held>,
+}
+
+/// A point held unsubmitted, with the points its batch took in, since the
+/// first of them was held.
+struct Held {
+    batch: WriteBatch,
+    point: InFlight,
+    since: std::time::Instant,
 }
 
 /// One submitted persistence point and what it holds back.
@@ -827,20 +840,28 @@ impl Pipeline {
     /// Submits a point's batch, taking in the point held before it; holds
     /// the point instead if it may be (see `Pipeline`).
     fn submit(&mut self, svc: &Service, mut batch: WriteBatch, mut point: InFlight) {
-        if let Some((held_batch, held)) = self.held.take() {
-            merge_held(held_batch, &mut batch);
-            point.earlier.push(held);
+        let mut since = std::time::Instant::now();
+        if let Some(held) = self.held.take() {
+            merge_held(held.batch, &mut batch);
+            point.earlier.push(held.point);
+            since = held.since;
         }
         let holdable = batch.deferred
-            && point.accepts.is_none()
             && batch.checks.is_empty()
             && !point.effects.iter().any(|e| matches!(e, Effect::ResourceWrites { .. }))
             && point.earlier.iter().all(|p| !p.effects.iter().any(|e| matches!(e, Effect::ResourceWrites { .. })));
         if holdable {
-            self.held = Some((batch, point));
+            self.held = Some(Held { batch, point, since });
             return;
         }
         self.send(svc, batch, point);
+    }
+
+    /// Submits the held point, if any.
+    fn send_held(&mut self, svc: &Service) {
+        if let Some(held) = self.held.take() {
+            self.send(svc, held.batch, held.point);
+        }
     }
 
     fn send(&mut self, svc: &Service, batch: WriteBatch, mut point: InFlight) {
@@ -848,23 +869,26 @@ impl Pipeline {
         self.in_flight.push_back(point);
     }
 
-    /// Runs `call` (a handler or a pure call). A point held meanwhile is
-    /// submitted alone if the call takes longer than `HOLD_AT_MOST`, so
-    /// that the store is never more than a moment behind an instance in a
-    /// long call.
+    /// Runs `call` (a handler or a pure call, or a test's pause). A point
+    /// held meanwhile is submitted alone once it has been held
+    /// `HOLD_AT_MOST`, so that the store is never more than a moment behind
+    /// an instance in long calls, nor a new instance's acknowledgement.
     async fn alongside<F: std::future::Future>(&mut self, svc: &Service, call: F) -> F::Output {
-        if self.held.is_none() {
+        let Some(held) = &self.held else {
+            return call.await;
+        };
+        let until = held.since + HOLD_AT_MOST;
+        if std::time::Instant::now() < until {
+            let mut call = std::pin::pin!(call);
+            tokio::select! {
+                biased;
+                out = &mut call => return out,
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+            self.send_held(svc);
             return call.await;
         }
-        let mut call = std::pin::pin!(call);
-        tokio::select! {
-            biased;
-            out = &mut call => return out,
-            _ = tokio::time::sleep(HOLD_AT_MOST) => {}
-        }
-        if let Some((batch, point)) = self.held.take() {
-            self.send(svc, batch, point);
-        }
+        self.send_held(svc);
         call.await
     }
 
@@ -882,9 +906,7 @@ impl Pipeline {
     /// the first that failed, waits for the rest (refused, being based on
     /// it) and returns its error.
     async fn drain(&mut self, svc: &Service, conflicts: &mut u32) -> Result<()> {
-        if let Some((batch, point)) = self.held.take() {
-            self.send(svc, batch, point);
-        }
+        self.send_held(svc);
         // Deferred points wait for a later sync: this driver waits for them now.
         if self.in_flight.iter().any(|p| p.deferred) {
             svc.store.sync_deferred();
@@ -916,8 +938,8 @@ impl Pipeline {
     }
 }
 
-/// How long a point is held while the instance is in a call: about the
-/// time the store waits to sync a deferred write alone.
+/// How long a point is held at most while the instance runs calls: about
+/// the time the store waits to sync a deferred write alone.
 const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Puts a held point's batch in front of the later point's `batch`: its
