@@ -60,7 +60,8 @@ static PAUSE: OnceLock<Option<(String, u64)>> = OnceLock::new();
 /// reaches the pause point NAME: a test's way to make one step outlast a
 /// timeout, or one write land alone. Points: `backup-begun` (a PostgreSQL
 /// backup's read transaction is open, nothing read yet), `pipelined` (a
-/// driver is about to submit a persistence point behind others in flight).
+/// driver is about to make a persistence point behind others held or in
+/// flight; a point it holds is written alone during the pause).
 pub async fn pause(name: &str) {
     let armed = PAUSE.get_or_init(|| {
         let spec = std::env::var("CAIRN_PAUSE").ok()?;
