@@ -596,33 +596,12 @@ async fn discard(svc: &Service, m: &mut Machine<'_>, creation: &mut Option<Creat
 /// which is then based on no fence at all; returns the acceptance to give
 /// once the batch is durable. The point's snapshot replaces the one the
 /// intake made, and a message the point consumes (the creating message,
-/// as a rule) is not put in the inbox only to be removed in the same write.
+/// as a rule) is not put in the inbox only to be removed in the same write
+/// (`merge_earlier`).
 fn with_creation(b: &mut WriteBatch, creation: &mut Option<Creation>) -> Option<Ack> {
     let c = creation.as_mut().filter(|c| !c.submitted)?;
     c.submitted = true;
-    let id = &c.snapshot.id;
-    let snapshot_replaced = b.writes.iter().any(|w| matches!(w, Write::Instance(s) if s.id == *id));
-    let consumed: HashSet<u64> = b
-        .writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::InboxRemove { instance, seq } if instance == id => Some(*seq),
-            _ => None,
-        })
-        .collect();
-    let mut never_stored = HashSet::new();
-    let mut writes: Vec<Write> = Vec::with_capacity(c.writes.writes.len() + b.writes.len());
-    for w in &c.writes.writes {
-        match w {
-            Write::Instance(s) if s.id == *id && snapshot_replaced => {}
-            Write::Inbox { instance, delivery } if instance == id && consumed.contains(&delivery.seq) => {
-                never_stored.insert(delivery.seq);
-            }
-            w => writes.push(w.clone()),
-        }
-    }
-    writes.extend(b.writes.drain(..).filter(|w| !matches!(w, Write::InboxRemove { instance, seq } if instance == id && never_stored.contains(seq))));
-    b.writes = writes;
+    merge_earlier(c.writes.clone(), b);
     for f in &mut b.fences {
         if f.instance == c.snapshot.id {
             f.based_on = 0;
@@ -842,14 +821,13 @@ impl Pipeline {
     fn submit(&mut self, svc: &Service, mut batch: WriteBatch, mut point: InFlight) {
         let mut since = std::time::Instant::now();
         if let Some(held) = self.held.take() {
-            merge_held(held.batch, &mut batch);
+            merge_earlier(held.batch, &mut batch);
             point.earlier.push(held.point);
             since = held.since;
         }
         let holdable = batch.deferred
             && batch.checks.is_empty()
-            && !point.effects.iter().any(|e| matches!(e, Effect::ResourceWrites { .. }))
-            && point.earlier.iter().all(|p| !p.effects.iter().any(|e| matches!(e, Effect::ResourceWrites { .. })));
+            && !point.effects.iter().any(|e| matches!(e, Effect::ResourceWrites { .. }));
         if holdable {
             self.held = Some(Held { batch, point, since });
             return;
@@ -878,15 +856,13 @@ impl Pipeline {
             return call.await;
         };
         let until = held.since + HOLD_AT_MOST;
+        let mut call = std::pin::pin!(call);
         if std::time::Instant::now() < until {
-            let mut call = std::pin::pin!(call);
             tokio::select! {
                 biased;
                 out = &mut call => return out,
                 _ = tokio::time::sleep_until(until.into()) => {}
             }
-            self.send_held(svc);
-            return call.await;
         }
         self.send_held(svc);
         call.await
@@ -942,28 +918,46 @@ impl Pipeline {
 /// the time the store waits to sync a deferred write alone.
 const HOLD_AT_MOST: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Puts a held point's batch in front of the later point's `batch`: its
-/// writes first, but not its snapshot, which the later one replaces; the
-/// fence of each instance goes from the held batch's base to the later
-/// point's.
-fn merge_held(held: WriteBatch, batch: &mut WriteBatch) {
-    let replaced: HashSet<String> = batch
-        .writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Instance(s) => Some(s.id.clone()),
-            _ => None,
-        })
-        .collect();
-    let mut writes: Vec<Write> = held.writes.into_iter().filter(|w| !matches!(w, Write::Instance(s) if replaced.contains(&s.id))).collect();
-    writes.append(&mut batch.writes);
-    batch.writes = writes;
-    for f in &mut batch.fences {
-        if let Some(h) = held.fences.iter().find(|h| h.instance == f.instance) {
-            f.based_on = h.based_on;
+/// Puts an earlier batch (a held point's, or a new instance's intake) in
+/// front of the later point's `batch`: its writes first, but not a
+/// snapshot the later batch replaces, nor an inbox entry the later batch
+/// removes (with that removal); the fence of each instance goes from the
+/// earlier batch's base to the later point's.
+fn merge_earlier(earlier: WriteBatch, batch: &mut WriteBatch) {
+    let mut replaced = HashSet::new();
+    let mut removed = HashSet::new();
+    for w in &batch.writes {
+        match w {
+            Write::Instance(s) => {
+                replaced.insert(s.id.clone());
+            }
+            Write::InboxRemove { instance, seq } => {
+                removed.insert((instance.clone(), *seq));
+            }
+            _ => {}
         }
     }
-    batch.checks.extend(held.checks);
+    let mut never_stored = HashSet::new();
+    let mut writes: Vec<Write> = Vec::with_capacity(earlier.writes.len() + batch.writes.len());
+    for w in earlier.writes {
+        match w {
+            Write::Instance(s) if replaced.contains(&s.id) => {}
+            Write::Inbox { instance, delivery } if removed.contains(&(instance.clone(), delivery.seq)) => {
+                never_stored.insert((instance, delivery.seq));
+            }
+            w => writes.push(w),
+        }
+    }
+    writes.extend(
+        batch.writes.drain(..).filter(|w| !matches!(w, Write::InboxRemove { instance, seq } if never_stored.contains(&(instance.clone(), *seq)))),
+    );
+    batch.writes = writes;
+    for f in &mut batch.fences {
+        if let Some(e) = earlier.fences.iter().find(|e| e.instance == f.instance) {
+            f.based_on = e.based_on;
+        }
+    }
+    batch.checks.extend(earlier.checks);
 }
 
 /// The writes that record `effect` in its persistence point.
@@ -1065,7 +1059,7 @@ mod tests {
     fn a_held_point_goes_with_the_next_one_whose_snapshot_replaces_its_own() {
         let held = point("i1", 2, 3, Write::OutboxRemove { instance: "i1".into(), call_id: 1 }, r#"{"step":1}"#);
         let mut next = point("i1", 3, 4, Write::OutboxRemove { instance: "i1".into(), call_id: 2 }, r#"{"step":2}"#);
-        merge_held(held, &mut next);
+        merge_earlier(held, &mut next);
         assert_eq!(next.fences.len(), 1);
         assert_eq!((next.fences[0].based_on, next.fences[0].becomes), (2, 4), "from the held point's base to the later point's fence");
         assert_eq!(snapshots(&next), [("i1".to_string(), 4)], "only the later snapshot is written");
@@ -1081,7 +1075,7 @@ mod tests {
         let mut held = point("i1", 2, 3, Write::InboxRemove { instance: "i1".into(), seq: 7 }, "{}");
         held.push(Write::Instance(Box::new(snapshot("other", 1, "{}"))));
         let mut next = point("i1", 3, 4, Write::InboxRemove { instance: "i1".into(), seq: 8 }, "{}");
-        merge_held(held, &mut next);
+        merge_earlier(held, &mut next);
         assert_eq!(snapshots(&next), [("other".to_string(), 1), ("i1".to_string(), 4)]);
     }
 
